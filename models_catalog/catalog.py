@@ -1,0 +1,151 @@
+"""The model catalog: Hub model metadata per task, loaded, merged, filtered and ranked.
+
+The built-in catalog (``data/catalog.jsonl``) is a snapshot of Hub metadata; an
+extra JSONL (``HUGGINGGPT_CATALOG``) adds entries or overrides built-in ones
+with the same (task, id), for instance to point an entry at a local folder of
+weights (``local_path``) or an endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.experts.base import ModelSpec
+
+DEFAULT_CATALOG_PATH = Path(__file__).parent / "data" / "catalog.jsonl"
+
+
+class CatalogError(ValueError):
+    """A catalog file could not be read; the message names the file and line."""
+
+
+class CatalogEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1)
+    task: str = Field(min_length=1)
+    downloads: int = 0
+    likes: int = 0
+    tags: list[str] = Field(default_factory=list)
+    languages: list[str] = Field(default_factory=list)
+    license: str | None = None
+    description: str = ""
+    local_path: str | None = None
+    revision: str | None = None
+    endpoint: str | None = None
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            id=self.id, task=self.task, local_path=self.local_path, revision=self.revision, endpoint=self.endpoint
+        )
+
+
+def read_catalog_file(path: Path | str) -> list[CatalogEntry]:
+    """Entries of one JSONL file; a broken line raises :class:`CatalogError` naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"catalog file {path} does not exist")
+    entries: list[CatalogEntry] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                entry = CatalogEntry.model_validate(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CatalogError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except ValidationError as exc:
+                fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise CatalogError(f"{path}:{lineno}: not a catalog entry ({fields})") from None
+            if entry.local_path and not Path(entry.local_path).is_absolute():
+                entry.local_path = str((path.parent / entry.local_path).resolve())
+            entries.append(entry)
+    return entries
+
+
+class Catalog:
+    """Entries keyed by (task, id), with filtering and ranking."""
+
+    def __init__(self, entries: Iterable[CatalogEntry] = ()) -> None:
+        self._entries: dict[tuple[str, str], CatalogEntry] = {}
+        self.extend(entries)
+
+    def extend(self, entries: Iterable[CatalogEntry]) -> None:
+        """Add entries; one with the (task, id) of an existing entry replaces it."""
+        for e in entries:
+            self._entries[(e.task, e.id)] = e
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self):
+        return iter(self._entries.values())
+
+    def get(self, task: str, model_id: str) -> CatalogEntry | None:
+        return self._entries.get((task, model_id))
+
+    def for_task(self, task: str) -> list[CatalogEntry]:
+        return [e for (t, _), e in self._entries.items() if t == task]
+
+    def tasks(self) -> set[str]:
+        return {t for t, _ in self._entries}
+
+    def ranked(self, task: str, *, available_only: bool = True) -> list[CatalogEntry]:
+        """Entries for ``task``, best first: weights at hand first, then downloads, then likes."""
+        entries = self.for_task(task)
+        if available_only:
+            entries = [e for e in entries if is_available(e)]
+        return sorted(entries, key=lambda e: (not has_local_weights(e), -e.downloads, -e.likes, e.id))
+
+    def candidates(self, task: str, k: int) -> list[CatalogEntry]:
+        return self.ranked(task)[:k]
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def has_local_weights(entry: CatalogEntry) -> bool:
+    """Whether the entry's weights are on this machine: its local folder, or the Hugging Face cache."""
+    if entry.local_path:
+        return Path(entry.local_path).is_dir()
+    return _in_hf_cache(entry.id, entry.revision)
+
+
+@cache
+def _in_hf_cache(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:
+        return False
+    return isinstance(found, str)
+
+
+def is_available(entry: CatalogEntry) -> bool:
+    """Whether the entry can run here: a local folder that exists; else cached weights when the Hub is offline."""
+    if entry.local_path:
+        return Path(entry.local_path).is_dir()
+    if hub_offline():
+        return _in_hf_cache(entry.id, entry.revision)
+    return True
+
+
+def load_catalog(extra: Path | str | None = None, *, builtin: bool = True) -> Catalog:
+    """The built-in catalog plus ``extra`` (which adds and overrides)."""
+    catalog = Catalog(_builtin_entries() if builtin else ())
+    if extra is not None:
+        catalog.extend(read_catalog_file(extra))
+    return catalog
+
+
+@cache
+def _builtin_entries() -> tuple[CatalogEntry, ...]:
+    return tuple(read_catalog_file(DEFAULT_CATALOG_PATH))

@@ -1,0 +1,79 @@
+"""What every expert backend takes and gives back.
+
+An expert backend runs one task with one model on resolved inputs:
+
+* inputs: a dict from argument name (as in the task table) to a value:
+  ``str`` for text, ``PIL.Image.Image`` for images, :class:`Audio` for audio,
+  ``bytes`` for tables (CSV) and videos;
+* output: an :class:`ExpertOutput` holding one value per produced modality.
+
+Backends never write files: the executor stores what they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Mono audio: float32 samples in [-1, 1] and their sampling rate."""
+
+    array: np.ndarray
+    sampling_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return float(len(self.array)) / float(self.sampling_rate)
+
+
+ExpertValue = "str | Image | Audio | bytes"
+ExpertInputs = dict[str, Any]
+
+
+@dataclass
+class ExpertOutput:
+    """What a model produced, one field per modality (``None`` where it produced nothing of that kind)."""
+
+    text: str | None = None
+    image: Image | None = None
+    audio: Audio | None = None
+    video: bytes | None = None
+    json: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelSpec(BaseModel):
+    """The model a node runs: a Hub id, optionally with a local folder of weights, a revision or an endpoint."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    task: str
+    local_path: str | None = None
+    revision: str | None = None
+    endpoint: str | None = None
+
+    @property
+    def source(self) -> str:
+        """What ``from_pretrained`` is given: the local folder when there is one, else the Hub id."""
+        return self.local_path or self.id
+
+
+class ExpertError(RuntimeError):
+    """A model failed to load or to run; the message names the model and the cause."""
+
+
+class ExpertBackend(Protocol):
+    """Runs one task with one model."""
+
+    name: str
+
+    def run(self, task: str, model: ModelSpec, inputs: ExpertInputs) -> ExpertOutput: ...

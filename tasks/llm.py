@@ -1,0 +1,163 @@
+"""The LLM controller: the ``openai`` client against any OpenAI-compatible server.
+
+Adds what every stage needs on top of the client: JSON-schema output where the
+server supports it (and plain text where it does not), tolerant JSON parsing,
+usage counting, and errors that say what to set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from typing import Any
+
+import openai
+from openai import OpenAI
+
+from tasks.schemas import LLMUsage
+from tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+
+class LLMError(RuntimeError):
+    """An LLM call failed; the message names the endpoint and the cause, and what to set when that helps."""
+
+
+class LLMUnavailableError(LLMError):
+    """The LLM endpoint could not be reached or refused the credentials."""
+
+
+class JSONExtractError(ValueError):
+    """No JSON value could be read from a reply."""
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+
+
+def extract_json(text: str) -> Any:
+    """Read the first JSON value from an LLM reply.
+
+    Accepts a bare value, a value inside a code fence, and a value surrounded
+    by prose ("Here is the plan: [...] Hope it helps").
+    """
+    if text is None:
+        raise JSONExtractError("the reply was empty")
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    decoder = json.JSONDecoder()
+    for chunk in candidates:
+        chunk = chunk.strip()
+        for i, ch in enumerate(chunk):
+            if ch not in "[{":
+                continue
+            try:
+                value, _ = decoder.raw_decode(chunk, i)
+            except json.JSONDecodeError:
+                continue
+            return value
+    snippet = text.strip().replace("\n", " ")[:200]
+    raise JSONExtractError(f"no JSON object or list found in the reply: {snippet!r}")
+
+
+class LLMClient:
+    """One client per request; thread-safe usage counting."""
+
+    def __init__(self, settings: Settings, client: OpenAI | None = None) -> None:
+        settings.require_llm()
+        self.settings = settings
+        self.model = settings.llm_model
+        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
+        self.base_url = settings.openai_base_url or "https://api.openai.com/v1"
+        self._client = client or OpenAI(
+            api_key=api_key,
+            base_url=settings.openai_base_url,
+            timeout=settings.llm_timeout,
+            max_retries=settings.llm_max_retries,
+        )
+        self._schema_supported = settings.llm_json_schema
+        self._lock = threading.Lock()
+        self.usage = LLMUsage()
+
+    # ------------------------------------------------------------------
+    def chat(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "reply",
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """Send one chat completion; return the reply text and this call's usage.
+
+        With ``schema``, asks for JSON-schema constrained output; a server that
+        rejects ``response_format`` is asked again without it, and not asked
+        with it again by this client.
+        """
+        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature}
+        if schema is not None and self._schema_supported:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": schema, "strict": False},
+            }
+        try:
+            response = self._create(kwargs)
+        except openai.BadRequestError as exc:
+            if "response_format" not in kwargs:
+                raise self._wrap(exc) from exc
+            logger.info("LLM server rejected response_format (%s); asking again without it", _short(exc))
+            self._schema_supported = False
+            kwargs.pop("response_format")
+            try:
+                response = self._create(kwargs)
+            except openai.OpenAIError as exc2:
+                raise self._wrap(exc2) from exc2
+        except openai.OpenAIError as exc:
+            raise self._wrap(exc) from exc
+
+        usage = LLMUsage(calls=1)
+        if response.usage is not None:
+            usage = LLMUsage(
+                calls=1,
+                prompt_tokens=response.usage.prompt_tokens or 0,
+                completion_tokens=response.usage.completion_tokens or 0,
+            )
+        with self._lock:
+            self.usage = self.usage + usage
+        if not response.choices:
+            raise LLMError(f"the LLM at {self.base_url} returned no choices")
+        content = response.choices[0].message.content or ""
+        return content, usage
+
+    def _create(self, kwargs: dict[str, Any]) -> Any:
+        return self._client.chat.completions.create(**kwargs)
+
+    def _wrap(self, exc: BaseException) -> LLMError:
+        where = f"the LLM at {self.base_url} (model {self.model!r})"
+        if isinstance(exc, openai.APITimeoutError):
+            return LLMUnavailableError(
+                f"{where} did not answer within {self.settings.llm_timeout:g} s; "
+                "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT"
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return LLMUnavailableError(
+                f"could not reach {where}: {_short(exc)}. Set OPENAI_BASE_URL to a reachable "
+                "OpenAI-compatible server (or unset it and set OPENAI_API_KEY to use OpenAI)"
+            )
+        if isinstance(exc, openai.AuthenticationError):
+            return LLMUnavailableError(f"{where} refused the API key; set a valid OPENAI_API_KEY")
+        if isinstance(exc, openai.NotFoundError):
+            return LLMError(f"{where} does not know that model; set HUGGINGGPT_LLM_MODEL to one it serves")
+        if isinstance(exc, openai.RateLimitError):
+            return LLMError(f"{where} is rate limiting requests (429) after retries: {_short(exc)}")
+        if isinstance(exc, openai.APIStatusError):
+            return LLMError(f"{where} answered HTTP {exc.status_code}: {_short(exc)}")
+        return LLMError(f"{where} failed: {_short(exc)}")
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,380 @@
+"""Stage 1, task planning: the LLM turns a request into a validated graph of tasks.
+
+The core (:func:`parse_plan`, :func:`validate_plan`, :func:`plan_request`) is plain
+Python over pydantic models; :func:`plan_task` is its Prefect wrapper.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from functools import cache
+from importlib import resources
+from pathlib import PurePosixPath
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.llm import JSONExtractError, LLMClient, extract_json
+from tasks.schemas import GENERATED_PREFIX, ChatTurn, LLMUsage, PlanNode, PlanResult
+from tasks.settings import Settings
+from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, Modality, normalize_task_name
+
+GENERATED_RE = re.compile(r"<GENERATED>-(-?\d+)")
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+class PlanValidationError(ValueError):
+    """A plan broke the rules; ``problems`` lists every one, each naming the node and what was wrong."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid plan: " + "; ".join(self.problems))
+
+
+class PlanningError(RuntimeError):
+    """Planning failed after the re-ask; the message carries the last validation error."""
+
+
+# ---------------------------------------------------------------------------
+# prompt
+# ---------------------------------------------------------------------------
+@cache
+def _prompt_file(name: str) -> str:
+    return resources.files("tasks.prompts").joinpath(name).read_text(encoding="utf-8")
+
+
+def load_demos() -> list[dict[str, Any]]:
+    """The few-shot demos (``tasks/prompts/plan_demos.json``)."""
+    return json.loads(_prompt_file("plan_demos.json"))
+
+
+def describe_task_types(allowed: Iterable[str] = EXECUTABLE_TASKS) -> str:
+    lines = []
+    for name in sorted(allowed):
+        tt = TASK_TYPES[name]
+        args = ", ".join(f"{a.name}: {a.modality}{'' if a.required else ' (optional)'}" for a in tt.args)
+        outs = ", ".join(str(m) for m in tt.outputs)
+        lines.append(f"- {name}({args}) -> {outs}: {tt.description}")
+    return "\n".join(lines)
+
+
+def _user_message(request: str, inputs: Sequence[str]) -> str:
+    given = ", ".join(inputs) if inputs else "none"
+    return f"Request: {request}\nInputs: {given}"
+
+
+def build_plan_messages(
+    request: str,
+    inputs: Sequence[str] = (),
+    history: Sequence[ChatTurn] = (),
+    allowed: Iterable[str] = EXECUTABLE_TASKS,
+) -> list[dict[str, str]]:
+    """System prompt with the task table, the few-shot demos as turns, the chat history, then the request."""
+    system = _prompt_file("plan_system.txt").replace("{task_types}", describe_task_types(allowed))
+    messages = [{"role": "system", "content": system}]
+    for demo in load_demos():
+        messages.append({"role": "user", "content": _user_message(demo["request"], demo["inputs"])})
+        messages.append({"role": "assistant", "content": json.dumps({"tasks": demo["plan"]})})
+    if history:
+        convo = "\n".join(f"{t.role}: {t.content}" for t in history)
+        messages.append(
+            {"role": "user", "content": f"Earlier in this conversation (context only, do not re-plan it):\n{convo}"}
+        )
+        messages.append({"role": "assistant", "content": '{"tasks": []}'})
+    messages.append({"role": "user", "content": _user_message(request, inputs)})
+    return messages
+
+
+PLAN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "tasks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "task": {"type": "string"},
+                    "dep": {"type": "array", "items": {"type": "integer"}},
+                    "args": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+                "required": ["id", "task", "dep", "args"],
+            },
+        }
+    },
+    "required": ["tasks"],
+}
+
+
+# ---------------------------------------------------------------------------
+# parsing and validation
+# ---------------------------------------------------------------------------
+def parse_plan(text: str) -> list[Any]:
+    """Read the list of raw nodes from a reply: a list, ``{"tasks": [...]}`` (or plan/nodes), or one bare node."""
+    try:
+        value = extract_json(text)
+    except JSONExtractError as exc:
+        raise PlanValidationError([f"the plan is not JSON ({exc})"]) from None
+    if isinstance(value, dict):
+        for key in ("tasks", "plan", "nodes", "task_nodes"):
+            if isinstance(value.get(key), list):
+                return value[key]
+        if "task" in value:
+            return [value]
+        raise PlanValidationError(
+            [f"the plan is a JSON object without a 'tasks' list (keys: {', '.join(map(str, value)) or 'none'})"]
+        )
+    if isinstance(value, list):
+        return value
+    raise PlanValidationError([f"the plan must be a JSON list of tasks, not {type(value).__name__}"])
+
+
+def _is_url(value: str) -> bool:
+    return bool(_URL_RE.match(value))
+
+
+def _match_input(value: str, inputs: Sequence[str], request: str) -> str | None:
+    """The given input a literal file argument refers to, or ``None`` when the user never gave it."""
+    if value in inputs:
+        return value
+    base = PurePosixPath(value.replace("\\", "/")).name
+    for given in inputs:
+        if PurePosixPath(given.replace("\\", "/")).name == base and base:
+            return given
+    if value and value in request:
+        return value
+    return None
+
+
+def _coerce_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def validate_plan(
+    raw_nodes: Sequence[Any],
+    *,
+    inputs: Sequence[str] = (),
+    request: str = "",
+    allowed: Iterable[str] = EXECUTABLE_TASKS,
+) -> tuple[list[PlanNode], list[str]]:
+    """Check a raw plan against the task table; repair what can be repaired safely.
+
+    Returns the nodes in dependency order and the repairs made. Raises
+    :class:`PlanValidationError` listing every problem otherwise.
+
+    Repairs: ``dep: [-1]`` means none; task names in other spellings are
+    normalized; a ``<GENERATED>-k`` whose k exists but is missing from ``dep``
+    is added to it; a file argument naming a given input by its base name is
+    replaced by the input as given; numbers in ``args`` become strings.
+    """
+    allowed_set = set(allowed)
+    problems: list[str] = []
+    repairs: list[str] = []
+    nodes: list[PlanNode] = []
+
+    if not isinstance(raw_nodes, Sequence) or isinstance(raw_nodes, str):
+        raise PlanValidationError([f"the plan must be a list of tasks, not {type(raw_nodes).__name__}"])
+
+    for pos, raw in enumerate(raw_nodes):
+        where = f"task at position {pos}"
+        if not isinstance(raw, dict):
+            problems.append(f"{where} is not a JSON object ({type(raw).__name__})")
+            continue
+        node_id = _coerce_int(raw.get("id", pos))
+        if node_id is None or node_id < 0:
+            problems.append(f"{where} has an invalid id {raw.get('id')!r} (ids are integers from 0)")
+            continue
+        where = f"task {node_id}"
+        name = raw.get("task")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{where} has no task type")
+            continue
+        key = normalize_task_name(name)
+        if key not in TASK_TYPES:
+            problems.append(f"{where}: unknown task type {name!r}")
+            continue
+        if key not in allowed_set:
+            problems.append(f"{where}: task type {key!r} cannot run in this deployment (runnable: {', '.join(sorted(allowed_set))})")
+            continue
+        if key != name:
+            repairs.append(f"task {node_id}: task type {name!r} read as {key!r}")
+        dep_raw = raw.get("dep", [])
+        if dep_raw is None:
+            dep_raw = []
+        if not isinstance(dep_raw, list):
+            dep_raw = [dep_raw]
+        deps: list[int] = []
+        for d in dep_raw:
+            di = _coerce_int(d)
+            if di is None:
+                problems.append(f"{where}: dependency {d!r} is not a task id")
+            elif di >= 0 and di not in deps:
+                deps.append(di)
+        args_raw = raw.get("args", {})
+        if not isinstance(args_raw, dict):
+            problems.append(f"{where}: 'args' must be an object, not {type(args_raw).__name__}")
+            continue
+        args: dict[str, str] = {}
+        for arg_name, value in args_raw.items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                problems.append(f"{where}: argument {arg_name!r} must be a string, not {type(value).__name__}")
+                continue
+            if not isinstance(value, str):
+                repairs.append(f"{where}: argument {arg_name!r} converted to text")
+            args[str(arg_name)] = str(value)
+        nodes.append(PlanNode(id=node_id, task=key, dep=deps, args=args))
+
+    by_id: dict[int, PlanNode] = {}
+    for node in nodes:
+        if node.id in by_id:
+            problems.append(f"task id {node.id} is used twice")
+        by_id[node.id] = node
+    if problems:
+        raise PlanValidationError(problems)
+
+    for node in nodes:
+        tt = TASK_TYPES[node.task]
+        where = f"task {node.id} ({node.task})"
+        for dep in node.dep:
+            if dep == node.id:
+                problems.append(f"{where} depends on itself")
+            elif dep not in by_id:
+                problems.append(f"{where} depends on task {dep}, which is not in the plan")
+        for arg_name in node.args:
+            if tt.arg(arg_name) is None:
+                problems.append(
+                    f"{where}: unknown argument {arg_name!r} (it takes {', '.join(a.name for a in tt.args)})"
+                )
+        for spec in tt.required_args:
+            if not node.args.get(spec.name, "").strip():
+                problems.append(f"{where}: missing required argument {spec.name!r} ({spec.modality})")
+        for arg_name, value in node.args.items():
+            spec = tt.arg(arg_name)
+            if spec is None:
+                continue
+            refs = [int(k) for k in GENERATED_RE.findall(value)]
+            if refs:
+                whole = value.strip() == f"{GENERATED_PREFIX}{refs[0]}"
+                if spec.modality in FILE_MODALITIES and not (whole and len(refs) == 1):
+                    problems.append(
+                        f"{where}: argument {arg_name!r} ({spec.modality}) must be exactly one <GENERATED>-k, "
+                        f"not {value!r}"
+                    )
+                    continue
+                for k in refs:
+                    if k not in by_id:
+                        problems.append(f"{where}: argument {arg_name!r} uses <GENERATED>-{k}, but there is no task {k}")
+                        continue
+                    producer = TASK_TYPES[by_id[k].task]
+                    if not producer.produces(spec.modality):
+                        problems.append(
+                            f"{where}: argument {arg_name!r} needs {spec.modality} but task {k} ({producer.name}) "
+                            f"produces {', '.join(map(str, producer.outputs))}"
+                        )
+                        continue
+                    if k not in node.dep and k != node.id:
+                        node.dep.append(k)
+                        repairs.append(f"{where}: added task {k} to dep, since it uses <GENERATED>-{k}")
+            elif spec.modality in FILE_MODALITIES:
+                if _is_url(value) and value in request:
+                    continue
+                match = _match_input(value, inputs, request)
+                if match is None:
+                    given = ", ".join(inputs) if inputs else "no files"
+                    problems.append(
+                        f"{where}: argument {arg_name!r} names {value!r}, which is not among the inputs given "
+                        f"({given})"
+                    )
+                elif match != value:
+                    node.args[arg_name] = match
+                    repairs.append(f"{where}: argument {arg_name!r} {value!r} read as the given input {match!r}")
+        # a dependency whose output is not consumed is allowed (ordering only)
+    if problems:
+        raise PlanValidationError(problems)
+
+    ordered = topological_order(nodes)
+    return ordered, repairs
+
+
+def topological_order(nodes: Sequence[PlanNode]) -> list[PlanNode]:
+    """Nodes in an order where every node comes after its dependencies (stable by id); raises on a cycle."""
+    by_id = {n.id: n for n in nodes}
+    remaining = {n.id: set(n.dep) for n in nodes}
+    ordered: list[PlanNode] = []
+    while remaining:
+        ready = sorted(i for i, deps in remaining.items() if not deps)
+        if not ready:
+            cycle = ", ".join(str(i) for i in sorted(remaining))
+            raise PlanValidationError([f"the dependencies form a cycle among tasks {cycle}"])
+        for i in ready:
+            ordered.append(by_id[i])
+            del remaining[i]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return ordered
+
+
+def plan_modalities(node: PlanNode) -> dict[str, Modality]:
+    tt = TASK_TYPES[node.task]
+    return {a.name: a.modality for a in tt.args}
+
+
+# ---------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------
+def plan_request(
+    llm: LLMClient,
+    request: str,
+    *,
+    inputs: Sequence[str] = (),
+    history: Sequence[ChatTurn] = (),
+    allowed: Iterable[str] = EXECUTABLE_TASKS,
+) -> PlanResult:
+    """Ask the LLM for a plan, validate it, re-ask once with the validation error, then give up with it."""
+    allowed = tuple(allowed)
+    messages = build_plan_messages(request, inputs, history, allowed)
+    usage = LLMUsage()
+    last_error: PlanValidationError | None = None
+    for attempt in (1, 2):
+        reply, call_usage = llm.chat(messages, schema=PLAN_SCHEMA, schema_name="plan")
+        usage = usage + call_usage
+        try:
+            raw = parse_plan(reply)
+            nodes, repairs = validate_plan(raw, inputs=inputs, request=request, allowed=allowed)
+        except PlanValidationError as exc:
+            last_error = exc
+            messages = [
+                *messages,
+                {"role": "assistant", "content": reply},
+                {
+                    "role": "user",
+                    "content": f"That plan is invalid: {'; '.join(exc.problems)}. "
+                    'Reply with the corrected plan only, as {"tasks": [...]}.',
+                },
+            ]
+            continue
+        return PlanResult(nodes=nodes, repairs=repairs, attempts=attempt, usage=usage)
+    assert last_error is not None
+    raise PlanningError(f"the LLM's plan was invalid twice; last error: {'; '.join(last_error.problems)}")
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_task(
+    settings: Settings,
+    request: str,
+    inputs: list[str],
+    history: list[ChatTurn],
+) -> PlanResult:
+    """Prefect task: stage 1."""
+    return plan_request(LLMClient(settings), request, inputs=inputs, history=history)

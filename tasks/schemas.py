@@ -1,0 +1,146 @@
+"""The contracts between the stages: plan, assignment, node result and run summary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.experts.base import ModelSpec
+
+GENERATED_PREFIX = "<GENERATED>-"
+
+
+class ChatTurn(BaseModel):
+    """An earlier turn of the conversation, passed to the planner as context."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class PlanNode(BaseModel):
+    """One node of a plan, in HuggingGPT's format."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: int = Field(ge=0)
+    task: str
+    dep: list[int] = Field(default_factory=list, description="ids this node waits for; [] (or [-1]) for none")
+    args: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The node's display name, also its Prefect task-run name: ``image-to-text#0``."""
+        return f"{self.task}#{self.id}"
+
+    def generated_refs(self) -> dict[str, int]:
+        """Argument name -> id of the node whose output it consumes (``<GENERATED>-k``)."""
+        refs: dict[str, int] = {}
+        for key, value in self.args.items():
+            if isinstance(value, str) and value.startswith(GENERATED_PREFIX):
+                suffix = value[len(GENERATED_PREFIX) :]
+                if suffix.lstrip("-").isdigit():
+                    refs[key] = int(suffix)
+        return refs
+
+
+class LLMUsage(BaseModel):
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: LLMUsage) -> LLMUsage:
+        return LLMUsage(
+            calls=self.calls + other.calls,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+class PlanResult(BaseModel):
+    """What stage 1 gives: the validated plan, the repairs it needed, and the LLM usage."""
+
+    nodes: list[PlanNode]
+    repairs: list[str] = Field(default_factory=list)
+    attempts: int = 1
+    usage: LLMUsage = Field(default_factory=LLMUsage)
+
+
+Backend = Literal["local", "remote"]
+
+
+class Assignment(BaseModel):
+    """The model chosen for one node, with the candidates considered and why."""
+
+    node_id: int
+    task: str
+    model: str
+    backend: Backend = "local"
+    candidates: list[str] = Field(default_factory=list)
+    reason: str
+    spec: ModelSpec
+
+
+class SelectionResult(BaseModel):
+    assignments: list[Assignment]
+    unassigned: dict[int, str] = Field(default_factory=dict, description="node id -> why no model could be chosen")
+    usage: LLMUsage = Field(default_factory=LLMUsage)
+
+
+NodeStatus = Literal["completed", "failed", "skipped"]
+
+
+class NodeResult(BaseModel):
+    """What one node did: its status, its outputs (text inline, files as URIs), timings and error."""
+
+    id: int
+    task: str
+    model: str | None = None
+    status: NodeStatus
+    outputs: dict[str, str] = Field(default_factory=dict, description="modality -> text, or URI of the stored file")
+    error: str | None = None
+    seconds: float = 0.0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+AnswerSource = Literal["llm", "direct", "fallback"]
+
+
+class ResponseResult(BaseModel):
+    answer: str
+    source: AnswerSource
+    error: str | None = None
+    usage: LLMUsage = Field(default_factory=LLMUsage)
+
+
+RunStatus = Literal["completed", "failed"]
+
+
+class RunSummary(BaseModel):
+    """Everything about one request; stored as ``summary.json`` beside the run's files."""
+
+    request: str
+    inputs: list[str] = Field(default_factory=list)
+    status: RunStatus = "completed"
+    plan: list[PlanNode] = Field(default_factory=list)
+    plan_repairs: list[str] = Field(default_factory=list)
+    assignments: list[Assignment] = Field(default_factory=list)
+    results: list[NodeResult] = Field(default_factory=list)
+    answer: str = ""
+    answer_source: AnswerSource = "llm"
+    answer_error: str | None = None
+    llm: LLMUsage = Field(default_factory=LLMUsage)
+    flow_run_id: str | None = None
+    storage_uri: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage and in total")
+    error: str | None = None
+
+    @property
+    def failed_nodes(self) -> list[NodeResult]:
+        return [r for r in self.results if r.status != "completed"]

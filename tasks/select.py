@@ -1,0 +1,219 @@
+"""Stage 2, model selection: candidates from the catalog, one LLM call for the whole plan.
+
+For each node: a model pinned by the user wins; else the catalog's runnable
+candidates for its task are ranked and the top K kept; a lone candidate is used
+without asking; the nodes with several candidates are put to the LLM in one
+call, and each choice keeps its reason. When the LLM fails or picks a model
+that is not a candidate, the top-ranked candidate is used and the reason says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models_catalog.catalog import Catalog, CatalogEntry, load_catalog
+from tasks.llm import JSONExtractError, LLMClient, LLMError, extract_json
+from tasks.schemas import Assignment, LLMUsage, PlanNode, SelectionResult
+from tasks.settings import Settings
+from tasks.task_types import normalize_task_name
+
+
+class SelectionError(ValueError):
+    """A pinned model or the catalog made selection impossible; the message says which and why."""
+
+
+SELECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "model": {"type": "string"},
+                    "reason": {"type": "string"},
+                },
+                "required": ["id", "model", "reason"],
+            },
+        }
+    },
+    "required": ["choices"],
+}
+
+
+@cache
+def _system_prompt() -> str:
+    return resources.files("tasks.prompts").joinpath("select_system.txt").read_text(encoding="utf-8")
+
+
+def parse_pins(pins: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """``["image-to-text=Salesforce/blip", ...]`` (or a mapping) -> {task: model id}, task names normalized."""
+    if not pins:
+        return {}
+    items = pins.items() if isinstance(pins, Mapping) else []
+    if not isinstance(pins, Mapping):
+        parsed = []
+        for pin in pins:
+            task_name, sep, model_id = pin.partition("=")
+            if not sep or not task_name.strip() or not model_id.strip():
+                raise SelectionError(f"--model {pin!r} is not of the form TASK=MODEL_ID")
+            parsed.append((task_name, model_id))
+        items = parsed
+    return {normalize_task_name(t): m.strip() for t, m in items}
+
+
+def _candidate_line(entry: CatalogEntry) -> dict[str, Any]:
+    return {
+        "model": entry.id,
+        "downloads": entry.downloads,
+        "likes": entry.likes,
+        "tags": entry.tags[:6],
+        "languages": entry.languages[:4],
+        "description": entry.description[:200],
+    }
+
+
+def build_select_messages(
+    request: str, pending: Sequence[tuple[PlanNode, list[CatalogEntry]]]
+) -> list[dict[str, str]]:
+    tasks_desc = [
+        {
+            "id": node.id,
+            "task": node.task,
+            "args": node.args,
+            "candidates": [_candidate_line(c) for c in cands],
+        }
+        for node, cands in pending
+    ]
+    user = f"Request: {request}\nTasks and candidates:\n{json.dumps(tasks_desc, ensure_ascii=False, indent=1)}"
+    return [{"role": "system", "content": _system_prompt()}, {"role": "user", "content": user}]
+
+
+def _parse_choices(reply: str) -> dict[int, tuple[str, str]]:
+    value = extract_json(reply)
+    if isinstance(value, dict):
+        value = value.get("choices", value.get("models", [value]))
+    if not isinstance(value, list):
+        raise JSONExtractError("the selection reply is not a list of choices")
+    out: dict[int, tuple[str, str]] = {}
+    for item in value:
+        if not isinstance(item, dict):
+            continue
+        raw_id = item.get("id", item.get("task_id"))
+        try:
+            node_id = int(raw_id)
+        except (TypeError, ValueError):
+            continue
+        model = item.get("model", item.get("id_model", ""))
+        out[node_id] = (str(model), str(item.get("reason", "")).strip())
+    return out
+
+
+def select_models(
+    nodes: Sequence[PlanNode],
+    catalog: Catalog,
+    *,
+    llm: LLMClient | None,
+    request: str,
+    pins: Mapping[str, str] | None = None,
+    top_k: int = 5,
+) -> SelectionResult:
+    """Choose a model for every node (see the module doc). Nodes with no runnable model are left out,
+    listed in ``SelectionResult.unassigned`` with the reason, so they fail alone at execution."""
+    pins = dict(pins or {})
+    planned_tasks = {n.task for n in nodes}
+    stray = sorted(set(pins) - planned_tasks)
+    if stray:
+        raise SelectionError(
+            f"--model pins task(s) {', '.join(stray)} that the plan does not use "
+            f"(plan tasks: {', '.join(sorted(planned_tasks)) or 'none'})"
+        )
+    assignments: dict[int, Assignment] = {}
+    unassigned: dict[int, str] = {}
+    pending: list[tuple[PlanNode, list[CatalogEntry]]] = []
+
+    for node in nodes:
+        if node.task in pins:
+            model_id = pins[node.task]
+            entry = catalog.get(node.task, model_id)
+            if entry is None:
+                known = ", ".join(e.id for e in catalog.ranked(node.task, available_only=False)[:5]) or "none"
+                raise SelectionError(
+                    f"pinned model {model_id!r} is not in the catalog for task {node.task!r} "
+                    f"(add it with HUGGINGGPT_CATALOG; catalog has e.g. {known})"
+                )
+            assignments[node.id] = Assignment(
+                node_id=node.id, task=node.task, model=entry.id, candidates=[entry.id],
+                reason="pinned by the user", spec=entry.spec(),
+            )
+            continue
+        cands = catalog.candidates(node.task, top_k)
+        if not cands:
+            total = len(catalog.for_task(node.task))
+            unassigned[node.id] = (
+                f"no runnable model for task {node.task!r}: the catalog lists {total}, none with weights on this "
+                "machine or reachable (set HUGGINGGPT_CATALOG to add one with a local_path, or unset HF_HUB_OFFLINE)"
+            )
+        elif len(cands) == 1:
+            assignments[node.id] = Assignment(
+                node_id=node.id, task=node.task, model=cands[0].id, candidates=[cands[0].id],
+                reason="the only runnable candidate", spec=cands[0].spec(),
+            )
+        else:
+            pending.append((node, cands))
+
+    usage = LLMUsage()
+    if pending:
+        choices: dict[int, tuple[str, str]] = {}
+        failure: str | None = None
+        if llm is None:
+            failure = "no LLM configured"
+        else:
+            try:
+                reply, usage = llm.chat(
+                    build_select_messages(request, pending), schema=SELECT_SCHEMA, schema_name="selection"
+                )
+                choices = _parse_choices(reply)
+            except (LLMError, JSONExtractError) as exc:
+                failure = f"selection by the LLM failed ({exc})"
+        for node, cands in pending:
+            by_id = {c.id: c for c in cands}
+            chosen, reason = choices.get(node.id, ("", ""))
+            if chosen in by_id:
+                entry = by_id[chosen]
+                reason = reason or "chosen by the LLM"
+            else:
+                entry = cands[0]
+                if failure:
+                    reason = f"{failure}; took the top-ranked candidate"
+                elif chosen:
+                    reason = f"the LLM chose {chosen!r}, which is not a candidate; took the top-ranked candidate"
+                else:
+                    reason = "the LLM made no choice for this task; took the top-ranked candidate"
+            assignments[node.id] = Assignment(
+                node_id=node.id, task=node.task, model=entry.id, candidates=[c.id for c in cands],
+                reason=reason, spec=entry.spec(),
+            )
+    ordered = [assignments[n.id] for n in nodes if n.id in assignments]
+    return SelectionResult(assignments=ordered, unassigned=unassigned, usage=usage)
+
+
+@task(name="select", cache_policy=NO_CACHE)
+def select_task(
+    settings: Settings,
+    request: str,
+    nodes: list[PlanNode],
+    pins: dict[str, str],
+) -> SelectionResult:
+    """Prefect task: stage 2."""
+    catalog = load_catalog(settings.catalog)
+    llm = LLMClient(settings) if settings.llm_configured else None
+    return select_models(nodes, catalog, llm=llm, request=request, pins=pins, top_k=settings.top_k)

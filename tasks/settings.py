@@ -1,0 +1,117 @@
+"""All configuration in one pydantic-settings model, read from the environment and ``.env``.
+
+CLI flags and flow parameters override these values through :meth:`Settings.with_overrides`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_LLM_MODEL = "gpt-4.1-mini"
+DEFAULT_STORAGE = "./hugginggpt-runs"
+
+
+class LLMNotConfiguredError(RuntimeError):
+    """No LLM endpoint is configured; the message says which variable to set."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HUGGINGGPT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- LLM controller (any OpenAI-compatible API) ---------------------------
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
+    )
+    llm_model: str = Field(default=DEFAULT_LLM_MODEL, description="chat model used for all LLM stages")
+    llm_timeout: float = Field(default=120.0, gt=0, description="seconds before one LLM call is abandoned")
+    llm_max_retries: int = Field(default=2, ge=0, description="retries on connection errors, 429 and 5xx")
+    llm_json_schema: bool = Field(default=True, description="ask for JSON-schema constrained output")
+
+    # --- storage and catalog ----------------------------------------------------
+    storage: str = Field(default=DEFAULT_STORAGE, description="fsspec URL of the artifact store")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for the store, as JSON (e.g. endpoint_url, key, secret)"
+    )
+    catalog: Path | None = Field(default=None, description="extra catalog JSONL that adds to or overrides the built-in one")
+
+    # --- experts ------------------------------------------------------------------
+    hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+    top_k: int = Field(default=5, ge=1, description="candidates per task offered to the LLM")
+    max_models: int = Field(default=4, ge=1, description="loaded models kept in memory per process")
+    max_new_tokens: int = Field(default=48, ge=1, description="generation bound for text outputs")
+    max_workers: int = Field(default=4, ge=1, description="nodes run at the same time")
+    input_timeout: float = Field(default=30.0, gt=0, description="seconds to fetch one input URL")
+
+    # --- Prefect --------------------------------------------------------------------
+    heartbeats: bool = Field(default=False, description="emit flow-run heartbeats (crash detection on long runs)")
+
+    @field_validator("openai_base_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return v or None
+
+    @field_validator("storage")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("HUGGINGGPT_STORAGE is empty; give a folder or an fsspec URL such as s3://bucket/prefix")
+        return v.rstrip("/") or "/"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given fields replaced; ``None`` values are ignored."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        data = self.model_dump()
+        data.update(given)
+        return type(self).model_validate(data)
+
+    @property
+    def llm_configured(self) -> bool:
+        return self.openai_api_key is not None or self.openai_base_url is not None
+
+    def require_llm(self) -> None:
+        """Raise :class:`LLMNotConfiguredError` with what to set when no LLM endpoint is configured."""
+        if not self.llm_configured:
+            raise LLMNotConfiguredError(
+                "No LLM is configured. Set OPENAI_API_KEY to use OpenAI, or OPENAI_BASE_URL to use an "
+                "OpenAI-compatible server (e.g. OPENAI_BASE_URL=http://localhost:11434/v1 for Ollama, "
+                "http://localhost:8000/v1 for vLLM), and HUGGINGGPT_LLM_MODEL to pick its model "
+                f"(default {DEFAULT_LLM_MODEL})."
+            )
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return "cuda"
+            if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                return "mps"
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+        return "cpu"
+
+
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with the given overrides (``None`` means: keep the environment's)."""
+    return Settings().with_overrides(**overrides)

@@ -1,0 +1,97 @@
+"""Fixtures that start the real components: Prefect's test server, a scripted OpenAI-compatible
+server on 127.0.0.1, and tiny random models saved to disk. Nothing reaches the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+# offline for the whole suite: any attempt to reach the Hub fails instead of downloading
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HF_TOKEN", "HUGGINGGPT_CATALOG", "HUGGINGGPT_STORAGE"):
+    os.environ.pop(_var, None)
+
+import pytest  # noqa: E402
+
+from tests.llm_server import ScriptedLLM  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def _llm_server() -> Iterator[ScriptedLLM]:
+    server = ScriptedLLM().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm(_llm_server: ScriptedLLM, monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
+    """The scripted LLM, reset, with the environment pointing at it."""
+    _llm_server.reset()
+    monkeypatch.setenv("OPENAI_BASE_URL", _llm_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    monkeypatch.setenv("HUGGINGGPT_LLM_MODEL", "scripted")
+    monkeypatch.setenv("HUGGINGGPT_LLM_MAX_RETRIES", "0")
+    monkeypatch.setenv("HUGGINGGPT_LLM_TIMEOUT", "10")
+    return _llm_server
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A catalog file with one tiny model per task, plus a second text-classification candidate."""
+    from tests.tiny_models import tiny_catalog_entries
+
+    entries = tiny_catalog_entries(tiny_models)
+    second = dict(next(e for e in entries if e["task"] == "text-classification"))
+    second.update(id="tiny/text-classification-b", downloads=10, description="second tiny sentiment model")
+    entries.append(second)
+    path = tmp_path_factory.mktemp("catalog") / "catalog.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def env(llm: ScriptedLLM, tiny_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """LLM, catalog and a fresh storage folder configured through the environment; returns the storage folder."""
+    storage = tmp_path / "runs"
+    monkeypatch.setenv("HUGGINGGPT_CATALOG", str(tiny_catalog))
+    monkeypatch.setenv("HUGGINGGPT_STORAGE", str(storage))
+    return storage
+
+
+@pytest.fixture(scope="session")
+def sample_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A photo (PNG) and a one-second WAV to feed the models."""
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("inputs")
+    img = Image.new("RGB", (64, 48), (200, 120, 40))
+    for x in range(10, 30):
+        for y in range(10, 30):
+            img.putpixel((x, y), (20, 40, 220))
+    photo = root / "photo.png"
+    img.save(photo)
+    t = np.linspace(0, 1, 16000, endpoint=False)
+    speech = root / "speech.wav"
+    sf.write(speech, (0.3 * np.sin(2 * np.pi * 440 * t)).astype("float32"), 16000)
+    return {"photo": photo, "speech": speech}

@@ -1,0 +1,146 @@
+"""An OpenAI-compatible chat-completions server on 127.0.0.1, scripted per test.
+
+Replies are chosen per stage (planning, selection, response), told apart by the
+system prompt each stage sends. A script entry is a reply string, a callable
+taking the request body and returning one, or an :class:`HTTPFault` to answer
+with an error status. A list of entries is consumed in order, the last repeating.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+
+@dataclass
+class HTTPFault:
+    status: int = 500
+    message: str = "scripted failure"
+    delay: float = 0.0
+
+
+def stage_of(body: dict[str, Any]) -> str:
+    system = next((m.get("content", "") for m in body.get("messages", []) if m.get("role") == "system"), "")
+    if "task planner" in system:
+        return "plan"
+    if "model selector" in system:
+        return "select"
+    return "respond"
+
+
+class ScriptedLLM:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.calls: Counter[str] = Counter()
+        self.script: dict[str, list[Any]] = {}
+        self.reject_response_format = False
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------
+    def start(self) -> ScriptedLLM:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                status, payload = outer._answer(body)
+                self._send(status, payload)
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    # ------------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.calls.clear()
+            self.script.clear()
+            self.reject_response_format = False
+
+    def set(self, *, plan: Any = None, select: Any = None, respond: Any = None) -> None:
+        for stage, entry in (("plan", plan), ("select", select), ("respond", respond)):
+            if entry is not None:
+                self.script[stage] = list(entry) if isinstance(entry, list) else [entry]
+
+    def stage_requests(self, stage: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if stage_of(r) == stage]
+
+    def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        stage = stage_of(body)
+        with self._lock:
+            self.requests.append(body)
+            self.calls[stage] += 1
+            if self.reject_response_format and "response_format" in body:
+                return 400, {"error": {"message": "response_format is not supported", "type": "invalid_request_error"}}
+            entries = self.script.get(stage)
+            if not entries:
+                entry: Any = default_reply(stage, body)
+            else:
+                entry = entries.pop(0) if len(entries) > 1 else entries[0]
+        if isinstance(entry, HTTPFault):
+            if entry.delay:
+                time.sleep(entry.delay)
+            return entry.status, {"error": {"message": entry.message, "type": "server_error"}}
+        content = entry(body) if callable(entry) else entry
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        return 200, {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "scripted"),
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(content.split()),
+                "total_tokens": prompt_tokens + len(content.split()),
+            },
+        }
+
+
+def default_reply(stage: str, body: dict[str, Any]) -> str:
+    if stage == "plan":
+        return '{"tasks": []}'
+    if stage == "select":
+        return '{"choices": []}'
+    return "Done."
+
+
+def plan_json(*nodes: dict[str, Any]) -> str:
+    return json.dumps({"tasks": list(nodes)})
