@@ -10,11 +10,10 @@ Prefect; the answer and the files produced are printed at the end. With
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,35 +29,37 @@ def _err(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hugginggpt", description="HuggingGPT on Prefect: solve a request with Hugging Face models.")
+    parser = argparse.ArgumentParser(
+        prog="hugginggpt", description="HuggingGPT on Prefect: solve a request with Hugging Face models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="answer one request", description="Plan, select models, run them, and answer.")
     run.add_argument("request", help="what you want done, in plain language")
-    run.add_argument("--input", "-i", dest="inputs", action="append", default=[], metavar="PATH",
-                     help="a file the request refers to (path, http(s) or fsspec URL); repeatable")
-    run.add_argument("--model", "-m", dest="models", action="append", default=[], metavar="TASK=MODEL_ID",
-                     help="pin the model for a task; repeatable")
+    run.add_argument(
+        "--input",
+        "-i",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file the request refers to (path, http(s) or fsspec URL); repeatable",
+    )
+    run.add_argument(
+        "--model",
+        "-m",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="TASK=MODEL_ID",
+        help="pin the model for a task; repeatable",
+    )
     run.add_argument("--storage", metavar="URL", help="artifact store: a folder or fsspec URL (HUGGINGGPT_STORAGE)")
     run.add_argument("--catalog", metavar="PATH", help="extra catalog JSONL (HUGGINGGPT_CATALOG)")
     run.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
     run.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps or auto (HUGGINGGPT_DEVICE)")
     run.add_argument("--json", action="store_true", help="print only the run summary as JSON on stdout")
     return parser
-
-
-@contextlib.contextmanager
-def _prefect_run_settings(heartbeats: bool, quiet: bool) -> Iterator[None]:
-    """Prefect settings for one CLI run: heartbeats off for short runs unless asked for."""
-    from prefect.settings import temporary_settings
-
-    updates: dict[str, Any] = {}
-    if not heartbeats:
-        updates["flows.heartbeat_frequency"] = None
-    if quiet:
-        updates["logging.level"] = "WARNING"
-    with temporary_settings(updates=updates):
-        yield
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -98,11 +99,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.request import hugginggpt_request
+    from flows.request import hugginggpt_request, prefect_run_settings
     from tasks.schemas import RunSummary
 
     request_flow = hugginggpt_request.with_options(task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers))
-    with _prefect_run_settings(settings.heartbeats, quiet=args.json):
+    with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
         state = request_flow(
             args.request,
             inputs=list(args.inputs),
@@ -144,11 +145,17 @@ def print_summary(summary: Any) -> None:
         for row in node_rows(summary):
             style = {"completed": "green", "failed": "red", "skipped": "yellow"}.get(row["status"], "")
             table.add_row(
-                row["node"], row["depends on"], row["model"], f"[{style}]{row['status']}[/]" if style else row["status"],
-                row["seconds"], row["output"],
+                row["node"],
+                row["depends on"],
+                row["model"],
+                f"[{style}]{row['status']}[/]" if style else row["status"],
+                row["seconds"],
+                row["output"],
             )
         console.print(table)
-    title = "Answer" if summary.answer_source != "fallback" else "Answer (built from the results; the LLM could not answer)"
+    title = (
+        "Answer" if summary.answer_source != "fallback" else "Answer (built from the results; the LLM could not answer)"
+    )
     console.print(Panel(summary.answer or "(none)", title=title, expand=True))
     files = [(r.task, r.id, k, v) for r in summary.results for k, v in r.outputs.items() if k != "text"]
     if files:

@@ -8,15 +8,17 @@ dependents end as skipped, its siblings go on, and the response still runs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.settings import temporary_settings
 from prefect.states import Failed, State
 from prefect.utilities.annotations import allow_failure
 
@@ -51,9 +53,7 @@ def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
         value = exc
     if isinstance(value, NodeResult):
         return value
-    return NodeResult(
-        id=node.id, task=node.task, status="failed", error=f"task run ended {state.name}: {value}"
-    )
+    return NodeResult(id=node.id, task=node.task, status="failed", error=f"task run ended {state.name}: {value}")
 
 
 def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
@@ -218,6 +218,22 @@ def execute_graph(
     return [_collect(node, futures[node.id]) for node in nodes]
 
 
+@contextlib.contextmanager
+def prefect_run_settings(*, heartbeats: bool = False, quiet: bool = False) -> Iterator[None]:
+    """Prefect settings for running requests from this process.
+
+    Flow-run heartbeats (crash detection for long runs) cost about a second at the
+    end of every run; they are off unless ``HUGGINGGPT_HEARTBEATS`` is set.
+    """
+    updates: dict[str, Any] = {}
+    if not heartbeats:
+        updates["flows.heartbeat_frequency"] = None
+    if quiet:
+        updates["logging.level"] = "WARNING"
+    with temporary_settings(updates=updates):
+        yield
+
+
 def run_request(
     request: str,
     inputs: Sequence[str] = (),
@@ -227,15 +243,16 @@ def run_request(
     catalog: str | None = None,
 ) -> RunSummary:
     """Run the flow and return its summary whatever the outcome (no Prefect state to unwrap)."""
-    state = hugginggpt_request(
-        request,
-        inputs=list(inputs),
-        models=dict(models or {}),
-        history=list(history),
-        storage=storage,
-        catalog=catalog,
-        return_state=True,
-    )
+    with prefect_run_settings(heartbeats=load_settings().heartbeats):
+        state = hugginggpt_request(
+            request,
+            inputs=list(inputs),
+            models=dict(models or {}),
+            history=list(history),
+            storage=storage,
+            catalog=catalog,
+            return_state=True,
+        )
     value = state.result(raise_on_failure=False)
     if isinstance(value, RunSummary):
         return value

@@ -37,6 +37,50 @@ def trim_description(text: str, limit: int = 300) -> str:
     return cut + "..."
 
 
+#: Libraries other than transformers that model cards name in their tags.
+OTHER_LIBRARIES = (
+    "espnet",
+    "speechbrain",
+    "fairseq",
+    "diffusers",
+    "asteroid",
+    "pyannote",
+    "nemo",
+    "paddlenlp",
+    "timm",
+    "keras",
+    "spacy",
+    "flair",
+    "sentence-transformers",
+    "stanza",
+    "fastai",
+    "allennlp",
+    "fasttext",
+    "sklearn",
+    "skops",
+    "ultralytics",
+    "yolov5",
+    "doctr",
+    "open_clip",
+    "tensorflowtts",
+    "coqui",
+    "onnx",
+    "stable-diffusion",
+)
+
+
+def guess_library(meta: dict, tags: list[str]) -> str:
+    """The library that loads the model: the card's ``library_name``, else one named in its tags, else transformers."""
+    named = meta.get("library_name") or meta.get("library_tag")
+    if isinstance(named, str) and named.strip():
+        return named.strip().lower()
+    lowered = {t.lower() for t in tags}
+    for lib in OTHER_LIBRARIES:
+        if lib in lowered:
+            return "diffusers" if lib == "stable-diffusion" else lib
+    return "transformers"
+
+
 def convert_record(raw: dict) -> CatalogEntry:
     meta = raw.get("meta") or {}
     tags = [str(t) for t in (meta.get("tags") or []) if isinstance(t, str | int)]
@@ -50,6 +94,7 @@ def convert_record(raw: dict) -> CatalogEntry:
         downloads=int(raw.get("downloads") or 0),
         likes=int(raw.get("likes") or 0),
         tags=tags[:12],
+        library=guess_library(meta, tags),
         languages=languages[:8],
         license=meta.get("license") if isinstance(meta.get("license"), str) else None,
         description=trim_description(raw.get("description") or ""),

@@ -35,6 +35,7 @@ class CatalogEntry(BaseModel):
     tags: list[str] = Field(default_factory=list)
     languages: list[str] = Field(default_factory=list)
     license: str | None = None
+    library: str = Field(default="transformers", description="the library that loads it")
     description: str = ""
     local_path: str | None = None
     revision: str | None = None
@@ -129,8 +130,15 @@ def _in_hf_cache(repo_id: str, revision: str | None) -> bool:
     return isinstance(found, str)
 
 
+#: Libraries the local backend loads.
+LOCAL_LIBRARIES = frozenset({"transformers"})
+
+
 def is_available(entry: CatalogEntry) -> bool:
-    """Whether the entry can run here: a local folder that exists; else cached weights when the Hub is offline."""
+    """Whether the entry can run here: a model transformers loads, with a local folder that exists, or
+    cached weights when the Hub is offline."""
+    if entry.library not in LOCAL_LIBRARIES:
+        return False
     if entry.local_path:
         return Path(entry.local_path).is_dir()
     if hub_offline():

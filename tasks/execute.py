@@ -69,9 +69,7 @@ def upstream_value(result: NodeResult, modality: Modality) -> Any:
     return value
 
 
-def resolve_args(
-    node: PlanNode, upstream: Mapping[int, NodeResult], *, input_timeout: float = 30.0
-) -> dict[str, Any]:
+def resolve_args(node: PlanNode, upstream: Mapping[int, NodeResult], *, input_timeout: float = 30.0) -> dict[str, Any]:
     """Each argument of ``node`` as the value its model takes (``<GENERATED>-k`` replaced by node k's output)."""
     tt = TASK_TYPES[node.task]
     resolved: dict[str, Any] = {}
@@ -135,7 +133,9 @@ def store_outputs(node: PlanNode, output: ExpertOutput, store: ArtifactStore) ->
         if modality == Modality.TEXT:
             outputs["text"] = str(value)
         else:
-            outputs[str(modality)] = store.put_bytes(f"{folder}/{_FILE_NAMES[modality]}", encode_output(modality, value))
+            outputs[str(modality)] = store.put_bytes(
+                f"{folder}/{_FILE_NAMES[modality]}", encode_output(modality, value)
+            )
     return outputs
 
 
@@ -176,9 +176,7 @@ def execute_node(
         output = backend.run(node.task, assignment.spec, inputs)
         outputs = store_outputs(node, output, store)
     except (ExpertError, InputError, StorageError, UpstreamMissingError) as exc:
-        return NodeResult(
-            **base, status="failed", error=str(exc), seconds=time.perf_counter() - t0, finished_at=_now()
-        )
+        return NodeResult(**base, status="failed", error=str(exc), seconds=time.perf_counter() - t0, finished_at=_now())
     except Exception as exc:
         logger.exception("task %s failed unexpectedly", node.name)
         return NodeResult(
@@ -188,9 +186,7 @@ def execute_node(
             seconds=time.perf_counter() - t0,
             finished_at=_now(),
         )
-    return NodeResult(
-        **base, status="completed", outputs=outputs, seconds=time.perf_counter() - t0, finished_at=_now()
-    )
+    return NodeResult(**base, status="completed", outputs=outputs, seconds=time.perf_counter() - t0, finished_at=_now())
 
 
 # ---------------------------------------------------------------------------

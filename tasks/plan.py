@@ -6,6 +6,7 @@ Python over pydantic models; :func:`plan_task` is its Prefect wrapper.
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -205,7 +206,9 @@ def validate_plan(
             problems.append(f"{where}: unknown task type {name!r}")
             continue
         if key not in allowed_set:
-            problems.append(f"{where}: task type {key!r} cannot run in this deployment (runnable: {', '.join(sorted(allowed_set))})")
+            problems.append(
+                f"{where}: task type {key!r} cannot run in this deployment (runnable: {', '.join(sorted(allowed_set))})"
+            )
             continue
         if key != name:
             repairs.append(f"task {node_id}: task type {name!r} read as {key!r}")
@@ -274,7 +277,9 @@ def validate_plan(
                     continue
                 for k in refs:
                     if k not in by_id:
-                        problems.append(f"{where}: argument {arg_name!r} uses <GENERATED>-{k}, but there is no task {k}")
+                        problems.append(
+                            f"{where}: argument {arg_name!r} uses <GENERATED>-{k}, but there is no task {k}"
+                        )
                         continue
                     producer = TASK_TYPES[by_id[k].task]
                     if not producer.produces(spec.modality):
@@ -293,8 +298,7 @@ def validate_plan(
                 if match is None:
                     given = ", ".join(inputs) if inputs else "no files"
                     problems.append(
-                        f"{where}: argument {arg_name!r} names {value!r}, which is not among the inputs given "
-                        f"({given})"
+                        f"{where}: argument {arg_name!r} names {value!r}, which is not among the inputs given ({given})"
                     )
                 elif match != value:
                     node.args[arg_name] = match
@@ -308,20 +312,27 @@ def validate_plan(
 
 
 def topological_order(nodes: Sequence[PlanNode]) -> list[PlanNode]:
-    """Nodes in an order where every node comes after its dependencies (stable by id); raises on a cycle."""
+    """Nodes in an order where every node comes after its dependencies, lowest id first among the ready
+    ones (so a plan already in order keeps its order); raises on a cycle."""
     by_id = {n.id: n for n in nodes}
-    remaining = {n.id: set(n.dep) for n in nodes}
+    waiting = {n.id: set(n.dep) for n in nodes}
+    dependents: dict[int, list[int]] = {n.id: [] for n in nodes}
+    for n in nodes:
+        for d in n.dep:
+            dependents[d].append(n.id)
+    ready = [i for i, deps in waiting.items() if not deps]
+    heapq.heapify(ready)
     ordered: list[PlanNode] = []
-    while remaining:
-        ready = sorted(i for i, deps in remaining.items() if not deps)
-        if not ready:
-            cycle = ", ".join(str(i) for i in sorted(remaining))
-            raise PlanValidationError([f"the dependencies form a cycle among tasks {cycle}"])
-        for i in ready:
-            ordered.append(by_id[i])
-            del remaining[i]
-        for deps in remaining.values():
-            deps.difference_update(ready)
+    while ready:
+        i = heapq.heappop(ready)
+        ordered.append(by_id[i])
+        for j in dependents[i]:
+            waiting[j].discard(i)
+            if not waiting[j]:
+                heapq.heappush(ready, j)
+    if len(ordered) < len(nodes):
+        cycle = ", ".join(str(i) for i in sorted(set(by_id) - {n.id for n in ordered}))
+        raise PlanValidationError([f"the dependencies form a cycle among tasks {cycle}"])
     return ordered
 
 

@@ -50,9 +50,17 @@ def summary_markdown(summary: RunSummary) -> str:
         lines += [f"**Error:** {_cell(summary.error)}", ""]
     lines += ["## Answer", "", summary.answer or "(none)", ""]
     if summary.answer_source == "fallback":
-        lines += [f"_The LLM could not write the answer ({summary.answer_error}); this one is built from the results._", ""]
+        lines += [
+            f"_The LLM could not write the answer ({summary.answer_error}); this one is built from the results._",
+            "",
+        ]
     if summary.plan:
-        lines += ["## Tasks", "", "| node | depends on | model | status | seconds | output |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Tasks",
+            "",
+            "| node | depends on | model | status | seconds | output |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in node_rows(summary):
             lines.append(
                 f"| {row['node']} | {row['depends on']} | {row['model']} | {row['status']} | {row['seconds']} "
@@ -61,7 +69,9 @@ def summary_markdown(summary: RunSummary) -> str:
         lines.append("")
         lines += ["## Model choices", ""]
         for a in summary.assignments:
-            lines.append(f"- **{a.task}#{a.node_id}**: `{a.model}` of {len(a.candidates)} candidate(s): {_cell(a.reason)}")
+            lines.append(
+                f"- **{a.task}#{a.node_id}**: `{a.model}` of {len(a.candidates)} candidate(s): {_cell(a.reason)}"
+            )
         lines.append("")
     if summary.plan_repairs:
         lines += ["## Plan repairs", "", *[f"- {r}" for r in summary.plan_repairs], ""]

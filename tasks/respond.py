@@ -45,9 +45,7 @@ def results_digest(
     return digest
 
 
-def build_response_messages(
-    request: str, digest: list[dict], history: Sequence[ChatTurn] = ()
-) -> list[dict[str, str]]:
+def build_response_messages(request: str, digest: list[dict], history: Sequence[ChatTurn] = ()) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": _system_prompt()}]
     messages += [{"role": t.role, "content": t.content} for t in history]
     if digest:
@@ -93,7 +91,9 @@ def respond(
         return ResponseResult(answer=fallback_answer(request, digest), source="fallback", error=str(exc))
     if not answer.strip():
         return ResponseResult(
-            answer=fallback_answer(request, digest), source="fallback", error="the LLM returned an empty answer",
+            answer=fallback_answer(request, digest),
+            source="fallback",
+            error="the LLM returned an empty answer",
             usage=usage,
         )
     return ResponseResult(answer=answer.strip(), source="llm" if digest else "direct", usage=usage)

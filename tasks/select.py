@@ -81,9 +81,7 @@ def _candidate_line(entry: CatalogEntry) -> dict[str, Any]:
     }
 
 
-def build_select_messages(
-    request: str, pending: Sequence[tuple[PlanNode, list[CatalogEntry]]]
-) -> list[dict[str, str]]:
+def build_select_messages(request: str, pending: Sequence[tuple[PlanNode, list[CatalogEntry]]]) -> list[dict[str, str]]:
     tasks_desc = [
         {
             "id": node.id,
@@ -151,8 +149,12 @@ def select_models(
                     f"(add it with HUGGINGGPT_CATALOG; catalog has e.g. {known})"
                 )
             assignments[node.id] = Assignment(
-                node_id=node.id, task=node.task, model=entry.id, candidates=[entry.id],
-                reason="pinned by the user", spec=entry.spec(),
+                node_id=node.id,
+                task=node.task,
+                model=entry.id,
+                candidates=[entry.id],
+                reason="pinned by the user",
+                spec=entry.spec(),
             )
             continue
         cands = catalog.candidates(node.task, top_k)
@@ -164,8 +166,12 @@ def select_models(
             )
         elif len(cands) == 1:
             assignments[node.id] = Assignment(
-                node_id=node.id, task=node.task, model=cands[0].id, candidates=[cands[0].id],
-                reason="the only runnable candidate", spec=cands[0].spec(),
+                node_id=node.id,
+                task=node.task,
+                model=cands[0].id,
+                candidates=[cands[0].id],
+                reason="the only runnable candidate",
+                spec=cands[0].spec(),
             )
         else:
             pending.append((node, cands))
@@ -199,8 +205,12 @@ def select_models(
                 else:
                     reason = "the LLM made no choice for this task; took the top-ranked candidate"
             assignments[node.id] = Assignment(
-                node_id=node.id, task=node.task, model=entry.id, candidates=[c.id for c in cands],
-                reason=reason, spec=entry.spec(),
+                node_id=node.id,
+                task=node.task,
+                model=entry.id,
+                candidates=[c.id for c in cands],
+                reason=reason,
+                spec=entry.spec(),
             )
     ordered = [assignments[n.id] for n in nodes if n.id in assignments]
     return SelectionResult(assignments=ordered, unassigned=unassigned, usage=usage)

@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the store, as JSON (e.g. endpoint_url, key, secret)"
     )
-    catalog: Path | None = Field(default=None, description="extra catalog JSONL that adds to or overrides the built-in one")
+    catalog: Path | None = Field(
+        default=None, description="extra catalog JSONL that adds to or overrides the built-in one"
+    )
 
     # --- experts ------------------------------------------------------------------
     hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
@@ -108,8 +110,6 @@ class Settings(BaseSettings):
         except ImportError:  # pragma: no cover - torch is a dependency
             pass
         return "cpu"
-
-
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -65,7 +65,7 @@ class TaskType(BaseModel):
         return Modality(modality) in self.outputs
 
 
-T, I, A, V, TB, J = Modality.TEXT, Modality.IMAGE, Modality.AUDIO, Modality.VIDEO, Modality.TABLE, Modality.JSON
+T, IMG, A, V, TB, J = Modality.TEXT, Modality.IMAGE, Modality.AUDIO, Modality.VIDEO, Modality.TABLE, Modality.JSON
 
 
 def _a(name: str, modality: Modality, required: bool = True, description: str = "") -> ArgSpec:
@@ -73,75 +73,179 @@ def _a(name: str, modality: Modality, required: bool = True, description: str = 
 
 
 _TEXT = _a("text", T)
-_IMAGE = _a("image", I)
+_IMAGE = _a("image", IMG)
 _AUDIO = _a("audio", A)
 
 _TABLE: tuple[TaskType, ...] = (
     # --- natural language -------------------------------------------------
-    TaskType(name="text-classification", domain="nlp", description="Label a text (sentiment, topic, ...).",
-             args=(_TEXT,), outputs=(T, J)),
-    TaskType(name="token-classification", domain="nlp",
-             description="Find entities or tags in a text (named entities, parts of speech).",
-             args=(_TEXT,), outputs=(T, J)),
-    TaskType(name="text2text-generation", domain="nlp",
-             description="Rewrite a text into another text following an instruction (paraphrase, correction, ...).",
-             args=(_TEXT,), outputs=(T,)),
-    TaskType(name="summarization", domain="nlp", description="Summarize a long text into a short one.",
-             args=(_TEXT,), outputs=(T,)),
-    TaskType(name="translation", domain="nlp", description="Translate a text into another language.",
-             args=(_TEXT, _a("target_language", T, required=False, description="e.g. 'French'")),
-             outputs=(T,)),
-    TaskType(name="question-answering", domain="nlp",
-             description="Answer a question from a context text (extractive).",
-             args=(_a("text", T, description="the question"), _a("context", T, description="the text to search")),
-             outputs=(T, J)),
-    TaskType(name="conversational", domain="nlp", description="Reply to a message as a chat assistant.",
-             args=(_TEXT,), outputs=(T,)),
-    TaskType(name="text-generation", domain="nlp", description="Continue or complete a text.",
-             args=(_TEXT,), outputs=(T,)),
-    TaskType(name="sentence-similarity", domain="nlp", description="Score how similar two sentences are.",
-             args=(_TEXT, _a("text2", T, description="the sentence to compare with")), outputs=(T, J)),
-    TaskType(name="zero-shot-classification", domain="nlp",
-             description="Label a text with candidate labels given at run time.",
-             args=(_TEXT, _a("labels", T, description="comma-separated candidate labels")), outputs=(T, J)),
-    TaskType(name="feature-extraction", domain="nlp", description="Embed a text as a vector.",
-             args=(_TEXT,), outputs=(J,)),
-    TaskType(name="tabular-classification", domain="tabular", description="Classify the rows of a table (CSV).",
-             args=(_a("table", TB),), outputs=(T, J)),
+    TaskType(
+        name="text-classification",
+        domain="nlp",
+        description="Label a text (sentiment, topic, ...).",
+        args=(_TEXT,),
+        outputs=(T, J),
+    ),
+    TaskType(
+        name="token-classification",
+        domain="nlp",
+        description="Find entities or tags in a text (named entities, parts of speech).",
+        args=(_TEXT,),
+        outputs=(T, J),
+    ),
+    TaskType(
+        name="text2text-generation",
+        domain="nlp",
+        description="Rewrite a text into another text following an instruction (paraphrase, correction, ...).",
+        args=(_TEXT,),
+        outputs=(T,),
+    ),
+    TaskType(
+        name="summarization",
+        domain="nlp",
+        description="Summarize a long text into a short one.",
+        args=(_TEXT,),
+        outputs=(T,),
+    ),
+    TaskType(
+        name="translation",
+        domain="nlp",
+        description="Translate a text into another language.",
+        args=(_TEXT, _a("target_language", T, required=False, description="e.g. 'French'")),
+        outputs=(T,),
+    ),
+    TaskType(
+        name="question-answering",
+        domain="nlp",
+        description="Answer a question from a context text (extractive).",
+        args=(_a("text", T, description="the question"), _a("context", T, description="the text to search")),
+        outputs=(T, J),
+    ),
+    TaskType(
+        name="conversational",
+        domain="nlp",
+        description="Reply to a message as a chat assistant.",
+        args=(_TEXT,),
+        outputs=(T,),
+    ),
+    TaskType(
+        name="text-generation", domain="nlp", description="Continue or complete a text.", args=(_TEXT,), outputs=(T,)
+    ),
+    TaskType(
+        name="sentence-similarity",
+        domain="nlp",
+        description="Score how similar two sentences are.",
+        args=(_TEXT, _a("text2", T, description="the sentence to compare with")),
+        outputs=(T, J),
+    ),
+    TaskType(
+        name="zero-shot-classification",
+        domain="nlp",
+        description="Label a text with candidate labels given at run time.",
+        args=(_TEXT, _a("labels", T, description="comma-separated candidate labels")),
+        outputs=(T, J),
+    ),
+    TaskType(
+        name="feature-extraction", domain="nlp", description="Embed a text as a vector.", args=(_TEXT,), outputs=(J,)
+    ),
+    TaskType(
+        name="tabular-classification",
+        domain="tabular",
+        description="Classify the rows of a table (CSV).",
+        args=(_a("table", TB),),
+        outputs=(T, J),
+    ),
     # --- vision -----------------------------------------------------------
-    TaskType(name="object-detection", domain="cv",
-             description="Find and locate objects in an image (boxes drawn on a copy of the image).",
-             args=(_IMAGE,), outputs=(I, T, J)),
-    TaskType(name="image-classification", domain="cv", description="Say what an image shows, as labels.",
-             args=(_IMAGE,), outputs=(T, J)),
-    TaskType(name="image-to-image", domain="cv", description="Transform an image into another image.",
-             args=(_IMAGE, _a("text", T, required=False, description="what to change")), outputs=(I,)),
-    TaskType(name="image-to-text", domain="cv", description="Describe (caption) an image in words.",
-             args=(_IMAGE,), outputs=(T,)),
-    TaskType(name="text-to-image", domain="cv", description="Draw an image from a text description.",
-             args=(_TEXT,), outputs=(I,)),
-    TaskType(name="text-to-video", domain="cv", description="Make a short video from a text description.",
-             args=(_TEXT,), outputs=(V,)),
-    TaskType(name="visual-question-answering", domain="cv", description="Answer a question about an image.",
-             args=(_IMAGE, _a("text", T, description="the question")), outputs=(T,)),
-    TaskType(name="document-question-answering", domain="cv",
-             description="Answer a question about a document image (scan, receipt, form).",
-             args=(_IMAGE, _a("text", T, description="the question")), outputs=(T,)),
-    TaskType(name="image-segmentation", domain="cv",
-             description="Split an image into labelled regions (masks drawn on a copy of the image).",
-             args=(_IMAGE,), outputs=(I, T, J)),
-    TaskType(name="depth-estimation", domain="cv", description="Estimate the depth of an image, as an image.",
-             args=(_IMAGE,), outputs=(I,)),
+    TaskType(
+        name="object-detection",
+        domain="cv",
+        description="Find and locate objects in an image (boxes drawn on a copy of the image).",
+        args=(_IMAGE,),
+        outputs=(IMG, T, J),
+    ),
+    TaskType(
+        name="image-classification",
+        domain="cv",
+        description="Say what an image shows, as labels.",
+        args=(_IMAGE,),
+        outputs=(T, J),
+    ),
+    TaskType(
+        name="image-to-image",
+        domain="cv",
+        description="Transform an image into another image.",
+        args=(_IMAGE, _a("text", T, required=False, description="what to change")),
+        outputs=(IMG,),
+    ),
+    TaskType(
+        name="image-to-text",
+        domain="cv",
+        description="Describe (caption) an image in words.",
+        args=(_IMAGE,),
+        outputs=(T,),
+    ),
+    TaskType(
+        name="text-to-image",
+        domain="cv",
+        description="Draw an image from a text description.",
+        args=(_TEXT,),
+        outputs=(IMG,),
+    ),
+    TaskType(
+        name="text-to-video",
+        domain="cv",
+        description="Make a short video from a text description.",
+        args=(_TEXT,),
+        outputs=(V,),
+    ),
+    TaskType(
+        name="visual-question-answering",
+        domain="cv",
+        description="Answer a question about an image.",
+        args=(_IMAGE, _a("text", T, description="the question")),
+        outputs=(T,),
+    ),
+    TaskType(
+        name="document-question-answering",
+        domain="cv",
+        description="Answer a question about a document image (scan, receipt, form).",
+        args=(_IMAGE, _a("text", T, description="the question")),
+        outputs=(T,),
+    ),
+    TaskType(
+        name="image-segmentation",
+        domain="cv",
+        description="Split an image into labelled regions (masks drawn on a copy of the image).",
+        args=(_IMAGE,),
+        outputs=(IMG, T, J),
+    ),
+    TaskType(
+        name="depth-estimation",
+        domain="cv",
+        description="Estimate the depth of an image, as an image.",
+        args=(_IMAGE,),
+        outputs=(IMG,),
+    ),
     # --- audio ------------------------------------------------------------
-    TaskType(name="text-to-speech", domain="audio", description="Read a text aloud, as audio.",
-             args=(_TEXT,), outputs=(A,)),
-    TaskType(name="automatic-speech-recognition", domain="audio", description="Transcribe speech audio to text.",
-             args=(_AUDIO,), outputs=(T,)),
-    TaskType(name="audio-to-audio", domain="audio",
-             description="Transform audio into audio (enhancement, source separation).",
-             args=(_AUDIO,), outputs=(A,)),
-    TaskType(name="audio-classification", domain="audio", description="Label an audio clip.",
-             args=(_AUDIO,), outputs=(T, J)),
+    TaskType(
+        name="text-to-speech", domain="audio", description="Read a text aloud, as audio.", args=(_TEXT,), outputs=(A,)
+    ),
+    TaskType(
+        name="automatic-speech-recognition",
+        domain="audio",
+        description="Transcribe speech audio to text.",
+        args=(_AUDIO,),
+        outputs=(T,),
+    ),
+    TaskType(
+        name="audio-to-audio",
+        domain="audio",
+        description="Transform audio into audio (enhancement, source separation).",
+        args=(_AUDIO,),
+        outputs=(A,),
+    ),
+    TaskType(
+        name="audio-classification", domain="audio", description="Label an audio clip.", args=(_AUDIO,), outputs=(T, J)
+    ),
 )
 
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in _TABLE}

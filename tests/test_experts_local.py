@@ -24,10 +24,7 @@ from tasks.experts.base import Audio, ExpertError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache, default_cache
 from tasks.experts.local import SUPPORTED_TASKS, LocalBackend
 from tasks.task_types import EXECUTABLE_TASKS, TASK_TYPES
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from tiny_models import TASKS, build_tiny_blip_captioner, build_tiny_models, tiny_catalog_entries
+from tests.tiny_models import TASKS, build_tiny_blip_captioner, build_tiny_models, tiny_catalog_entries
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -260,13 +257,13 @@ def test_concurrent_runs_load_the_model_once(tiny_models: dict[str, pathlib.Path
     texts = ["I loved it", "terrible food", "the dog runs", "a wonderful day"] * 2
     start = threading.Barrier(4)
 
-    def classify(text: str) -> list[dict[str, object]]:
-        if text in texts[:4]:
+    def classify(index: int) -> list[dict[str, object]]:
+        if index < 4:
             start.wait(timeout=30)
-        return backend.run("text-classification", model, {"text": text}).json
+        return backend.run("text-classification", model, {"text": texts[index]}).json
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(classify, texts))
+        results = list(pool.map(classify, range(len(texts))))
     stats = cache.stats()
     assert stats["loads"] == 1
     assert stats["hits"] == len(texts) - 1
@@ -401,8 +398,9 @@ def test_unsupported_task_lists_the_supported_ones(tiny_models: dict[str, pathli
 
 
 def test_missing_input_names_the_argument(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
-    with pytest.raises(ExpertError, match="context"):
+    with pytest.raises(ExpertError, match="context") as info:
         backend.run("question-answering", spec(tiny_models, "question-answering"), {"text": "why?"})
+    assert "tiny/question-answering" in str(info.value)
 
 
 def test_task_name_spellings(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
@@ -438,3 +436,28 @@ def test_hub_id_loads_from_the_offline_cache(hub_cache: pathlib.Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().split()[0] in {"POSITIVE", "NEGATIVE"}
+
+
+def test_different_models_load_safely_at_the_same_time(tiny_models: dict[str, pathlib.Path]) -> None:
+    """Loads of different models from several threads must not corrupt each other (transformers' meta-device
+    loading patches torch process-wide)."""
+    backend = LocalBackend(cache=ModelCache(max_models=8))
+    jobs = [
+        ("summarization", {"text": "the cat sat on the mat and looked at the dog"}),
+        ("translation", {"text": "hello world"}),
+        ("text-classification", {"text": "great"}),
+        ("token-classification", {"text": "Maria met Tom"}),
+        ("question-answering", {"text": "who?", "context": "Maria met Tom"}),
+        ("text-generation", {"text": "once upon"}),
+    ]
+    start = threading.Barrier(len(jobs))
+
+    def go(job: tuple[str, dict[str, object]]) -> ExpertOutput:
+        task, inputs = job
+        start.wait(timeout=30)
+        return backend.run(task, spec(tiny_models, task), inputs)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        outputs = list(pool.map(go, jobs))
+    assert all(isinstance(o.text, str) for o in outputs)
+    assert backend.cache.stats()["loads"] == len(jobs)

@@ -51,7 +51,7 @@ def test_parse_plan_not_json_names_the_problem() -> None:
 
 
 def test_extract_json_skips_broken_brackets() -> None:
-    assert extract_json("[see below] {\"a\": 1}") == {"a": 1}
+    assert extract_json('[see below] {"a": 1}') == {"a": 1}
 
 
 # --- validation --------------------------------------------------------------

@@ -199,6 +199,7 @@ def _build_text_generation(folder: pathlib.Path) -> None:
     tokenizer = _gpt2_tokenizer(folder)
     model = GPT2LMHeadModel(_gpt2_config(tokenizer))
     model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.generation_config.suppress_tokens = _unprintable_token_ids(tokenizer)
     model.save_pretrained(folder)
 
 
@@ -276,6 +277,13 @@ def _build_object_detection(folder: pathlib.Path) -> None:
     DetrForObjectDetection(config).save_pretrained(folder)
 
 
+def _unprintable_token_ids(tokenizer: Any) -> list[int]:
+    """Byte-level tokens that decode to no whole character: a random model would emit them as mojibake."""
+    return [
+        i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i]) or not tokenizer.decode([i]).isprintable()
+    ]
+
+
 def _build_image_to_text(folder: pathlib.Path) -> None:
     from transformers import VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
@@ -290,6 +298,7 @@ def _build_image_to_text(folder: pathlib.Path) -> None:
     model.generation_config.decoder_start_token_id = tokenizer.bos_token_id
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.suppress_tokens = _unprintable_token_ids(tokenizer)
     model.save_pretrained(folder)
 
 

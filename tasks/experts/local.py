@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ class _ImageToText:
     tokenizer: Any
     model: Any
     max_target_positions: int | None
+
+
+_LOAD_LOCK = threading.Lock()
 
 
 class LocalBackend:
@@ -156,8 +160,8 @@ class LocalBackend:
         with entry.lock:
             try:
                 output = runner(entry.value, inputs)
-            except ExpertError:
-                raise
+            except ExpertError as exc:
+                raise ExpertError(f"model {_describe(model)} cannot run {task_name}: {exc}") from exc
             except Exception as exc:
                 raise ExpertError(
                     f"model {_describe(model)} failed on {task_name}: {type(exc).__name__}: {exc}"
@@ -179,7 +183,10 @@ class LocalBackend:
 
         def load() -> Any:
             start = time.perf_counter()
-            value = loader(model)
+            # transformers builds models on the meta device through process-global patches of torch:
+            # two loads at once in one process corrupt each other ("Cannot copy out of meta tensor")
+            with _LOAD_LOCK:
+                value = loader(model)
             logger.info(
                 "loaded model %s for %s on %s in %.2f s", model.id, task_name, self.device, time.perf_counter() - start
             )
@@ -305,7 +312,7 @@ class LocalBackend:
         limit = int(tokenizer.model_max_length)
         new_tokens = max(1, min(self.max_new_tokens, limit // 2))
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        keep = limit - new_tokens - 2
+        keep = max(1, limit - new_tokens - 2)
         if len(ids) > keep:
             prompt = tokenizer.decode(ids[-keep:], skip_special_tokens=True)
         kwargs: dict[str, Any] = {"max_new_tokens": new_tokens, "return_full_text": False}
@@ -448,6 +455,9 @@ class LocalBackend:
 
     def _run_text_to_speech(self, pipe: Any, inputs: ExpertInputs) -> ExpertOutput:
         text = _text(inputs, "text")
+        tokenizer = getattr(pipe, "tokenizer", None)
+        if tokenizer is not None and not tokenizer(text).get("input_ids"):
+            raise ExpertError(f"the text has no characters this voice can read: {text[:80]!r}")
         result = pipe(text)
         rate = int(result["sampling_rate"])
         if rate <= 0:

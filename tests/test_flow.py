@@ -1,0 +1,226 @@
+"""The request flow under Prefect's test server, with the scripted LLM and tiny models."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+from flows.request import hugginggpt_request, prefect_run_settings, run_request
+from tasks.experts.local import LocalBackend
+from tasks.schemas import RunSummary
+from tests.llm_server import HTTPFault, plan_json
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _run(request: str, **kwargs: Any) -> tuple[Any, RunSummary]:
+    with prefect_run_settings():
+        state = hugginggpt_request(request, return_state=True, **kwargs)
+    summary = state.result(raise_on_failure=False)
+    assert isinstance(summary, RunSummary), summary
+    return state, summary
+
+
+async def _task_runs(flow_run_id: str) -> dict[str, Any]:
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r for r in runs}
+
+
+async def _artifacts(flow_run_id: str) -> list[Any]:
+    async with get_client() as client:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def _upstream_ids(task_run: Any) -> set[str]:
+    ids: set[str] = set()
+    for inputs in task_run.task_inputs.values():
+        for ref in inputs:
+            if getattr(ref, "input_type", None) == "task_run":
+                ids.add(str(ref.id))
+    return ids
+
+
+@pytest.fixture
+def slow_image_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[float, float]]]:
+    """Image tasks take 0.8 s longer, so two image branches must overlap to finish in time."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    real_run = LocalBackend.run
+    lock = threading.Lock()
+
+    def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+        start = time.perf_counter()
+        if task in {"image-to-text", "image-classification"}:
+            time.sleep(0.8)
+        out = real_run(self, task, model, inputs)
+        with lock:
+            spans.setdefault(task, []).append((start, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(LocalBackend, "run", run)
+    return spans
+
+
+def test_graph_runs_as_task_runs_with_planned_edges(env: Path, llm, sample_files, slow_image_models) -> None:
+    photo = str(sample_files["photo"])
+    llm.set(
+        plan=plan_json(
+            {"id": 0, "task": "image-to-text", "dep": [-1], "args": {"image": "photo.png"}},
+            {"id": 1, "task": "text-to-speech", "dep": [0], "args": {"text": "<GENERATED>-0"}},
+            {"id": 2, "task": "image-classification", "dep": [-1], "args": {"image": photo}},
+            {"id": 3, "task": "text-classification", "dep": [-1], "args": {"text": "I love this photo"}},
+        ),
+        select=json.dumps({"choices": [{"id": 3, "model": "tiny/text-classification-b", "reason": "fits reviews"}]}),
+        respond="It is a photo; I read its caption aloud.",
+    )
+    state, summary = _run("Caption photo.png and read it aloud; also classify it and rate my comment", inputs=[photo])
+
+    assert state.is_completed(), summary.error
+    assert summary.status == "completed"
+    assert [r.status for r in summary.results] == ["completed"] * 4
+    assert summary.answer == "It is a photo; I read its caption aloud." and summary.answer_source == "llm"
+    assert summary.plan_repairs == [
+        f"task 0 (image-to-text): argument 'image' 'photo.png' read as the given input {photo!r}"
+    ]
+    # one call per stage, whatever the plan size
+    assert dict(llm.calls) == {"plan": 1, "select": 1, "respond": 1}
+    assert summary.llm.calls == 3 and summary.llm.prompt_tokens > 0
+    chosen = {a.node_id: (a.model, a.reason) for a in summary.assignments}
+    assert chosen[3] == ("tiny/text-classification-b", "fits reviews")
+    assert chosen[0] == ("tiny/image-to-text", "the only runnable candidate")
+
+    # the Prefect API has one task run per node, named after it, with the planned edges
+    import asyncio
+
+    runs = asyncio.run(_task_runs(summary.flow_run_id))
+    names = {"image-to-text#0", "text-to-speech#1", "image-classification#2", "text-classification#3"}
+    assert names <= set(runs)
+    assert _upstream_ids(runs["text-to-speech#1"]) == {str(runs["image-to-text#0"].id)}
+    for name in ("image-to-text#0", "image-classification#2", "text-classification#3"):
+        assert _upstream_ids(runs[name]) == set()
+    assert all(runs[n].state.is_completed() for n in names)
+
+    # the two image branches overlapped in time
+    (a0, a1), (b0, b1) = slow_image_models["image-to-text"][0], slow_image_models["image-classification"][0]
+    assert a0 < b1 and b0 < a1, "independent nodes ran one after the other"
+    r0, r2 = runs["image-to-text#0"], runs["image-classification#2"]
+    assert r0.start_time < r2.end_time and r2.start_time < r0.end_time
+
+    # outputs and summary.json are in storage
+    speech = summary.results[1].outputs["audio"]
+    assert speech.startswith(str(env)) and speech.endswith(".wav")
+    for result in summary.results:
+        for modality, value in result.outputs.items():
+            if modality != "text":
+                assert Path(value).is_file(), value
+    stored = json.loads(Path(summary.storage_uri, "summary.json").read_text())
+    assert stored["answer"] == summary.answer and len(stored["results"]) == 4
+    assert json.loads(Path(summary.storage_uri, "plan.json").read_text())[1]["dep"] == [0]
+
+    # summary artifacts: markdown and table
+    arts = asyncio.run(_artifacts(summary.flow_run_id))
+    kinds = {a.type: a for a in arts}
+    assert {"markdown", "table"} <= set(kinds)
+    assert kinds["markdown"].key == f"hugginggpt-{summary.flow_run_id}-summary"
+    assert "text-to-speech#1" in kinds["markdown"].data and "tiny/image-to-text" in kinds["markdown"].data
+    table = json.loads(kinds["table"].data) if isinstance(kinds["table"].data, str) else kinds["table"].data
+    assert [row["node"] for row in table] == [
+        "image-to-text#0",
+        "text-to-speech#1",
+        "image-classification#2",
+        "text-classification#3",
+    ]
+
+
+def test_failed_node_skips_dependents_and_spares_siblings(
+    env: Path, llm, sample_files, tiny_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken-weights"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text(
+        tiny_catalog.read_text()
+        + json.dumps({"id": "tiny/broken-captioner", "task": "image-to-text", "local_path": str(broken)})
+        + "\n"
+    )
+    photo = str(sample_files["photo"])
+    llm.set(
+        plan=plan_json(
+            {"id": 0, "task": "image-to-text", "dep": [-1], "args": {"image": photo}},
+            {"id": 1, "task": "text-to-speech", "dep": [0], "args": {"text": "<GENERATED>-0"}},
+            {"id": 2, "task": "image-classification", "dep": [-1], "args": {"image": photo}},
+        ),
+        respond=lambda body: "Captioning failed: " + ("could not load" in body["messages"][-1]["content"]) * "yes",
+    )
+    state, summary = _run(
+        "Caption and classify the photo, read the caption aloud",
+        inputs=[photo],
+        models={"image-to-text": "tiny/broken-captioner"},
+        catalog=str(catalog),
+    )
+    assert state.is_failed()
+    assert "2 of 3 task(s) did not complete" in state.message
+    by_id = {r.id: r for r in summary.results}
+    assert by_id[0].status == "failed" and "tiny/broken-captioner" in by_id[0].error
+    assert by_id[1].status == "skipped" and "upstream task 0 (image-to-text) failed" in by_id[1].error
+    assert by_id[2].status == "completed" and Path(by_id[2].outputs["json"]).is_file()
+    assert summary.answer == "Captioning failed: yes"  # the responder was told why
+
+    import asyncio
+
+    runs = asyncio.run(_task_runs(summary.flow_run_id))
+    assert runs["image-to-text#0"].state.is_failed()
+    assert runs["text-to-speech#1"].state.name == "Skipped"
+    assert _upstream_ids(runs["text-to-speech#1"]) == {str(runs["image-to-text#0"].id)}
+    assert runs["image-classification#2"].state.is_completed()
+    assert json.loads(Path(summary.storage_uri, "summary.json").read_text())["status"] == "failed"
+
+
+def test_empty_plan_answers_directly(env: Path, llm) -> None:
+    llm.set(plan='{"tasks": []}', respond="Hello! How can I help?")
+    state, summary = _run("Hi there")
+    assert state.is_completed()
+    assert summary.plan == [] and summary.results == []
+    assert summary.answer == "Hello! How can I help?" and summary.answer_source == "direct"
+    assert dict(llm.calls) == {"plan": 1, "respond": 1}
+
+
+def test_planning_failure_fails_the_run_with_the_reason(env: Path, llm) -> None:
+    llm.set(plan="I cannot help with that.")
+    state, summary = _run("Do something impossible")
+    assert state.is_failed()
+    assert "plan was invalid twice" in summary.error
+    assert json.loads(Path(summary.storage_uri, "summary.json").read_text())["error"] == summary.error
+
+
+def test_response_fallback_when_llm_errors(env: Path, llm) -> None:
+    llm.set(
+        plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "lovely"}}),
+        select=HTTPFault(500),
+        respond=HTTPFault(500),
+    )
+    summary = run_request("Is 'lovely' positive?")
+    assert summary.status == "completed"
+    assert summary.answer_source == "fallback" and "HTTP 500" in summary.answer_error
+    assert "text-classification#0 with tiny/text-classification" in summary.answer
+    assert "selection by the LLM failed" in summary.assignments[0].reason
+
+
+def test_storage_on_an_fsspec_url(env: Path, llm) -> None:
+    llm.set(plan=plan_json({"id": 0, "task": "summarization", "dep": [-1], "args": {"text": "a b c d e f"}}))
+    summary = run_request("Summarize 'a b c d e f'", storage="memory://hugginggpt-test")
+    assert summary.storage_uri.startswith("memory://") and "/hugginggpt-test/" in summary.storage_uri
+    fs = fsspec.filesystem("memory")
+    stored = json.loads(fs.cat(summary.storage_uri + "/summary.json"))
+    assert stored["results"][0]["status"] == "completed"
