@@ -58,27 +58,92 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--catalog", metavar="PATH", help="extra catalog JSONL (HUGGINGGPT_CATALOG)")
     run.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
     run.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps or auto (HUGGINGGPT_DEVICE)")
-    run.add_argument("--json", action="store_true", help="print only the run summary as JSON on stdout")
+    run.add_argument("--plan", metavar="FILE", help="run this plan (JSON or YAML, HuggingGPT format): no planning call")
+    _add_run_options(run)
+    from flows.eval_cli import register as register_eval
+
+    register_eval(sub)
+
+    resume = sub.add_parser(
+        "resume",
+        help="finish an earlier run that failed or crashed",
+        description="Run again the nodes of an earlier run that did not complete; completed ones are reused.",
+    )
+    resume.add_argument("run_id", metavar="FLOW_RUN_ID", help="the flow run id of the earlier run")
+    resume.add_argument("--storage", metavar="URL", help="artifact store of that run (HUGGINGGPT_STORAGE)")
+    resume.add_argument("--catalog", metavar="PATH", help="extra catalog JSONL (HUGGINGGPT_CATALOG)")
+    resume.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
+    resume.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps or auto (HUGGINGGPT_DEVICE)")
+    _add_run_options(resume)
     return parser
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-cache", action="store_true", help="run every model, even for inputs seen before")
+    parser.add_argument(
+        "--cache-ttl", type=float, metavar="SECONDS", help="reuse only outputs younger than this (HUGGINGGPT_CACHE_TTL)"
+    )
+    parser.add_argument("--json", action="store_true", help="print only the run summary as JSON on stdout")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    """Settings with the flags applied; flags also become this process's environment, so every task sees them."""
+    from tasks.settings import load_settings
+
+    for name, value in (
+        ("HUGGINGGPT_LLM_MODEL", args.llm_model),
+        ("HUGGINGGPT_DEVICE", args.device),
+        ("HUGGINGGPT_CACHE", "false" if args.no_cache else None),
+        ("HUGGINGGPT_CACHE_TTL", None if args.cache_ttl is None else str(args.cache_ttl)),
+    ):
+        if value is not None:
+            os.environ[name] = value
+    return load_settings(storage=args.storage, catalog=args.catalog)
+
+
+def _config_error(exc: ValidationError) -> int:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    _err(f"invalid configuration: {problems}")
+    return EXIT_USAGE
+
+
+def load_plan_file(path: str) -> list[Any]:
+    """A plan from a JSON or YAML file: a list of nodes, or an object with a ``tasks`` list."""
+    import yaml
+
+    text = Path(path).read_text(encoding="utf-8")
+    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if isinstance(data, dict):
+        data = data.get("tasks", data.get("plan", data.get("nodes")))
+    if not isinstance(data, list):
+        raise ValueError(f"{path} holds no list of tasks")
+    return data
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from tasks.plan import validate_plan
+    from tasks.schemas import PlanNode
     from tasks.select import SelectionError, parse_pins
-    from tasks.settings import LLMNotConfiguredError, load_settings
+    from tasks.settings import LLMNotConfiguredError
 
     try:
-        settings = load_settings(
-            storage=args.storage, catalog=args.catalog, llm_model=args.llm_model, device=args.device
-        )
+        settings = _settings(args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-        _err(f"invalid configuration: {problems}")
-        return EXIT_USAGE
-    try:
-        settings.require_llm()
-    except LLMNotConfiguredError as exc:
-        _err(str(exc))
-        return EXIT_USAGE
+        return _config_error(exc)
+    plan: list[PlanNode] | None = None
+    if args.plan:
+        try:
+            nodes, _ = validate_plan(load_plan_file(args.plan), inputs=args.inputs, request=args.request)
+        except (OSError, ValueError) as exc:  # PlanValidationError is a ValueError
+            _err(f"plan {args.plan}: {exc}")
+            return EXIT_USAGE
+        plan = nodes
+    else:
+        try:
+            settings.require_llm()
+        except LLMNotConfiguredError as exc:
+            _err(str(exc))
+            return EXIT_USAGE
     try:
         pins = parse_pins(args.models)
     except SelectionError as exc:
@@ -91,25 +156,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings.catalog is not None and not Path(settings.catalog).is_file():
         _err(f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
         return EXIT_USAGE
+    return _execute(args, settings, args.request, list(args.inputs), pins, plan=plan)
 
-    # flags become the environment of this process, so every task sees the same settings
-    for name, value in (("HUGGINGGPT_LLM_MODEL", args.llm_model), ("HUGGINGGPT_DEVICE", args.device)):
-        if value:
-            os.environ[name] = value
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from flows.request import RunRecord
+    from tasks.storage import StorageError, store_for
+
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        return _config_error(exc)
+    store = store_for(settings, args.run_id)
+    try:
+        raw = store.read_json("request.json")
+    except StorageError as exc:
+        _err(f"cannot read run {args.run_id}: {exc}")
+        return EXIT_USAGE
+    if raw is None:
+        _err(f"no run {args.run_id} in {settings.storage} ({store.uri('request.json')} does not exist)")
+        return EXIT_USAGE
+    record = RunRecord.model_validate(raw)
+    return _execute(
+        args, settings, record.request, record.inputs, record.models, history=record.history, resume_from=args.run_id
+    )
+
+
+def _execute(
+    args: argparse.Namespace,
+    settings: Any,
+    request: str,
+    inputs: list[str],
+    pins: dict[str, str],
+    *,
+    history: list[Any] | None = None,
+    plan: list[Any] | None = None,
+    resume_from: str | None = None,
+) -> int:
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.request import hugginggpt_request, prefect_run_settings
+    from flows.request import configured_flow, prefect_run_settings
     from tasks.schemas import RunSummary
 
-    request_flow = hugginggpt_request.with_options(task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers))
     with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
+        request_flow = configured_flow(settings, task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers))
         state = request_flow(
-            args.request,
-            inputs=list(args.inputs),
+            request,
+            inputs=inputs,
             models=pins,
+            history=history or [],
             storage=args.storage,
             catalog=args.catalog,
+            plan=plan,
+            resume_from=resume_from,
             return_state=True,
         )
     summary = state.result(raise_on_failure=False)
@@ -175,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "resume":
+            return cmd_resume(args)
+        if args.command == "eval":
+            return args.func(args)
     except KeyboardInterrupt:
         _err("interrupted")
         return 130

@@ -9,28 +9,31 @@ dependents end as skipped, its siblings go on, and the response still runs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import Flow, flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.settings import temporary_settings
 from prefect.states import Failed, State
 from prefect.utilities.annotations import allow_failure
+from pydantic import BaseModel, Field
 
-from tasks.execute import run_node
+from tasks.execute import node_folder, run_node
 from tasks.llm import LLMError
-from tasks.plan import PlanningError, plan_task
+from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key, node_rows, summary_markdown
 from tasks.respond import respond_task
-from tasks.schemas import ChatTurn, NodeResult, PlanNode, RunSummary
+from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, parse_pins, select_task
 from tasks.settings import LLMNotConfiguredError, Settings, load_settings
-from tasks.storage import ArtifactStore, StorageError
+from tasks.storage import ArtifactStore, StorageError, store_for
 
 MAX_REQUEST_CHARS = 20_000
 
@@ -78,6 +81,15 @@ def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
             table=rows,
             description="One row per plan node",
         )
+    for result in summary.results:
+        for modality, uri in result.outputs.items():
+            if modality != "text" and "://" in uri:
+                create_link_artifact(
+                    key=artifact_key("hugginggpt", run, f"node{result.id}", modality),
+                    link=uri,
+                    link_text=f"{result.task}#{result.id} {modality}",
+                    description=f"{modality} output of {result.task}#{result.id}",
+                )
 
 
 def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float) -> RunSummary | State:
@@ -94,6 +106,15 @@ def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float) ->
     return summary
 
 
+class RunRecord(BaseModel):
+    """What a run was asked (``request.json``), so it can be resumed."""
+
+    request: str
+    inputs: list[str] = Field(default_factory=list)
+    models: dict[str, str] = Field(default_factory=dict)
+    history: list[ChatTurn] = Field(default_factory=list)
+
+
 @flow(name="hugginggpt-request", flow_run_name=_run_name, validate_parameters=True)
 def hugginggpt_request(
     request: str,
@@ -102,6 +123,8 @@ def hugginggpt_request(
     history: list[ChatTurn] | None = None,
     storage: str | None = None,
     catalog: str | None = None,
+    plan: list[PlanNode] | None = None,
+    resume_from: str | None = None,
 ) -> RunSummary:
     """Answer one request: plan, select models, run the plan's graph, respond.
 
@@ -112,9 +135,13 @@ def hugginggpt_request(
         history: earlier turns of the conversation.
         storage: fsspec URL of the artifact store (default ``HUGGINGGPT_STORAGE``).
         catalog: extra catalog JSONL (default ``HUGGINGGPT_CATALOG``).
+        plan: an explicit plan (HuggingGPT format): no planning call is made.
+        resume_from: the flow run id of an earlier run of this request: its plan and model choices are
+            reused, and its completed nodes are not run again.
 
     Returns the :class:`RunSummary`; when a node failed the flow run ends Failed
-    with the summary as its data (``return_state=True`` gives it back).
+    with the summary as its data (``return_state=True`` gives it back). A retry of
+    the flow run by Prefect resumes the same way as ``resume_from``.
     """
     t_start = time.perf_counter()
     log = get_run_logger()
@@ -125,12 +152,28 @@ def hugginggpt_request(
     summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
     store: ArtifactStore | None = None
     try:
-        store = ArtifactStore(settings.storage, run_id, settings.storage_options)
+        store = store_for(settings, run_id)
         summary.storage_uri = store.run_uri
-        summary.plan, summary.plan_repairs, summary.assignments, summary.results, response = _run_stages(
-            settings, request, inputs, parse_pins(models), history, store, summary
+        prior = _load_prior(store, resume_from or run_id, explicit=resume_from is not None)
+        if prior is None:
+            store.put_text(
+                "request.json",
+                RunRecord(request=request, inputs=inputs, models=dict(models or {}), history=history).model_dump_json(
+                    indent=2
+                ),
+            )
+        response = _run_stages(
+            settings, request, inputs, parse_pins(models), history, store, summary, plan=plan, prior=prior
         )
-    except (RequestError, PlanningError, LLMError, LLMNotConfiguredError, SelectionError, StorageError) as exc:
+    except (
+        RequestError,
+        PlanningError,
+        PlanValidationError,
+        LLMError,
+        LLMNotConfiguredError,
+        SelectionError,
+        StorageError,
+    ) as exc:
         log.error("request failed: %s", exc)
         summary.error = str(exc)
         summary.answer = f"The request could not be completed: {exc}"
@@ -144,6 +187,47 @@ def hugginggpt_request(
     return _finish(summary, store, t_start)
 
 
+class PriorRun(BaseModel):
+    """What an earlier attempt of a run left: its plan, its model choices, and its finished nodes."""
+
+    run_id: str
+    nodes: list[PlanNode]
+    repairs: list[str] = Field(default_factory=list)
+    assignments: list[Assignment] = Field(default_factory=list)
+    unassigned: dict[int, str] = Field(default_factory=dict)
+    results: dict[int, NodeResult] = Field(default_factory=dict)
+
+
+def _load_prior(store: ArtifactStore, run_id: str, *, explicit: bool) -> PriorRun | None:
+    """The earlier attempt ``run_id`` (this run's own folder on a Prefect retry), or ``None`` when there is none."""
+    other = store.for_run(run_id)
+    plan_raw = other.read_json("plan.json")
+    selection_raw = other.read_json("assignments.json")
+    if plan_raw is None or selection_raw is None:
+        if explicit:
+            raise RequestError(
+                f"cannot resume run {run_id}: {other.run_uri} holds no plan.json and assignments.json "
+                "(the run did not get past planning and model selection; run the request again instead)"
+            )
+        return None
+    nodes = [PlanNode.model_validate(n) for n in plan_raw]
+    earlier = other.read_json("summary.json") or {}
+    selection = SelectionResult.model_validate(selection_raw)
+    results: dict[int, NodeResult] = {}
+    for node in nodes:
+        raw = other.read_json(f"{node_folder(node)}/node.json")
+        if raw is not None:
+            results[node.id] = NodeResult.model_validate(raw)
+    return PriorRun(
+        run_id=run_id,
+        nodes=nodes,
+        repairs=list(earlier.get("plan_repairs", [])),
+        assignments=selection.assignments,
+        unassigned=selection.unassigned,
+        results=results,
+    )
+
+
 def _run_stages(
     settings: Settings,
     request: str,
@@ -152,7 +236,10 @@ def _run_stages(
     history: list[ChatTurn],
     store: ArtifactStore,
     summary: RunSummary,
-):
+    *,
+    plan: list[PlanNode] | None = None,
+    prior: PriorRun | None = None,
+) -> ResponseResult:
     log = get_run_logger()
     if not request.strip():
         raise RequestError("the request is empty: say what you want done")
@@ -160,34 +247,62 @@ def _run_stages(
         raise RequestError(f"the request is {len(request)} characters long; the limit is {MAX_REQUEST_CHARS}")
 
     t0 = time.perf_counter()
-    plan = plan_task(settings, request, inputs, history)
+    if prior is not None:
+        nodes, repairs = prior.nodes, prior.repairs
+        log.info(
+            "resuming run %s: %d of %d task(s) already completed",
+            prior.run_id,
+            sum(r.ok for r in prior.results.values()),
+            len(nodes),
+        )
+    elif plan is not None:
+        nodes, repairs = validate_plan([n.model_dump() for n in plan], inputs=inputs, request=request)
+        log.info("explicit plan: no planning call")
+    else:
+        planned = plan_task(settings, request, inputs, history)
+        summary.llm = summary.llm + planned.usage
+        nodes, repairs = planned.nodes, planned.repairs
     summary.timings["plan"] = time.perf_counter() - t0
-    summary.llm = summary.llm + plan.usage
-    summary.plan, summary.plan_repairs = plan.nodes, plan.repairs
-    store.put_json("plan.json", [n.model_dump() for n in plan.nodes])
-    log.info("plan (%d task(s)): %s", len(plan.nodes), "; ".join(_describe(n) for n in plan.nodes) or "answer directly")
-    for repair in plan.repairs:
+    summary.plan, summary.plan_repairs = nodes, repairs
+    if prior is None:
+        store.put_json("plan.json", [n.model_dump() for n in nodes])
+    log.info("plan (%d task(s)): %s", len(nodes), "; ".join(_describe(n) for n in nodes) or "answer directly")
+    for repair in repairs:
         log.info("plan repaired: %s", repair)
 
     t0 = time.perf_counter()
-    selection = select_task(settings, request, plan.nodes, pins) if plan.nodes else None
+    if prior is not None:
+        selection: SelectionResult | None = SelectionResult(assignments=prior.assignments, unassigned=prior.unassigned)
+    else:
+        selection = select_task(settings, request, nodes, pins) if nodes else None
+        if selection is not None:
+            summary.llm = summary.llm + selection.usage
+            store.put_text("assignments.json", selection.model_dump_json(indent=2))
+        else:
+            store.put_text("assignments.json", SelectionResult(assignments=[]).model_dump_json())
     summary.timings["select"] = time.perf_counter() - t0
     assignments = selection.assignments if selection else []
-    if selection is not None:
-        summary.llm = summary.llm + selection.usage
-        for a in assignments:
-            log.info("%s#%d -> %s (%s)", a.task, a.node_id, a.model, a.reason)
-        for node_id, why in selection.unassigned.items():
-            log.warning("task %d has no model: %s", node_id, why)
+    summary.assignments = assignments
+    for a in assignments:
+        log.info("%s#%d -> %s (%s)", a.task, a.node_id, a.model, a.reason)
+    for node_id, why in (selection.unassigned if selection else {}).items():
+        log.warning("task %d has no model: %s", node_id, why)
 
     t0 = time.perf_counter()
-    results = execute_graph(settings, plan.nodes, assignments, selection.unassigned if selection else {}, store.run_id)
+    summary.results = execute_graph(
+        settings,
+        nodes,
+        assignments,
+        selection.unassigned if selection else {},
+        store.run_id,
+        prior=prior.results if prior else None,
+    )
     summary.timings["execute"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    response = respond_task(settings, request, plan.nodes, assignments, results, history)
+    response = respond_task(settings, request, nodes, assignments, summary.results, history)
     summary.timings["respond"] = time.perf_counter() - t0
-    return plan.nodes, plan.repairs, assignments, results, response
+    return response
 
 
 def _describe(node: PlanNode) -> str:
@@ -201,19 +316,25 @@ def execute_graph(
     assignments: Sequence[Any],
     unassigned: Mapping[int, str],
     run_id: str,
+    prior: Mapping[int, NodeResult] | None = None,
 ) -> list[NodeResult]:
     """Submit one task run per node, each with its upstream futures (``allow_failure`` so a node whose
-    upstream failed still starts under its own name and ends as skipped); wait for all."""
+    upstream failed still starts under its own name and ends as skipped); wait for all. Nodes that
+    completed in ``prior`` (an earlier attempt) end Cached with their earlier outputs."""
+    prior = prior or {}
     by_node = {a.node_id: a for a in assignments}
     futures: dict[int, PrefectFuture[Any]] = {}
     for node in nodes:  # nodes are in dependency order
-        futures[node.id] = run_node.with_options(name=node.name, task_run_name=node.name).submit(
+        futures[node.id] = run_node.with_options(
+            name=node.name, task_run_name=node.name, persist_result=settings.persist_results
+        ).submit(
             node,
             by_node.get(node.id),
             [allow_failure(futures[d]) for d in node.dep],
             settings,
             run_id,
             unassigned.get(node.id),
+            prior.get(node.id),
         )
     return [_collect(node, futures[node.id]) for node in nodes]
 
@@ -234,6 +355,37 @@ def prefect_run_settings(*, heartbeats: bool = False, quiet: bool = False) -> It
         yield
 
 
+def results_storage_url(settings: Settings) -> str:
+    return settings.results_storage or f"{settings.storage.rstrip('/')}/prefect-results"
+
+
+def results_block_ref(settings: Settings) -> str:
+    """Save (once per location) the block Prefect persists task results to, and return its reference."""
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    url = results_storage_url(settings)
+    name = "hugginggpt-results-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    if "://" not in url or url.startswith("file://"):
+        path = Path(url.removeprefix("file://")).expanduser().resolve()
+        LocalFileSystem(basepath=str(path)).save(name, overwrite=True)
+        return f"local-file-system/{name}"
+    # credentials come from the environment (AWS_* variables, instance roles), not from the block
+    options = {k: v for k, v in settings.storage_options.items() if k not in {"key", "secret", "token"}}
+    RemoteFileSystem(basepath=url, settings=options).save(name, overwrite=True)
+    return f"remote-file-system/{name}"
+
+
+def configured_flow(settings: Settings, *, task_runner: Any = None) -> Flow:
+    """The request flow with this deployment's options: its task runner, and Prefect results persisted as
+    readable JSON next to the outputs (``HUGGINGGPT_PERSIST_RESULTS``, ``HUGGINGGPT_RESULTS_STORAGE``)."""
+    options: dict[str, Any] = {}
+    if task_runner is not None:
+        options["task_runner"] = task_runner
+    if settings.persist_results:
+        options.update(result_storage=results_block_ref(settings), persist_result=True, result_serializer="json")
+    return hugginggpt_request.with_options(**options) if options else hugginggpt_request
+
+
 def run_request(
     request: str,
     inputs: Sequence[str] = (),
@@ -241,16 +393,21 @@ def run_request(
     history: Sequence[ChatTurn] = (),
     storage: str | None = None,
     catalog: str | None = None,
+    plan: Sequence[PlanNode] | None = None,
+    resume_from: str | None = None,
 ) -> RunSummary:
     """Run the flow and return its summary whatever the outcome (no Prefect state to unwrap)."""
-    with prefect_run_settings(heartbeats=load_settings().heartbeats):
-        state = hugginggpt_request(
+    settings = load_settings(storage=storage, catalog=catalog)
+    with prefect_run_settings(heartbeats=settings.heartbeats):
+        state = configured_flow(settings)(
             request,
             inputs=list(inputs),
             models=dict(models or {}),
             history=list(history),
             storage=storage,
             catalog=catalog,
+            plan=list(plan) if plan is not None else None,
+            resume_from=resume_from,
             return_state=True,
         )
     value = state.result(raise_on_failure=False)

@@ -16,15 +16,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
 from tasks.experts.base import Audio, ExpertBackend, ExpertError, ExpertOutput
-from tasks.inputs import InputError, decode_audio, decode_image, decode_text, load_input
+from tasks.inputs import InputError, decode_audio, decode_image, decode_text, read_input_bytes
 from tasks.plan import GENERATED_RE
+from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
 from tasks.schemas import Assignment, NodeResult, PlanNode
 from tasks.settings import Settings
-from tasks.storage import ArtifactStore, StorageError, read_uri
+from tasks.storage import ArtifactStore, StorageError, read_uri, store_for
 from tasks.task_types import FILE_MODALITIES, TASK_TYPES, Modality
 
 logger = logging.getLogger(__name__)
@@ -45,51 +45,56 @@ class UpstreamMissingError(RuntimeError):
 # ---------------------------------------------------------------------------
 # resolving inputs
 # ---------------------------------------------------------------------------
-def _decode_stored(uri: str, modality: Modality) -> Any:
-    data = read_uri(uri)
+def _decode(data: bytes, modality: Modality, ref: str) -> Any:
     if modality == Modality.IMAGE:
-        return decode_image(data, uri)
+        return decode_image(data, ref)
     if modality == Modality.AUDIO:
-        return decode_audio(data, uri)
+        return decode_audio(data, ref)
     if modality == Modality.TEXT:
-        return decode_text(data, uri)
+        return decode_text(data, ref)
     return data
 
 
-def upstream_value(result: NodeResult, modality: Modality) -> Any:
-    """Node ``result``'s output of ``modality``: text inline, files read back from storage and decoded."""
+def _upstream_output(result: NodeResult, modality: Modality) -> str:
     value = result.outputs.get(str(modality))
     if value is None:
         have = ", ".join(result.outputs) or "nothing"
         raise UpstreamMissingError(
             f"task {result.id} ({result.task}) produced no {modality} output (it produced {have})"
         )
-    if modality in FILE_MODALITIES:
-        return _decode_stored(value, modality)
     return value
 
 
-def resolve_args(node: PlanNode, upstream: Mapping[int, NodeResult], *, input_timeout: float = 30.0) -> dict[str, Any]:
-    """Each argument of ``node`` as the value its model takes (``<GENERATED>-k`` replaced by node k's output)."""
+def resolve_args(
+    node: PlanNode,
+    upstream: Mapping[int, NodeResult],
+    store: ArtifactStore | None = None,
+    *,
+    input_timeout: float = 30.0,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each argument of ``node`` as the value its model takes (``<GENERATED>-k`` replaced by node k's output),
+    and the content digest of each (what the result cache keys on)."""
     tt = TASK_TYPES[node.task]
-    resolved: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+    digests: dict[str, str] = {}
     for name, raw in node.args.items():
         spec = tt.arg(name)
         modality = spec.modality if spec else Modality.TEXT
         refs = [int(k) for k in GENERATED_RE.findall(raw)]
-        if refs and modality in FILE_MODALITIES:
-            resolved[name] = upstream_value(upstream[refs[0]], modality)
-        elif refs:
-
-            def _sub(m: Any) -> str:
-                return str(upstream_value(upstream[int(m.group(1))], Modality.TEXT))
-
-            resolved[name] = GENERATED_RE.sub(_sub, raw)
-        elif modality in FILE_MODALITIES:
-            resolved[name] = load_input(raw, modality, timeout=input_timeout)
+        if modality in FILE_MODALITIES:
+            if refs:
+                ref = _upstream_output(upstream[refs[0]], modality)
+                data = store.read_bytes(ref) if store is not None else read_uri(ref)
+            else:
+                ref = raw
+                data = read_input_bytes(raw, timeout=input_timeout)
+            values[name] = _decode(data, modality, ref)
+            digests[name] = digest_bytes(data)
         else:
-            resolved[name] = raw
-    return resolved
+            text = GENERATED_RE.sub(lambda m: _upstream_output(upstream[int(m.group(1))], Modality.TEXT), raw)
+            values[name] = text
+            digests[name] = digest_text(text)
+    return values, digests
 
 
 # ---------------------------------------------------------------------------
@@ -124,7 +129,7 @@ def _json_default(value: Any) -> Any:
 
 def store_outputs(node: PlanNode, output: ExpertOutput, store: ArtifactStore) -> dict[str, str]:
     """Text inline; every other produced modality written to the node's folder, referred to by URI."""
-    folder = f"nodes/{node.id}-{node.task}"
+    folder = node_folder(node)
     outputs: dict[str, str] = {}
     for modality in TASK_TYPES[node.task].outputs:
         value = getattr(output, str(modality), None)
@@ -155,8 +160,15 @@ def execute_node(
     *,
     unassigned_reason: str | None = None,
     input_timeout: float = 30.0,
+    cache: ResultCache | None = None,
+    cache_params: Mapping[str, Any] | None = None,
 ) -> NodeResult:
-    """Run one node; never raises for the node's own failures: they come back as a failed result."""
+    """Run one node; never raises for the node's own failures: they come back as a failed result.
+
+    With ``cache``, a node whose task, model and input contents match an earlier completed node reuses
+    that node's outputs; a completed node is recorded for later ones. Each finished node's result is
+    also written beside its files (``nodes/{id}-{task}/node.json``), which is what a resume reads.
+    """
     started = _now()
     t0 = time.perf_counter()
     base = {"id": node.id, "task": node.task, "model": assignment.model if assignment else None, "started_at": started}
@@ -164,15 +176,32 @@ def execute_node(
     blocked = [upstream[d] for d in node.dep if d in upstream and upstream[d].status != "completed"]
     missing = [d for d in node.dep if d not in upstream]
     if blocked or missing:
-        why = "; ".join(f"task {r.id} ({r.task}) {r.status}" for r in blocked)
-        why += "; ".join(f"task {d} has no result" for d in missing)
+        why = "; ".join(
+            [f"task {r.id} ({r.task}) {r.status}" for r in blocked] + [f"task {d} has no result" for d in missing]
+        )
         return NodeResult(**base, status="skipped", error=f"skipped because upstream {why}", finished_at=_now())
     if assignment is None:
         return NodeResult(
             **base, status="failed", error=unassigned_reason or "no model was assigned", finished_at=_now()
         )
+    key: str | None = None
     try:
-        inputs = resolve_args(node, upstream, input_timeout=input_timeout)
+        inputs, digests = resolve_args(node, upstream, store, input_timeout=input_timeout)
+        if cache is not None:
+            key = node_cache_key(node, assignment, digests, cache_params or {})
+            hit = cache.lookup(key)
+            if hit is not None:
+                logger.info("%s: reusing the outputs of run %s", node.name, hit.run_id)
+                return NodeResult(
+                    **base,
+                    status="completed",
+                    outputs=hit.result.outputs,
+                    seconds=time.perf_counter() - t0,
+                    finished_at=_now(),
+                    cached=True,
+                    reused_from=hit.run_id,
+                    cache_key=key,
+                )
         output = backend.run(node.task, assignment.spec, inputs)
         outputs = store_outputs(node, output, store)
     except (ExpertError, InputError, StorageError, UpstreamMissingError) as exc:
@@ -186,7 +215,35 @@ def execute_node(
             seconds=time.perf_counter() - t0,
             finished_at=_now(),
         )
-    return NodeResult(**base, status="completed", outputs=outputs, seconds=time.perf_counter() - t0, finished_at=_now())
+    result = NodeResult(
+        **base,
+        status="completed",
+        outputs=outputs,
+        seconds=time.perf_counter() - t0,
+        finished_at=_now(),
+        cache_key=key,
+    )
+    try:
+        store.put_text(f"{node_folder(node)}/node.json", result.model_dump_json(indent=2))
+        if cache is not None and key is not None:
+            cache.record(key, result)
+    except StorageError as exc:
+        return result.model_copy(update={"status": "failed", "error": f"outputs stored, but not the result: {exc}"})
+    return result
+
+
+def node_folder(node: PlanNode) -> str:
+    return f"nodes/{node.id}-{node.task}"
+
+
+def reuse_prior(node: PlanNode, prior: NodeResult | None, store: ArtifactStore, run_id: str) -> NodeResult | None:
+    """A completed result of this node from an earlier attempt of the run, if its files are all still there."""
+    if prior is None or prior.status != "completed" or prior.task != node.task or prior.id != node.id:
+        return None
+    files = [uri for modality, uri in prior.outputs.items() if modality != "text"]
+    if not all(store.exists(uri) for uri in files):
+        return None
+    return prior.model_copy(update={"cached": True, "reused_from": prior.reused_from or run_id})
 
 
 # ---------------------------------------------------------------------------
@@ -219,7 +276,13 @@ def backend_for(settings: Settings) -> ExpertBackend:
 # ---------------------------------------------------------------------------
 # the Prefect task
 # ---------------------------------------------------------------------------
-@task(name="run-node", cache_policy=NO_CACHE)
+def _task_run_key(ctx: Any, inputs: dict[str, Any]) -> str:
+    """One result record per task run: persisted task results are never read back as a cache (outputs are
+    reused through :mod:`tasks.result_cache`, which never keeps failures)."""
+    return f"hugginggpt-node-{ctx.task_run.id}"
+
+
+@task(name="run-node", cache_key_fn=_task_run_key)
 def run_node(
     node: PlanNode,
     assignment: Assignment | None,
@@ -227,22 +290,36 @@ def run_node(
     settings: Settings,
     run_id: str,
     unassigned_reason: str | None = None,
+    prior: NodeResult | None = None,
 ) -> State:
-    """Prefect task: one plan node. Ends Completed, Failed (with its result as data), or Completed named Skipped."""
+    """Prefect task: one plan node.
+
+    Ends Completed; Completed named Cached when it reused earlier outputs; Completed named Skipped when an
+    upstream node did not complete; or Failed with its result as data.
+    """
     log = get_run_logger()
-    store = ArtifactStore(settings.storage, run_id, settings.storage_options)
-    by_id = {r.id: r for r in upstream if isinstance(r, NodeResult)}
-    result = execute_node(
-        node,
-        assignment,
-        by_id,
-        store,
-        backend_for(settings),
-        unassigned_reason=unassigned_reason,
-        input_timeout=settings.input_timeout,
-    )
+    store = store_for(settings, run_id)
+    reused = reuse_prior(node, prior, store, run_id)
+    if reused is not None:
+        result = reused
+    else:
+        by_id = {r.id: r for r in upstream if isinstance(r, NodeResult)}
+        result = execute_node(
+            node,
+            assignment,
+            by_id,
+            store,
+            backend_for(settings),
+            unassigned_reason=unassigned_reason,
+            input_timeout=settings.input_timeout,
+            cache=ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None,
+            cache_params=cache_params(settings),
+        )
     if result.status == "completed":
         shown = ", ".join(f"{k}={_clip(v)}" for k, v in result.outputs.items())
+        if result.cached:
+            log.info("%s reused the outputs of run %s: %s", node.name, result.reused_from, shown)
+            return Completed(data=result, name="Cached", message=f"{node.name} reused run {result.reused_from}")
         log.info("%s completed in %.2f s with %s: %s", node.name, result.seconds, result.model, shown)
         return Completed(data=result, message=f"{node.name} completed")
     if result.status == "skipped":
@@ -250,6 +327,11 @@ def run_node(
         return Completed(data=result, name="Skipped", message=result.error)
     log.error("%s failed: %s", node.name, result.error)
     return Failed(data=result, message=result.error)
+
+
+def cache_params(settings: Settings) -> dict[str, Any]:
+    """Settings that change what a model produces, so part of the cache key."""
+    return {"max_new_tokens": settings.max_new_tokens}
 
 
 def _clip(text: str, limit: int = 80) -> str:

@@ -103,6 +103,9 @@ class NodeResult(BaseModel):
     seconds: float = 0.0
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    cached: bool = Field(default=False, description="outputs reused from an earlier identical node")
+    reused_from: str | None = Field(default=None, description="the run whose outputs were reused")
+    cache_key: str | None = None
 
     @property
     def ok(self) -> bool:

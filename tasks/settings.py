@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the store, as JSON (e.g. endpoint_url, key, secret)"
     )
+    storage_retries: int = Field(default=3, ge=0, description="retries of a failed storage write or read")
+    storage_retry_wait: float = Field(default=0.5, ge=0, description="first wait before a storage retry (doubles)")
+    results_storage: str | None = Field(
+        default=None, description="where Prefect persists task results (default {storage}/prefect-results)"
+    )
+    persist_results: bool = Field(default=True, description="persist Prefect task results, as JSON")
+    cache: bool = Field(default=True, description="reuse outputs of identical earlier nodes")
+    cache_ttl: float = Field(default=0.0, ge=0, description="seconds a cached output stays usable; 0: forever")
     catalog: Path | None = Field(
         default=None, description="extra catalog JSONL that adds to or overrides the built-in one"
     )
@@ -57,6 +65,7 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(default=48, ge=1, description="generation bound for text outputs")
     max_workers: int = Field(default=4, ge=1, description="nodes run at the same time")
     input_timeout: float = Field(default=30.0, gt=0, description="seconds to fetch one input URL")
+    eval_concurrency: int = Field(default=4, ge=1, description="requests planned at the same time by 'hugginggpt eval'")
 
     # --- Prefect --------------------------------------------------------------------
     heartbeats: bool = Field(default=False, description="emit flow-run heartbeats (crash detection on long runs)")

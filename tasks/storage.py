@@ -9,17 +9,40 @@ stores), so a reader never sees half a file.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
 
 class StorageError(RuntimeError):
     """A write or read failed; the message names the URL and the cause."""
+
+
+def with_retries(what: str, fn: Callable[[], T], *, retries: int, wait: float) -> T:
+    """Call ``fn``; on an error other than a missing file, retry ``retries`` times, waiting ``wait`` s, doubling."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+            raise
+        except Exception as exc:
+            if attempt >= retries:
+                raise
+            delay = wait * (2**attempt)
+            logger.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
+            time.sleep(delay)
+            attempt += 1
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -27,9 +50,19 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 class ArtifactStore:
-    def __init__(self, root: str, run_id: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        run_id: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        retries: int = 3,
+        retry_wait: float = 0.5,
+    ) -> None:
         self.root = root
         self.run_id = run_id
+        self.retries = retries
+        self.retry_wait = retry_wait
         try:
             fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
         except (ImportError, ValueError) as exc:
@@ -43,8 +76,22 @@ class ArtifactStore:
     # --------------------------------------------------------------
     def uri(self, rel: str = "") -> str:
         """The URI of ``rel`` inside the run folder: a plain path for a local folder, else a full URL."""
-        path = posixpath.join(self.run_path, rel) if rel else self.run_path
+        return self._uri_of(posixpath.join(self.run_path, rel) if rel else self.run_path)
+
+    def _uri_of(self, path: str) -> str:
         return path if _is_local(self.fs) else self.fs.unstrip_protocol(path)
+
+    def root_uri(self, rel: str) -> str:
+        """The URI of ``rel`` under the storage root (outside any run folder)."""
+        return self._uri_of(posixpath.join(self._root_path, rel))
+
+    def for_run(self, run_id: str) -> ArtifactStore:
+        """The same storage, another run's folder."""
+        other = object.__new__(ArtifactStore)
+        other.__dict__.update(self.__dict__)
+        other.run_id = run_id
+        other.run_path = posixpath.join(self._root_path, run_id)
+        return other
 
     @property
     def run_uri(self) -> str:
@@ -52,19 +99,54 @@ class ArtifactStore:
 
     def put_bytes(self, rel: str, data: bytes) -> str:
         """Write ``data`` at ``rel`` in the run folder; return its URI."""
-        path = posixpath.join(self.run_path, rel)
-        try:
+        return self._put(posixpath.join(self.run_path, rel), data)
+
+    def put_root_bytes(self, rel: str, data: bytes) -> str:
+        """Write ``data`` at ``rel`` under the storage root; return its URI."""
+        return self._put(posixpath.join(self._root_path, rel), data)
+
+    def _put(self, path: str, data: bytes) -> str:
+        uri = self._uri_of(path)
+
+        def write() -> None:
             if _is_local(self.fs):
                 self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
                 tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
                 with self.fs.open(tmp, "wb") as fh:
                     fh.write(data)
                 self.fs.mv(tmp, path)
-            else:
+            else:  # one PUT: the object appears whole or not at all
                 self.fs.pipe_file(path, data)
+
+        try:
+            with_retries(f"writing {uri}", write, retries=self.retries, wait=self.retry_wait)
         except Exception as exc:
-            raise StorageError(f"could not write {self.uri(rel)}: {type(exc).__name__}: {exc}") from exc
-        return self.uri(rel)
+            raise StorageError(f"could not write {uri}: {_cause(exc)}") from exc
+        return uri
+
+    def exists(self, uri: str) -> bool:
+        """Whether a stored file exists (``False`` also when storage cannot be reached)."""
+        try:
+            if _is_local(self.fs):
+                return Path(uri).is_file()
+            self.fs.invalidate_cache()
+            return bool(self.fs.exists(uri))
+        except Exception:
+            return False
+
+    def read_root_json(self, rel: str) -> Any:
+        """JSON stored at ``rel`` under the root, or ``None`` when there is no such file."""
+        uri = self.root_uri(rel)
+        try:
+            return json.loads(self.read_bytes(uri))
+        except StorageError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError) or "does not exist" in str(exc):
+                return None
+            raise
+
+    def read_json(self, rel: str) -> Any:
+        """JSON stored at ``rel`` in the run folder, or ``None`` when there is no such file."""
+        return self.read_root_json(posixpath.join(self.run_id, rel))
 
     def put_text(self, rel: str, text: str) -> str:
         return self.put_bytes(rel, text.encode("utf-8"))
@@ -73,15 +155,45 @@ class ArtifactStore:
         return self.put_bytes(rel, json.dumps(value, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
 
     def read_bytes(self, uri: str) -> bytes:
-        return read_uri(uri)
+        """Read a file back; this store's options apply to URIs of its own filesystem."""
+        protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple | list) else (self.fs.protocol,)
+        options = self.storage_options if protocol in protocols else None
+        return read_uri(uri, options, retries=self.retries, retry_wait=self.retry_wait)
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return dict(getattr(self.fs, "storage_options", {}) or {})
 
 
-def read_uri(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+def _cause(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text if len(text) < 400 else text[:397] + "..."
+
+
+def read_uri(
+    uri: str, storage_options: dict[str, Any] | None = None, *, retries: int = 0, retry_wait: float = 0.5
+) -> bytes:
     """Read a stored file back (a local path or any fsspec URL)."""
-    try:
+
+    def read() -> bytes:
         with fsspec.open(uri, "rb", **(storage_options or {})) as fh:
             return fh.read()
+
+    try:
+        return with_retries(f"reading {uri}", read, retries=retries, wait=retry_wait)
     except FileNotFoundError:
         raise StorageError(f"{uri} does not exist") from None
     except Exception as exc:
-        raise StorageError(f"could not read {uri}: {type(exc).__name__}: {exc}") from exc
+        raise StorageError(f"could not read {uri}: {_cause(exc)}") from exc
+
+
+def store_for(settings: Any, run_id: str) -> ArtifactStore:
+    """The artifact store of ``settings`` for one run."""
+    return ArtifactStore(
+        settings.storage,
+        run_id,
+        settings.storage_options,
+        retries=settings.storage_retries,
+        retry_wait=settings.storage_retry_wait,
+    )

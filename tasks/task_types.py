@@ -266,6 +266,17 @@ EXECUTABLE_TASKS: frozenset[str] = frozenset(
         "image-to-text",
         "automatic-speech-recognition",
         "text-to-speech",
+        "text2text-generation",
+        "conversational",
+        "sentence-similarity",
+        "zero-shot-classification",
+        "feature-extraction",
+        "image-segmentation",
+        "depth-estimation",
+        "visual-question-answering",
+        "document-question-answering",
+        "image-to-image",
+        "audio-classification",
     }
 )
 

@@ -22,9 +22,19 @@ from PIL import Image
 
 from tasks.experts.base import Audio, ExpertError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache, default_cache
-from tasks.experts.local import SUPPORTED_TASKS, LocalBackend
+from tasks.experts.local import NOT_SERVED_LOCALLY, SUPPORTED_TASKS, LocalBackend
 from tasks.task_types import EXECUTABLE_TASKS, TASK_TYPES
-from tests.tiny_models import TASKS, build_tiny_blip_captioner, build_tiny_models, tiny_catalog_entries
+from tests.tiny_models import (
+    AUDIO_LABELS,
+    SEGMENT_LABELS,
+    TASKS,
+    VQA_LABELS,
+    build_tiny_blip_captioner,
+    build_tiny_blip_vqa,
+    build_tiny_layoutlm,
+    build_tiny_models,
+    tiny_catalog_entries,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,7 +70,9 @@ def sine(seconds: float = 1.0, rate: int = 16_000, freq: float = 440.0) -> Audio
 
 
 def test_tiny_models_cover_every_executable_task(tiny_models: dict[str, pathlib.Path]) -> None:
-    assert set(tiny_models) == set(TASKS) == set(SUPPORTED_TASKS) == set(EXECUTABLE_TASKS)
+    assert set(tiny_models) == set(TASKS) == set(SUPPORTED_TASKS)
+    assert set(SUPPORTED_TASKS) <= set(EXECUTABLE_TASKS)
+    assert set(SUPPORTED_TASKS) | set(NOT_SERVED_LOCALLY) == set(TASK_TYPES)
     for task, folder in tiny_models.items():
         assert (folder / "config.json").is_file(), task
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
@@ -233,9 +245,131 @@ def test_text_to_speech_is_clipped(tiny_models: dict[str, pathlib.Path]) -> None
     assert out.audio is not None and out.audio.seconds <= 0.01 + 1e-9
 
 
+def test_text2text_generation(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    out = run(backend, tiny_models, "text2text-generation", text="paraphrase: the cat sat on the mat")
+    assert isinstance(out.text, str)
+    assert out.image is None and out.json is None
+
+
+def test_conversational_with_a_chat_template(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    out = run(backend, tiny_models, "conversational", text="Hello, how are you? " * 40)
+    assert isinstance(out.text, str)
+    assert out.extra["prompt"] == "chat-template"
+
+
+def test_conversational_without_a_chat_template(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    model = ModelSpec(id="tiny/plain-chat", task="conversational", local_path=str(tiny_models["text-generation"]))
+    out = backend.run("conversational", model, {"text": "Hello there"})
+    assert isinstance(out.text, str) and "User:" not in out.text
+    assert out.extra["prompt"] == "plain"
+
+
+def test_sentence_similarity(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    out = run(backend, tiny_models, "sentence-similarity", text="A cat sits on the mat.", text2="A dog runs.")
+    assert set(out.json) == {"similarity"} and -1.0 <= out.json["similarity"] <= 1.0
+    assert out.text == f"similarity {out.json['similarity']:.2f}"
+    same = run(backend, tiny_models, "sentence-similarity", text="A cat.", text2="A cat.")
+    assert same.json["similarity"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_feature_extraction(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    out = run(backend, tiny_models, "feature-extraction", text="A cat sits on the mat.")
+    assert isinstance(out.json, list) and len(out.json) == 16 == out.extra["dimensions"]
+    assert all(isinstance(x, float) and np.isfinite(x) for x in out.json)
+
+
+def test_zero_shot_classification(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    out = run(
+        backend, tiny_models, "zero-shot-classification", text="The cat sat.", labels="animals, politics,animals,"
+    )
+    assert {e["label"] for e in out.json} == {"animals", "politics"}
+    assert sum(e["score"] for e in out.json) == pytest.approx(1.0, abs=1e-4)
+    assert out.text.startswith(out.json[0]["label"])
+    with pytest.raises(ExpertError, match="no candidate labels"):
+        run(backend, tiny_models, "zero-shot-classification", text="The cat sat.", labels=" , ")
+
+
+def test_image_segmentation(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    image = picture((64, 48))
+    out = run(backend, tiny_models, "image-segmentation", image=image)
+    assert isinstance(out.image, Image.Image) and out.image.size == image.size and out.image.mode == "RGB"
+    assert np.asarray(out.image).tobytes() != np.asarray(image).tobytes(), "masks are drawn"
+    assert out.json and {e["label"] for e in out.json} <= set(SEGMENT_LABELS.values())
+    assert all(e["score"] is None for e in out.json), "semantic segmentation has no scores"
+    assert sum(e["area"] for e in out.json) == pytest.approx(1.0, abs=0.01)
+    assert out.text.startswith(f"{len(out.json)} segment")
+
+
+def test_depth_estimation(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    image = picture((64, 48))
+    out = run(backend, tiny_models, "depth-estimation", image=image)
+    assert isinstance(out.image, Image.Image) and out.image.mode == "L" and out.image.size == image.size
+    assert out.extra["min"] <= out.extra["max"]
+
+
+def test_image_to_image(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    out = run(backend, tiny_models, "image-to-image", image=picture((48, 40)), text="sharper")
+    assert isinstance(out.image, Image.Image) and out.image.mode == "RGB"
+    assert out.image.size == (96, 80) and out.extra["scale"] == 2
+    assert "ignored" in out.extra
+
+
+def test_visual_question_answering(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    out = run(backend, tiny_models, "visual-question-answering", image=picture(), text="How many cats are there?")
+    assert out.text in set(VQA_LABELS.values())
+    answers = out.extra["answers"]
+    assert answers[0]["answer"] == out.text and all(0.0 <= a["score"] <= 1.0 for a in answers)
+
+
+def test_visual_question_answering_generative(backend: LocalBackend, tmp_path: pathlib.Path) -> None:
+    folder = build_tiny_blip_vqa(tmp_path / "blip-vqa")
+    model = ModelSpec(id="tiny/blip-vqa", task="visual-question-answering", local_path=str(folder))
+    out = backend.run("visual-question-answering", model, {"image": picture(), "text": "What is it?"})
+    assert isinstance(out.text, str) and out.extra["answers"][0]["score"] is None
+
+
+def test_document_question_answering(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    out = run(backend, tiny_models, "document-question-answering", image=picture(), text="What is the total?")
+    assert isinstance(out.text, str) and "<" not in out.text
+
+
+def test_document_question_answering_layoutlm_needs_ocr(backend: LocalBackend, tmp_path: pathlib.Path) -> None:
+    try:
+        import pytesseract  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("pytesseract is installed: LayoutLM models read the page with OCR")
+    folder = build_tiny_layoutlm(tmp_path / "layoutlm")
+    model = ModelSpec(id="tiny/layoutlm", task="document-question-answering", local_path=str(folder))
+    with pytest.raises(ExpertError, match="pytesseract") as info:
+        backend.run("document-question-answering", model, {"image": picture(), "text": "total?"})
+    assert "tiny/layoutlm" in str(info.value)
+
+
+@pytest.mark.parametrize("rate", [16_000, 8_000])
+def test_audio_classification(backend: LocalBackend, tiny_models: dict[str, pathlib.Path], rate: int) -> None:
+    out = run(backend, tiny_models, "audio-classification", audio=sine(0.5, rate))
+    assert {e["label"] for e in out.json} == set(AUDIO_LABELS.values())
+    assert out.text.startswith(out.json[0]["label"])
+    assert out.extra["seconds"] == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("task", sorted(NOT_SERVED_LOCALLY))
+def test_tasks_not_served_locally_say_why(task: str, tiny_models: dict[str, pathlib.Path]) -> None:
+    backend = LocalBackend(cache=ModelCache(max_models=1))
+    model = ModelSpec(id=f"acme/{task}", task=task, local_path=str(tiny_models["text-generation"]))
+    with pytest.raises(ExpertError, match="runs through the remote backend") as info:
+        backend.run(task, model, {"text": "a cat", "table": b"a,b\n1,2\n", "audio": sine(0.1)})
+    assert NOT_SERVED_LOCALLY[task] in str(info.value)
+    assert backend.cache.stats()["loads"] == 0
+
+
 def test_outputs_match_the_task_table(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
     inputs = {
         "text": "Where did Alice meet Bob?",
+        "text2": "Alice met Bob in London.",
+        "labels": "people, places",
         "context": "Alice met Bob in London.",
         "image": picture(),
         "audio": sine(0.5),

