@@ -54,6 +54,13 @@ def _json_complete(text: str) -> bool:
     return False
 
 
+def _keep(cache: Any, length: int) -> None:
+    """Cut an attention cache down to its first ``length`` tokens."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
 class LocalChatModel:
     def __init__(self, model: str, gguf_file: str | None, max_new_tokens: int, threads: int | None) -> None:
         import torch
@@ -92,7 +99,7 @@ class LocalChatModel:
                 shared = n if bool(same.all()) else int(same.int().argmin())
             if shared > 0:
                 cache = copy.deepcopy(self._last_cache)
-                cache.crop(shared)
+                _keep(cache, shared)
             else:
                 cache = DynamicCache(config=self.model.config)
             out = self.model.generate(
@@ -104,7 +111,7 @@ class LocalChatModel:
                 stopping_criteria=StoppingCriteriaList([JSONDone()]),
                 pad_token_id=tokenizer.eos_token_id,
             )
-            cache.crop(prompt_len)
+            _keep(cache, prompt_len)
             self._last_ids, self._last_cache = ids[0].clone(), cache
         new = out[0][prompt_len:]
         return tokenizer.decode(new, skip_special_tokens=True).strip(), prompt_len, len(new)

@@ -188,12 +188,37 @@ def read_uri(
         raise StorageError(f"could not read {uri}: {_cause(exc)}") from exc
 
 
+BLOCK_PREFIX = "block:"
+
+
+def resolve_storage(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``block:TYPE/NAME`` (a saved Prefect ``local-file-system`` or ``remote-file-system`` block) -> its
+    base path and fsspec options; any other URL is returned as given."""
+    if not url.startswith(BLOCK_PREFIX):
+        return url, options
+    from prefect.blocks.core import Block
+
+    ref = url[len(BLOCK_PREFIX) :]
+    try:
+        block = Block.load(ref)
+    except Exception as exc:
+        raise StorageError(f"cannot load the Prefect block {ref!r} named by HUGGINGGPT_STORAGE: {exc}") from exc
+    basepath = getattr(block, "basepath", None)
+    if not basepath:
+        raise StorageError(
+            f"the Prefect block {ref!r} has no basepath; use a local-file-system or remote-file-system block"
+        )
+    block_options = dict(getattr(block, "settings", None) or {})
+    return str(basepath), {**block_options, **options}
+
+
 def store_for(settings: Any, run_id: str) -> ArtifactStore:
     """The artifact store of ``settings`` for one run."""
+    url, options = resolve_storage(settings.storage, settings.storage_options)
     return ArtifactStore(
-        settings.storage,
+        url,
         run_id,
-        settings.storage_options,
+        options,
         retries=settings.storage_retries,
         retry_wait=settings.storage_retry_wait,
     )

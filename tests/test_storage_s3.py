@@ -267,3 +267,20 @@ def test_prefect_retry_of_the_flow_run_resumes_it(env: Path, llm, model_calls, m
     assert [(r.status, r.cached) for r in summary.results] == [("completed", False), ("completed", True)]
     assert model_calls == Counter({"summarization": 1, "token-classification": 1})
     assert llm.calls["plan"] == 1
+
+
+def test_storage_named_by_a_prefect_block(env: Path, llm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.filesystems import LocalFileSystem
+
+    LocalFileSystem(basepath=str(tmp_path / "block-store")).save("hugginggpt-test-store", overwrite=True)
+    monkeypatch.setenv("HUGGINGGPT_STORAGE", "block:local-file-system/hugginggpt-test-store")
+    llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "nice"}}))
+    summary = run_request("Rate 'nice'")
+    assert summary.status == "completed"
+    assert Path(summary.storage_uri) == tmp_path / "block-store" / summary.flow_run_id
+    assert (Path(summary.storage_uri) / "summary.json").is_file()
+    monkeypatch.setenv("HUGGINGGPT_STORAGE", "block:local-file-system/no-such-block")
+    broken = run_request("Rate 'nice'")
+    assert (
+        broken.status == "failed" and "cannot load the Prefect block 'local-file-system/no-such-block'" in broken.error
+    )
