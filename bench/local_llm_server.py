@@ -3,8 +3,9 @@
 For measuring the planner with ``hugginggpt eval`` on a machine without an LLM service: point
 ``OPENAI_BASE_URL`` at it. Greedy decoding, one request at a time, generation stopped as soon as the
 reply holds a complete JSON value, and the attention cache of the previous prompt reused for the part
-the next prompt shares with it (the system prompt and demos). ``response_format`` is accepted and ignored
-(no constrained decoding).
+the next prompt shares with it (the system prompt and demos). ``response_format`` is ignored unless ``--constrained`` is given: then a
+``json_schema`` response format is enforced token by token with lm-format-enforcer
+(``pip install lm-format-enforcer``).
 
     python bench/local_llm_server.py --model DIR [--gguf-file NAME.gguf] [--port 8765]
     OPENAI_BASE_URL=http://127.0.0.1:8765/v1 HUGGINGGPT_LLM_MODEL=local hugginggpt eval
@@ -62,7 +63,9 @@ def _keep(cache: Any, length: int) -> None:
 
 
 class LocalChatModel:
-    def __init__(self, model: str, gguf_file: str | None, max_new_tokens: int, threads: int | None) -> None:
+    def __init__(
+        self, model: str, gguf_file: str | None, max_new_tokens: int, threads: int | None, constrained: bool = False
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -76,8 +79,27 @@ class LocalChatModel:
         self.lock = threading.Lock()
         self._last_ids: Any = None
         self._last_cache: Any = None
+        self._tokenizer_data: Any = None
+        if constrained:
+            from lmformatenforcer.integrations.transformers import build_token_enforcer_tokenizer_data
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int | None) -> tuple[str, int, int]:
+            self._tokenizer_data = build_token_enforcer_tokenizer_data(self.tokenizer)
+
+    def _schema_constraint(self, response_format: Any) -> Any:
+        """A ``prefix_allowed_tokens_fn`` enforcing a ``json_schema`` response format, when enabled."""
+        if self._tokenizer_data is None or not isinstance(response_format, dict):
+            return None
+        if response_format.get("type") != "json_schema":
+            return None
+        from lmformatenforcer import JsonSchemaParser
+        from lmformatenforcer.integrations.transformers import build_transformers_prefix_allowed_tokens_fn
+
+        schema = response_format.get("json_schema", {}).get("schema", {})
+        return build_transformers_prefix_allowed_tokens_fn(self._tokenizer_data, JsonSchemaParser(schema))
+
+    def chat(
+        self, messages: list[dict[str, str]], max_tokens: int | None, response_format: Any = None
+    ) -> tuple[str, int, int]:
         import torch
         from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
@@ -92,6 +114,7 @@ class LocalChatModel:
                 return _json_complete(text)
 
         with self.lock, torch.no_grad():
+            constraint = self._schema_constraint(response_format)
             shared = 0
             if self._last_ids is not None:
                 n = min(len(self._last_ids), prompt_len - 1)
@@ -109,6 +132,7 @@ class LocalChatModel:
                 max_new_tokens=min(max_tokens or self.max_new_tokens, self.max_new_tokens),
                 do_sample=False,
                 stopping_criteria=StoppingCriteriaList([JSONDone()]),
+                prefix_allowed_tokens_fn=constraint,
                 pad_token_id=tokenizer.eos_token_id,
             )
             _keep(cache, prompt_len)
@@ -134,7 +158,9 @@ def serve(chat_model: LocalChatModel, host: str, port: int, name: str) -> None:
                 return
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             start = time.perf_counter()
-            text, n_prompt, n_completion = chat_model.chat(body.get("messages", []), body.get("max_tokens"))
+            text, n_prompt, n_completion = chat_model.chat(
+                body.get("messages", []), body.get("max_tokens"), body.get("response_format")
+            )
             print(f"{n_prompt}+{n_completion} tokens in {time.perf_counter() - start:.1f} s", flush=True)
             self._send(
                 200,
@@ -181,8 +207,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument(
+        "--constrained", action="store_true", help="enforce json_schema response formats (lm-format-enforcer)"
+    )
     args = parser.parse_args()
-    chat_model = LocalChatModel(args.model, args.gguf_file, args.max_new_tokens, args.threads)
+    chat_model = LocalChatModel(args.model, args.gguf_file, args.max_new_tokens, args.threads, args.constrained)
     serve(chat_model, args.host, args.port, args.name)
 
 

@@ -34,6 +34,7 @@ from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseRe
 from tasks.select import SelectionError, parse_pins, select_task
 from tasks.settings import LLMNotConfiguredError, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, store_for
+from tasks.task_types import TASK_TYPES
 
 MAX_REQUEST_CHARS = 20_000
 
@@ -256,7 +257,9 @@ def _run_stages(
             len(nodes),
         )
     elif plan is not None:
-        nodes, repairs = validate_plan([n.model_dump() for n in plan], inputs=inputs, request=request)
+        nodes, repairs = validate_plan(
+            [n.model_dump() for n in plan], inputs=inputs, request=request, allowed=TASK_TYPES
+        )
         log.info("explicit plan: no planning call")
     else:
         planned = plan_task(settings, request, inputs, history)

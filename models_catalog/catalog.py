@@ -43,7 +43,12 @@ class CatalogEntry(BaseModel):
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
-            id=self.id, task=self.task, local_path=self.local_path, revision=self.revision, endpoint=self.endpoint
+            id=self.id,
+            task=self.task,
+            local_path=self.local_path,
+            revision=self.revision,
+            endpoint=self.endpoint,
+            library=self.library,
         )
 
 

@@ -18,7 +18,9 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.states import Completed, Failed, State
 
+from tasks.availability import chooser_for, remote_backend_for
 from tasks.experts.base import Audio, ExpertBackend, ExpertError, ExpertOutput
+from tasks.experts.router import AllCandidatesFailed, Chooser, run_with_fallback
 from tasks.inputs import InputError, decode_audio, decode_image, decode_text, read_input_bytes
 from tasks.plan import GENERATED_RE
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
@@ -156,12 +158,14 @@ def execute_node(
     assignment: Assignment | None,
     upstream: Mapping[int, NodeResult],
     store: ArtifactStore,
-    backend: ExpertBackend,
+    backend: ExpertBackend | Mapping[str, ExpertBackend],
     *,
     unassigned_reason: str | None = None,
     input_timeout: float = 30.0,
     cache: ResultCache | None = None,
     cache_params: Mapping[str, Any] | None = None,
+    choose: Chooser | None = None,
+    max_attempts: int = 1,
 ) -> NodeResult:
     """Run one node; never raises for the node's own failures: they come back as a failed result.
 
@@ -202,8 +206,28 @@ def execute_node(
                     reused_from=hit.run_id,
                     cache_key=key,
                 )
-        output = backend.run(node.task, assignment.spec, inputs)
+        backends = backend if isinstance(backend, Mapping) else {assignment.backend: backend}
+        output, attempts = run_with_fallback(
+            node.task,
+            [assignment.spec, *assignment.fallbacks],
+            inputs,
+            backends=backends,
+            choose=choose or (lambda spec: (assignment.backend, "as assigned")),
+            max_attempts=max(1, max_attempts),
+        )
+        ran = next(a for a in reversed(attempts) if a.ok)
+        base.update(model=ran.model, backend=ran.backend, attempts=attempts)
         outputs = store_outputs(node, output, store)
+    except AllCandidatesFailed as exc:
+        error = str(exc) if len(exc.attempts) > 1 else (exc.attempts[0].error if exc.attempts else str(exc))
+        return NodeResult(
+            **base,
+            status="failed",
+            error=error or str(exc),
+            attempts=exc.attempts,
+            seconds=time.perf_counter() - t0,
+            finished_at=_now(),
+        )
     except (ExpertError, InputError, StorageError, UpstreamMissingError) as exc:
         return NodeResult(**base, status="failed", error=str(exc), seconds=time.perf_counter() - t0, finished_at=_now())
     except Exception as exc:
@@ -309,18 +333,24 @@ def run_node(
             assignment,
             by_id,
             store,
-            backend_for(settings),
+            {"local": backend_for(settings), "remote": remote_backend_for(settings)},
             unassigned_reason=unassigned_reason,
             input_timeout=settings.input_timeout,
             cache=ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None,
             cache_params=cache_params(settings),
+            choose=chooser_for(settings),
+            max_attempts=1 + settings.max_fallbacks,
         )
     if result.status == "completed":
         shown = ", ".join(f"{k}={_clip(v)}" for k, v in result.outputs.items())
         if result.cached:
             log.info("%s reused the outputs of run %s: %s", node.name, result.reused_from, shown)
             return Completed(data=result, name="Cached", message=f"{node.name} reused run {result.reused_from}")
-        log.info("%s completed in %.2f s with %s: %s", node.name, result.seconds, result.model, shown)
+        if len(result.attempts) > 1:
+            log.warning("%s: %s", node.name, "; ".join(a.describe() for a in result.attempts))
+        log.info(
+            "%s completed in %.2f s with %s (%s): %s", node.name, result.seconds, result.model, result.backend, shown
+        )
         return Completed(data=result, message=f"{node.name} completed")
     if result.status == "skipped":
         log.warning("%s %s", node.name, result.error)

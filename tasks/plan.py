@@ -387,5 +387,14 @@ def plan_task(
     inputs: list[str],
     history: list[ChatTurn],
 ) -> PlanResult:
-    """Prefect task: stage 1."""
-    return plan_request(LLMClient(settings), request, inputs=inputs, history=history)
+    """Prefect task: stage 1. The planner is offered the task types that have a model able to run here."""
+    return plan_request(LLMClient(settings), request, inputs=inputs, history=history, allowed=plannable_tasks(settings))
+
+
+def plannable_tasks(settings: Settings) -> list[str]:
+    """Task types of the table with at least one catalog model that can run under these settings."""
+    from models_catalog.catalog import load_catalog
+    from tasks.availability import chooser_for, runnable_tasks
+
+    runnable = runnable_tasks(load_catalog(settings.catalog), chooser_for(settings)) & set(TASK_TYPES)
+    return sorted(runnable) if runnable else sorted(EXECUTABLE_TASKS)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.experts.base import ModelSpec
+from tasks.experts.router import Attempt
 
 GENERATED_PREFIX = "<GENERATED>-"
 
@@ -80,6 +81,9 @@ class Assignment(BaseModel):
     candidates: list[str] = Field(default_factory=list)
     reason: str
     spec: ModelSpec
+    fallbacks: list[ModelSpec] = Field(
+        default_factory=list, description="next-ranked runnable candidates, tried in order if this model fails"
+    )
 
 
 class SelectionResult(BaseModel):
@@ -103,6 +107,8 @@ class NodeResult(BaseModel):
     seconds: float = 0.0
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    backend: str | None = Field(default=None, description="where the model ran: local or remote")
+    attempts: list[Attempt] = Field(default_factory=list, description="every model tried, in order, and why it failed")
     cached: bool = Field(default=False, description="outputs reused from an earlier identical node")
     reused_from: str | None = Field(default=None, description="the run whose outputs were reused")
     cache_key: str | None = None

@@ -18,7 +18,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models_catalog.catalog import Catalog, CatalogEntry, load_catalog
+from models_catalog.catalog import Catalog, CatalogEntry, is_available, load_catalog
+from tasks.experts.base import ModelSpec
+from tasks.experts.router import Chooser
 from tasks.llm import JSONExtractError, LLMClient, LLMError, extract_json
 from tasks.schemas import Assignment, LLMUsage, PlanNode, SelectionResult
 from tasks.settings import Settings
@@ -115,6 +117,26 @@ def _parse_choices(reply: str) -> dict[int, tuple[str, str]]:
     return out
 
 
+def runnable_candidates(
+    catalog: Catalog, task: str, choose: Chooser | None
+) -> tuple[list[tuple[CatalogEntry, str]], list[tuple[CatalogEntry, str]]]:
+    """The catalog's entries for ``task``, best first, split into runnable ``(entry, backend)`` and removed
+    ``(entry, why)``. Without a chooser, runnable means: loadable locally (see ``is_available``)."""
+    kept: list[tuple[CatalogEntry, str]] = []
+    removed: list[tuple[CatalogEntry, str]] = []
+    for entry in catalog.ranked(task, available_only=False):
+        if choose is None:
+            ok = is_available(entry)
+            (kept if ok else removed).append((entry, "local") if ok else (entry, "not available locally"))
+            continue
+        backend, why = choose(entry.spec())
+        if backend is None:
+            removed.append((entry, why))
+        else:
+            kept.append((entry, backend))
+    return kept, removed
+
+
 def select_models(
     nodes: Sequence[PlanNode],
     catalog: Catalog,
@@ -123,9 +145,13 @@ def select_models(
     request: str,
     pins: Mapping[str, str] | None = None,
     top_k: int = 5,
+    choose: Chooser | None = None,
+    max_fallbacks: int = 2,
 ) -> SelectionResult:
-    """Choose a model for every node (see the module doc). Nodes with no runnable model are left out,
-    listed in ``SelectionResult.unassigned`` with the reason, so they fail alone at execution."""
+    """Choose a model for every node (see the module doc). Candidates that cannot run here (``choose``) are
+    removed first, so the LLM never picks one. Each assignment keeps up to ``max_fallbacks`` next-ranked
+    runnable candidates. Nodes with no runnable model are left out, listed in ``SelectionResult.unassigned``
+    with the reason, so they fail alone at execution."""
     pins = dict(pins or {})
     planned_tasks = {n.task for n in nodes}
     stray = sorted(set(pins) - planned_tasks)
@@ -137,6 +163,26 @@ def select_models(
     assignments: dict[int, Assignment] = {}
     unassigned: dict[int, str] = {}
     pending: list[tuple[PlanNode, list[CatalogEntry]]] = []
+
+    runnable: dict[str, list[tuple[CatalogEntry, str]]] = {}
+    backend_of: dict[tuple[str, str], str] = {}
+    for task_name in {n.task for n in nodes}:
+        kept, removed = runnable_candidates(catalog, task_name, choose)
+        runnable[task_name] = kept
+        backend_of.update({(task_name, e.id): b for e, b in kept})
+        if not kept:
+            total = len(catalog.for_task(task_name))
+            why = f" (e.g. {removed[0][0].id}: {removed[0][1]})" if removed else ""
+            for node in nodes:
+                if node.task == task_name and node.task not in pins:
+                    unassigned[node.id] = (
+                        f"no runnable model for task {task_name!r}: the catalog lists {total}, none can run here"
+                        f"{why}. Add one with weights on this machine (HUGGINGGPT_CATALOG, local_path), give an "
+                        "endpoint, or allow the Hub (unset HF_HUB_OFFLINE; HF_TOKEN for remote inference)"
+                    )
+
+    def fallbacks(task_name: str, chosen: str) -> list[ModelSpec]:
+        return [e.spec() for e, _ in runnable[task_name] if e.id != chosen][:max_fallbacks]
 
     for node in nodes:
         if node.task in pins:
@@ -152,26 +198,25 @@ def select_models(
                 node_id=node.id,
                 task=node.task,
                 model=entry.id,
+                backend=backend_of.get((node.task, entry.id), "local"),  # type: ignore[arg-type]
                 candidates=[entry.id],
                 reason="pinned by the user",
                 spec=entry.spec(),
             )
             continue
-        cands = catalog.candidates(node.task, top_k)
+        cands = [e for e, _ in runnable[node.task]][:top_k]
         if not cands:
-            total = len(catalog.for_task(node.task))
-            unassigned[node.id] = (
-                f"no runnable model for task {node.task!r}: the catalog lists {total}, none with weights on this "
-                "machine or reachable (set HUGGINGGPT_CATALOG to add one with a local_path, or unset HF_HUB_OFFLINE)"
-            )
-        elif len(cands) == 1:
+            continue
+        if len(cands) == 1:
             assignments[node.id] = Assignment(
                 node_id=node.id,
                 task=node.task,
                 model=cands[0].id,
+                backend=backend_of[(node.task, cands[0].id)],  # type: ignore[arg-type]
                 candidates=[cands[0].id],
                 reason="the only runnable candidate",
                 spec=cands[0].spec(),
+                fallbacks=fallbacks(node.task, cands[0].id),
             )
         else:
             pending.append((node, cands))
@@ -208,9 +253,11 @@ def select_models(
                 node_id=node.id,
                 task=node.task,
                 model=entry.id,
+                backend=backend_of[(node.task, entry.id)],  # type: ignore[arg-type]
                 candidates=[c.id for c in cands],
                 reason=reason,
                 spec=entry.spec(),
+                fallbacks=fallbacks(node.task, entry.id),
             )
     ordered = [assignments[n.id] for n in nodes if n.id in assignments]
     return SelectionResult(assignments=ordered, unassigned=unassigned, usage=usage)
@@ -224,6 +271,17 @@ def select_task(
     pins: dict[str, str],
 ) -> SelectionResult:
     """Prefect task: stage 2."""
+    from tasks.availability import chooser_for
+
     catalog = load_catalog(settings.catalog)
     llm = LLMClient(settings) if settings.llm_configured else None
-    return select_models(nodes, catalog, llm=llm, request=request, pins=pins, top_k=settings.top_k)
+    return select_models(
+        nodes,
+        catalog,
+        llm=llm,
+        request=request,
+        pins=pins,
+        top_k=settings.top_k,
+        choose=chooser_for(settings),
+        max_fallbacks=settings.max_fallbacks,
+    )

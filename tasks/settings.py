@@ -6,7 +6,7 @@ CLI flags and flow parameters override these values through :meth:`Settings.with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,12 +60,36 @@ class Settings(BaseSettings):
     # --- experts ------------------------------------------------------------------
     hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "hf_token"))
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+    inference_mode: Literal["local", "remote", "hybrid"] = Field(
+        default="hybrid", description="where models run: here, on inference endpoints, or here when possible"
+    )
+    max_fallbacks: int = Field(default=2, ge=0, description="next-ranked candidates tried when a model fails")
+    max_local_params: int | None = Field(
+        default=None, ge=1, description="largest model (parameters) run locally; larger ones go remote in hybrid mode"
+    )
+    hf_provider: str | None = Field(default=None, description="Inference Providers provider (default: auto)")
+    hf_inference_url: str | None = Field(
+        default=None, description="base URL of a self-hosted inference server (TGI/TEI); '{model}' is replaced"
+    )
+    remote_timeout: float = Field(default=60.0, gt=0, description="seconds for one remote inference call")
+    remote_retries: int = Field(default=2, ge=0, description="retries of a remote call on 5xx and 429")
+    remote_retry_wait: float = Field(default=1.0, ge=0, description="first wait before a remote retry (doubles)")
     top_k: int = Field(default=5, ge=1, description="candidates per task offered to the LLM")
     max_models: int = Field(default=4, ge=1, description="loaded models kept in memory per process")
     max_new_tokens: int = Field(default=48, ge=1, description="generation bound for text outputs")
     max_workers: int = Field(default=4, ge=1, description="nodes run at the same time")
     input_timeout: float = Field(default=30.0, gt=0, description="seconds to fetch one input URL")
     eval_concurrency: int = Field(default=4, ge=1, description="requests planned at the same time by 'hugginggpt eval'")
+    batch_max_in_flight: int = Field(default=4, ge=1, description="requests of a batch running at the same time")
+
+    # --- scale-out ------------------------------------------------------------------
+    task_runner: Literal["threads", "dask"] = Field(
+        default="threads", description="what runs plan nodes: a thread pool here, or a Dask cluster (prefect-dask)"
+    )
+    dask_address: str | None = Field(
+        default=None, description="scheduler of an existing Dask cluster (tcp://host:8786); none: a local cluster"
+    )
+    dask_workers: int | None = Field(default=None, ge=1, description="worker processes of the local Dask cluster")
 
     # --- Prefect --------------------------------------------------------------------
     heartbeats: bool = Field(default=False, description="emit flow-run heartbeats (crash detection on long runs)")

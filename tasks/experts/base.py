@@ -60,6 +60,7 @@ class ModelSpec(BaseModel):
     local_path: str | None = None
     revision: str | None = None
     endpoint: str | None = None
+    library: str = "transformers"
 
     @property
     def source(self) -> str:

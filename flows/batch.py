@@ -1,0 +1,669 @@
+"""The batch flow: a JSONL file of requests, each run as a child flow run of the request flow.
+
+    hugginggpt batch s3://bucket/requests.jsonl --max-in-flight 8
+
+One request per line: ``{"request": "...", "inputs": [...], "models": {task: model id}, "id": "...",
+"plan": [...]}`` (only ``request`` is required; ``plan`` is a HuggingGPT-format plan as a list, an object with
+``tasks``, or JSON/YAML text; ``meta`` is copied to the line's result untouched). Blank lines are skipped;
+line numbers are the file's.
+
+Each valid line runs as a child flow run of ``hugginggpt-request`` (named ``line-{n}-{id}: {request}``), started
+from a task run of the batch (``batch-line``), with at most ``max_in_flight`` of them running at once. A line
+that cannot be read becomes an ``invalid`` record with the reason; a request that fails becomes a ``failed``
+record with its error; neither stops the batch. Lines that share a request text once their inputs are
+abstracted (``Caption photo1.jpg`` and ``Caption photo2.jpg``, both given one image) are planned once, by a
+``plan`` task run of the batch, and the others reuse that plan with their own inputs.
+
+The results JSONL (one record per line, in input order) is written to ``{storage}/batches/{batch run id}/``
+(or ``results_url``) in one atomic write when the batch ends, with ``summary.json`` beside it; while it runs,
+a progress artifact follows it, and a table artifact lists every line at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import mimetypes
+import posixpath
+import re
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any, Literal
+
+import yaml
+from prefect import Flow, flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import allow_failure
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flows.request import configured_flow, prefect_run_settings
+from flows.runners import shared_task_runner
+from tasks.plan import PlanValidationError, plan_task, validate_plan
+from tasks.report import artifact_key
+from tasks.schemas import PlanNode, PlanResult, RunSummary
+from tasks.settings import Settings, load_settings
+from tasks.storage import ArtifactStore, StorageError, read_uri, resolve_storage, store_for
+from tasks.task_types import TASK_TYPES
+
+LineStatus = Literal["completed", "failed", "invalid"]
+_INPUT_RE = re.compile(r"<INPUT-(\d+)>")
+_ANSWER_CHARS = 4000
+_PROGRESS_EVERY = 0.5  # seconds between two updates of the progress artifact
+
+
+class BatchError(RuntimeError):
+    """The batch as a whole cannot run (its requests file cannot be read)."""
+
+
+# ---------------------------------------------------------------------------
+# contracts
+# ---------------------------------------------------------------------------
+class BatchLine(BaseModel):
+    """One line of a requests file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: str = Field(description="what is asked, in plain language")
+    inputs: list[str] = Field(default_factory=list, description="files the request refers to (paths or URLs)")
+    models: dict[str, str] = Field(default_factory=dict, description="pinned models, {task: model id}")
+    id: str | None = Field(default=None, description="the caller's id for this request, copied to its result")
+    plan: list[Any] | dict[str, Any] | str | None = Field(
+        default=None, description="an explicit plan (HuggingGPT format; a list, {'tasks': [...]}, or JSON/YAML text)"
+    )
+    meta: dict[str, Any] = Field(default_factory=dict, description="anything else, copied to the result untouched")
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("request")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the request is empty")
+        return v
+
+
+class ParsedLine(BaseModel):
+    """A line of the file after reading: the request and its explicit plan, or why the line is invalid."""
+
+    line: int
+    spec: BatchLine | None = None
+    plan: list[PlanNode] | None = None
+    error: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None and self.spec is not None
+
+
+class LineResult(BaseModel):
+    """The result record of one line (one line of ``results.jsonl``)."""
+
+    line: int = Field(description="line number in the requests file (from 1)")
+    id: str | None = None
+    status: LineStatus
+    request: str | None = None
+    error: str | None = None
+    flow_run_id: str | None = Field(default=None, description="the child flow run of hugginggpt-request")
+    storage_uri: str | None = Field(default=None, description="the run's folder: summary.json and its files")
+    answer: str | None = None
+    plan_source: str | None = Field(
+        default=None, description="'llm', 'explicit' (given with the line) or 'batch plan cache of line N'"
+    )
+    plan_cached: bool = Field(default=False, description="the plan was made once for an earlier line and reused")
+    tasks: list[str] = Field(default_factory=list, description="the plan's nodes, e.g. image-to-text#0")
+    seconds: float = 0.0
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchSummary(BaseModel):
+    """What a batch did; ``records`` holds one result per line, in input order."""
+
+    flow_run_id: str
+    requests_url: str
+    results_uri: str | None = None
+    status: Literal["completed", "failed"] = "completed"
+    lines: int = 0
+    completed: int = 0
+    failed: int = 0
+    invalid: int = 0
+    max_in_flight: int = 1
+    plan_groups: int = Field(default=0, description="request texts shared by several lines, each planned once")
+    planning_calls: int = Field(default=0, description="LLM calls made to plan those shared requests")
+    plans_cached: int = Field(default=0, description="lines that reused a plan made for an earlier line")
+    seconds: float = 0.0
+    records: list[LineResult] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# reading the file
+# ---------------------------------------------------------------------------
+def _pydantic_problems(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "line"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def _plan_nodes(raw: list[Any] | dict[str, Any] | str) -> list[Any]:
+    """The list of raw nodes of an explicit plan given as a list, an object with ``tasks``, or JSON/YAML text."""
+    data: Any = raw
+    if isinstance(data, str):
+        try:
+            data = yaml.safe_load(data)  # YAML is a superset of JSON
+        except yaml.YAMLError as exc:
+            raise PlanValidationError([f"the plan text is neither JSON nor YAML ({exc})"]) from None
+    if isinstance(data, dict):
+        data = next((data[k] for k in ("tasks", "plan", "nodes") if isinstance(data.get(k), list)), data)
+    if not isinstance(data, list):
+        raise PlanValidationError([f"the plan must be a list of tasks, not {type(data).__name__}"])
+    return data
+
+
+def parse_line(number: int, text: str) -> ParsedLine:
+    """One line of the file: a valid request (with its explicit plan validated), or the reason it is invalid."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return ParsedLine(line=number, error=f"line {number}: not JSON ({exc.msg} at column {exc.colno})")
+    if not isinstance(value, dict):
+        return ParsedLine(line=number, error=f"line {number}: expected a JSON object, got {type(value).__name__}")
+    try:
+        spec = BatchLine.model_validate(value)
+    except ValidationError as exc:
+        return ParsedLine(line=number, error=f"line {number}: {_pydantic_problems(exc)}")
+    plan = None
+    if spec.plan is not None:
+        try:
+            plan, _ = validate_plan(
+                _plan_nodes(spec.plan), inputs=spec.inputs, request=spec.request, allowed=TASK_TYPES
+            )
+        except PlanValidationError as exc:
+            return ParsedLine(line=number, spec=spec, error=f"line {number}: plan: {exc}")
+    return ParsedLine(line=number, spec=spec, plan=plan)
+
+
+def parse_requests(text: str) -> list[ParsedLine]:
+    """Every non-blank line of a requests file, in order."""
+    return [parse_line(n, raw) for n, raw in enumerate(text.splitlines(), start=1) if raw.strip()]
+
+
+def _options_for(url: str, settings: Settings) -> dict[str, Any]:
+    """The store's fsspec options apply to a URL on the store's own protocol."""
+    root, options = resolve_storage(settings.storage, settings.storage_options)
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    root_protocol = root.split("://", 1)[0] if "://" in root else "file"
+    return options if protocol == root_protocol else {}
+
+
+def read_requests(url: str, settings: Settings) -> str:
+    try:
+        data = read_uri(
+            url, _options_for(url, settings), retries=settings.storage_retries, retry_wait=settings.storage_retry_wait
+        )
+    except StorageError as exc:
+        raise BatchError(f"cannot read the requests file: {exc}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BatchError(f"{url} is not UTF-8 text: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# the plan cache: lines sharing a request text, inputs abstracted
+# ---------------------------------------------------------------------------
+def _basename(path: str) -> str:
+    return posixpath.basename(path.replace("\\", "/").rstrip("/"))
+
+
+def _input_pattern(inputs: Sequence[str]) -> tuple[re.Pattern[str] | None, dict[str, tuple[int, bool]]]:
+    """A regex matching each input as given or by its base name (longest first), and what each match means."""
+    meaning: dict[str, tuple[int, bool]] = {}
+    for i, given in enumerate(inputs):
+        for text, whole in ((given, True), (_basename(given), False)):
+            if text and text not in meaning:
+                meaning[text] = (i, whole)
+    if not meaning:
+        return None, meaning
+    alternatives = sorted(meaning, key=len, reverse=True)
+    return re.compile("|".join(re.escape(a) for a in alternatives)), meaning
+
+
+def abstract_inputs(text: str, inputs: Sequence[str]) -> str:
+    """``text`` with each input (as given, or its base name) replaced by ``<INPUT-i>``."""
+    pattern, meaning = _input_pattern(inputs)
+    if pattern is None:
+        return text
+    return pattern.sub(lambda m: f"<INPUT-{meaning[m.group(0)][0]}>", text)
+
+
+def _input_kind(path: str) -> str:
+    kind, _ = mimetypes.guess_type(_basename(path))
+    if kind:
+        return kind.split("/", 1)[0]
+    return posixpath.splitext(_basename(path))[1].lower() or "file"
+
+
+def plan_key(spec: BatchLine) -> tuple[str, tuple[str, ...]]:
+    """What a plan depends on: the request text with its inputs abstracted, and the kind of each input."""
+    return abstract_inputs(spec.request.strip(), spec.inputs), tuple(_input_kind(p) for p in spec.inputs)
+
+
+def adapt_plan(
+    nodes: Sequence[PlanNode], from_inputs: Sequence[str], to_inputs: Sequence[str], request: str
+) -> list[PlanNode]:
+    """A plan made for one line's inputs, rewritten for another's: each argument naming input i (as given or
+    by base name) names the other line's input i instead; then validated against that line."""
+    pattern, meaning = _input_pattern(from_inputs)
+
+    def swap(match: re.Match[str]) -> str:
+        i, whole = meaning[match.group(0)]
+        if i >= len(to_inputs):
+            return match.group(0)
+        return to_inputs[i] if whole else _basename(to_inputs[i])
+
+    raw: list[dict[str, Any]] = []
+    for node in nodes:
+        args = {}
+        for name, value in node.args.items():
+            if value in from_inputs and from_inputs.index(value) < len(to_inputs):
+                args[name] = to_inputs[from_inputs.index(value)]
+            else:
+                args[name] = pattern.sub(swap, value) if pattern is not None else value
+        raw.append({"id": node.id, "task": node.task, "dep": list(node.dep), "args": args})
+    adapted, _ = validate_plan(raw, inputs=to_inputs, request=request, allowed=TASK_TYPES)
+    return adapted
+
+
+def plan_groups(parsed: Sequence[ParsedLine]) -> dict[tuple[str, tuple[str, ...]], list[int]]:
+    """Positions (in ``parsed``) of the lines to be planned by the LLM, grouped by :func:`plan_key`."""
+    groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    for pos, p in enumerate(parsed):
+        if p.valid and p.spec is not None and p.plan is None:
+            groups.setdefault(plan_key(p.spec), []).append(pos)
+    return groups
+
+
+# ---------------------------------------------------------------------------
+# one line
+# ---------------------------------------------------------------------------
+def _child_name(line: int, spec: BatchLine) -> str:
+    request = " ".join(spec.request.split())
+    request = request if len(request) <= 50 else request[:47] + "..."
+    return f"line-{line}" + (f"-{spec.id}" if spec.id else "") + f": {request}"
+
+
+def _record(line: int, spec: BatchLine, **fields: Any) -> LineResult:
+    return LineResult(line=line, id=spec.id, request=spec.request, meta=spec.meta, **fields)
+
+
+@task(name="batch-line", cache_policy=NO_CACHE)
+def run_line(
+    request_flow: Flow[..., Any],
+    line: int,
+    spec: BatchLine,
+    plan: list[PlanNode] | None,
+    plan_source: str,
+    shared_plan: PlanResult | BaseException | None = None,
+    shared_inputs: list[str] | None = None,
+    storage: str | None = None,
+    catalog: str | None = None,
+) -> State:
+    """Prefect task: run one line as a child flow run of the request flow; never raises.
+
+    Ends Completed with the line's :class:`LineResult`, or Failed with it as data when the request failed.
+    ``shared_plan`` is the plan made once for this line's group (or the exception that planning raised).
+    """
+    t0 = time.perf_counter()
+    cached = plan_source.startswith("batch plan cache")
+
+    def failed(error: str, **fields: Any) -> State:
+        record = _record(
+            line, spec, status="failed", error=error, plan_source=plan_source, plan_cached=cached, **fields
+        )
+        record.seconds = time.perf_counter() - t0
+        return Failed(message=f"line {line}: {error}", data=record)
+
+    if isinstance(shared_plan, BaseException):
+        return failed(f"planning failed: {shared_plan}")
+    if shared_plan is not None:
+        try:
+            plan = adapt_plan(shared_plan.nodes, shared_inputs or [], spec.inputs, spec.request)
+        except PlanValidationError as exc:
+            return failed(f"the shared plan does not fit this line's inputs: {exc}")
+    child = request_flow.with_options(flow_run_name=functools.partial(str, _child_name(line, spec)))
+    try:
+        state = child(
+            spec.request,
+            inputs=list(spec.inputs),
+            models=dict(spec.models),
+            storage=storage,
+            catalog=catalog,
+            plan=plan,
+            return_state=True,
+        )
+        value = state.result(raise_on_failure=False)
+    except Exception as exc:  # the child could not even start (e.g. its parameters were rejected)
+        return failed(f"{type(exc).__name__}: {exc}")
+    if not isinstance(value, RunSummary):
+        return failed(f"the request's flow run ended {state.name} without a summary: {value}")
+    answer = value.answer if len(value.answer) <= _ANSWER_CHARS else value.answer[: _ANSWER_CHARS - 3] + "..."
+    record = _record(
+        line,
+        spec,
+        status="completed" if value.status == "completed" else "failed",
+        error=(value.error or state.message) if value.status != "completed" else None,
+        flow_run_id=value.flow_run_id,
+        storage_uri=value.storage_uri,
+        answer=answer,
+        plan_source=plan_source,
+        plan_cached=cached,
+        tasks=[n.name for n in value.plan],
+        seconds=time.perf_counter() - t0,
+    )
+    if record.status == "failed":
+        return Failed(message=f"line {line}: {record.error}", data=record)
+    return Completed(data=record, message=f"line {line} completed")
+
+
+def _collect_line(parsed: ParsedLine, future: PrefectFuture[Any]) -> LineResult:
+    future.wait()
+    state = future.state
+    try:
+        value = state.result(raise_on_failure=False)
+    except Exception as exc:
+        value = exc
+    if isinstance(value, LineResult):
+        return value
+    assert parsed.spec is not None
+    return _record(parsed.line, parsed.spec, status="failed", error=f"task run ended {state.name}: {value}")
+
+
+# ---------------------------------------------------------------------------
+# the flow
+# ---------------------------------------------------------------------------
+def _batch_run_name() -> str:
+    url = str(flow_run.parameters.get("requests_url", "")) or "requests"
+    return f"batch {_basename(url) or url}"
+
+
+def _table_rows(records: Iterable[LineResult]) -> list[dict[str, str]]:
+    rows = []
+    for r in records:
+        outcome = r.answer if r.status == "completed" else r.error
+        outcome = (outcome or "").replace("\n", " ")
+        rows.append(
+            {
+                "line": str(r.line),
+                "id": r.id or "",
+                "status": r.status,
+                "request": (r.request or "")[:120],
+                "plan": r.plan_source or "",
+                "tasks": ", ".join(r.tasks),
+                "answer or error": outcome if len(outcome) <= 300 else outcome[:297] + "...",
+                "flow run": r.flow_run_id or "",
+                "seconds": f"{r.seconds:.1f}",
+            }
+        )
+    return rows
+
+
+def _summary_markdown(summary: BatchSummary) -> str:
+    lines = [
+        f"# Batch {summary.requests_url}",
+        "",
+        f"**{summary.completed}** completed, **{summary.failed}** failed, **{summary.invalid}** invalid "
+        f"of {summary.lines} line(s) in {summary.seconds:.1f} s, at most {summary.max_in_flight} in flight.",
+        "",
+        f"Plan cache: {summary.plan_groups} shared request text(s) planned once with {summary.planning_calls} "
+        f"LLM call(s); {summary.plans_cached} line(s) reused a plan.",
+        "",
+        f"Results: `{summary.results_uri}`",
+    ]
+    problems = [r for r in summary.records if r.status != "completed"]
+    if problems:
+        lines += ["", "| line | id | status | error |", "| --- | --- | --- | --- |"]
+        for r in problems[:50]:
+            error = (r.error or "").replace("|", "\\|").replace("\n", " ")[:200]
+            lines.append(f"| {r.line} | {r.id or ''} | {r.status} | {error} |")
+        if len(problems) > 50:
+            lines.append(f"\n... and {len(problems) - 50} more (see the results file)")
+    return "\n".join(lines)
+
+
+def _results_target(settings: Settings, run_id: str, results_url: str | None) -> tuple[ArtifactStore, str]:
+    """Where the results go: a store and the file's path under its root."""
+    if not results_url:
+        return store_for(settings, run_id), f"batches/{run_id}/results.jsonl"
+    url = results_url.rstrip("/")
+    folder, name = posixpath.split(url)
+    if "://" in url and folder.endswith(":/"):  # s3://bucket-only: no folder part
+        folder, name = url, "results.jsonl"
+    store = ArtifactStore(
+        folder or ".",
+        run_id,
+        _options_for(url, settings),
+        retries=settings.storage_retries,
+        retry_wait=settings.storage_retry_wait,
+    )
+    return store, name
+
+
+@flow(name="hugginggpt-batch", flow_run_name=_batch_run_name, validate_parameters=True)
+def hugginggpt_batch(
+    requests_url: str,
+    storage: str | None = None,
+    catalog: str | None = None,
+    max_in_flight: Annotated[int, Field(ge=1)] | None = None,
+    results_url: str | None = None,
+) -> BatchSummary:
+    """Run every request of a JSONL file as a child flow run of ``hugginggpt-request``.
+
+    Args:
+        requests_url: the JSONL file, a path or any fsspec URL (``s3://bucket/requests.jsonl``).
+        storage: fsspec URL of the artifact store (default ``HUGGINGGPT_STORAGE``).
+        catalog: extra catalog JSONL (default ``HUGGINGGPT_CATALOG``).
+        max_in_flight: requests running at the same time (default ``HUGGINGGPT_BATCH_MAX_IN_FLIGHT``).
+        results_url: where to write the results JSONL (default ``{storage}/batches/{flow run id}/results.jsonl``).
+
+    Returns the :class:`BatchSummary`; when a line failed or was invalid the flow run ends Failed with the
+    summary as its data (``return_state=True`` gives it back), after every other line has run.
+    """
+    t_start = time.perf_counter()
+    log = get_run_logger()
+    settings = load_settings(storage=storage, catalog=catalog)
+    run_id = str(flow_run.id or uuid.uuid4())
+    in_flight = max_in_flight or settings.batch_max_in_flight
+    parsed = parse_requests(read_requests(requests_url, settings))
+    summary = BatchSummary(flow_run_id=run_id, requests_url=requests_url, lines=len(parsed), max_in_flight=in_flight)
+    records: list[LineResult | None] = [None] * len(parsed)
+    for pos, p in enumerate(parsed):
+        if not p.valid:
+            records[pos] = (
+                _record(p.line, p.spec, status="invalid", error=p.error)
+                if p.spec is not None
+                else LineResult(line=p.line, status="invalid", error=p.error)
+            )
+            log.warning("invalid %s", p.error)
+    invalid = sum(not p.valid for p in parsed)
+    log.info("%d line(s), %d invalid; at most %d in flight", len(parsed), invalid, in_flight)
+
+    progress_id = create_progress_artifact(
+        progress=0.0,
+        key=artifact_key("hugginggpt-batch", run_id, "progress"),
+        description=f"Lines of {requests_url} finished",
+    )
+    done = sum(r is not None for r in records)
+    last_update = 0.0
+
+    def progress(force: bool = False) -> None:
+        nonlocal last_update
+        now = time.monotonic()
+        if parsed and (force or now - last_update >= _PROGRESS_EVERY):
+            update_progress_artifact(progress_id, progress=round(100.0 * done / len(parsed), 1))
+            last_update = now
+
+    groups = {key: members for key, members in plan_groups(parsed).items() if len(members) > 1}
+    summary.plan_groups = len(groups)
+    with shared_task_runner(settings) as node_runner, ThreadPoolTaskRunner(max_workers=in_flight) as runner:
+        request_flow = configured_flow(settings, task_runner=node_runner)
+        plan_futures: dict[int, PrefectFuture[Any]] = {}  # first position of a group -> its planning task run
+        group_of: dict[int, int] = {}  # position -> first position of its group
+        if settings.llm_configured:
+            for members in groups.values():
+                first = parsed[members[0]]
+                assert first.spec is not None
+                plan_futures[members[0]] = runner.submit(
+                    plan_task.with_options(task_run_name=f"plan-line-{first.line}"),
+                    {"settings": settings, "request": first.spec.request, "inputs": first.spec.inputs, "history": []},
+                )
+                group_of.update({m: members[0] for m in members})
+        futures: dict[int, PrefectFuture[Any]] = {}
+        for pos, p in enumerate(parsed):
+            if not p.valid or p.spec is None:
+                continue
+            params: dict[str, Any] = {
+                "request_flow": request_flow,
+                "line": p.line,
+                "spec": p.spec,
+                "plan": p.plan,
+                "plan_source": "explicit" if p.plan is not None else "llm",
+                "storage": storage,
+                "catalog": catalog,
+            }
+            if p.plan is None and not settings.llm_configured:
+                try:
+                    settings.require_llm()
+                except Exception as exc:
+                    records[pos] = _record(p.line, p.spec, status="failed", error=str(exc), plan_source="llm")
+                    done += 1
+                continue
+            if pos in group_of:
+                first = group_of[pos]
+                assert parsed[first].spec is not None
+                if pos != first:
+                    params["plan_source"] = f"batch plan cache of line {parsed[first].line}"
+                params["shared_plan"] = allow_failure(plan_futures[first])
+                params["shared_inputs"] = parsed[first].spec.inputs
+            ident = f"-{p.spec.id}" if p.spec.id else ""
+            futures[pos] = runner.submit(run_line.with_options(task_run_name=f"line-{p.line}{ident}"), params)
+        progress(force=True)
+        position = {id(f): pos for pos, f in futures.items()}
+        for future in as_completed(list(futures.values())):
+            pos = position[id(future)]
+            record = _collect_line(parsed[pos], future)
+            records[pos] = record
+            done += 1
+            log.info(
+                "line %d%s %s in %.1f s",
+                record.line,
+                f" ({record.id})" if record.id else "",
+                record.status,
+                record.seconds,
+            )
+            progress()
+        for future in plan_futures.values():
+            state = future.state
+            value = state.result(raise_on_failure=False) if state.is_completed() else None
+            if isinstance(value, PlanResult):
+                summary.planning_calls += value.usage.calls
+    progress(force=True)
+
+    summary.records = [r for r in records if r is not None]
+    summary.completed = sum(r.status == "completed" for r in summary.records)
+    summary.failed = sum(r.status == "failed" for r in summary.records)
+    summary.invalid = sum(r.status == "invalid" for r in summary.records)
+    summary.plans_cached = sum(r.plan_cached for r in summary.records)
+    summary.status = "completed" if summary.completed == summary.lines else "failed"
+    summary.seconds = time.perf_counter() - t_start
+
+    store, results_rel = _results_target(settings, run_id, results_url)
+    body = "".join(r.model_dump_json() + "\n" for r in summary.records).encode("utf-8")
+    summary.results_uri = store.put_root_bytes(results_rel, body)
+    batch_store = store_for(settings, run_id)
+    batch_store.put_root_bytes(f"batches/{run_id}/summary.json", summary.model_dump_json(indent=2).encode("utf-8"))
+    log.info(
+        "batch done: %d completed, %d failed, %d invalid of %d; %d line(s) reused a plan; results: %s",
+        summary.completed,
+        summary.failed,
+        summary.invalid,
+        summary.lines,
+        summary.plans_cached,
+        summary.results_uri,
+    )
+
+    if summary.records:
+        create_table_artifact(
+            key=artifact_key("hugginggpt-batch", run_id, "lines"),
+            table=_table_rows(summary.records),
+            description=f"One row per line of {requests_url}",
+        )
+    create_markdown_artifact(
+        key=artifact_key("hugginggpt-batch", run_id, "summary"),
+        markdown=_summary_markdown(summary),
+        description=f"Batch summary: {requests_url}",
+    )
+    if summary.status == "failed":
+        return Failed(
+            message=f"{summary.failed} failed and {summary.invalid} invalid of {summary.lines} line(s)", data=summary
+        )
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# from Python, without Prefect concepts
+# ---------------------------------------------------------------------------
+def run_batch(
+    requests_url: str,
+    storage: str | None = None,
+    catalog: str | None = None,
+    max_in_flight: int | None = None,
+    results_url: str | None = None,
+) -> BatchSummary:
+    """Run the batch flow and return its summary whatever the outcome (no Prefect state to unwrap)."""
+    settings = load_settings(storage=storage, catalog=catalog)
+    with prefect_run_settings(heartbeats=settings.heartbeats):
+        state = hugginggpt_batch(
+            requests_url,
+            storage=storage,
+            catalog=catalog,
+            max_in_flight=max_in_flight,
+            results_url=results_url,
+            return_state=True,
+        )
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, BatchSummary):
+        return value
+    if isinstance(value, BaseException):
+        raise value
+    raise RuntimeError(f"the batch flow run ended {state.name} without a summary: {value}")
+
+
+def read_summary(flow_run_id: str, storage: str | None = None) -> RunSummary | None:
+    """The summary of a request's flow run, read back from storage (``{storage}/{flow_run_id}/summary.json``):
+    what a caller of ``run_deployment`` uses, since the run happened in a worker's process."""
+    settings = load_settings(storage=storage)
+    raw = store_for(settings, str(flow_run_id)).read_json("summary.json")
+    return None if raw is None else RunSummary.model_validate(raw)
+
+
+def read_batch_summary(flow_run_id: str, storage: str | None = None) -> BatchSummary | None:
+    """The summary of a batch flow run, read back from ``{storage}/batches/{flow_run_id}/summary.json``."""
+    settings = load_settings(storage=storage)
+    raw = store_for(settings, str(flow_run_id)).read_root_json(f"batches/{flow_run_id}/summary.json")
+    return None if raw is None else BatchSummary.model_validate(raw)

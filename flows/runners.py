@@ -1,0 +1,84 @@
+"""Which Prefect task runner runs the plan nodes of a request: a thread pool here, or a Dask cluster.
+
+``HUGGINGGPT_TASK_RUNNER=threads`` (the default) runs nodes in a thread pool of ``HUGGINGGPT_MAX_WORKERS``
+threads in the flow's own process. ``HUGGINGGPT_TASK_RUNNER=dask`` sends them to a Dask cluster through
+prefect-dask: the cluster at ``HUGGINGGPT_DASK_ADDRESS`` (``tcp://scheduler:8786``, workers on any number of
+machines), or, when no address is set, a local cluster of ``HUGGINGGPT_DASK_WORKERS`` worker processes that
+lives as long as the flow run (or the batch).
+
+Loaded models are cached per process (``tasks.experts.cache.default_cache``): under Dask that is per worker
+process, so each worker loads a model once, on the first node it runs with it, and keeps at most
+``HUGGINGGPT_MAX_MODELS`` of them; every node's arguments and results (settings, plan node, assignment,
+node result) are pydantic models that pickle, and outputs travel as storage URIs, not bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from tasks.settings import Settings
+
+
+class TaskRunnerError(RuntimeError):
+    """The configured task runner cannot be built here (prefect-dask missing, cluster unreachable)."""
+
+
+def _dask_runner_class() -> Any:
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        raise TaskRunnerError(
+            "HUGGINGGPT_TASK_RUNNER=dask needs prefect-dask: pip install 'hugginggpt-prefect[dask]'"
+        ) from exc
+    return DaskTaskRunner
+
+
+def dask_address(settings: Settings) -> str | None:
+    """The scheduler address of an existing cluster, or ``None`` for a local one."""
+    address = (settings.dask_address or "").strip()
+    return address or None
+
+
+def local_cluster_kwargs(settings: Settings) -> dict[str, Any]:
+    """Arguments of the local ``distributed.LocalCluster``: worker processes (so each has its own model cache)."""
+    kwargs: dict[str, Any] = {"processes": True}
+    if settings.dask_workers is not None:
+        kwargs["n_workers"] = settings.dask_workers
+    return kwargs
+
+
+def task_runner_for(settings: Settings) -> TaskRunner[Any]:
+    """The task runner the settings pick (``HUGGINGGPT_TASK_RUNNER``).
+
+    A Prefect flow duplicates the runner it is given for each flow run, so one instance serves many runs;
+    a Dask runner without an address starts its local cluster when the run starts and stops it at its end
+    (use :func:`shared_task_runner` to keep one cluster for many runs).
+    """
+    if settings.task_runner == "dask":
+        runner_class = _dask_runner_class()
+        address = dask_address(settings)
+        if address is not None:
+            return runner_class(address=address)
+        return runner_class(cluster_kwargs=local_cluster_kwargs(settings))
+    return ThreadPoolTaskRunner(max_workers=settings.max_workers)
+
+
+@contextlib.contextmanager
+def shared_task_runner(settings: Settings) -> Iterator[TaskRunner[Any]]:
+    """A task runner for many flow runs in a row or at once (a batch).
+
+    With Dask and no address, one local cluster is started for the whole block and every run is sent to it,
+    so models loaded by its workers serve all the runs; otherwise this is :func:`task_runner_for`.
+    """
+    if settings.task_runner != "dask" or dask_address(settings) is not None:
+        yield task_runner_for(settings)
+        return
+    runner_class = _dask_runner_class()
+    from distributed import LocalCluster
+
+    with LocalCluster(**local_cluster_kwargs(settings)) as cluster:
+        yield runner_class(address=cluster.scheduler_address)
