@@ -3,9 +3,9 @@
 For measuring the planner with ``hugginggpt eval`` on a machine without an LLM service: point
 ``OPENAI_BASE_URL`` at it. Greedy decoding, one request at a time, generation stopped as soon as the
 reply holds a complete JSON value, and the attention cache of the previous prompt reused for the part
-the next prompt shares with it (the system prompt and demos). ``response_format`` is ignored unless ``--constrained`` is given: then a
-``json_schema`` response format is enforced token by token with lm-format-enforcer
-(``pip install lm-format-enforcer``).
+the next prompt shares with it (the system prompt and demos). ``response_format`` is ignored unless
+``--constrained`` is given: then a ``json_schema`` response format is enforced token by token with
+lm-format-enforcer (``pip install lm-format-enforcer``).
 
     python bench/local_llm_server.py --model DIR [--gguf-file NAME.gguf] [--port 8765]
     OPENAI_BASE_URL=http://127.0.0.1:8765/v1 HUGGINGGPT_LLM_MODEL=local hugginggpt eval

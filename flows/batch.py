@@ -402,7 +402,7 @@ def _batch_run_name() -> str:
     return f"batch {_basename(url) or url}"
 
 
-def _table_rows(records: Iterable[LineResult]) -> list[dict[str, str]]:
+def table_rows(records: Iterable[LineResult]) -> list[dict[str, str]]:
     rows = []
     for r in records:
         outcome = r.answer if r.status == "completed" else r.error
@@ -610,7 +610,7 @@ def hugginggpt_batch(
     if summary.records:
         create_table_artifact(
             key=artifact_key("hugginggpt-batch", run_id, "lines"),
-            table=_table_rows(summary.records),
+            table=table_rows(summary.records),
             description=f"One row per line of {requests_url}",
         )
     create_markdown_artifact(

@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps or auto (HUGGINGGPT_DEVICE)")
     run.add_argument("--plan", metavar="FILE", help="run this plan (JSON or YAML, HuggingGPT format): no planning call")
     _add_run_options(run)
+    from flows.batch_cli import register as register_batch
     from flows.eval_cli import register as register_eval
 
     register_eval(sub)
+    register_batch(sub)
 
     resume = sub.add_parser(
         "resume",
@@ -153,6 +155,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if missing:
         _err(f"input file(s) not found: {', '.join(missing)}")
         return EXIT_USAGE
+    from tasks.inputs import InputPolicy, refused_inputs
+
+    refused = refused_inputs(args.inputs, InputPolicy.from_settings(settings))
+    if refused:
+        _err("; ".join(refused))
+        return EXIT_USAGE
     if settings.catalog is not None and not Path(settings.catalog).is_file():
         _err(f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
         return EXIT_USAGE
@@ -198,19 +206,25 @@ def _execute(
     from flows.request import configured_flow, prefect_run_settings
     from tasks.schemas import RunSummary
 
-    with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
-        request_flow = configured_flow(settings, task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers))
-        state = request_flow(
-            request,
-            inputs=inputs,
-            models=pins,
-            history=history or [],
-            storage=args.storage,
-            catalog=args.catalog,
-            plan=plan,
-            resume_from=resume_from,
-            return_state=True,
-        )
+    try:
+        with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
+            request_flow = configured_flow(settings, task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers))
+            state = request_flow(
+                request,
+                inputs=inputs,
+                models=pins,
+                history=history or [],
+                storage=args.storage,
+                catalog=args.catalog,
+                plan=plan,
+                resume_from=resume_from,
+                return_state=True,
+            )
+    except Exception as exc:
+        if not _is_prefect_api_error(exc):
+            raise
+        _err(prefect_api_hint(exc))
+        return EXIT_USAGE
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, RunSummary):
         _err(f"the run ended {state.name} without a summary: {summary}")
@@ -220,6 +234,27 @@ def _execute(
     else:
         print_summary(summary)
     return EXIT_OK if summary.status == "completed" else EXIT_FAILED
+
+
+def _is_prefect_api_error(exc: BaseException) -> bool:
+    import httpx
+
+    text = str(exc)
+    return isinstance(exc, httpx.HTTPError) or (
+        isinstance(exc, RuntimeError) and ("Prefect API" in text or "ephemeral" in text)
+    )
+
+
+def prefect_api_hint(exc: BaseException) -> str:
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    where = f"the Prefect API at {url}" if url else "Prefect's embedded local server"
+    return (
+        f"could not reach {where} ({type(exc).__name__}: {exc}). Start a server with `prefect server start` and set "
+        "PREFECT_API_URL=http://127.0.0.1:4200/api, or unset PREFECT_API_URL to use the embedded one "
+        "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS gives it more time to start)"
+    )
 
 
 def summary_json(summary: Any) -> dict[str, Any]:
@@ -241,7 +276,7 @@ def print_summary(summary: Any) -> None:
             table.add_column(col, overflow="fold")
         from tasks.report import node_rows
 
-        for row in node_rows(summary):
+        for row in node_rows(summary, short_files=True):
             style = {"completed": "green", "failed": "red", "skipped": "yellow"}.get(row["status"], "")
             table.add_row(
                 row["node"],
@@ -276,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "resume":
             return cmd_resume(args)
-        if args.command == "eval":
+        if args.command in ("eval", "batch", "plan"):
             return args.func(args)
     except KeyboardInterrupt:
         _err("interrupted")

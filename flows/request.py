@@ -25,7 +25,9 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, Field
 
+from models_catalog.catalog import CatalogError
 from tasks.execute import node_folder, run_node
+from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key, node_rows, summary_markdown
@@ -33,10 +35,11 @@ from tasks.respond import respond_task
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, parse_pins, select_task
 from tasks.settings import LLMNotConfiguredError, Settings, load_settings
-from tasks.storage import ArtifactStore, StorageError, store_for
+from tasks.storage import ArtifactStore, StorageError, store_for, without_credentials
 from tasks.task_types import TASK_TYPES
 
 MAX_REQUEST_CHARS = 20_000
+EPHEMERAL_STARTUP_SECONDS = 90
 
 
 class RequestError(ValueError):
@@ -174,6 +177,7 @@ def hugginggpt_request(
         LLMNotConfiguredError,
         SelectionError,
         StorageError,
+        CatalogError,
     ) as exc:
         log.error("request failed: %s", exc)
         summary.error = str(exc)
@@ -258,7 +262,11 @@ def _run_stages(
         )
     elif plan is not None:
         nodes, repairs = validate_plan(
-            [n.model_dump() for n in plan], inputs=inputs, request=request, allowed=TASK_TYPES
+            [n.model_dump() for n in plan],
+            inputs=inputs,
+            request=request,
+            allowed=TASK_TYPES,
+            policy=InputPolicy.from_settings(settings),
         )
         log.info("explicit plan: no planning call")
     else:
@@ -349,9 +357,14 @@ def prefect_run_settings(*, heartbeats: bool = False, quiet: bool = False) -> It
     Flow-run heartbeats (crash detection for long runs) cost about a second at the
     end of every run; they are off unless ``HUGGINGGPT_HEARTBEATS`` is set.
     """
+    from prefect.settings import get_current_settings
+
     updates: dict[str, Any] = {}
     if not heartbeats:
         updates["flows.heartbeat_frequency"] = None
+    if get_current_settings().server.ephemeral.startup_timeout_seconds < EPHEMERAL_STARTUP_SECONDS:
+        # Prefect's embedded server can take longer than its default 20 s to start on a small, busy machine
+        updates["server.ephemeral.startup_timeout_seconds"] = EPHEMERAL_STARTUP_SECONDS
     if quiet:
         updates["logging.level"] = "WARNING"
     with temporary_settings(updates=updates):
@@ -373,7 +386,7 @@ def results_block_ref(settings: Settings) -> str:
         LocalFileSystem(basepath=str(path)).save(name, overwrite=True)
         return f"local-file-system/{name}"
     # credentials come from the environment (AWS_* variables, instance roles), not from the block
-    options = {k: v for k, v in settings.storage_options.items() if k not in {"key", "secret", "token"}}
+    options = without_credentials(settings.storage_options)
     RemoteFileSystem(basepath=url, settings=options).save(name, overwrite=True)
     return f"remote-file-system/{name}"
 

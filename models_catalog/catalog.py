@@ -40,6 +40,11 @@ class CatalogEntry(BaseModel):
     local_path: str | None = None
     revision: str | None = None
     endpoint: str | None = None
+    trust_remote_code: bool = Field(
+        default=False,
+        description="the model needs the Python code of its repository; it runs only if HUGGINGGPT_TRUST_REMOTE_CODE "
+        "allows it too",
+    )
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
@@ -49,6 +54,7 @@ class CatalogEntry(BaseModel):
             revision=self.revision,
             endpoint=self.endpoint,
             library=self.library,
+            trust_remote_code=self.trust_remote_code,
         )
 
 

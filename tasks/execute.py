@@ -21,7 +21,7 @@ from prefect.states import Completed, Failed, State
 from tasks.availability import chooser_for, remote_backend_for
 from tasks.experts.base import Audio, ExpertBackend, ExpertError, ExpertOutput
 from tasks.experts.router import AllCandidatesFailed, Chooser, run_with_fallback
-from tasks.inputs import InputError, decode_audio, decode_image, decode_text, read_input_bytes
+from tasks.inputs import InputError, InputPolicy, decode_audio, decode_image, decode_text, read_input_bytes
 from tasks.plan import GENERATED_RE
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
 from tasks.schemas import Assignment, NodeResult, PlanNode
@@ -72,10 +72,12 @@ def resolve_args(
     upstream: Mapping[int, NodeResult],
     store: ArtifactStore | None = None,
     *,
-    input_timeout: float = 30.0,
+    input_timeout: float | None = None,
+    input_policy: InputPolicy | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Each argument of ``node`` as the value its model takes (``<GENERATED>-k`` replaced by node k's output),
-    and the content digest of each (what the result cache keys on)."""
+    and the content digest of each (what the result cache keys on). Inputs the node names itself are read under
+    ``input_policy`` (default: the current settings'; see :mod:`tasks.inputs`)."""
     tt = TASK_TYPES[node.task]
     values: dict[str, Any] = {}
     digests: dict[str, str] = {}
@@ -89,7 +91,7 @@ def resolve_args(
                 data = store.read_bytes(ref) if store is not None else read_uri(ref)
             else:
                 ref = raw
-                data = read_input_bytes(raw, timeout=input_timeout)
+                data = read_input_bytes(raw, timeout=input_timeout, policy=input_policy)
             values[name] = _decode(data, modality, ref)
             digests[name] = digest_bytes(data)
         else:
@@ -161,7 +163,8 @@ def execute_node(
     backend: ExpertBackend | Mapping[str, ExpertBackend],
     *,
     unassigned_reason: str | None = None,
-    input_timeout: float = 30.0,
+    input_timeout: float | None = None,
+    input_policy: InputPolicy | None = None,
     cache: ResultCache | None = None,
     cache_params: Mapping[str, Any] | None = None,
     choose: Chooser | None = None,
@@ -190,7 +193,7 @@ def execute_node(
         )
     key: str | None = None
     try:
-        inputs, digests = resolve_args(node, upstream, store, input_timeout=input_timeout)
+        inputs, digests = resolve_args(node, upstream, store, input_timeout=input_timeout, input_policy=input_policy)
         if cache is not None:
             key = node_cache_key(node, assignment, digests, cache_params or {})
             hit = cache.lookup(key)
@@ -283,7 +286,7 @@ def backend_for(settings: Settings) -> ExpertBackend:
     from tasks.experts.local import LocalBackend
 
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
-    key = (settings.resolved_device(), settings.max_models, settings.max_new_tokens, token)
+    key = (settings.resolved_device(), settings.max_models, settings.max_new_tokens, token, settings.trust_remote_code)
     with _backend_lock:
         backend = _backends.get(key)
         if backend is None:
@@ -292,6 +295,7 @@ def backend_for(settings: Settings) -> ExpertBackend:
                 device=key[0],
                 max_new_tokens=settings.max_new_tokens,
                 token=token,
+                trust_remote_code=settings.trust_remote_code,
             )
             _backends[key] = backend
         return backend
@@ -336,6 +340,7 @@ def run_node(
             {"local": backend_for(settings), "remote": remote_backend_for(settings)},
             unassigned_reason=unassigned_reason,
             input_timeout=settings.input_timeout,
+            input_policy=InputPolicy.from_settings(settings),
             cache=ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None,
             cache_params=cache_params(settings),
             choose=chooser_for(settings),

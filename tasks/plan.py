@@ -18,6 +18,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.inputs import InputPolicy
 from tasks.llm import JSONExtractError, LLMClient, extract_json
 from tasks.schemas import GENERATED_PREFIX, ChatTurn, LLMUsage, PlanNode, PlanResult
 from tasks.settings import Settings
@@ -168,8 +169,13 @@ def validate_plan(
     inputs: Sequence[str] = (),
     request: str = "",
     allowed: Iterable[str] = EXECUTABLE_TASKS,
+    policy: InputPolicy | None = None,
 ) -> tuple[list[PlanNode], list[str]]:
     """Check a raw plan against the task table; repair what can be repaired safely.
+
+    With ``policy``, every file argument (a given input or a URL) must also be one the policy allows: a path
+    inside its roots, a URL of an allowed scheme that names no private address (judged without resolving names;
+    the fetch checks again).
 
     Returns the nodes in dependency order and the repairs made. Raises
     :class:`PlanValidationError` listing every problem otherwise.
@@ -276,6 +282,9 @@ def validate_plan(
                     )
                     continue
                 for k in refs:
+                    if k == node.id:
+                        problems.append(f"{where}: argument {arg_name!r} uses <GENERATED>-{k}, its own output")
+                        continue
                     if k not in by_id:
                         problems.append(
                             f"{where}: argument {arg_name!r} uses <GENERATED>-{k}, but there is no task {k}"
@@ -292,14 +301,16 @@ def validate_plan(
                         node.dep.append(k)
                         repairs.append(f"{where}: added task {k} to dep, since it uses <GENERATED>-{k}")
             elif spec.modality in FILE_MODALITIES:
-                if _is_url(value) and value in request:
-                    continue
-                match = _match_input(value, inputs, request)
+                match = value if _is_url(value) and value in request else _match_input(value, inputs, request)
                 if match is None:
                     given = ", ".join(inputs) if inputs else "no files"
                     problems.append(
                         f"{where}: argument {arg_name!r} names {value!r}, which is not among the inputs given ({given})"
                     )
+                    continue
+                refusal = policy.refusal(match) if policy is not None else None
+                if refusal is not None:
+                    problems.append(f"{where}: argument {arg_name!r}: {refusal}")
                 elif match != value:
                     node.args[arg_name] = match
                     repairs.append(f"{where}: argument {arg_name!r} {value!r} read as the given input {match!r}")
@@ -351,8 +362,10 @@ def plan_request(
     inputs: Sequence[str] = (),
     history: Sequence[ChatTurn] = (),
     allowed: Iterable[str] = EXECUTABLE_TASKS,
+    policy: InputPolicy | None = None,
 ) -> PlanResult:
-    """Ask the LLM for a plan, validate it, re-ask once with the validation error, then give up with it."""
+    """Ask the LLM for a plan, validate it (file arguments against ``policy``, when given), re-ask once with the
+    validation error, then give up with it."""
     allowed = tuple(allowed)
     messages = build_plan_messages(request, inputs, history, allowed)
     usage = LLMUsage()
@@ -362,7 +375,7 @@ def plan_request(
         usage = usage + call_usage
         try:
             raw = parse_plan(reply)
-            nodes, repairs = validate_plan(raw, inputs=inputs, request=request, allowed=allowed)
+            nodes, repairs = validate_plan(raw, inputs=inputs, request=request, allowed=allowed, policy=policy)
         except PlanValidationError as exc:
             last_error = exc
             messages = [
@@ -387,8 +400,16 @@ def plan_task(
     inputs: list[str],
     history: list[ChatTurn],
 ) -> PlanResult:
-    """Prefect task: stage 1. The planner is offered the task types that have a model able to run here."""
-    return plan_request(LLMClient(settings), request, inputs=inputs, history=history, allowed=plannable_tasks(settings))
+    """Prefect task: stage 1. The planner is offered the task types that have a model able to run here; file
+    arguments must be inputs the settings allow (:class:`~tasks.inputs.InputPolicy`)."""
+    return plan_request(
+        LLMClient(settings),
+        request,
+        inputs=inputs,
+        history=history,
+        allowed=plannable_tasks(settings),
+        policy=InputPolicy.from_settings(settings),
+    )
 
 
 def plannable_tasks(settings: Settings) -> list[str]:

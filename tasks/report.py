@@ -15,7 +15,8 @@ def artifact_key(*parts: str) -> str:
     return _KEY_BAD.sub("-", key).strip("-")[:200]
 
 
-def node_rows(summary: RunSummary) -> list[dict[str, str]]:
+def node_rows(summary: RunSummary, *, short_files: bool = False) -> list[dict[str, str]]:
+    """One row per plan node; ``short_files`` shows stored files by name only (their full URIs are listed apart)."""
     by_id = {a.node_id: a for a in summary.assignments}
     rows = []
     for node in summary.plan:
@@ -23,7 +24,13 @@ def node_rows(summary: RunSummary) -> list[dict[str, str]]:
         a = by_id.get(node.id)
         output = ""
         if r is not None:
-            output = "; ".join(f"{k}: {v}" for k, v in r.outputs.items()) if r.ok else (r.error or "")
+            if r.ok:
+                shown = {k: (v.rsplit("/", 1)[-1] if short_files and k != "text" else v) for k, v in r.outputs.items()}
+                output = "; ".join(f"{k}: {v}" for k, v in shown.items())
+                if r.cached:
+                    output += f" (reused from run {r.reused_from})"
+            else:
+                output = r.error or ""
         rows.append(
             {
                 "node": node.name,

@@ -5,11 +5,13 @@ CLI flags and flow parameters override these values through :meth:`Settings.with
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_LLM_MODEL = "gpt-4.1-mini"
 DEFAULT_STORAGE = "./hugginggpt-runs"
@@ -78,7 +80,26 @@ class Settings(BaseSettings):
     max_models: int = Field(default=4, ge=1, description="loaded models kept in memory per process")
     max_new_tokens: int = Field(default=48, ge=1, description="generation bound for text outputs")
     max_workers: int = Field(default=4, ge=1, description="nodes run at the same time")
-    input_timeout: float = Field(default=30.0, gt=0, description="seconds to fetch one input URL")
+    input_timeout: float = Field(default=30.0, gt=0, description="seconds to fetch one input URL, redirects included")
+
+    # --- what a request may read ------------------------------------------------------
+    input_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="folders local input files may come from, besides the working directory "
+        "(a JSON list, or paths separated by the OS path separator)",
+    )
+    allow_private_urls: bool = Field(
+        default=False, description="let input URLs reach private, loopback and link-local addresses"
+    )
+    allowed_url_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http", "https"],
+        description="URL schemes inputs may use (comma-separated or a JSON list); the storage's own is always allowed",
+    )
+    max_input_bytes: int = Field(default=200 * 1024 * 1024, ge=1, description="largest input file or download")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="run the Python code of a model repository, for catalog entries that also say trust_remote_code",
+    )
     eval_concurrency: int = Field(default=4, ge=1, description="requests planned at the same time by 'hugginggpt eval'")
     batch_max_in_flight: int = Field(default=4, ge=1, description="requests of a batch running at the same time")
 
@@ -98,6 +119,31 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return v or None
+
+    @field_validator("input_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part.strip()]
+        return v
+
+    @field_validator("allowed_url_schemes", mode="before")
+    @classmethod
+    def _split_schemes(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return v
+
+    @field_validator("allowed_url_schemes")
+    @classmethod
+    def _lower_schemes(cls, v: list[str]) -> list[str]:
+        return [s.strip().lower().removesuffix("://") for s in v if s.strip()]
 
     @field_validator("storage")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -186,6 +187,19 @@ def read_uri(
         raise StorageError(f"{uri} does not exist") from None
     except Exception as exc:
         raise StorageError(f"could not read {uri}: {_cause(exc)}") from exc
+
+
+_CREDENTIAL_NAME = re.compile(r"key|secret|token|pass|credential|sas|auth|session|signature", re.IGNORECASE)
+
+
+def without_credentials(options: Any) -> Any:
+    """fsspec options with every credential-like entry (key, secret, token, password, ...) removed, at any depth:
+    what may be saved in a Prefect block, shown or logged."""
+    if isinstance(options, dict):
+        return {k: without_credentials(v) for k, v in options.items() if not _CREDENTIAL_NAME.search(str(k))}
+    if isinstance(options, list | tuple):
+        return [without_credentials(v) for v in options]
+    return options
 
 
 BLOCK_PREFIX = "block:"

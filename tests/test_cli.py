@@ -100,3 +100,14 @@ def test_cli_human_output_and_exit_code_on_failure(
     assert code == 1
     assert "One task failed." in out and "image-classification#0" in out and "failed" in out
     assert "input file missing-later.png does not exist" in out
+
+
+def test_cli_unreachable_prefect_api_says_what_to_set(env: Path, llm, capsys) -> None:
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={"api.url": "http://127.0.0.1:9/api", "client.max_retries": 0}):
+        code = main(["run", "Summarize: a b c"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "could not reach the Prefect API at http://127.0.0.1:9/api" in err and "PREFECT_API_URL" in err
+    assert "Traceback" not in err

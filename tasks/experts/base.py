@@ -51,7 +51,11 @@ class ExpertOutput:
 
 
 class ModelSpec(BaseModel):
-    """The model a node runs: a Hub id, optionally with a local folder of weights, a revision or an endpoint."""
+    """The model a node runs: a Hub id, optionally with a local folder of weights, a revision or an endpoint.
+
+    ``trust_remote_code`` says the catalog entry allows running the Python code of the model's repository; the
+    local backend does so only when its own setting (``HUGGINGGPT_TRUST_REMOTE_CODE``) allows it too.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -61,6 +65,7 @@ class ModelSpec(BaseModel):
     revision: str | None = None
     endpoint: str | None = None
     library: str = "transformers"
+    trust_remote_code: bool = False
 
     @property
     def source(self) -> str:
@@ -70,6 +75,10 @@ class ModelSpec(BaseModel):
 
 class ExpertError(RuntimeError):
     """A model failed to load or to run; the message names the model and the cause."""
+
+
+class CannotRunHereError(ExpertError):
+    """A model cannot run on this machine (it ran out of memory while loading): another candidate may."""
 
 
 class ExpertBackend(Protocol):

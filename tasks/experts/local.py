@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.experts.base import Audio, ExpertError, ExpertInputs, ExpertOutput, ModelSpec
+from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertInputs, ExpertOutput, ModelSpec
 from tasks.experts.cache import CacheEntry, ModelCache, default_cache
 from tasks.task_types import normalize_task_name
 
@@ -186,7 +186,12 @@ _LOAD_LOCK = threading.Lock()
 
 
 class LocalBackend:
-    """Runs the tasks in :data:`SUPPORTED_TASKS` with transformers models loaded in this process."""
+    """Runs the tasks in :data:`SUPPORTED_TASKS` with transformers models loaded in this process.
+
+    ``trust_remote_code`` is this backend's half of a double opt-in: a model's repository code runs only for a
+    :class:`ModelSpec` whose catalog entry says ``trust_remote_code`` too. A model that runs out of memory while
+    loading raises :class:`CannotRunHereError` (the next candidate may fit).
+    """
 
     name = "local"
 
@@ -313,8 +318,20 @@ class LocalBackend:
         try:
             entry = self.cache.get_or_load(key, load)
         except Exception as exc:
+            if _out_of_memory(exc):
+                _release_accelerator_memory()
+                raise CannotRunHereError(
+                    f"model {_describe(model)} does not fit on {self.device}: out of memory while loading it for "
+                    f"{task_name} ({type(exc).__name__}: {exc})"
+                ) from exc
+            hint = ""
+            if "trust_remote_code" in str(exc) and not self._trusts(model):
+                hint = (
+                    "; it needs the Python code of its repository, which runs only when its catalog entry says "
+                    "trust_remote_code and HUGGINGGPT_TRUST_REMOTE_CODE=true"
+                )
             raise ExpertError(
-                f"could not load model {_describe(model)} for {task_name}: {type(exc).__name__}: {exc}"
+                f"could not load model {_describe(model)} for {task_name}: {type(exc).__name__}: {exc}{hint}"
             ) from exc
         if self.device != "cpu" and self.cache.stats()["evictions"] > evictions:
             _release_accelerator_memory()
@@ -322,8 +339,12 @@ class LocalBackend:
 
     # --- loading ------------------------------------------------------------------------------------------------
 
+    def _trusts(self, model: ModelSpec) -> bool:
+        """Whether ``model``'s repository code may run: its catalog entry and this backend's setting both say so."""
+        return bool(self.trust_remote_code and model.trust_remote_code)
+
     def _hub_kwargs(self, model: ModelSpec) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        kwargs: dict[str, Any] = {"trust_remote_code": self._trusts(model)}
         if model.revision:
             kwargs["revision"] = model.revision
         if self.token:
@@ -1099,6 +1120,26 @@ def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     count = max(1, round(duration * target))
     positions = np.arange(count, dtype=np.float64) * (rate / target)
     return np.interp(positions, np.arange(len(samples), dtype=np.float64), samples).astype(np.float32)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is running out of memory: ``MemoryError``, torch's
+    ``OutOfMemoryError``, or a runtime error saying "out of memory" (MPS, ROCm)."""
+    import torch
+
+    oom_types: tuple[type[BaseException], ...] = (MemoryError, torch.cuda.OutOfMemoryError)
+    if hasattr(torch, "OutOfMemoryError"):
+        oom_types = (*oom_types, torch.OutOfMemoryError)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, oom_types):
+            return True
+        if isinstance(current, RuntimeError) and "out of memory" in str(current).lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _release_accelerator_memory() -> None:

@@ -14,9 +14,10 @@ Hybrid prefers local when the model's weights are on this machine, or when its s
 budget (``max_local_params``); otherwise remote, when remote can serve it; otherwise local after all (weights
 downloaded from the Hub, size unknown).
 
-Skipped candidates (``choose`` says no backend can run them) are recorded as attempts with ``skipped=True`` and the
-reason, and are not counted against ``max_attempts``: the bound is on models actually tried (loaded and run), which
-is what costs time.
+Skipped candidates (``choose`` says no backend can run them, or loading one ran out of memory:
+:class:`~tasks.experts.base.CannotRunHereError`) are recorded as attempts with ``skipped=True`` and the reason, and
+are not counted against ``max_attempts``: the bound is on models actually tried (loaded and run), which is what
+costs time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from tasks.experts.base import ExpertBackend, ExpertError, ExpertInputs, ExpertOutput, ModelSpec
+from tasks.experts.base import CannotRunHereError, ExpertBackend, ExpertError, ExpertInputs, ExpertOutput, ModelSpec
 from tasks.task_types import normalize_task_name
 
 InferenceMode = Literal["local", "remote", "hybrid"]
@@ -276,6 +277,18 @@ def run_with_fallback(
         start = time.perf_counter()
         try:
             output = backend.run(task, spec, inputs)
+        except CannotRunHereError as exc:  # e.g. out of memory while loading: as if ``choose`` had said no
+            tried -= 1
+            attempts.append(
+                Attempt(
+                    model=spec.id,
+                    backend=backend_name,
+                    error=f"cannot run here: {exc}",
+                    seconds=time.perf_counter() - start,
+                    skipped=True,
+                )
+            )
+            continue
         except Exception as exc:
             error = str(exc) if isinstance(exc, ExpertError) else f"{type(exc).__name__}: {exc}"
             attempts.append(

@@ -1,0 +1,219 @@
+"""Item 1, DAG overhead: synthetic plans run by the real request flow with sleeping experts.
+
+Shapes: one node; independent nodes; a layered graph (each node after two of the level before); a chain. Each
+node sleeps the same time, so the critical path is (longest path in nodes) x sleep. Figures per shape:
+
+* ``makespan``: the flow's execute stage (first node submitted to last node collected), median of the repeats;
+* ``wall``: the whole flow run as its caller sees it (flow run creation, selection, execution, the response
+  call to the LLM, summary and artifacts, final state);
+* ``ratio`` = makespan / critical path, and ``wall_ratio`` = wall / critical path;
+* ``sequential``: the baseline, the same nodes one after another in a plain loop over the executor's core
+  (``execute_node``: same inputs, storage writes and sleeping expert, no Prefect).
+
+And the per-run fixed overhead: the wall time of a run whose plan is empty (no node), beside the time spent
+inside its stages (the one LLM call).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Bench, catalog_record, log, median, run_flow, sleeping_experts, timed, write_catalog
+
+TASK = "text-classification"
+MODEL_ID = "bench/sleeping-text-classification"
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    nodes: int
+    plan: list[dict[str, Any]]
+    depth: int
+    width: int
+
+
+def _node(i: int, deps: Sequence[int], nonce: str) -> dict[str, Any]:
+    if deps:
+        text = " + ".join(f"<GENERATED>-{d}" for d in deps) + f" (step {i} {nonce})"
+    else:
+        text = f"input text {i} {nonce}"
+    return {"id": i, "task": TASK, "dep": list(deps) or [-1], "args": {"text": text}}
+
+
+def single(nonce: str) -> Shape:
+    return Shape("1 node", 1, [_node(0, [], nonce)], depth=1, width=1)
+
+
+def independent(n: int, nonce: str) -> Shape:
+    return Shape(f"{n} independent", n, [_node(i, [], nonce) for i in range(n)], depth=1, width=n)
+
+
+def layered(levels: int, width: int, nonce: str) -> Shape:
+    """``levels`` x ``width`` nodes; node ``i`` of a level depends on nodes ``i`` and ``i+1`` of the level before."""
+    plan = []
+    for level in range(levels):
+        for i in range(width):
+            node_id = level * width + i
+            deps = [] if level == 0 else sorted({(level - 1) * width + i, (level - 1) * width + (i + 1) % width})
+            plan.append(_node(node_id, deps, nonce))
+    return Shape(f"{levels * width}-node graph, {levels} levels", levels * width, plan, depth=levels, width=width)
+
+
+def chain(n: int, nonce: str) -> Shape:
+    return Shape(f"{n}-node chain", n, [_node(i, [i - 1] if i else [], nonce) for i in range(n)], depth=n, width=1)
+
+
+def critical_path(plan: Sequence[dict[str, Any]], seconds: float) -> float:
+    """Sum of the sleeps along the longest path."""
+    longest: dict[int, int] = {}
+    for node in plan:  # plans are in dependency order
+        deps = [d for d in node["dep"] if d >= 0]
+        longest[node["id"]] = 1 + max((longest[d] for d in deps), default=0)
+    return max(longest.values(), default=0) * seconds
+
+
+def sequential_baseline(plan: Sequence[dict[str, Any]], seconds: float, storage: str, catalog: Path) -> float:
+    """The same nodes one after another, through the executor's core, without Prefect."""
+    from tasks.execute import cache_params, execute_node
+    from tasks.plan import validate_plan
+    from tasks.result_cache import ResultCache
+    from tasks.schemas import NodeResult
+    from tasks.select import select_models
+    from tasks.settings import load_settings
+    from tasks.storage import store_for
+    from models_catalog.catalog import load_catalog
+
+    settings = load_settings(storage=storage, catalog=str(catalog))
+    nodes, _ = validate_plan(list(plan))
+    selection = select_models(nodes, load_catalog(catalog), llm=None, request="bench", pins={TASK: MODEL_ID})
+    by_node = {a.node_id: a for a in selection.assignments}
+    store = store_for(settings, f"sequential-{uuid.uuid4().hex[:8]}")
+    with sleeping_experts(seconds) as backend:
+
+        def loop() -> list[NodeResult]:
+            done: dict[int, NodeResult] = {}
+            for node in nodes:
+                done[node.id] = execute_node(
+                    node,
+                    by_node[node.id],
+                    done,
+                    store,
+                    backend,
+                    cache=ResultCache(store) if settings.cache else None,
+                    cache_params=cache_params(settings),
+                )
+            return list(done.values())
+
+        elapsed, results = timed(loop)
+    failed = [r for r in results if r.status != "completed"]
+    if failed:
+        raise RuntimeError(f"sequential baseline: {failed[0].error}")
+    return elapsed
+
+
+def run(bench: Bench, *, seconds: float | None = None) -> dict[str, Any]:
+    quick = bench.quick
+    seconds = seconds if seconds is not None else (0.2 if quick else 1.0)
+    repeats = 1 if quick else 3
+    model_dir = bench.fresh_dir("sleeping-model")
+    catalog = write_catalog(bench.root / "dag-catalog.jsonl", [catalog_record(MODEL_ID, TASK, model_dir)])
+    pins = {TASK: MODEL_ID}
+
+    # per-run fixed overhead: an empty plan, after one warm-up run (imports, clients) reported as "cold"
+    log("dag: empty-plan runs (fixed overhead)")
+    storage = bench.storage("dag-empty")
+    cold = run_flow("bench: empty plan", storage=storage, catalog=catalog, plan=[])
+    empties = [run_flow("bench: empty plan", storage=storage, catalog=catalog, plan=[]) for _ in range(3 if quick else 5)]
+    for r in [cold, *empties]:
+        if not r.ok:
+            raise RuntimeError(f"empty-plan run ended {r.state_name}: {r.summary and r.summary.error}")
+    stages = [sum(r.summary.timings.get(k, 0.0) for k in ("plan", "select", "execute", "respond")) for r in empties]
+    overhead = {
+        "wall_seconds": median([r.wall for r in empties]),
+        "wall_seconds_runs": [round(r.wall, 4) for r in empties],
+        "cold_wall_seconds": cold.wall,
+        "inside_stages_seconds": median(stages),
+        "target_seconds": 0.5,
+    }
+    overhead["met"] = overhead["wall_seconds"] <= overhead["target_seconds"]
+
+    wide, levels, width, length = (4, 3, 3, 10) if quick else (10, 4, 5, 50)
+    shapes: list[tuple[Callable[[str], Shape], int]] = [
+        (single, repeats),
+        (lambda nonce: independent(wide, nonce), repeats),
+        (lambda nonce: layered(levels, width, nonce), repeats),
+        (lambda nonce: chain(length, nonce), 1),
+    ]
+    rows: list[dict[str, Any]] = []
+    for build, times in shapes:
+        walls: list[float] = []
+        makespans: list[float] = []
+        overlap_ok = True
+        for k in range(times):
+            nonce = uuid.uuid4().hex[:8]  # fresh inputs: the result cache never answers for a node
+            shape = build(nonce)
+            workers = max(4, shape.width)
+            log(f"dag: {shape.name}, {seconds:g} s nodes, run {k + 1}/{times} ({workers} workers)")
+            with sleeping_experts(seconds) as backend:
+                result = run_flow(
+                    f"bench: {shape.name}",
+                    storage=bench.storage("dag"),
+                    catalog=catalog,
+                    plan=shape.plan,
+                    models=pins,
+                    max_workers=workers,
+                )
+            if not result.ok:
+                raise RuntimeError(f"{shape.name}: run ended {result.state_name}: {result.summary and result.summary.error}")
+            if len(backend.spans) != shape.nodes:
+                raise RuntimeError(f"{shape.name}: {len(backend.spans)} expert calls for {shape.nodes} nodes")
+            walls.append(result.wall)
+            makespans.append(result.stage("execute"))
+            overlap_ok = overlap_ok and _max_concurrency(backend.spans) >= min(shape.width, workers)
+        shape = build(uuid.uuid4().hex[:8])
+        log(f"dag: {shape.name}, sequential baseline")
+        seq = sequential_baseline(shape.plan, seconds, bench.storage("dag-seq"), catalog)
+        crit = critical_path(shape.plan, seconds)
+        makespan, wall = median(makespans), median(walls)
+        row = {
+            "shape": shape.name,
+            "nodes": shape.nodes,
+            "node_seconds": seconds,
+            "critical_path_seconds": crit,
+            "makespan_seconds": makespan,
+            "makespan_runs": [round(m, 4) for m in makespans],
+            "wall_seconds": wall,
+            "ratio": makespan / crit if crit else None,
+            "wall_ratio": wall / crit if crit else None,
+            "sequential_seconds": seq,
+            "speedup_vs_sequential": seq / makespan if makespan else None,
+            "per_node_overhead_seconds": (makespan - crit) / shape.depth,
+            "independent_nodes_overlapped": overlap_ok,
+        }
+        rows.append(row)
+    target = next((r for r in rows if "graph" in r["shape"]), None)
+    return {
+        "node_seconds": seconds,
+        "fixed_overhead": overhead,
+        "shapes": rows,
+        "target": {
+            "shape": target["shape"] if target else None,
+            "ratio_target": 1.10,
+            "ratio": target["ratio"] if target else None,
+            "met": bool(target and target["ratio"] is not None and target["ratio"] <= 1.10),
+        },
+    }
+
+
+def _max_concurrency(spans: Sequence[tuple[str, float, float]]) -> int:
+    events = sorted([(s, 1) for _, s, _ in spans] + [(e, -1) for _, _, e in spans], key=lambda x: (x[0], x[1]))
+    best = current = 0
+    for _, step in events:
+        current += step
+        best = max(best, current)
+    return best

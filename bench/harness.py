@@ -1,0 +1,309 @@
+"""What every benchmark shares: an offline environment, Prefect's own API, the scripted LLM, catalogs, and a
+sleeping expert that stands in for a model.
+
+Everything is real except the expert: the request flow runs under a Prefect API started for the bench
+(``prefect_test_harness``), the LLM stages talk HTTP to an OpenAI-compatible server on 127.0.0.1, and every
+output goes to a temporary storage folder. The sleeping expert is not a task type: it replaces, in the bench
+process only, the local backend the executor asks for (:func:`sleeping_experts`), so plans stay ordinary
+plans of the task table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Environment set before anything imports transformers or huggingface_hub: nothing may reach the network.
+OFFLINE_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def set_offline() -> None:
+    os.environ.update(OFFLINE_ENV)
+
+
+set_offline()
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # ``tests`` (the scripted LLM, tiny models) sits beside ``bench``
+    sys.path.insert(0, str(_ROOT))
+
+
+def log(message: str) -> None:
+    """Progress, on stderr (stdout carries only the table)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# the sleeping expert
+# ---------------------------------------------------------------------------
+class SleepBackend:
+    """An expert backend whose every run sleeps ``seconds`` (releasing the GIL, as a model call on an
+    accelerator or a remote endpoint would) and returns a short text and JSON output naming its input.
+
+    It records the wall-clock span of every run, so a benchmark can check that independent nodes overlapped.
+    """
+
+    name = "local"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.spans: list[tuple[str, float, float]] = []
+        self._lock = threading.Lock()
+
+    def run(self, task: str, model: Any, inputs: Mapping[str, Any]) -> Any:
+        from tasks.experts.base import ExpertOutput
+
+        start = time.perf_counter()
+        if self.seconds > 0:
+            time.sleep(self.seconds)
+        end = time.perf_counter()
+        with self._lock:
+            self.spans.append((task, start, end))
+        text = str(inputs.get("text", ""))
+        return ExpertOutput(text=f"{task} of [{text[-60:]}]", json={"task": task, "chars": len(text)})
+
+
+@contextlib.contextmanager
+def sleeping_experts(seconds: float) -> Iterator[SleepBackend]:
+    """Within the block, every node the executor runs locally goes to a :class:`SleepBackend` (this process only)."""
+    import tasks.execute as execute
+
+    backend = SleepBackend(seconds)
+    real = execute.backend_for
+    execute.backend_for = lambda settings: backend  # type: ignore[assignment]
+    try:
+        yield backend
+    finally:
+        execute.backend_for = real  # type: ignore[assignment]
+
+
+def reset_local_backends() -> None:
+    """Drop the process-wide local backends (and the models their caches hold)."""
+    import gc
+
+    import tasks.execute as execute
+
+    with execute._backend_lock:
+        for backend in execute._backends.values():
+            cache = getattr(backend, "cache", None)
+            if cache is not None:
+                cache.clear()
+        execute._backends.clear()
+    gc.collect()
+
+
+# ---------------------------------------------------------------------------
+# catalogs
+# ---------------------------------------------------------------------------
+def catalog_record(model_id: str, task: str, local_path: Path, *, downloads: int = 0) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "task": task,
+        "downloads": downloads,
+        "likes": 0,
+        "tags": ["bench"],
+        "description": f"benchmark model for {task}",
+        "local_path": str(Path(local_path).resolve()),
+    }
+
+
+def write_catalog(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(dict(r)) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# the environment of one bench process
+# ---------------------------------------------------------------------------
+@dataclass
+class Bench:
+    """What a benchmark runs against; made by :func:`bench_environment`."""
+
+    root: Path
+    llm: Any
+    quick: bool = False
+    _counter: int = field(default=0, repr=False)
+
+    def fresh_dir(self, name: str) -> Path:
+        """A new empty folder under the bench's temporary root."""
+        self._counter += 1
+        folder = self.root / f"{self._counter:03d}-{name}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def storage(self, name: str = "runs") -> str:
+        return str(self.fresh_dir(name))
+
+
+@contextlib.contextmanager
+def bench_environment(*, quick: bool = False, keep: bool = False) -> Iterator[Bench]:
+    """Prefect's API for this process, the scripted LLM, a temporary root, and the environment pointing at them."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.request import prefect_run_settings
+    from tests.llm_server import ScriptedLLM
+
+    root = Path(tempfile.mkdtemp(prefix="hugginggpt-bench-"))
+    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
+    llm = ScriptedLLM().start()
+    os.environ.update(
+        {
+            "OPENAI_BASE_URL": llm.base_url,
+            "OPENAI_API_KEY": "sk-bench-not-a-real-key",
+            "HUGGINGGPT_LLM_MODEL": "scripted",
+            "HUGGINGGPT_LLM_MAX_RETRIES": "0",
+            "HUGGINGGPT_LLM_TIMEOUT": "30",
+            "HUGGINGGPT_STORAGE": str(root / "default-runs"),
+        }
+    )
+    for var in ("HUGGINGGPT_CATALOG", "HF_TOKEN"):
+        os.environ.pop(var, None)
+    try:
+        log("starting Prefect's API for this process (10-20 s)")
+        t0 = time.perf_counter()
+        with prefect_test_harness(server_startup_timeout=90), prefect_run_settings():
+            quiet_prefect_console()
+            log(f"Prefect API up in {time.perf_counter() - t0:.1f} s")
+            yield Bench(root=root, llm=llm, quick=quick)
+    finally:
+        llm.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+_ENV_KEYS = (
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "HUGGINGGPT_LLM_MODEL",
+    "HUGGINGGPT_LLM_MAX_RETRIES",
+    "HUGGINGGPT_LLM_TIMEOUT",
+    "HUGGINGGPT_STORAGE",
+    "HUGGINGGPT_CATALOG",
+    "HUGGINGGPT_MAX_WORKERS",
+    "HUGGINGGPT_MAX_MODELS",
+    "HF_TOKEN",
+)
+
+
+def quiet_prefect_console() -> None:
+    """Keep Prefect's run logs going to its API (as in any run) but off the console, where the bench reports."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values() if hasattr(lg, "handlers"))]
+    for lg in loggers:
+        for handler in getattr(lg, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def env_vars(**values: str | None) -> Iterator[None]:
+    """Environment variables set (or removed, with ``None``) within the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ---------------------------------------------------------------------------
+# running the request flow
+# ---------------------------------------------------------------------------
+@dataclass
+class FlowRun:
+    """One run of the request flow as the caller saw it."""
+
+    wall: float
+    summary: Any
+    state_name: str
+
+    @property
+    def ok(self) -> bool:
+        return self.summary is not None and self.summary.status == "completed"
+
+    def stage(self, name: str) -> float:
+        return float(self.summary.timings.get(name, 0.0)) if self.summary is not None else 0.0
+
+
+def run_flow(
+    request: str,
+    *,
+    storage: str,
+    catalog: Path | None = None,
+    plan: Sequence[Any] | None = None,
+    models: Mapping[str, str] | None = None,
+    max_workers: int = 4,
+    inputs: Sequence[str] = (),
+) -> FlowRun:
+    """Run ``hugginggpt-request`` once (a thread pool of ``max_workers`` for its nodes) and time it from the
+    caller's side: flow run creation, every stage, and the final state."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.request import configured_flow
+    from tasks.schemas import PlanNode, RunSummary
+    from tasks.settings import load_settings
+
+    nodes = [n if isinstance(n, PlanNode) else PlanNode.model_validate(n) for n in plan] if plan is not None else None
+    with env_vars(
+        HUGGINGGPT_MAX_WORKERS=str(max_workers),
+        HUGGINGGPT_STORAGE=storage,
+        HUGGINGGPT_CATALOG=str(catalog) if catalog else None,
+    ):
+        settings = load_settings()
+        flow = configured_flow(settings, task_runner=ThreadPoolTaskRunner(max_workers=max_workers))
+        t0 = time.perf_counter()
+        state = flow(
+            request,
+            inputs=list(inputs),
+            models=dict(models or {}),
+            storage=storage,
+            catalog=str(catalog) if catalog else None,
+            plan=nodes,
+            return_state=True,
+        )
+        value = state.result(raise_on_failure=False)
+        wall = time.perf_counter() - t0
+    summary = value if isinstance(value, RunSummary) else None
+    return FlowRun(wall=wall, summary=summary, state_name=state.name)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - t0, value

@@ -1,0 +1,189 @@
+"""``hugginggpt batch`` and ``hugginggpt plan``.
+
+    hugginggpt batch requests.jsonl --max-in-flight 8         # one child flow run per line, results JSONL
+    hugginggpt plan "Caption photo.jpg, then read it aloud" -i photo.jpg --yaml > plan.yaml
+    hugginggpt run "Caption photo.jpg, then read it aloud" -i photo.jpg --plan plan.yaml
+
+``batch`` prints a table of the lines (or, with ``--json``, the batch summary) and exits 0 when every line
+completed, 1 when one failed or was invalid, 2 on a usage error. ``plan`` prints the plan the LLM makes for a
+request, without running it: review or edit it, then run it with ``run --plan``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _err(command: str, message: str) -> None:
+    print(f"hugginggpt {command}: {message}", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``batch`` and ``plan`` subcommands; their handler is ``args.func``."""
+    batch = subparsers.add_parser(
+        "batch",
+        help="run every request of a JSONL file",
+        description="Run each line of a JSONL file ({'request': ..., 'inputs': [...], 'models': {...}, 'id': ..., "
+        "'plan': [...]}) as its own flow run, a bounded number at a time; write one result per line, in order, "
+        "to a results JSONL in storage.",
+    )
+    batch.add_argument("requests_url", metavar="REQUESTS_URL", help="the JSONL file: a path or an fsspec URL")
+    batch.add_argument(
+        "--max-in-flight",
+        type=_positive_int,
+        metavar="N",
+        help="requests running at the same time (HUGGINGGPT_BATCH_MAX_IN_FLIGHT)",
+    )
+    batch.add_argument("--storage", metavar="URL", help="artifact store: a folder or fsspec URL (HUGGINGGPT_STORAGE)")
+    batch.add_argument("--catalog", metavar="PATH", help="extra catalog JSONL (HUGGINGGPT_CATALOG)")
+    batch.add_argument(
+        "--results",
+        metavar="URL",
+        help="where to write the results JSONL (default {storage}/batches/{flow run id}/results.jsonl)",
+    )
+    batch.add_argument("--json", action="store_true", help="print only the batch summary as JSON on stdout")
+    batch.set_defaults(func=cmd_batch)
+
+    plan = subparsers.add_parser(
+        "plan",
+        help="print the plan the LLM makes for a request, without running it",
+        description="Ask the LLM for the plan of a request and print it (HuggingGPT format) for review; "
+        "run it later with 'hugginggpt run REQUEST --plan FILE'.",
+    )
+    plan.add_argument("request", help="what you want done, in plain language")
+    plan.add_argument(
+        "--input",
+        "-i",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file the request refers to (path, http(s) or fsspec URL); repeatable",
+    )
+    plan.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
+    style = plan.add_mutually_exclusive_group()
+    style.add_argument("--json", action="store_const", const="json", dest="format", help="print JSON (the default)")
+    style.add_argument("--yaml", action="store_const", const="yaml", dest="format", help="print YAML")
+    plan.set_defaults(func=cmd_plan, format="json")
+
+
+def _config_error(command: str, exc: Any) -> int:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    _err(command, f"invalid configuration: {problems}")
+    return EXIT_USAGE
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from tasks.llm import LLMClient, LLMError
+    from tasks.plan import PlanningError, plan_request
+    from tasks.settings import LLMNotConfiguredError, load_settings
+
+    try:
+        settings = load_settings(llm_model=args.llm_model)
+    except ValidationError as exc:
+        return _config_error("plan", exc)
+    try:
+        settings.require_llm()
+    except LLMNotConfiguredError as exc:
+        _err("plan", str(exc))
+        return EXIT_USAGE
+    if not args.request.strip():
+        _err("plan", "the request is empty: say what you want done")
+        return EXIT_USAGE
+    try:
+        result = plan_request(LLMClient(settings), args.request, inputs=args.inputs)
+    except (PlanningError, LLMError) as exc:
+        _err("plan", str(exc))
+        return EXIT_FAILED
+    for repair in result.repairs:
+        _err("plan", f"repaired: {repair}")
+    nodes = [{"id": n.id, "task": n.task, "dep": n.dep or [-1], "args": n.args} for n in result.nodes]
+    if args.format == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(nodes, sort_keys=False, allow_unicode=True), end="")
+    else:
+        print(json.dumps(nodes, indent=2, ensure_ascii=False))
+    if not nodes:
+        _err("plan", "the plan is empty: the LLM would answer directly")
+    return EXIT_OK
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from flows.batch import BatchError, BatchSummary, run_batch
+    from tasks.settings import load_settings
+
+    try:
+        settings = load_settings(storage=args.storage, catalog=args.catalog)
+    except ValidationError as exc:
+        return _config_error("batch", exc)
+    url = args.requests_url
+    if "://" not in url and not Path(url).expanduser().is_file():
+        _err("batch", f"requests file {url} not found")
+        return EXIT_USAGE
+    if settings.catalog is not None and not Path(settings.catalog).is_file():
+        _err("batch", f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
+        return EXIT_USAGE
+    from flows.request import prefect_run_settings
+
+    try:
+        with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
+            summary: BatchSummary = run_batch(
+                url,
+                storage=args.storage,
+                catalog=args.catalog,
+                max_in_flight=args.max_in_flight,
+                results_url=args.results,
+            )
+    except BatchError as exc:
+        _err("batch", str(exc))
+        return EXIT_USAGE
+    if args.json:
+        print(summary.model_dump_json(indent=2))
+    else:
+        print_batch(summary)
+    return EXIT_OK if summary.status == "completed" else EXIT_FAILED
+
+
+def print_batch(summary: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.batch import table_rows
+
+    console = Console()
+    table = Table(title=f"Batch {summary.requests_url}")
+    for col in ("line", "id", "status", "plan", "answer or error"):
+        table.add_column(col, overflow="fold")
+    for row in table_rows(summary.records):
+        style = {"completed": "green", "failed": "red", "invalid": "yellow"}.get(row["status"], "")
+        table.add_row(row["line"], row["id"], f"[{style}]{row['status']}[/]", row["plan"], row["answer or error"])
+    console.print(table)
+    console.print(
+        f"{summary.completed} completed, {summary.failed} failed, {summary.invalid} invalid of {summary.lines} "
+        f"line(s) in {summary.seconds:.1f} s; {summary.plans_cached} line(s) reused a plan "
+        f"({summary.planning_calls} planning call(s) for {summary.plan_groups} shared request(s))"
+    )
+    console.print(f"[dim]batch run {summary.flow_run_id} · results {summary.results_uri}[/]")

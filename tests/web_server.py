@@ -1,0 +1,131 @@
+"""A small HTTP server on a loopback address for input tests: files from a folder, plus scripted routes
+(redirects, slow or silent answers, large bodies). It records the path of every request it receives."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class WebServer:
+    def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
+        self.root = root
+        self.routes: dict[str, Route] = {}
+        self.requests: list[str] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                with server._lock:
+                    server.requests.append(path)
+                    route = server.routes.get(path)
+                try:
+                    if route is not None:
+                        route(self)
+                    else:
+                        server._serve_file(self, path)
+                except OSError:
+                    pass  # the client gave up
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer((host, 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _serve_file(self, handler: BaseHTTPRequestHandler, path: str) -> None:
+        file = (self.root / path.lstrip("/")).resolve()
+        if not file.is_file() or not file.is_relative_to(self.root.resolve()):
+            body = b"not found"
+            handler.send_response(404)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+            return
+        data = file.read_bytes()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    # --- scripted routes ---------------------------------------------------------------------------------------------
+
+    def redirect(self, path: str, location: str, status: int = 302) -> str:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(status)
+            h.send_header("Location", location)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+
+        self.routes[path] = route
+        return self.url(path)
+
+    def silent(self, path: str, seconds: float = 30.0) -> str:
+        """Accepts the request and answers nothing for ``seconds``."""
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            time.sleep(seconds)
+
+        self.routes[path] = route
+        return self.url(path)
+
+    def drip(self, path: str, total: int = 10_000, every: float = 0.1) -> str:
+        """Announces ``total`` bytes and sends one byte every ``every`` seconds."""
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            h.send_header("Content-Length", str(total))
+            h.end_headers()
+            for _ in range(total):
+                h.wfile.write(b"x")
+                h.wfile.flush()
+                time.sleep(every)
+
+        self.routes[path] = route
+        return self.url(path)
+
+    def large(self, path: str, size: int, *, announce: bool) -> str:
+        """A body of ``size`` bytes, with its Content-Length (``announce``) or without (closed when done)."""
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            if announce:
+                h.send_header("Content-Length", str(size))
+            else:
+                h.send_header("Connection", "close")
+            h.end_headers()
+            chunk = b"x" * 65536
+            sent = 0
+            while sent < size:
+                part = chunk[: size - sent]
+                h.wfile.write(part)
+                sent += len(part)
+
+        self.routes[path] = route
+        return self.url(path)
+
+    def received(self, path: str) -> int:
+        with self._lock:
+            return sum(p == path for p in self.requests)
