@@ -119,7 +119,7 @@ def test_batch_of_many_requests_one_record_per_line(
     assert len(expected) >= 30
 
     with prefect_run_settings():
-        state = hugginggpt_batch(str(requests), max_in_flight=4, return_state=True)
+        state = hugginggpt_batch(str(requests), max_in_flight=int(__import__("os").environ.get("MIF", "4")), return_state=True)
     summary = state.result(raise_on_failure=False)
     assert isinstance(summary, BatchSummary), summary
     assert state.is_failed() and "4 failed and 6 invalid" in state.message
