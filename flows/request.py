@@ -35,7 +35,7 @@ from tasks.respond import respond_task
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, parse_pins, select_task
 from tasks.settings import LLMNotConfiguredError, Settings, load_settings
-from tasks.storage import ArtifactStore, StorageError, store_for, without_credentials
+from tasks.storage import ArtifactStore, StorageError, resolve_storage, store_for, without_credentials
 from tasks.task_types import TASK_TYPES
 
 MAX_REQUEST_CHARS = 20_000
@@ -372,7 +372,11 @@ def prefect_run_settings(*, heartbeats: bool = False, quiet: bool = False) -> It
 
 
 def results_storage_url(settings: Settings) -> str:
-    return settings.results_storage or f"{settings.storage.rstrip('/')}/prefect-results"
+    """Where Prefect persists task results: ``HUGGINGGPT_RESULTS_STORAGE``, else beside the runs."""
+    if settings.results_storage:
+        return settings.results_storage
+    root, _ = resolve_storage(settings.storage, settings.storage_options)
+    return f"{root.rstrip('/')}/prefect-results"
 
 
 def results_block_ref(settings: Settings) -> str:
@@ -398,7 +402,12 @@ def configured_flow(settings: Settings, *, task_runner: Any = None) -> Flow:
     if task_runner is not None:
         options["task_runner"] = task_runner
     if settings.persist_results:
-        options.update(result_storage=results_block_ref(settings), persist_result=True, result_serializer="json")
+        try:
+            ref: str | None = results_block_ref(settings)
+        except StorageError:
+            ref = None  # the run itself reports the storage error, with its summary
+        if ref is not None:
+            options.update(result_storage=ref, persist_result=True, result_serializer="json")
     return hugginggpt_request.with_options(**options) if options else hugginggpt_request
 
 

@@ -279,6 +279,7 @@ def test_storage_named_by_a_prefect_block(env: Path, llm, tmp_path: Path, monkey
     assert summary.status == "completed"
     assert Path(summary.storage_uri) == tmp_path / "block-store" / summary.flow_run_id
     assert (Path(summary.storage_uri) / "summary.json").is_file()
+    assert (tmp_path / "block-store" / "prefect-results").is_dir()
     monkeypatch.setenv("HUGGINGGPT_STORAGE", "block:local-file-system/no-such-block")
     broken = run_request("Rate 'nice'")
     assert (
