@@ -8,14 +8,17 @@ node sleeps the same time, so the critical path is (longest path in nodes) x sle
   call to the LLM, summary and artifacts, final state);
 * ``ratio`` = makespan / critical path, and ``wall_ratio`` = wall / critical path;
 * ``sequential``: the baseline, the same nodes one after another in a plain loop over the executor's core
-  (``execute_node``: same inputs, storage writes and sleeping expert, no Prefect).
+  (``execute_node``: same inputs, result-cache lookups and storage writes, no Prefect): its own time measured
+  with an expert that returns at once, plus the sum of the sleeps.
 
 And the per-run fixed overhead: the wall time of a run whose plan is empty (no node), beside the time spent
-inside its stages (the one LLM call).
+inside its stages (the one LLM call); then empty-plan and one-node runs as the code is and with the changes of
+:mod:`bench.proposals`, interleaved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,10 +41,8 @@ class Shape:
 
 
 def _node(i: int, deps: Sequence[int], nonce: str) -> dict[str, Any]:
-    if deps:
-        text = " + ".join(f"<GENERATED>-{d}" for d in deps) + f" (step {i} {nonce})"
-    else:
-        text = f"input text {i} {nonce}"
+    refs = " + ".join(f"<GENERATED>-{d}" for d in deps)
+    text = f"{refs} (step {i} {nonce})" if deps else f"input text {i} {nonce}"
     return {"id": i, "task": TASK, "dep": list(deps) or [-1], "args": {"text": text}}
 
 
@@ -78,7 +79,10 @@ def critical_path(plan: Sequence[dict[str, Any]], seconds: float) -> float:
 
 
 def sequential_baseline(plan: Sequence[dict[str, Any]], seconds: float, storage: str, catalog: Path) -> float:
-    """The same nodes one after another, through the executor's core, without Prefect."""
+    """The same nodes one after another, through the executor's core, without Prefect: the executor's own time,
+    measured with an expert that returns at once, plus the sleeps (``len(plan) * seconds``, which a sleep
+    adds exactly), so the baseline costs no bench time beyond its overhead."""
+    from models_catalog.catalog import load_catalog
     from tasks.execute import cache_params, execute_node
     from tasks.plan import validate_plan
     from tasks.result_cache import ResultCache
@@ -86,14 +90,13 @@ def sequential_baseline(plan: Sequence[dict[str, Any]], seconds: float, storage:
     from tasks.select import select_models
     from tasks.settings import load_settings
     from tasks.storage import store_for
-    from models_catalog.catalog import load_catalog
 
     settings = load_settings(storage=storage, catalog=str(catalog))
     nodes, _ = validate_plan(list(plan))
     selection = select_models(nodes, load_catalog(catalog), llm=None, request="bench", pins={TASK: MODEL_ID})
     by_node = {a.node_id: a for a in selection.assignments}
     store = store_for(settings, f"sequential-{uuid.uuid4().hex[:8]}")
-    with sleeping_experts(seconds) as backend:
+    with sleeping_experts(0.0) as backend:
 
         def loop() -> list[NodeResult]:
             done: dict[int, NodeResult] = {}
@@ -113,27 +116,58 @@ def sequential_baseline(plan: Sequence[dict[str, Any]], seconds: float, storage:
     failed = [r for r in results if r.status != "completed"]
     if failed:
         raise RuntimeError(f"sequential baseline: {failed[0].error}")
-    return elapsed
+    return elapsed + len(nodes) * seconds
 
 
-def run(bench: Bench, *, seconds: float | None = None) -> dict[str, Any]:
-    quick = bench.quick
-    seconds = seconds if seconds is not None else (0.2 if quick else 1.0)
-    repeats = 1 if quick else 3
-    model_dir = bench.fresh_dir("sleeping-model")
-    catalog = write_catalog(bench.root / "dag-catalog.jsonl", [catalog_record(MODEL_ID, TASK, model_dir)])
-    pins = {TASK: MODEL_ID}
+def proposed_overhead(storage: str, catalog: Path, *, pairs: int) -> dict[str, Any]:
+    """Empty-plan runs as the code is and with the changes of :mod:`bench.proposals`, interleaved (so both see
+    the same machine load), and one-node runs likewise: medians of each."""
+    from bench.proposals import PROPOSALS, all_proposals
 
-    # per-run fixed overhead: an empty plan, after one warm-up run (imports, clients) reported as "cold"
+    one = [_node(0, [], "x")]
+    walls: dict[str, list[float]] = {"empty": [], "empty_proposed": [], "one_node": [], "one_node_proposed": []}
+    for k in range(pairs):
+        for suffix, make in (("", contextlib.nullcontext), ("_proposed", all_proposals)):
+            with make(), sleeping_experts(0.0):
+                walls["empty" + suffix].append(run_flow("bench: empty plan", storage=storage, plan=[]).wall)
+                plan = [{**one[0], "args": {"text": f"one node {k}{suffix}"}}]
+                result = run_flow(
+                    "bench: one node", storage=storage, catalog=catalog, plan=plan, models={TASK: MODEL_ID}
+                )
+                if not result.ok:
+                    raise RuntimeError(f"one-node run ended {result.state_name}")
+                walls["one_node" + suffix].append(result.wall)
+    out: dict[str, Any] = {f"{k}_seconds": median(v) for k, v in walls.items()}
+    out["changes"] = list(PROPOSALS)
+    out["pairs"] = pairs
+    return out
+
+
+#: The shapes measured by default, by name: full size, and with ``--quick``.
+SHAPES: tuple[str, ...] = ("single", "independent", "layered", "chain")
+
+
+def shape_builders(quick: bool) -> dict[str, Callable[[str], Shape]]:
+    wide, levels, width, length = (4, 3, 3, 10) if quick else (10, 4, 5, 50)
+    return {
+        "single": single,
+        "independent": lambda nonce: independent(wide, nonce),
+        "layered": lambda nonce: layered(levels, width, nonce),
+        "chain": lambda nonce: chain(length, nonce),
+    }
+
+
+def fixed_overhead(bench: Bench, catalog: Path, *, runs: int, pairs: int) -> dict[str, Any]:
+    """Empty-plan runs, after one warm-up run (imports, clients) reported as ``cold``."""
     log("dag: empty-plan runs (fixed overhead)")
     storage = bench.storage("dag-empty")
     cold = run_flow("bench: empty plan", storage=storage, catalog=catalog, plan=[])
-    empties = [run_flow("bench: empty plan", storage=storage, catalog=catalog, plan=[]) for _ in range(3 if quick else 5)]
+    empties = [run_flow("bench: empty plan", storage=storage, catalog=catalog, plan=[]) for _ in range(runs)]
     for r in [cold, *empties]:
         if not r.ok:
             raise RuntimeError(f"empty-plan run ended {r.state_name}: {r.summary and r.summary.error}")
     stages = [sum(r.summary.timings.get(k, 0.0) for k in ("plan", "select", "execute", "respond")) for r in empties]
-    overhead = {
+    overhead: dict[str, Any] = {
         "wall_seconds": median([r.wall for r in empties]),
         "wall_seconds_runs": [round(r.wall, 4) for r in empties],
         "cold_wall_seconds": cold.wall,
@@ -141,16 +175,40 @@ def run(bench: Bench, *, seconds: float | None = None) -> dict[str, Any]:
         "target_seconds": 0.5,
     }
     overhead["met"] = overhead["wall_seconds"] <= overhead["target_seconds"]
+    if pairs:
+        log("dag: empty-plan and one-node runs, code as is and with the proposed changes, interleaved")
+        overhead["proposed"] = proposed_overhead(storage, catalog, pairs=pairs)
+    return overhead
 
-    wide, levels, width, length = (4, 3, 3, 10) if quick else (10, 4, 5, 50)
-    shapes: list[tuple[Callable[[str], Shape], int]] = [
-        (single, repeats),
-        (lambda nonce: independent(wide, nonce), repeats),
-        (lambda nonce: layered(levels, width, nonce), repeats),
-        (lambda nonce: chain(length, nonce), 1),
+
+def run(
+    bench: Bench,
+    *,
+    seconds: float | None = None,
+    shapes: Sequence[str] = SHAPES,
+    empty_runs: int | None = None,
+    pairs: int | None = None,
+) -> dict[str, Any]:
+    quick = bench.quick
+    seconds = seconds if seconds is not None else (0.2 if quick else 1.0)
+    repeats = 1 if quick else 3
+    model_dir = bench.fresh_dir("sleeping-model")
+    catalog = write_catalog(bench.root / "dag-catalog.jsonl", [catalog_record(MODEL_ID, TASK, model_dir)])
+    pins = {TASK: MODEL_ID}
+    overhead = fixed_overhead(
+        bench,
+        catalog,
+        runs=empty_runs if empty_runs is not None else (3 if quick else 5),
+        pairs=pairs if pairs is not None else (3 if quick else 6),
+    )
+    builders = shape_builders(quick)
+    # the graph carries the target: repeated (median); the chain runs half-second nodes to keep the bench short
+    plan: list[tuple[Callable[[str], Shape], int, float]] = [
+        (builders[name], repeats if name == "layered" else 1, seconds / 2 if name == "chain" and not quick else seconds)
+        for name in shapes
     ]
     rows: list[dict[str, Any]] = []
-    for build, times in shapes:
+    for build, times, node_seconds in plan:
         walls: list[float] = []
         makespans: list[float] = []
         overlap_ok = True
@@ -158,8 +216,8 @@ def run(bench: Bench, *, seconds: float | None = None) -> dict[str, Any]:
             nonce = uuid.uuid4().hex[:8]  # fresh inputs: the result cache never answers for a node
             shape = build(nonce)
             workers = max(4, shape.width)
-            log(f"dag: {shape.name}, {seconds:g} s nodes, run {k + 1}/{times} ({workers} workers)")
-            with sleeping_experts(seconds) as backend:
+            log(f"dag: {shape.name}, {node_seconds:g} s nodes, run {k + 1}/{times} ({workers} workers)")
+            with sleeping_experts(node_seconds) as backend:
                 result = run_flow(
                     f"bench: {shape.name}",
                     storage=bench.storage("dag"),
@@ -169,7 +227,9 @@ def run(bench: Bench, *, seconds: float | None = None) -> dict[str, Any]:
                     max_workers=workers,
                 )
             if not result.ok:
-                raise RuntimeError(f"{shape.name}: run ended {result.state_name}: {result.summary and result.summary.error}")
+                raise RuntimeError(
+                    f"{shape.name}: run ended {result.state_name}: {result.summary and result.summary.error}"
+                )
             if len(backend.spans) != shape.nodes:
                 raise RuntimeError(f"{shape.name}: {len(backend.spans)} expert calls for {shape.nodes} nodes")
             walls.append(result.wall)
@@ -177,13 +237,13 @@ def run(bench: Bench, *, seconds: float | None = None) -> dict[str, Any]:
             overlap_ok = overlap_ok and _max_concurrency(backend.spans) >= min(shape.width, workers)
         shape = build(uuid.uuid4().hex[:8])
         log(f"dag: {shape.name}, sequential baseline")
-        seq = sequential_baseline(shape.plan, seconds, bench.storage("dag-seq"), catalog)
-        crit = critical_path(shape.plan, seconds)
+        seq = sequential_baseline(shape.plan, node_seconds, bench.storage("dag-seq"), catalog)
+        crit = critical_path(shape.plan, node_seconds)
         makespan, wall = median(makespans), median(walls)
         row = {
             "shape": shape.name,
             "nodes": shape.nodes,
-            "node_seconds": seconds,
+            "node_seconds": node_seconds,
             "critical_path_seconds": crit,
             "makespan_seconds": makespan,
             "makespan_runs": [round(m, 4) for m in makespans],

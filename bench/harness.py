@@ -20,17 +20,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Environment set before anything imports transformers or huggingface_hub: nothing may reach the network.
+#: Environment set before anything imports transformers, huggingface_hub or prefect: nothing may reach the network.
 OFFLINE_ENV: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
 }
 
 
@@ -140,7 +143,11 @@ class Bench:
     root: Path
     llm: Any
     quick: bool = False
+    postgres: bool = True
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
     _counter: int = field(default=0, repr=False)
+    _postgres_url: str | None = field(default=None, repr=False)
+    _postgres_error: str | None = field(default=None, repr=False)
 
     def fresh_dir(self, name: str) -> Path:
         """A new empty folder under the bench's temporary root."""
@@ -152,18 +159,139 @@ class Bench:
     def storage(self, name: str = "runs") -> str:
         return str(self.fresh_dir(name))
 
+    def postgres_api(self) -> str | None:
+        """The URL of a Prefect API on PostgreSQL (started on first use, kept until the bench ends), or ``None``
+        when PostgreSQL is not installed here or was turned off."""
+        if not self.postgres or self._postgres_error is not None:
+            return None
+        if self._postgres_url is None:
+            from bench.servers import find_postgres, postgres_prefect_api
+
+            if find_postgres() is None:
+                self._postgres_error = "PostgreSQL is not installed"
+                return None
+            log("starting a PostgreSQL cluster and a Prefect API on it")
+            try:
+                self._postgres_url = self.stack.enter_context(postgres_prefect_api(switch=False))
+            except Exception as exc:
+                self._postgres_error = f"{type(exc).__name__}: {exc}"
+                log(f"no PostgreSQL-backed API: {self._postgres_error}")
+                return None
+        return self._postgres_url
+
+    @property
+    def postgres_error(self) -> str | None:
+        return self._postgres_error
+
 
 @contextlib.contextmanager
-def bench_environment(*, quick: bool = False, keep: bool = False) -> Iterator[Bench]:
+def prefect_api(url: str | None) -> Iterator[None]:
+    """Within the block, this process talks to the Prefect API at ``url`` (``None``: the bench's default API)."""
+    if url is None:
+        yield
+        return
+    import prefect.settings
+
+    # Prefect's log and event workers are per process and bind to the API they first talk to: drain them on
+    # every switch, so that the next run's logs and events (task runs are recorded from events) reach its API
+    flush_prefect_workers()
+    try:
+        with prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_API_URL: url}):
+            yield
+    finally:
+        flush_prefect_workers()
+
+
+def flush_prefect_workers() -> None:
+    """Send the logs and events still queued and stop Prefect's log and event workers (the next log or event
+    starts new ones, bound to the API then in use)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=15)
+
+
+@contextlib.contextmanager
+def api_retries() -> Iterator[Counter[str]]:
+    """Within the block, count the Prefect API's 503 answers by endpoint: the requests its client retries after
+    waiting 2, 4, 8... seconds (Prefect's server answers 503 when its database reports a lock)."""
+    import re
+
+    import httpx
+
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+    ids = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}")
+
+    def note(request: Any, response: Any) -> None:
+        if response.status_code == 503:
+            with lock:
+                counts[f"{request.method} {ids.sub('{id}', request.url.path)}"] += 1
+
+    real_async, real_sync = httpx.AsyncClient.send, httpx.Client.send
+
+    async def send_async(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        response = await real_async(self, request, *args, **kwargs)
+        note(request, response)
+        return response
+
+    def send_sync(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        response = real_sync(self, request, *args, **kwargs)
+        note(request, response)
+        return response
+
+    httpx.AsyncClient.send = send_async  # type: ignore[method-assign]
+    httpx.Client.send = send_sync  # type: ignore[method-assign]
+    try:
+        yield counts
+    finally:
+        httpx.AsyncClient.send = real_async  # type: ignore[method-assign]
+        httpx.Client.send = real_sync  # type: ignore[method-assign]
+
+
+def counting_llm() -> Any:
+    """The scripted OpenAI-compatible server, also recording the token usage of every reply it sends."""
+    from tests.llm_server import ScriptedLLM, stage_of
+
+    class CountingLLM(ScriptedLLM):
+        def __init__(self) -> None:
+            super().__init__()
+            self.usage: list[tuple[str, int, int]] = []  # (stage, prompt tokens, completion tokens) per reply
+
+        def reset(self) -> None:
+            super().reset()
+            with self._lock:
+                self.usage.clear()
+
+        def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            status, payload = super()._answer(body)
+            if status == 200:
+                used = payload["usage"]
+                with self._lock:
+                    self.usage.append((stage_of(body), used["prompt_tokens"], used["completion_tokens"]))
+            return status, payload
+
+        def tokens(self, stage: str | None = None) -> tuple[int, int]:
+            """(prompt, completion) tokens of the replies sent, for one stage or all."""
+            with self._lock:
+                rows = [u for u in self.usage if stage is None or u[0] == stage]
+            return sum(r[1] for r in rows), sum(r[2] for r in rows)
+
+    return CountingLLM()
+
+
+@contextlib.contextmanager
+def bench_environment(*, quick: bool = False, postgres: bool = True, keep: bool = False) -> Iterator[Bench]:
     """Prefect's API for this process, the scripted LLM, a temporary root, and the environment pointing at them."""
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.request import prefect_run_settings
-    from tests.llm_server import ScriptedLLM
 
     root = Path(tempfile.mkdtemp(prefix="hugginggpt-bench-"))
     saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    llm = ScriptedLLM().start()
+    llm = counting_llm().start()
     os.environ.update(
         {
             "OPENAI_BASE_URL": llm.base_url,
@@ -176,13 +304,17 @@ def bench_environment(*, quick: bool = False, keep: bool = False) -> Iterator[Be
     )
     for var in ("HUGGINGGPT_CATALOG", "HF_TOKEN"):
         os.environ.pop(var, None)
+    quiet_transformers()
     try:
         log("starting Prefect's API for this process (10-20 s)")
         t0 = time.perf_counter()
         with prefect_test_harness(server_startup_timeout=90), prefect_run_settings():
             quiet_prefect_console()
             log(f"Prefect API up in {time.perf_counter() - t0:.1f} s")
-            yield Bench(root=root, llm=llm, quick=quick)
+            bench = Bench(root=root, llm=llm, quick=quick, postgres=postgres)
+            with bench.stack:
+                yield bench
+            flush_prefect_workers()
     finally:
         llm.stop()
         for k, v in saved.items():
@@ -192,6 +324,17 @@ def bench_environment(*, quick: bool = False, keep: bool = False) -> Iterator[Be
                 os.environ[k] = v
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def quiet_transformers() -> None:
+    """No progress bars from transformers on the bench's stderr."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
 
 
 _ENV_KEYS = (

@@ -55,6 +55,26 @@ def _json_complete(text: str) -> bool:
     return False
 
 
+def _enforcer_tokenizer_data(tokenizer: Any) -> Any:
+    """lm-format-enforcer's view of the vocabulary: (id, text, starts a word) for each regular token."""
+    from lmformatenforcer import TokenEnforcerTokenizerData
+
+    vocab_size = len(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    zero = tokenizer.encode("0")[-1]
+    regular = []
+    for idx in range(vocab_size):
+        if idx in special:
+            continue
+        after_zero = tokenizer.decode([zero, idx])[1:]
+        regular.append((idx, after_zero, len(after_zero) > len(tokenizer.decode([idx]))))
+
+    def decode(tokens: list[int]) -> str:
+        return tokenizer.decode(tokens).rstrip("\ufffd")
+
+    return TokenEnforcerTokenizerData(regular, decode, tokenizer.eos_token_id, False, vocab_size)
+
+
 def _keep(cache: Any, length: int) -> None:
     """Cut an attention cache down to its first ``length`` tokens."""
     extra = cache.get_seq_length() - length
@@ -81,9 +101,7 @@ class LocalChatModel:
         self._last_cache: Any = None
         self._tokenizer_data: Any = None
         if constrained:
-            from lmformatenforcer.integrations.transformers import build_token_enforcer_tokenizer_data
-
-            self._tokenizer_data = build_token_enforcer_tokenizer_data(self.tokenizer)
+            self._tokenizer_data = _enforcer_tokenizer_data(self.tokenizer)
 
     def _schema_constraint(self, response_format: Any) -> Any:
         """A ``prefix_allowed_tokens_fn`` enforcing a ``json_schema`` response format, when enabled."""
@@ -91,11 +109,11 @@ class LocalChatModel:
             return None
         if response_format.get("type") != "json_schema":
             return None
-        from lmformatenforcer import JsonSchemaParser
-        from lmformatenforcer.integrations.transformers import build_transformers_prefix_allowed_tokens_fn
+        from lmformatenforcer import JsonSchemaParser, TokenEnforcer
 
         schema = response_format.get("json_schema", {}).get("schema", {})
-        return build_transformers_prefix_allowed_tokens_fn(self._tokenizer_data, JsonSchemaParser(schema))
+        enforcer = TokenEnforcer(self._tokenizer_data, JsonSchemaParser(schema))
+        return lambda batch_id, sent: enforcer.get_allowed_tokens(sent.tolist()).allowed_tokens
 
     def chat(
         self, messages: list[dict[str, str]], max_tokens: int | None, response_format: Any = None

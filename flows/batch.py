@@ -103,10 +103,18 @@ class ParsedLine(BaseModel):
     spec: BatchLine | None = None
     plan: list[PlanNode] | None = None
     error: str | None = None
+    id: str | None = Field(default=None, description="the line's id, when it could be read")
+    request: str | None = Field(default=None, description="the line's request, when it could be read")
 
     @property
     def valid(self) -> bool:
         return self.error is None and self.spec is not None
+
+    def invalid_record(self) -> LineResult:
+        meta = self.spec.meta if self.spec is not None else {}
+        return LineResult(
+            line=self.line, id=self.id, request=self.request, status="invalid", error=self.error, meta=meta
+        )
 
 
 class LineResult(BaseModel):
@@ -148,6 +156,24 @@ class BatchSummary(BaseModel):
     records: list[LineResult] = Field(default_factory=list)
 
 
+class BatchFailed(RuntimeError):
+    """Some lines of a batch failed or were invalid (every other line ran); ``summary`` holds every result.
+
+    The data of the batch's Failed state, so that ``state.result(raise_on_failure=False)`` gives it back and
+    a plain call of the flow raises it with a readable message.
+    """
+
+    def __init__(self, summary: BatchSummary) -> None:
+        self.summary = summary
+        super().__init__(
+            f"{summary.failed} failed and {summary.invalid} invalid of {summary.lines} line(s); "
+            f"results: {summary.results_uri}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.summary,))
+
+
 # ---------------------------------------------------------------------------
 # reading the file
 # ---------------------------------------------------------------------------
@@ -183,10 +209,15 @@ def parse_line(number: int, text: str) -> ParsedLine:
         return ParsedLine(line=number, error=f"line {number}: not JSON ({exc.msg} at column {exc.colno})")
     if not isinstance(value, dict):
         return ParsedLine(line=number, error=f"line {number}: expected a JSON object, got {type(value).__name__}")
+    raw_id = value.get("id")
+    known: dict[str, Any] = {
+        "id": str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None,
+        "request": value.get("request") if isinstance(value.get("request"), str) else None,
+    }
     try:
         spec = BatchLine.model_validate(value)
     except ValidationError as exc:
-        return ParsedLine(line=number, error=f"line {number}: {_pydantic_problems(exc)}")
+        return ParsedLine(line=number, error=f"line {number}: {_pydantic_problems(exc)}", **known)
     plan = None
     if spec.plan is not None:
         try:
@@ -194,8 +225,8 @@ def parse_line(number: int, text: str) -> ParsedLine:
                 _plan_nodes(spec.plan), inputs=spec.inputs, request=spec.request, allowed=TASK_TYPES
             )
         except PlanValidationError as exc:
-            return ParsedLine(line=number, spec=spec, error=f"line {number}: plan: {exc}")
-    return ParsedLine(line=number, spec=spec, plan=plan)
+            return ParsedLine(line=number, spec=spec, error=f"line {number}: plan: {exc}", **known)
+    return ParsedLine(line=number, spec=spec, plan=plan, **known)
 
 
 def parse_requests(text: str) -> list[ParsedLine]:
@@ -360,6 +391,8 @@ def run_line(
         value = state.result(raise_on_failure=False)
     except Exception as exc:  # the child could not even start (e.g. its parameters were rejected)
         return failed(f"{type(exc).__name__}: {exc}")
+    if isinstance(value, BaseException) and isinstance(getattr(value, "summary", None), RunSummary):
+        value = value.summary  # a failure that carries the run's summary
     if not isinstance(value, RunSummary):
         return failed(f"the request's flow run ended {state.name} without a summary: {value}")
     answer = value.answer if len(value.answer) <= _ANSWER_CHARS else value.answer[: _ANSWER_CHARS - 3] + "..."
@@ -481,8 +514,9 @@ def hugginggpt_batch(
         max_in_flight: requests running at the same time (default ``HUGGINGGPT_BATCH_MAX_IN_FLIGHT``).
         results_url: where to write the results JSONL (default ``{storage}/batches/{flow run id}/results.jsonl``).
 
-    Returns the :class:`BatchSummary`; when a line failed or was invalid the flow run ends Failed with the
-    summary as its data (``return_state=True`` gives it back), after every other line has run.
+    Returns the :class:`BatchSummary`. When a line failed or was invalid, the flow run ends Failed (after every
+    other line has run) with a :class:`BatchFailed` as its data, whose ``summary`` is the same; ``run_batch``
+    returns the summary either way.
     """
     t_start = time.perf_counter()
     log = get_run_logger()
@@ -494,11 +528,7 @@ def hugginggpt_batch(
     records: list[LineResult | None] = [None] * len(parsed)
     for pos, p in enumerate(parsed):
         if not p.valid:
-            records[pos] = (
-                _record(p.line, p.spec, status="invalid", error=p.error)
-                if p.spec is not None
-                else LineResult(line=p.line, status="invalid", error=p.error)
-            )
+            records[pos] = p.invalid_record()
             log.warning("invalid %s", p.error)
     invalid = sum(not p.valid for p in parsed)
     log.info("%d line(s), %d invalid; at most %d in flight", len(parsed), invalid, in_flight)
@@ -619,9 +649,8 @@ def hugginggpt_batch(
         description=f"Batch summary: {requests_url}",
     )
     if summary.status == "failed":
-        return Failed(
-            message=f"{summary.failed} failed and {summary.invalid} invalid of {summary.lines} line(s)", data=summary
-        )
+        failure = BatchFailed(summary)
+        return Failed(message=str(failure), data=failure)
     return summary
 
 
@@ -647,6 +676,8 @@ def run_batch(
             return_state=True,
         )
     value = state.result(raise_on_failure=False)
+    if isinstance(value, BatchFailed):
+        return value.summary
     if isinstance(value, BatchSummary):
         return value
     if isinstance(value, BaseException):

@@ -19,22 +19,73 @@ from collections.abc import Iterator
 from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.annotations import allow_failure
 
 from tasks.settings import Settings
+
+try:
+    from prefect_dask import DaskTaskRunner
+except ImportError:  # the 'dask' extra is not installed
+    DaskTaskRunner = None
 
 
 class TaskRunnerError(RuntimeError):
     """The configured task runner cannot be built here (prefect-dask missing, cluster unreachable)."""
 
 
+class DaskAllowFailure(allow_failure[Any]):
+    """``allow_failure`` in a form Dask rebuilds as itself.
+
+    Dask rebuilds the containers of a task's arguments once it has swapped futures for their values, and
+    turns a tuple subclass (which Prefect's annotations are) into a plain tuple, unless it looks like a
+    namedtuple. Without the annotation, a dependent of a failed node would never start (Prefect refuses a
+    failed upstream), instead of ending Skipped under its own name; this class keeps it through Dask.
+    """
+
+    __slots__ = ()
+    _fields = ("value",)
+    _field_defaults: dict[str, Any] = {}
+
+    @classmethod
+    def _make(cls, iterable: Any) -> DaskAllowFailure:
+        return cls(*iterable)
+
+    def _asdict(self) -> dict[str, Any]:
+        return {"value": self[0]}
+
+    def _replace(self, **fields: Any) -> DaskAllowFailure:
+        return type(self)(fields.get("value", self[0]))
+
+    def __getnewargs__(self) -> tuple[Any]:  # type: ignore[override]
+        return (self[0],)
+
+
+def _dask_safe(value: Any) -> Any:
+    """``value`` with every ``allow_failure`` inside a list, tuple, set or dict made a :class:`DaskAllowFailure`."""
+    if isinstance(value, allow_failure):
+        return value if isinstance(value, DaskAllowFailure) else DaskAllowFailure(_dask_safe(value.unwrap()))
+    if isinstance(value, dict):
+        return {k: _dask_safe(v) for k, v in value.items()}
+    if isinstance(value, list | set | frozenset) or type(value) is tuple:
+        return type(value)(_dask_safe(v) for v in value)
+    return value
+
+
+if DaskTaskRunner is not None:
+
+    class HuggingGPTDaskTaskRunner(DaskTaskRunner):
+        """prefect-dask's runner, with ``allow_failure`` kept through Dask (see :class:`DaskAllowFailure`)."""
+
+        def submit(  # type: ignore[override]
+            self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None
+        ) -> Any:
+            return super().submit(task, _dask_safe(parameters), _dask_safe(wait_for), dependencies)
+
+
 def _dask_runner_class() -> Any:
-    try:
-        from prefect_dask import DaskTaskRunner
-    except ImportError as exc:
-        raise TaskRunnerError(
-            "HUGGINGGPT_TASK_RUNNER=dask needs prefect-dask: pip install 'hugginggpt-prefect[dask]'"
-        ) from exc
-    return DaskTaskRunner
+    if DaskTaskRunner is None:
+        raise TaskRunnerError("HUGGINGGPT_TASK_RUNNER=dask needs prefect-dask: pip install 'hugginggpt-prefect[dask]'")
+    return HuggingGPTDaskTaskRunner
 
 
 def dask_address(settings: Settings) -> str | None:

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 
@@ -77,9 +77,11 @@ def _address_kind(address: str) -> str | None:
         return "a loopback address"
     if ip.is_link_local:
         return "a link-local address"
+    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+        return "not a public address"
     if ip.is_private:
         return "a private address"
-    if ip.is_multicast or ip.is_unspecified or ip.is_reserved or not ip.is_global:
+    if not ip.is_global:
         return "not a public address"
     return None
 
@@ -352,6 +354,16 @@ class _CheckedRedirectHandler(urllib.request.HTTPRedirectHandler):
         super().__init__()
         self.policy = policy
         self.ref = ref
+
+    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        location = headers.get("Location") or headers.get("URI")
+        if location:
+            newurl = urljoin(req.full_url, location)
+            if url_scheme(newurl) not in _HTTP_SCHEMES:
+                raise InputError(f"input {self.ref} redirects to {newurl}, which is not an http(s) URL")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
     def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
         if url_scheme(newurl) not in _HTTP_SCHEMES:

@@ -17,7 +17,7 @@ import openai
 from openai import OpenAI
 
 from tasks.schemas import LLMUsage
-from tasks.settings import Settings
+from tasks.settings import Settings, redact
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class LLMClient:
             max_retries=settings.llm_max_retries,
         )
         self._schema_supported = settings.llm_json_schema
+        self._secrets = settings.secret_values()
         self._lock = threading.Lock()
         self.usage = LLMUsage()
 
@@ -107,16 +108,16 @@ class LLMClient:
             response = self._create(kwargs)
         except openai.BadRequestError as exc:
             if "response_format" not in kwargs:
-                raise self._wrap(exc) from exc
-            logger.info("LLM server rejected response_format (%s); asking again without it", _short(exc))
+                raise self._wrap(exc) from None
+            logger.info("LLM server rejected response_format (%s); asking again without it", self._short(exc))
             self._schema_supported = False
             kwargs.pop("response_format")
             try:
                 response = self._create(kwargs)
             except openai.OpenAIError as exc2:
-                raise self._wrap(exc2) from exc2
-        except openai.OpenAIError as exc:
-            raise self._wrap(exc) from exc
+                raise self._wrap(exc2) from None
+        except openai.OpenAIError as exc:  # not chained: what the server said may echo the key
+            raise self._wrap(exc) from None
 
         usage = LLMUsage(calls=1)
         if response.usage is not None:
@@ -135,6 +136,9 @@ class LLMClient:
     def _create(self, kwargs: dict[str, Any]) -> Any:
         return self._client.chat.completions.create(**kwargs)
 
+    def _short(self, exc: BaseException) -> str:
+        return redact(_short(exc), self._secrets)
+
     def _wrap(self, exc: BaseException) -> LLMError:
         where = f"the LLM at {self.base_url} (model {self.model!r})"
         if isinstance(exc, openai.APITimeoutError):
@@ -144,7 +148,7 @@ class LLMClient:
             )
         if isinstance(exc, openai.APIConnectionError):
             return LLMUnavailableError(
-                f"could not reach {where}: {_short(exc)}. Set OPENAI_BASE_URL to a reachable "
+                f"could not reach {where}: {self._short(exc)}. Set OPENAI_BASE_URL to a reachable "
                 "OpenAI-compatible server (or unset it and set OPENAI_API_KEY to use OpenAI)"
             )
         if isinstance(exc, openai.AuthenticationError):
@@ -152,10 +156,10 @@ class LLMClient:
         if isinstance(exc, openai.NotFoundError):
             return LLMError(f"{where} does not know that model; set HUGGINGGPT_LLM_MODEL to one it serves")
         if isinstance(exc, openai.RateLimitError):
-            return LLMError(f"{where} is rate limiting requests (429) after retries: {_short(exc)}")
+            return LLMError(f"{where} is rate limiting requests (429) after retries: {self._short(exc)}")
         if isinstance(exc, openai.APIStatusError):
-            return LLMError(f"{where} answered HTTP {exc.status_code}: {_short(exc)}")
-        return LLMError(f"{where} failed: {_short(exc)}")
+            return LLMError(f"{where} answered HTTP {exc.status_code}: {self._short(exc)}")
+        return LLMError(f"{where} failed: {self._short(exc)}")
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

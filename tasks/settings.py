@@ -162,6 +162,15 @@ class Settings(BaseSettings):
         data.update(given)
         return type(self).model_validate(data)
 
+    def secret_values(self) -> list[str]:
+        """Every configured secret: the API key, the Hugging Face token, storage credentials (to keep out of
+        messages and logs)."""
+        from tasks.storage import credential_values
+
+        values = [s.get_secret_value() for s in (self.openai_api_key, self.hf_token) if s is not None]
+        values += credential_values(self.storage_options)
+        return [v for v in values if len(v) >= 4]
+
     @property
     def llm_configured(self) -> bool:
         return self.openai_api_key is not None or self.openai_base_url is not None
@@ -189,6 +198,14 @@ class Settings(BaseSettings):
         except ImportError:  # pragma: no cover - torch is a dependency
             pass
         return "cpu"
+
+
+def redact(text: str, secrets: list[str] | tuple[str, ...]) -> str:
+    """``text`` with every one of ``secrets`` replaced by ``***``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def load_settings(**overrides: Any) -> Settings:

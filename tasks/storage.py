@@ -192,6 +192,21 @@ def read_uri(
 _CREDENTIAL_NAME = re.compile(r"key|secret|token|pass|credential|sas|auth|session|signature", re.IGNORECASE)
 
 
+def credential_values(options: Any) -> list[str]:
+    """The values of every credential-like entry of fsspec options, at any depth (what must never be shown)."""
+    found: list[str] = []
+    if isinstance(options, dict):
+        for k, v in options.items():
+            if _CREDENTIAL_NAME.search(str(k)) and isinstance(v, str | bytes):
+                found.append(v.decode(errors="replace") if isinstance(v, bytes) else v)
+            else:
+                found += credential_values(v)
+    elif isinstance(options, list | tuple):
+        for v in options:
+            found += credential_values(v)
+    return found
+
+
 def without_credentials(options: Any) -> Any:
     """fsspec options with every credential-like entry (key, secret, token, password, ...) removed, at any depth:
     what may be saved in a Prefect block, shown or logged."""

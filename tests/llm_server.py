@@ -2,8 +2,9 @@
 
 Replies are chosen per stage (planning, selection, response), told apart by the
 system prompt each stage sends. A script entry is a reply string, a callable
-taking the request body and returning one, or an :class:`HTTPFault` to answer
-with an error status. A list of entries is consumed in order, the last repeating.
+taking the request body and returning one (or an :class:`HTTPFault`), or an
+:class:`HTTPFault` to answer with an error status. A list of entries is consumed
+in order, the last repeating.
 """
 
 from __future__ import annotations
@@ -110,11 +111,13 @@ class ScriptedLLM:
                 entry: Any = default_reply(stage, body)
             else:
                 entry = entries.pop(0) if len(entries) > 1 else entries[0]
+        if callable(entry) and not isinstance(entry, HTTPFault):
+            entry = entry(body)  # a reply, or an HTTPFault chosen from the request
         if isinstance(entry, HTTPFault):
             if entry.delay:
                 time.sleep(entry.delay)
             return entry.status, {"error": {"message": entry.message, "type": "server_error"}}
-        content = entry(body) if callable(entry) else entry
+        content = entry
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         return 200, {
             "id": f"chatcmpl-{len(self.requests)}",

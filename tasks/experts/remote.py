@@ -287,6 +287,8 @@ class RemoteBackend:
                 raise ExpertError(f"{where} cannot run {task}: {exc}") from exc
             except Exception as exc:
                 failure = _classify(exc)
+                if self.token:  # a server may echo the credentials it was sent
+                    failure.message = failure.message.replace(self.token, "***")
                 if failure.kind == "loading":
                     remaining = loading_deadline - time.monotonic()
                     if remaining <= 0:

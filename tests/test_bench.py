@@ -1,0 +1,185 @@
+"""The benchmarks, at tiny sizes: the structure of their output and relative facts only, never absolute times."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import dag, llm_calls, report, reuse
+from bench.__main__ import SECTIONS, build_document, default_out, parse_args
+from bench.harness import (
+    Bench,
+    catalog_record,
+    counting_llm,
+    reset_local_backends,
+    run_flow,
+    sleeping_experts,
+    write_catalog,
+)
+from bench.memory import Sampler, linked_copies
+from bench.throughput import plan_reply, request_text
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+TINY_BERT: dict[str, int] = {
+    "vocab_size": 400,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Bench]:
+    from flows.request import prefect_run_settings
+
+    llm = counting_llm().start()
+    mp = pytest.MonkeyPatch()
+    for name, value in {
+        "OPENAI_BASE_URL": llm.base_url,
+        "OPENAI_API_KEY": "sk-test-not-a-real-key",
+        "HUGGINGGPT_LLM_MODEL": "scripted",
+        "HUGGINGGPT_LLM_MAX_RETRIES": "0",
+        "HUGGINGGPT_LLM_TIMEOUT": "10",
+    }.items():
+        mp.setenv(name, value)
+    mp.delenv("HUGGINGGPT_CATALOG", raising=False)
+    b = Bench(root=tmp_path_factory.mktemp("bench"), llm=llm, quick=True, postgres=False)
+    try:
+        with prefect_run_settings(), b.stack:
+            yield b
+    finally:
+        reset_local_backends()
+        mp.undo()
+        llm.stop()
+
+
+@pytest.fixture(scope="module")
+def results(bench: Bench) -> dict[str, Any]:
+    """The dag (four independent 0.2 s nodes), llm (plans of 1 and 5 nodes) and reuse benchmarks, once, at tiny
+    sizes."""
+    return {
+        "dag": dag.run(bench, seconds=0.2, shapes=("independent",), empty_runs=1, pairs=0),
+        "llm": llm_calls.run(bench, sizes=(1, 5)),
+        "reuse": reuse.run(bench, size=TINY_BERT),
+    }
+
+
+def test_shapes_and_critical_paths() -> None:
+    graph = dag.layered(4, 5, "x")
+    assert graph.nodes == 20 and len(graph.plan) == 20
+    assert dag.critical_path(graph.plan, 1.0) == 4.0
+    assert dag.critical_path(dag.chain(50, "x").plan, 0.5) == 25.0
+    assert dag.critical_path(dag.independent(10, "x").plan, 1.0) == 1.0
+    assert all(len(n["dep"]) == 2 for n in graph.plan[5:])
+
+
+def test_independent_nodes_run_in_parallel(results: dict[str, Any]) -> None:
+    (row,) = results["dag"]["shapes"]
+    assert row["nodes"] == 4 and row["independent_nodes_overlapped"]
+    # four 0.2 s nodes at once beat the same nodes one after another
+    assert row["makespan_seconds"] < row["sequential_seconds"]
+    assert row["makespan_seconds"] >= row["critical_path_seconds"]
+    overhead = results["dag"]["fixed_overhead"]
+    assert overhead["inside_stages_seconds"] < overhead["wall_seconds"]
+
+
+def test_three_llm_calls_whatever_the_plan(results: dict[str, Any]) -> None:
+    plans = {r["plan_nodes"]: r for r in results["llm"]["plans"]}
+    assert set(plans) == {1, 5}
+    five = plans[5]
+    assert five["calls"] == 3 and five["calls_by_stage"] == {"plan": 1, "select": 1, "respond": 1}
+    assert five["client_counted_calls"] == 3
+    assert five["nodes_with_several_candidates"] == 5 and five["chosen_by_llm"] == 5
+    assert five["hugginggpt_calls"] == five["hugginggpt_calls_measured"] == 7
+    assert five["hugginggpt_prompt_tokens"] > five["prompt_tokens"]
+    assert plans[1]["calls"] == plans[1]["hugginggpt_calls_measured"] == 3
+    assert results["llm"]["target"]["met"]
+
+
+def test_second_request_reuses_the_loaded_model(results: dict[str, Any]) -> None:
+    first, second = results["reuse"]["first"], results["reuse"]["second"]
+    assert first["loads"] == 1 and second["loads"] == 0 and second["hits"] >= 1
+    assert second["load_seconds"] * 10 <= first["load_seconds"]
+    assert results["reuse"]["target"]["met"]
+
+
+def test_table_and_json_document(results: dict[str, Any], tmp_path: Path) -> None:
+    rows = report.table_rows(results)
+    assert {r["benchmark"].split(":")[0] for r in rows} == {"dag", "llm", "reuse"}
+    assert all(set(r) == set(report.COLUMNS) for r in rows)
+    table = report.markdown_table(rows)
+    assert table.splitlines()[0] == "| " + " | ".join(report.COLUMNS) + " |"
+    assert len(table.splitlines()) == len(rows) + 2
+
+    info = report.machine()
+    document = build_document(info, results, rows)
+    assert set(document) == {"machine", "results", "table"}
+    assert document["machine"]["cpu_count"] >= 1
+    assert set(document["machine"]["versions"]) >= {"prefect", "transformers", "torch"}
+    out = tmp_path / "figures.json"
+    out.write_text(json.dumps(document, default=str), encoding="utf-8")
+    assert json.loads(out.read_text(encoding="utf-8"))["table"] == rows
+    assert default_out(info, quick=True).name.endswith("-quick.json")
+
+
+def test_failed_benchmark_is_a_row() -> None:
+    rows = report.table_rows({"batch": {"error": "RuntimeError: no"}})
+    assert rows == [
+        {"benchmark": "batch", "figure": "error", "value": "RuntimeError: no", "baseline (same run)": "", "target": ""}
+    ]
+
+
+def test_arguments() -> None:
+    assert parse_args([]).sections == list(SECTIONS)
+    assert parse_args(["--only", "llm,dag", "--quick"]).sections == ["dag", "llm"]
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "gpu"])
+
+
+def test_sleeping_expert_replaces_the_local_backend_only_within_its_block(bench: Bench) -> None:
+    import tasks.execute as execute
+
+    real = execute.backend_for
+    with sleeping_experts(0.0) as backend:
+        assert execute.backend_for(None) is backend  # type: ignore[arg-type]
+    assert execute.backend_for is real
+
+
+def test_batch_requests_and_memory_helpers(tmp_path: Path) -> None:
+    body = {"messages": [{"role": "user", "content": request_text(7)}]}
+    plan = json.loads(plan_reply(body))["tasks"]
+    assert [n["task"] for n in plan] == ["text-classification", "token-classification"]
+    assert all(n["args"]["text"].startswith("Review #7:") for n in plan)
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "weights.bin").write_bytes(b"x" * 1024)
+    copies = linked_copies(source, tmp_path / "copies", 3)
+    assert [(c / "weights.bin").read_bytes() for c in copies] == [b"x" * 1024] * 3
+
+    held = [0]
+    with Sampler(lambda: held[0], every=0.01) as sampler:
+        held[0] = 2
+    assert sampler.peak_probe == 2 and sampler.peak_rss > 0
+
+
+def test_flow_runs_the_sleeping_plan(bench: Bench) -> None:
+    catalog = write_catalog(
+        bench.root / "chain-catalog.jsonl", [catalog_record(dag.MODEL_ID, dag.TASK, bench.fresh_dir("m"))]
+    )
+    with sleeping_experts(0.0) as backend:
+        result = run_flow(
+            "bench: chain",
+            storage=bench.storage("t"),
+            catalog=catalog,
+            plan=dag.chain(3, "t").plan,
+            models={dag.TASK: dag.MODEL_ID},
+        )
+    assert result.ok and len(backend.spans) == 3
+    assert [r.outputs["text"].startswith("text-classification of") for r in result.summary.results] == [True] * 3
