@@ -414,7 +414,7 @@ def run_flow(
     caller's side: flow run creation, every stage, and the final state."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.request import configured_flow
+    from flows.request import configured_flow, summary_of
     from tasks.schemas import PlanNode, RunSummary
     from tasks.settings import load_settings
 
@@ -436,7 +436,7 @@ def run_flow(
             plan=nodes,
             return_state=True,
         )
-        value = state.result(raise_on_failure=False)
+        value = summary_of(state)
         wall = time.perf_counter() - t0
     summary = value if isinstance(value, RunSummary) else None
     return FlowRun(wall=wall, summary=summary, state_name=state.name)

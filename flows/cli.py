@@ -201,14 +201,13 @@ def _execute(
     plan: list[Any] | None = None,
     resume_from: str | None = None,
 ) -> int:
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from flows.request import configured_flow, prefect_run_settings
+    from flows.request import configured_flow, prefect_run_settings, summary_of
+    from flows.runners import task_runner_for
     from tasks.schemas import RunSummary
 
     try:
         with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
-            request_flow = configured_flow(settings, task_runner=ThreadPoolTaskRunner(max_workers=settings.max_workers))
+            request_flow = configured_flow(settings, task_runner=task_runner_for(settings))
             state = request_flow(
                 request,
                 inputs=inputs,
@@ -225,7 +224,7 @@ def _execute(
             raise
         _err(prefect_api_hint(exc))
         return EXIT_USAGE
-    summary = state.result(raise_on_failure=False)
+    summary = summary_of(state)
     if not isinstance(summary, RunSummary):
         _err(f"the run ended {state.name} without a summary: {summary}")
         return EXIT_FAILED

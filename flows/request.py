@@ -46,6 +46,32 @@ class RequestError(ValueError):
     """The request itself is unusable (empty, too long)."""
 
 
+class RequestFailed(RuntimeError):
+    """The data of a failed request run: the message says what failed, ``summary`` is the whole run summary.
+
+    A failed flow run's data must be an exception for Prefect (workers and callers without ``return_state``
+    raise it); this one carries the summary, so nothing computed is lost.
+    """
+
+    def __init__(self, summary: RunSummary, message: str) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RequestFailed, (self.summary, str(self)))
+
+
+def summary_of(state: State) -> RunSummary | None:
+    """The run summary of a finished request flow run, whether it completed or failed."""
+    try:
+        value = state.result(raise_on_failure=False)
+    except Exception:
+        return None
+    if isinstance(value, RequestFailed):
+        return value.summary
+    return value if isinstance(value, RunSummary) else None
+
+
 def _run_name() -> str:
     request = str(flow_run.parameters.get("request", "")).strip().replace("\n", " ")
     return (request[:60] + "...") if len(request) > 60 else (request or "empty request")
@@ -106,7 +132,7 @@ def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float) ->
         reason = summary.error or f"{len(failed)} of {len(summary.results)} task(s) did not complete: " + "; ".join(
             f"{r.task}#{r.id} {r.status}: {r.error}" for r in failed
         )
-        return Failed(message=reason, data=summary)
+        return Failed(message=reason, data=RequestFailed(summary, reason))
     return summary
 
 
@@ -423,8 +449,10 @@ def run_request(
 ) -> RunSummary:
     """Run the flow and return its summary whatever the outcome (no Prefect state to unwrap)."""
     settings = load_settings(storage=storage, catalog=catalog)
+    from flows.runners import task_runner_for
+
     with prefect_run_settings(heartbeats=settings.heartbeats):
-        state = configured_flow(settings)(
+        state = configured_flow(settings, task_runner=task_runner_for(settings))(
             request,
             inputs=list(inputs),
             models=dict(models or {}),
@@ -435,7 +463,7 @@ def run_request(
             resume_from=resume_from,
             return_state=True,
         )
-    value = state.result(raise_on_failure=False)
-    if isinstance(value, RunSummary):
-        return value
-    raise RuntimeError(f"the flow run ended {state.name} without a summary: {value}")
+    summary = summary_of(state)
+    if summary is not None:
+        return summary
+    raise RuntimeError(f"the flow run ended {state.name} without a summary: {state.message}")

@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import BatchFailed, abstract_inputs, adapt_plan, hugginggpt_batch, parse_line, run_batch
 from flows.cli import main
-from flows.request import configured_flow, prefect_run_settings
+from flows.request import configured_flow, prefect_run_settings, summary_of
 from flows.runners import task_runner_for
 from tasks.schemas import PlanNode, RunSummary
 from tasks.settings import load_settings
@@ -329,7 +329,7 @@ def test_request_runs_on_a_dask_cluster_with_a_model_cache_per_worker(
                 state = request_flow(
                     "Caption both photos, rate the captions", inputs=[photo, missing], plan=plan, return_state=True
                 )
-            summary = state.result(raise_on_failure=False)
+            summary = summary_of(state)
             assert isinstance(summary, RunSummary), summary
             # nodes ran on the cluster; a failed node's dependent still started there, and ended skipped
             assert [r.status for r in summary.results] == ["completed", "completed", "failed", "skipped"]

@@ -13,7 +13,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
-from flows.request import hugginggpt_request, prefect_run_settings, run_request
+from flows.request import hugginggpt_request, prefect_run_settings, run_request, summary_of
 from tasks.experts.local import LocalBackend
 from tasks.schemas import RunSummary
 from tests.llm_server import HTTPFault, plan_json
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 def _run(request: str, **kwargs: Any) -> tuple[Any, RunSummary]:
     with prefect_run_settings():
         state = hugginggpt_request(request, return_state=True, **kwargs)
-    summary = state.result(raise_on_failure=False)
+    summary = summary_of(state)
     assert isinstance(summary, RunSummary), summary
     return state, summary
 

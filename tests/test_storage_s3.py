@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.cli import main
-from flows.request import run_request
+from flows.request import run_request, summary_of
 from tasks.experts.base import ExpertError
 from tasks.experts.local import LocalBackend
 from tests.llm_server import plan_json
@@ -261,7 +261,7 @@ def test_prefect_retry_of_the_flow_run_resumes_it(env: Path, llm, model_calls, m
         state = run_flow(
             retrying, flow_run=asyncio.run(read_run()), parameters={"request": "Summarize and tag"}, return_type="state"
         )
-    summary = state.result(raise_on_failure=False)
+    summary = summary_of(state)
     assert state.is_completed() and summary.status == "completed"
     assert summary.flow_run_id == str(first.state_details.flow_run_id)
     assert [(r.status, r.cached) for r in summary.results] == [("completed", False), ("completed", True)]
