@@ -112,6 +112,50 @@ def reset_local_backends() -> None:
     gc.collect()
 
 
+class Sampler:
+    """Samples this process's RSS (and ``probe()``, e.g. a cache's size) every ``every`` seconds in a thread."""
+
+    def __init__(self, probe: Callable[[], int] = lambda: 0, every: float = 0.02) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._probe = probe
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-rss-sampler", daemon=True)
+        self.samples: list[tuple[float, int, int]] = []
+        self.start_rss = 0
+
+    def rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    def _sample(self) -> None:
+        self.samples.append((time.perf_counter(), self.rss(), int(self._probe())))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self._every)
+
+    def __enter__(self) -> Sampler:
+        self.start_rss = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def peak_rss(self) -> int:
+        return max(s[1] for s in self.samples)
+
+    @property
+    def peak_probe(self) -> int:
+        return max(s[2] for s in self.samples)
+
+
 # ---------------------------------------------------------------------------
 # catalogs
 # ---------------------------------------------------------------------------
@@ -145,6 +189,7 @@ class Bench:
     quick: bool = False
     postgres: bool = True
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+    shared: dict[str, Any] = field(default_factory=dict, repr=False)  # what one benchmark leaves for another
     _counter: int = field(default=0, repr=False)
     _postgres_url: str | None = field(default=None, repr=False)
     _postgres_error: str | None = field(default=None, repr=False)

@@ -124,6 +124,7 @@ def reuse_rows(r: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def batch_rows(r: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
+    what = f"batch: {r['requests']} one-node requests over {r['models']} models, cache bound {r['max_models']}"
     for api in r["apis"]:
         base = api["modes"][0]
         for row in api["modes"][1:]:
@@ -131,10 +132,9 @@ def batch_rows(r: Mapping[str, Any]) -> list[dict[str, str]]:
             base_retried = sum(base.get("api_503_retries", {}).values())
             rows.append(
                 {
-                    "benchmark": f"batch: {r['requests']} requests of {r['nodes_per_request']} nodes, {row['mode']}, "
-                    f"Prefect API on {api['api']}",
-                    "figure": "requests per minute (seconds; API 503s retried)",
-                    "value": f"{row['requests_per_minute']:.0f}/min ({_s(row['seconds'], 1)}; {retried}), "
+                    "benchmark": f"{what}, Prefect API on {api['api']}",
+                    "figure": f"requests per minute, {row['mode']} (seconds; API 503s retried)",
+                    "value": f"{row['requests_per_minute']:.0f}/min ({_s(row['seconds'], 1)}; {retried}): "
                     f"{row['speedup']:.2f}x",
                     "baseline (same run)": f"{base['mode']}: {base['requests_per_minute']:.0f}/min "
                     f"({_s(base['seconds'], 1)}; {base_retried})",
@@ -149,11 +149,11 @@ def memory_rows(r: Mapping[str, Any]) -> list[dict[str, str]]:
     return [
         {
             "benchmark": f"memory: batch of {bounded['requests']} requests over {r['models']} models of "
-            f"{r['model_mb']:.0f} MB, cache {bounded['cache']}",
-            "figure": "peak RSS (growth during the batch), most models held",
+            f"{r['model_mb']:.0f} MB, cache {bounded['cache']}, API on {r['api']}",
+            "figure": "peak RSS (growth during the batch), most models held, loads",
             "value": f"{bounded['peak_rss_mb']:.0f} MB (+{bounded['peak_growth_mb']:.0f} MB), "
             f"{bounded['most_models_held']} held, {bounded['loads']} loads",
-            "baseline (same run)": f"cache {full['cache']}: {full['peak_rss_mb']:.0f} MB "
+            "baseline (same run)": f"{full['requests']} requests, cache {full['cache']}: {full['peak_rss_mb']:.0f} MB "
             f"(+{full['peak_growth_mb']:.0f} MB), {full['most_models_held']} held, {full['loads']} loads",
             "target": _target(f"<= {r['target']['bound']} models held", r["target"]["met"]),
         }

@@ -1,25 +1,60 @@
-"""Item 4, batch throughput: the same requests through the batch flow and one by one.
+"""Item 4, batch throughput: the same requests through the batch flow and one by one, with the model cache bound set.
 
-Each request asks about one review (its text is in the request): the scripted LLM plans two independent nodes,
-text-classification and token-classification, on that text (tiny random models, pinned, so no selection call
-is needed); the response is one more LLM call. The requests file is a JSONL read by ``hugginggpt-batch``; the
-baseline runs the same requests one after another with ``run_request``, the documented Python entry point.
-Both use their own storage folder (the output cache never answers across them) after one warm-up request
-that loads the two models, so both find the models loaded.
+Fifty requests, each asking whether one review (quoted in the request) is positive. Each line carries its plan
+(one text-classification node on the review, in HuggingGPT's format) and pins its model: line i runs classifier
+i mod 6. The six classifiers are one random model of 14M parameters (55 MB), its folder hard-linked six times, so
+six models to the cache; with the cache bound ``HUGGINGGPT_MAX_MODELS=2``, consecutive requests change model and
+the cache evicts and loads as it would serving many models. The LLM writes each answer (one call per request).
+
+Modes: the requests file through ``hugginggpt-batch`` (4 in flight), and the baseline, the same requests one after
+another with ``run_request``, the documented Python entry point. Each mode starts with an empty model cache and its
+own storage folder, after one warm-up request. Measured against the bench's Prefect API (SQLite) and, when
+PostgreSQL is installed here, a PostgreSQL-backed one (:mod:`bench.servers`); the API's 503 answers, which its
+client retries after 2, 4, 8... seconds, are counted. A thread samples the process RSS and the cache's size
+during each mode: :mod:`bench.memory` reports them.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import re
+import os
+import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Bench, api_retries, catalog_record, log, prefect_api, write_catalog
+from bench.harness import (
+    Bench,
+    Sampler,
+    api_retries,
+    catalog_record,
+    env_vars,
+    log,
+    prefect_api,
+    reset_local_backends,
+    write_catalog,
+)
 
-TASKS: tuple[str, ...] = ("text-classification", "token-classification")
+TASK = "text-classification"
+MODELS = 6
+BOUND = 2
+IN_FLIGHT = 4
+#: 6 layers of 384 over an 8000-token vocabulary: 14M parameters, most of them touched by every forward pass.
+MODEL_SIZE: dict[str, int] = {
+    "vocab_size": 8000,
+    "hidden_size": 384,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 6,
+    "intermediate_size": 1536,
+}
+QUICK_MODEL_SIZE: dict[str, int] = {
+    "vocab_size": 1000,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+}
 REVIEWS: tuple[str, ...] = (
     "The battery died after two days and Alice at the shop would not help.",
     "Great little camera, Bob in Paris says it survived the rain.",
@@ -27,55 +62,83 @@ REVIEWS: tuple[str, ...] = (
     "The hotel near the station was clean and quiet.",
     "I returned the headphones; the left side crackled.",
 )
-_REVIEW_RE = re.compile(r'Review #(\d+) says: "(.*?)"')
+ANSWER = "The review is mostly negative."
 
 
 def request_text(i: int) -> str:
-    review = REVIEWS[i % len(REVIEWS)]
-    return f'Is this review positive, and who or where does it name? Review #{i} says: "{review}"'
+    return f'Is this review positive? Review #{i} says: "{REVIEWS[i % len(REVIEWS)]}"'
 
 
-def plan_reply(body: dict[str, Any], tasks: tuple[str, ...] = TASKS) -> str:
-    """The scripted planner: one node per task of ``tasks``, independent, on the review quoted in the request."""
-    user = body["messages"][-1]["content"]
-    match = _REVIEW_RE.search(user)
-    text = f"Review #{match.group(1)}: {match.group(2)}" if match else user[-200:]
-    nodes = [{"id": k, "task": task, "dep": [-1], "args": {"text": text}} for k, task in enumerate(tasks)]
-    return json.dumps({"tasks": nodes})
+def plan_for(i: int) -> list[dict[str, Any]]:
+    return [{"id": 0, "task": TASK, "dep": [-1], "args": {"text": f"Review #{i}: {REVIEWS[i % len(REVIEWS)]}"}}]
 
 
-def script_llm(bench: Bench, tasks: tuple[str, ...] = TASKS) -> None:
-    bench.llm.reset()
-    bench.llm.set(
-        plan=functools.partial(plan_reply, tasks=tasks), respond="The review is mixed; it names a person and a place."
+def linked_copies(source: Path, root: Path, count: int) -> list[Path]:
+    """``count`` folders holding ``source``'s files as hard links (copies where links are not possible)."""
+    folders = []
+    for k in range(count):
+        folder = root / f"model-{k}"
+        try:
+            shutil.copytree(source, folder, copy_function=os.link)
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(source, folder)
+        folders.append(folder)
+    return folders
+
+
+def models(bench: Bench) -> dict[str, Any]:
+    """The six classifiers (built once per bench run) and a catalog naming them."""
+    if "models" in bench.shared:
+        return bench.shared["models"]
+    from bench.reuse import build_model
+
+    count = 3 if bench.quick else MODELS
+    source = bench.fresh_dir("classifier")
+    log(f"batch: building one random classifier, linked {count} times")
+    params = build_model(source, QUICK_MODEL_SIZE if bench.quick else MODEL_SIZE)
+    folders = linked_copies(source, bench.fresh_dir("classifiers"), count)
+    ids = [f"bench/classifier-{k}" for k in range(count)]
+    catalog = write_catalog(
+        bench.root / "classifiers.jsonl", [catalog_record(i, TASK, f) for i, f in zip(ids, folders, strict=True)]
     )
+    weights = sum(f.stat().st_size for f in source.iterdir() if f.suffix == ".safetensors")
+    bench.shared["models"] = {
+        "ids": ids,
+        "catalog": catalog,
+        "parameters": params,
+        "model_mb": round(weights / 1e6, 1),
+        "bound": 1 if bench.quick else BOUND,
+    }
+    return bench.shared["models"]
 
 
-def tiny_catalog(bench: Bench) -> tuple[Path, dict[str, str]]:
-    """Tiny random models for the two tasks, in a catalog; and the pins that name them."""
-    from tests.tiny_models import build_tiny_models
-
-    paths = build_tiny_models(bench.root / "tiny-models", TASKS)
-    records = [catalog_record(f"bench/tiny-{task}", task, path) for task, path in paths.items()]
-    catalog = write_catalog(bench.root / "throughput-catalog.jsonl", records)
-    return catalog, {task: f"bench/tiny-{task}" for task in TASKS}
+def pins_for(ids: Sequence[str], i: int) -> dict[str, str]:
+    return {TASK: ids[i % len(ids)]}
 
 
-def write_requests(path: Path, count: int, pins_for: Any) -> Path:
-    """``count`` lines of ``{"request", "models", "id"}``; ``pins_for(i)`` gives line i's pinned models."""
-    lines = [json.dumps({"id": f"r{i}", "request": request_text(i), "models": pins_for(i)}) for i in range(count)]
+def write_requests(path: Path, count: int, ids: Sequence[str]) -> Path:
+    """``count`` lines of ``{"id", "request", "models", "plan"}``."""
+    lines = [
+        json.dumps({"id": f"r{i}", "request": request_text(i), "models": pins_for(ids, i), "plan": plan_for(i)})
+        for i in range(count)
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def one_by_one(count: int, storage: str, catalog: Path, pins_for: Any) -> tuple[float, int]:
+def one_by_one(count: int, storage: str, catalog: Path, ids: Sequence[str]) -> tuple[float, int]:
     """The requests one after another through ``run_request``; (seconds, completed)."""
     from flows.request import run_request
+    from tasks.schemas import PlanNode
 
     t0 = time.perf_counter()
     completed = 0
     for i in range(count):
-        summary = run_request(request_text(i), models=pins_for(i), storage=storage, catalog=str(catalog))
+        plan = [PlanNode.model_validate(n) for n in plan_for(i)]
+        summary = run_request(
+            request_text(i), models=pins_for(ids, i), storage=storage, catalog=str(catalog), plan=plan
+        )
         completed += summary.status == "completed"
     return time.perf_counter() - t0, completed
 
@@ -98,66 +161,82 @@ def apis(bench: Bench) -> list[tuple[str, str | None]]:
     return found
 
 
-def measure(bench: Bench, count: int, catalog: Path, pins: dict[str, str], requests: Path) -> list[dict[str, Any]]:
-    """One by one, then through the batch flow, against the current Prefect API."""
-    from flows.request import run_request
+def run_mode(bench: Bench, mode: str, count: int, max_models: int, requests: Path | None = None) -> dict[str, Any]:
+    """One mode (``one by one`` or ``batch``) from an empty model cache, sampled; against the current API."""
+    import tasks.execute as execute
+    from tasks.settings import load_settings
 
-    script_llm(bench)
-    warm = run_request(request_text(0), models=pins, storage=bench.storage("warm"), catalog=str(catalog))
-    if warm.status != "completed":
-        raise RuntimeError(f"warm-up request failed: {warm.error or [r.error for r in warm.results]}")
-    rows: list[dict[str, Any]] = []
-    log(f"batch: {count} requests one by one (run_request)")
-    script_llm(bench)
-    with api_retries() as retried:
-        seconds, done = one_by_one(count, bench.storage("one-by-one"), catalog, lambda i: pins)
-    rows.append(
-        {
-            "mode": "one by one (run_request)",
-            "requests": count,
-            "completed": done,
-            "seconds": seconds,
-            "requests_per_minute": 60.0 * count / seconds,
-            "llm_calls": sum(bench.llm.calls.values()),
-            "api_503_retries": dict(retried),
-        }
-    )
-    for in_flight in (4,):
-        log(f"batch: {count} requests through hugginggpt-batch, {in_flight} in flight")
-        script_llm(bench)
-        with api_retries() as retried:
-            seconds, summary = batch(requests, bench.storage("batch"), catalog, in_flight)
-        rows.append(
-            {
-                "mode": f"batch flow, {in_flight} in flight",
-                "requests": count,
-                "completed": summary.completed,
-                "seconds": seconds,
-                "requests_per_minute": 60.0 * count / seconds,
-                "llm_calls": sum(bench.llm.calls.values()),
-                "api_503_retries": dict(retried),
-                "slowest_line_seconds": max((r.seconds for r in summary.records), default=0.0),
-            }
-        )
-    base = rows[0]["requests_per_minute"]
-    for row in rows:
-        row["speedup"] = row["requests_per_minute"] / base
-    return rows
+    m = models(bench)
+    reset_local_backends()
+    bench.llm.reset()
+    bench.llm.set(respond=ANSWER)
+    storage = bench.storage(mode.replace(" ", "-"))
+    with env_vars(HUGGINGGPT_MAX_MODELS=str(max_models), HUGGINGGPT_DEVICE="cpu"):
+        cache = execute.backend_for(load_settings(storage=storage, catalog=str(m["catalog"]))).cache
+        with api_retries() as retried, Sampler(lambda: len(cache)) as sampler:
+            if mode == "batch":
+                assert requests is not None
+                seconds, summary = batch(requests, storage, m["catalog"], IN_FLIGHT)
+                done, slowest = summary.completed, max((r.seconds for r in summary.records), default=0.0)
+            else:
+                seconds, done = one_by_one(count, storage, m["catalog"], m["ids"])
+                slowest = None
+        stats = cache.stats()
+    reset_local_backends()
+    return {
+        "mode": f"batch flow, {IN_FLIGHT} in flight" if mode == "batch" else "one by one (run_request)",
+        "requests": count,
+        "completed": done,
+        "seconds": seconds,
+        "requests_per_minute": 60.0 * count / seconds,
+        "llm_calls": sum(bench.llm.calls.values()),
+        "api_503_retries": dict(retried),
+        "slowest_request_seconds": slowest,
+        "max_models": max_models,
+        "rss_before_mb": sampler.start_rss / 1e6,
+        "peak_rss_mb": sampler.peak_rss / 1e6,
+        "peak_growth_mb": (sampler.peak_rss - sampler.start_rss) / 1e6,
+        "most_models_held": sampler.peak_probe,
+        "loads": stats["loads"],
+        "evictions": stats["evictions"],
+        "load_seconds": stats["load_seconds"],
+    }
+
+
+def warm_up(bench: Bench) -> None:
+    """One request, so that neither mode pays the process's first-run costs (imports, clients)."""
+    m = models(bench)
+    bench.llm.reset()
+    bench.llm.set(respond=ANSWER)
+    one_by_one(1, bench.storage("warm-up"), m["catalog"], m["ids"])
+    reset_local_backends()
 
 
 def run(bench: Bench, *, count: int | None = None) -> dict[str, Any]:
     count = count or (6 if bench.quick else 50)
-    catalog, pins = tiny_catalog(bench)
-    requests = write_requests(bench.root / "requests.jsonl", count, lambda i: pins)
+    m = models(bench)
+    requests = write_requests(bench.root / "requests.jsonl", count, m["ids"])
     results = []
     for name, url in apis(bench):
-        log(f"batch: against the Prefect API on {name}")
         with prefect_api(url):
-            results.append({"api": name, "modes": measure(bench, count, catalog, pins, requests)})
+            log(f"batch: against the Prefect API on {name}: warm-up")
+            warm_up(bench)
+            log(f"batch: {count} requests one by one (run_request), API on {name}")
+            baseline = run_mode(bench, "one by one", count, m["bound"])
+            log(f"batch: {count} requests through hugginggpt-batch, {IN_FLIGHT} in flight, API on {name}")
+            batched = run_mode(bench, "batch", count, m["bound"], requests)
+        for row in (baseline, batched):
+            row["speedup"] = row["requests_per_minute"] / baseline["requests_per_minute"]
+        results.append({"api": name, "modes": [baseline, batched]})
+    bench.shared["batch"] = results
     return {
         "requests": count,
-        "nodes_per_request": len(TASKS),
-        "llm_calls_per_request": 2,
+        "nodes_per_request": 1,
+        "llm_calls_per_request": 1,
+        "models": len(m["ids"]),
+        "model_parameters": m["parameters"],
+        "model_mb": m["model_mb"],
+        "max_models": m["bound"],
         "apis": results,
         "postgresql": bench.postgres_error or "measured",
     }

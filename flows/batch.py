@@ -386,6 +386,7 @@ def run_line(
             storage=storage,
             catalog=catalog,
             plan=plan,
+            plan_source=plan_source,
             return_state=True,
         )
         value = state.result(raise_on_failure=False)

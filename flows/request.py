@@ -155,6 +155,7 @@ def hugginggpt_request(
     catalog: str | None = None,
     plan: list[PlanNode] | None = None,
     resume_from: str | None = None,
+    plan_source: str | None = None,
 ) -> RunSummary:
     """Answer one request: plan, select models, run the plan's graph, respond.
 
@@ -168,6 +169,7 @@ def hugginggpt_request(
         plan: an explicit plan (HuggingGPT format): no planning call is made.
         resume_from: the flow run id of an earlier run of this request: its plan and model choices are
             reused, and its completed nodes are not run again.
+        plan_source: where an explicit plan came from, recorded in the summary (e.g. a batch's plan cache).
 
     Returns the :class:`RunSummary`; when a node failed the flow run ends Failed
     with the summary as its data (``return_state=True`` gives it back). A retry of
@@ -180,6 +182,7 @@ def hugginggpt_request(
     settings = load_settings(storage=storage, catalog=catalog)
     run_id = str(flow_run.id or uuid.uuid4())
     summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
+    summary.plan_source = "resumed" if resume_from else plan_source or ("explicit" if plan is not None else "llm")
     store: ArtifactStore | None = None
     try:
         store = store_for(settings, run_id)

@@ -139,6 +139,9 @@ class RunSummary(BaseModel):
     status: RunStatus = "completed"
     plan: list[PlanNode] = Field(default_factory=list)
     plan_repairs: list[str] = Field(default_factory=list)
+    plan_source: str = Field(
+        default="llm", description="llm, explicit, resumed, or the batch line whose plan was reused"
+    )
     assignments: list[Assignment] = Field(default_factory=list)
     results: list[NodeResult] = Field(default_factory=list)
     answer: str = ""

@@ -190,6 +190,7 @@ def test_batch_plans_a_shared_request_once(env: Path, llm, sample_files, tmp_pat
         run = RunSummary.model_validate_json(Path(record.storage_uri, "summary.json").read_text())
         assert run.plan[0].args == {"image": str(photos[i])}  # each line's own input
         assert run.results[0].status == "completed" and run.llm.calls == 1  # only its answer
+        assert run.plan_source == record.plan_source  # the run's own summary says where its plan came from
     assert llm.calls["respond"] == 10
 
 

@@ -13,6 +13,7 @@ from bench import dag, llm_calls, report, reuse
 from bench.__main__ import SECTIONS, build_document, default_out, parse_args
 from bench.harness import (
     Bench,
+    Sampler,
     catalog_record,
     counting_llm,
     reset_local_backends,
@@ -20,8 +21,7 @@ from bench.harness import (
     sleeping_experts,
     write_catalog,
 )
-from bench.memory import Sampler, linked_copies
-from bench.throughput import plan_reply, request_text
+from bench.throughput import linked_copies, plan_for, request_text, write_requests
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -152,10 +152,14 @@ def test_sleeping_expert_replaces_the_local_backend_only_within_its_block(bench:
 
 
 def test_batch_requests_and_memory_helpers(tmp_path: Path) -> None:
-    body = {"messages": [{"role": "user", "content": request_text(7)}]}
-    plan = json.loads(plan_reply(body))["tasks"]
-    assert [n["task"] for n in plan] == ["text-classification", "token-classification"]
-    assert all(n["args"]["text"].startswith("Review #7:") for n in plan)
+    from flows.batch import parse_requests
+
+    path = write_requests(tmp_path / "requests.jsonl", 7, ["m/a", "m/b", "m/c"])
+    lines = parse_requests(path.read_text(encoding="utf-8"))
+    assert [p.valid for p in lines] == [True] * 7
+    assert lines[4].spec is not None and lines[4].spec.models == {"text-classification": "m/b"}
+    assert lines[6].plan is not None and lines[6].plan[0].args["text"].startswith("Review #6:")
+    assert "Review #6" in request_text(6) and plan_for(6)[0]["dep"] == [-1]
 
     source = tmp_path / "source"
     source.mkdir()

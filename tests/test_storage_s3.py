@@ -103,6 +103,18 @@ def test_request_stores_everything_in_the_bucket(s3: S3Server, llm, sample_files
     assert len(node_records) == 3  # one readable JSON result per node
     assert any("tasks.schemas.RunSummary" in json.dumps(r) for r in records)
 
+    async def links() -> list[Any]:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.flow_run_id]))
+            )
+        return [a for a in found if a.key and a.key.startswith(f"hugginggpt-{summary.flow_run_id}-node")]
+
+    linked = [str(a.data) for a in asyncio.run(links())]  # each stored file of an object store gets a link artifact
+    assert any(f"({detections['image']})" in d for d in linked) and any(f"({detections['json']})" in d for d in linked)
+
 
 def test_second_identical_request_runs_no_model(s3: S3Server, llm, sample_files, model_calls) -> None:
     llm.set(plan=TWO_BRANCHES, respond="Done.")
