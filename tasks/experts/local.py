@@ -330,6 +330,11 @@ class LocalBackend:
                     "; it needs the Python code of its repository, which runs only when its catalog entry says "
                     "trust_remote_code and HUGGINGGPT_TRUST_REMOTE_CODE=true"
                 )
+            elif _hub_unreachable(exc):
+                hint = (
+                    "; the Hugging Face Hub could not be reached: check the network or HF_ENDPOINT, or set "
+                    "HF_HUB_OFFLINE=1 and give models with local weights through HUGGINGGPT_CATALOG (local_path)"
+                )
             raise ExpertError(
                 f"could not load model {_describe(model)} for {task_name}: {type(exc).__name__}: {exc}{hint}"
             ) from exc
@@ -1047,6 +1052,12 @@ def parse_csv_table(data: bytes | str) -> dict[str, list[str]]:
 
 
 # --- input helpers (shared with the remote backend) ---------------------------------------------------------------
+
+
+def _hub_unreachable(exc: BaseException) -> bool:
+    """Whether loading failed because the Hub could not be reached (not because the model is broken)."""
+    text = str(exc)
+    return "couldn't connect to" in text or "Connection" in type(exc).__name__ or "offline mode" in text.lower()
 
 
 def _describe(model: ModelSpec) -> str:
