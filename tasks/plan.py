@@ -347,11 +347,6 @@ def topological_order(nodes: Sequence[PlanNode]) -> list[PlanNode]:
     return ordered
 
 
-def plan_modalities(node: PlanNode) -> dict[str, Modality]:
-    tt = TASK_TYPES[node.task]
-    return {a.name: a.modality for a in tt.args}
-
-
 # ---------------------------------------------------------------------------
 # the stage
 # ---------------------------------------------------------------------------
