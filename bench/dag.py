@@ -12,8 +12,8 @@ node sleeps the same time, so the critical path is (longest path in nodes) x sle
   with an expert that returns at once, plus the sum of the sleeps.
 
 And the per-run fixed overhead: the wall time of a run whose plan is empty (no node), beside the time spent
-inside its stages (the one LLM call); then empty-plan and one-node runs as the code is and with the changes of
-:mod:`bench.proposals`, interleaved.
+inside its stages (the one LLM call); then empty-plan and one-node runs as the code is and as it was before
+the changes of :mod:`bench.before`, interleaved.
 """
 
 from __future__ import annotations
@@ -119,15 +119,15 @@ def sequential_baseline(plan: Sequence[dict[str, Any]], seconds: float, storage:
     return elapsed + len(nodes) * seconds
 
 
-def proposed_overhead(storage: str, catalog: Path, *, pairs: int) -> dict[str, Any]:
-    """Empty-plan runs as the code is and with the changes of :mod:`bench.proposals`, interleaved (so both see
-    the same machine load), and one-node runs likewise: medians of each."""
-    from bench.proposals import PROPOSALS, all_proposals
+def before_after(storage: str, catalog: Path, *, pairs: int) -> dict[str, Any]:
+    """Empty-plan runs as the code is and as it was before the changes of :mod:`bench.before`, interleaved (so
+    both see the same machine load), and one-node runs likewise: medians of each."""
+    from bench.before import BEFORE, as_before
 
     one = [_node(0, [], "x")]
-    walls: dict[str, list[float]] = {"empty": [], "empty_proposed": [], "one_node": [], "one_node_proposed": []}
+    walls: dict[str, list[float]] = {"empty": [], "empty_before": [], "one_node": [], "one_node_before": []}
     for k in range(pairs):
-        for suffix, make in (("", contextlib.nullcontext), ("_proposed", all_proposals)):
+        for suffix, make in (("", contextlib.nullcontext), ("_before", as_before)):
             with make(), sleeping_experts(0.0):
                 walls["empty" + suffix].append(run_flow("bench: empty plan", storage=storage, plan=[]).wall)
                 plan = [{**one[0], "args": {"text": f"one node {k}{suffix}"}}]
@@ -138,7 +138,7 @@ def proposed_overhead(storage: str, catalog: Path, *, pairs: int) -> dict[str, A
                     raise RuntimeError(f"one-node run ended {result.state_name}")
                 walls["one_node" + suffix].append(result.wall)
     out: dict[str, Any] = {f"{k}_seconds": median(v) for k, v in walls.items()}
-    out["changes"] = list(PROPOSALS)
+    out["changes"] = list(BEFORE)
     out["pairs"] = pairs
     return out
 
@@ -176,8 +176,8 @@ def fixed_overhead(bench: Bench, catalog: Path, *, runs: int, pairs: int) -> dic
     }
     overhead["met"] = overhead["wall_seconds"] <= overhead["target_seconds"]
     if pairs:
-        log("dag: empty-plan and one-node runs, code as is and with the proposed changes, interleaved")
-        overhead["proposed"] = proposed_overhead(storage, catalog, pairs=pairs)
+        log("dag: empty-plan and one-node runs, code as is and as before bench/before.py's changes, interleaved")
+        overhead["before_after"] = before_after(storage, catalog, pairs=pairs)
     return overhead
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -408,20 +409,33 @@ def results_storage_url(settings: Settings) -> str:
     return f"{root.rstrip('/')}/prefect-results"
 
 
-def results_block_ref(settings: Settings) -> str:
-    """Save (once per location) the block Prefect persists task results to, and return its reference."""
+_SAVED_RESULT_BLOCKS: dict[tuple[str, str, str], Any] = {}
+_SAVED_RESULT_BLOCKS_LOCK = threading.Lock()
+
+
+def results_block(settings: Settings) -> Any:
+    """The saved block Prefect persists task results to, saved once per process, Prefect API and location.
+
+    Prefect only persists results to a saved block. Passing the saved instance itself (rather than its slug)
+    spares every flow run a block read from the API, and saving it once spares every call a write.
+    """
     from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
     url = results_storage_url(settings)
-    name = "hugginggpt-results-" + hashlib.sha256(url.encode()).hexdigest()[:12]
     if "://" not in url or url.startswith("file://"):
-        path = Path(url.removeprefix("file://")).expanduser().resolve()
-        LocalFileSystem(basepath=str(path)).save(name, overwrite=True)
-        return f"local-file-system/{name}"
-    # credentials come from the environment (AWS_* variables, instance roles), not from the block
-    options = without_credentials(settings.storage_options)
-    RemoteFileSystem(basepath=url, settings=options).save(name, overwrite=True)
-    return f"remote-file-system/{name}"
+        block = LocalFileSystem(basepath=str(Path(url.removeprefix("file://")).expanduser().resolve()))
+    else:
+        # credentials come from the environment (AWS_* variables, instance roles), not from the block
+        block = RemoteFileSystem(basepath=url, settings=without_credentials(settings.storage_options))
+    content = block.model_dump_json()
+    key = (str(PREFECT_API_URL.value() or ""), str(PREFECT_HOME.value()), content)
+    with _SAVED_RESULT_BLOCKS_LOCK:
+        saved = _SAVED_RESULT_BLOCKS.get(key)
+        if saved is None:
+            block.save("hugginggpt-results-" + hashlib.sha256(content.encode()).hexdigest()[:12], overwrite=True)
+            saved = _SAVED_RESULT_BLOCKS[key] = block
+        return saved
 
 
 def configured_flow(settings: Settings, *, task_runner: Any = None) -> Flow:
@@ -432,11 +446,11 @@ def configured_flow(settings: Settings, *, task_runner: Any = None) -> Flow:
         options["task_runner"] = task_runner
     if settings.persist_results:
         try:
-            ref: str | None = results_block_ref(settings)
+            block = results_block(settings)
         except StorageError:
-            ref = None  # the run itself reports the storage error, with its summary
-        if ref is not None:
-            options.update(result_storage=ref, persist_result=True, result_serializer="json")
+            block = None  # the run itself reports the storage error, with its summary
+        if block is not None:
+            options.update(result_storage=block, persist_result=True, result_serializer="json")
     return hugginggpt_request.with_options(**options) if options else hugginggpt_request
 
 

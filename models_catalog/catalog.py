@@ -40,6 +40,11 @@ class CatalogEntry(BaseModel):
     local_path: str | None = None
     revision: str | None = None
     endpoint: str | None = None
+    provider: str | None = Field(
+        default=None,
+        description="the Inference Provider that serves it remotely when it has no endpoint (fal-ai, novita, "
+        "replicate, together, ...); default: HUGGINGGPT_HF_PROVIDER, else auto",
+    )
     trust_remote_code: bool = Field(
         default=False,
         description="the model needs the Python code of its repository; it runs only if HUGGINGGPT_TRUST_REMOTE_CODE "
@@ -53,6 +58,7 @@ class CatalogEntry(BaseModel):
             local_path=self.local_path,
             revision=self.revision,
             endpoint=self.endpoint,
+            provider=self.provider,
             library=self.library,
             trust_remote_code=self.trust_remote_code,
         )

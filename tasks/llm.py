@@ -7,6 +7,7 @@ usage counting, and errors that say what to set.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -63,8 +64,19 @@ def extract_json(text: str) -> Any:
     raise JSONExtractError(f"no JSON object or list found in the reply: {snippet!r}")
 
 
+@functools.lru_cache(maxsize=8)
+def shared_openai_client(api_key: str, base_url: str | None, timeout: float, max_retries: int) -> OpenAI:
+    """One ``openai`` client per process for the same endpoint and options.
+
+    Each new client builds an HTTP client whose TLS context loads the CA bundle (tens of milliseconds of CPU,
+    even for a plain ``http://`` server) and opens new connections; the client is thread-safe, so the stages of
+    every request share it and reuse its connection pool.
+    """
+    return OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+
+
 class LLMClient:
-    """One client per request; thread-safe usage counting."""
+    """One per request (usage is counted per request, thread-safely) over a client shared by the process."""
 
     def __init__(self, settings: Settings, client: OpenAI | None = None) -> None:
         settings.require_llm()
@@ -72,11 +84,8 @@ class LLMClient:
         self.model = settings.llm_model
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
         self.base_url = settings.openai_base_url or "https://api.openai.com/v1"
-        self._client = client or OpenAI(
-            api_key=api_key,
-            base_url=settings.openai_base_url,
-            timeout=settings.llm_timeout,
-            max_retries=settings.llm_max_retries,
+        self._client = client or shared_openai_client(
+            api_key, settings.openai_base_url, settings.llm_timeout, settings.llm_max_retries
         )
         self._schema_supported = settings.llm_json_schema
         self._secrets = settings.secret_values()

@@ -77,7 +77,7 @@ class Request:
 
 
 class InferenceServer:
-    """Answers POSTs with the replies scripted per path (the last one repeats); records every request."""
+    """Answers GETs and POSTs with the replies scripted per path (the last one repeats); records every request."""
 
     def __init__(self) -> None:
         self.routes: dict[str, list[Reply]] = {}
@@ -86,6 +86,9 @@ class InferenceServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.do_POST()
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = self.path.split("?", 1)[0]
@@ -436,7 +439,7 @@ CASES: list[Case] = [
 
 def test_cases_cover_every_remote_task() -> None:
     covered = {c.task for c in CASES}
-    assert covered == set(REMOTE_TASKS) - {"text-to-video"}
+    assert covered == set(REMOTE_TASKS) - {"text-to-video"}  # through Inference Providers: tests below
     assert set(LOCAL_TASKS) | set(REMOTE_TASKS) == set(TASK_TYPES), "every task type has a backend"
 
 
@@ -562,6 +565,90 @@ def test_hub_stays_blocked_while_endpoints_are_allowed(server: InferenceServer, 
     for hub_url in ("https://huggingface.co/api/models/gpt2", "https://router.huggingface.co/hf-inference/models/x"):
         with pytest.raises(OfflineModeIsEnabled):
             get_session().get(hub_url)
+
+
+# --- text-to-video, through Inference Providers ------------------------------------------------------------------
+
+#: The smallest ISO base media file a client would call an MP4: an ``ftyp`` box and an empty ``free`` box.
+MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00\x00\x00\x08free"
+
+
+def point_hub_at(server: InferenceServer, monkeypatch: pytest.MonkeyPatch) -> InferenceServer:
+    """The Hub's model API and the Inference Providers router, both answered by ``server``: huggingface_hub online,
+    with its Hub endpoint and its router URL pointed at 127.0.0.1."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", server.base_url)
+    monkeypatch.setattr(constants, "INFERENCE_PROXY_TEMPLATE", server.base_url + "/router/{provider}")
+    return server
+
+
+@pytest.fixture
+def hub(server: InferenceServer, monkeypatch: pytest.MonkeyPatch) -> InferenceServer:
+    return point_hub_at(server, monkeypatch)
+
+
+def serve_video_model(hub: InferenceServer, model: str, *providers: str, video: bytes = MP4) -> None:
+    """Script the Hub's provider mapping of ``model`` (``providers`` in the user's order) and each provider's
+    text-to-video route, whose answer points at a video file on the same server."""
+    mapping = {
+        p: {"status": "live", "providerId": f"{p}-{model.split('/')[-1]}", "task": "text-to-video"} for p in providers
+    }
+    hub.add(f"/api/models/{model}", Reply({"_id": "0" * 24, "id": model, "inferenceProviderMapping": mapping}))
+    hub.add("/files/clip.mp4", Reply(video, content_type="video/mp4"))
+    for provider, info in mapping.items():
+        pid = info["providerId"]
+        if provider == "novita":  # POST {router}/novita/v3/hf/{id} -> {"video": {"video_url": ...}}
+            hub.add(f"/router/novita/v3/hf/{pid}", Reply({"video": {"video_url": hub.url("/files/clip.mp4")}}))
+        elif provider == "replicate":  # POST {router}/replicate/v1/models/{id}/predictions -> {"output": url}
+            hub.add(f"/router/replicate/v1/models/{pid}/predictions", Reply({"output": hub.url("/files/clip.mp4")}))
+        else:
+            raise ValueError(provider)
+
+
+def test_text_to_video_through_inference_providers(hub: InferenceServer) -> None:
+    """Provider ``auto``: the client reads the model's provider mapping from the Hub, sends the prompt through the
+    router to the first provider, and fetches the video it points at."""
+    serve_video_model(hub, "acme/tiny-video", "novita", "replicate")
+    remote = RemoteBackend(token="hf_test_token", timeout=5.0)
+    out = remote.run("text-to-video", ModelSpec(id="acme/tiny-video", task="text-to-video"), {"text": "a cat surfing"})
+    assert out.video == MP4
+    assert (out.extra["provider"], out.extra["backend"], out.extra["model"]) == ("auto", "remote", "acme/tiny-video")
+    (sent,) = hub.received("/router/novita/v3/hf/novita-tiny-video")
+    assert sent.json() == {"prompt": "a cat surfing"}
+    assert sent.headers["authorization"] == "Bearer hf_test_token"
+    assert len(hub.received("/files/clip.mp4")) == 1
+    assert hub.received("/router/replicate/v1/models/replicate-tiny-video/predictions") == []
+
+
+def test_text_to_video_with_the_provider_named_by_the_catalog(hub: InferenceServer) -> None:
+    serve_video_model(hub, "acme/tiny-video-2", "novita", "replicate")
+    remote = RemoteBackend(token="hf_test_token", timeout=5.0, base_url=hub.url("/tgi"))  # not used: it names one
+    spec = ModelSpec(id="acme/tiny-video-2", task="text-to-video", provider="replicate")
+    out = remote.run("text-to-video", spec, {"text": "a dog skating"})
+    assert out.video == MP4 and out.extra["provider"] == "replicate"
+    (sent,) = hub.received("/router/replicate/v1/models/replicate-tiny-video-2/predictions")
+    assert sent.json() == {"input": {"prompt": "a dog skating"}}
+    assert hub.received("/router/novita/v3/hf/novita-tiny-video-2") == []
+
+
+def test_text_to_video_that_is_not_an_mp4_is_an_error(hub: InferenceServer) -> None:
+    serve_video_model(hub, "acme/gif-maker", "novita", video=b"GIF89a" + b"\x00" * 20)
+    remote = RemoteBackend(token="hf_test_token", timeout=5.0, max_retries=0)
+    with pytest.raises(ExpertError, match="not an MP4 video") as info:
+        remote.run("text-to-video", ModelSpec(id="acme/gif-maker", task="text-to-video"), {"text": "a cat"})
+    assert "acme/gif-maker" in str(info.value)
+
+
+def test_text_to_video_model_unknown_to_the_provider(hub: InferenceServer) -> None:
+    serve_video_model(hub, "acme/novita-only", "novita")
+    remote = RemoteBackend(token="hf_test_token", timeout=5.0, max_retries=0)
+    spec = ModelSpec(id="acme/novita-only", task="text-to-video", provider="replicate")
+    with pytest.raises(ExpertError, match="not supported by provider replicate") as info:
+        remote.run("text-to-video", spec, {"text": "a cat"})
+    assert "acme/novita-only" in str(info.value)
 
 
 def test_tasks_not_served(server: InferenceServer, remote: RemoteBackend) -> None:

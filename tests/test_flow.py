@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -11,12 +12,13 @@ from typing import Any
 import fsspec
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.request import hugginggpt_request, prefect_run_settings, run_request, summary_of
 from tasks.experts.local import LocalBackend
 from tasks.schemas import RunSummary
 from tests.llm_server import HTTPFault, plan_json
+from tests.prefect_api import task_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -27,12 +29,6 @@ def _run(request: str, **kwargs: Any) -> tuple[Any, RunSummary]:
     summary = summary_of(state)
     assert isinstance(summary, RunSummary), summary
     return state, summary
-
-
-async def _task_runs(flow_run_id: str) -> dict[str, Any]:
-    async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r for r in runs}
 
 
 async def _artifacts(flow_run_id: str) -> list[Any]:
@@ -100,11 +96,8 @@ def test_graph_runs_as_task_runs_with_planned_edges(env: Path, llm, sample_files
     assert chosen[0] == ("tiny/image-to-text", "the only runnable candidate")
 
     # the Prefect API has one task run per node, named after it, with the planned edges
-    import asyncio
-
-    runs = asyncio.run(_task_runs(summary.flow_run_id))
     names = {"image-to-text#0", "text-to-speech#1", "image-classification#2", "text-classification#3"}
-    assert names <= set(runs)
+    runs = task_runs(summary.flow_run_id, names)
     assert _upstream_ids(runs["text-to-speech#1"]) == {str(runs["image-to-text#0"].id)}
     for name in ("image-to-text#0", "image-classification#2", "text-classification#3"):
         assert _upstream_ids(runs[name]) == set()
@@ -177,9 +170,7 @@ def test_failed_node_skips_dependents_and_spares_siblings(
     assert by_id[2].status == "completed" and Path(by_id[2].outputs["json"]).is_file()
     assert summary.answer == "Captioning failed: yes"  # the responder was told why
 
-    import asyncio
-
-    runs = asyncio.run(_task_runs(summary.flow_run_id))
+    runs = task_runs(summary.flow_run_id, {"image-to-text#0", "text-to-speech#1", "image-classification#2"})
     assert runs["image-to-text#0"].state.is_failed()
     assert runs["text-to-speech#1"].state.name == "Skipped"
     assert _upstream_ids(runs["text-to-speech#1"]) == {str(runs["image-to-text#0"].id)}

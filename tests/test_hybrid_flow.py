@@ -11,7 +11,7 @@ from PIL import Image
 
 from flows.request import run_request
 from tests.llm_server import plan_json
-from tests.test_experts_remote import InferenceServer, Reply, png_bytes
+from tests.test_experts_remote import MP4, InferenceServer, Reply, png_bytes, point_hub_at, serve_video_model
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -104,3 +104,43 @@ def test_remote_only_task_without_endpoint_is_not_offered_offline(env: Path, llm
     run_request("hello")
     planned = llm.stage_requests("plan")[0]["messages"][0]["content"]
     assert "text-to-video" not in planned and "- image-classification(" in planned
+
+
+def test_text_to_video_through_an_inference_provider(
+    env: Path, llm, tiny_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inference_server
+) -> None:
+    """Online, with a Hugging Face token: a text-to-video node runs through Inference Providers (the Hub's model API
+    and the router answered on 127.0.0.1), its MP4 lands in storage, and a text-to-video candidate behind an
+    endpoint URL (which the client cannot send text-to-video to) is removed before the choice."""
+    point_hub_at(inference_server, monkeypatch)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    serve_video_model(inference_server, "acme/tiny-video", "novita")
+    catalog = _catalog(
+        tmp_path,
+        tiny_catalog,
+        {"id": "acme/tiny-video", "task": "text-to-video", "provider": "novita", "downloads": 10**10},
+        {
+            "id": "acme/video-endpoint",
+            "task": "text-to-video",
+            "endpoint": inference_server.url("/v"),
+            "downloads": 10**11,
+        },
+    )
+    monkeypatch.setenv("HUGGINGGPT_CATALOG", str(catalog))
+    llm.set(
+        plan=plan_json({"id": 0, "task": "text-to-video", "dep": [-1], "args": {"text": "a cat surfing"}}),
+        select=lambda body: json.dumps({"choices": [{"id": 0, "model": "acme/tiny-video", "reason": "fits"}]}),
+    )
+    summary = run_request("Make a short video of a cat surfing")
+    assert summary.status == "completed", summary.error
+    planned = llm.stage_requests("plan")[0]["messages"][0]["content"]
+    assert "- text-to-video(text: text) -> video" in planned
+    for body in llm.stage_requests("select"):
+        assert "acme/video-endpoint" not in body["messages"][-1]["content"]
+    assert "acme/video-endpoint" not in summary.assignments[0].candidates
+    (video,) = summary.results
+    assert (video.model, video.backend) == ("acme/tiny-video", "remote")
+    assert video.outputs["video"].endswith(".mp4") and Path(video.outputs["video"]).read_bytes() == MP4
+    assert inference_server.received("/v") == []
+    (sent,) = inference_server.received("/router/novita/v3/hf/novita-tiny-video")
+    assert sent.json() == {"prompt": "a cat surfing"}

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import s3fs
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.cli import main
 from flows.request import run_request, summary_of
 from tasks.experts.base import ExpertError
 from tasks.experts.local import LocalBackend
 from tests.llm_server import plan_json
+from tests.prefect_api import task_runs
 from tests.s3_server import KEY, SECRET, S3Server, rclone_binary
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -72,12 +72,6 @@ TWO_BRANCHES = plan_json(
     {"id": 1, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely photo"}},
     {"id": 2, "task": "object-detection", "dep": [-1], "args": {"image": "photo.png"}},
 )
-
-
-async def _states(flow_run_id: str) -> dict[str, str]:
-    async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r.state.name for r in runs}
 
 
 def test_request_stores_everything_in_the_bucket(s3: S3Server, llm, sample_files) -> None:
@@ -132,8 +126,9 @@ def test_second_identical_request_runs_no_model(s3: S3Server, llm, sample_files,
     assert all(r.cached and r.reused_from == first.flow_run_id for r in second.results)
     assert [r.outputs for r in second.results] == [r.outputs for r in first.results]
     assert second.timings["execute"] < first.timings["execute"]
-    states = asyncio.run(_states(second.flow_run_id))
-    assert {states[n] for n in ("image-classification#0", "text-classification#1", "object-detection#2")} == {"Cached"}
+    names = ("image-classification#0", "text-classification#1", "object-detection#2")
+    runs = task_runs(second.flow_run_id, names)
+    assert {runs[n].state.name for n in names} == {"Cached"}
 
     # off by flag: the models run again
     assert main(["run", "Classify copy-of-photo.png ...", "-i", str(copy), "--no-cache", "--json"]) == 0

@@ -51,7 +51,8 @@ class ExpertOutput:
 
 
 class ModelSpec(BaseModel):
-    """The model a node runs: a Hub id, optionally with a local folder of weights, a revision or an endpoint.
+    """The model a node runs: a Hub id, optionally with a local folder of weights, a revision, an endpoint, or the
+    Inference Provider that serves it remotely.
 
     ``trust_remote_code`` says the catalog entry allows running the Python code of the model's repository; the
     local backend does so only when its own setting (``HUGGINGGPT_TRUST_REMOTE_CODE``) allows it too.
@@ -64,6 +65,7 @@ class ModelSpec(BaseModel):
     local_path: str | None = None
     revision: str | None = None
     endpoint: str | None = None
+    provider: str | None = None
     library: str = "transformers"
     trust_remote_code: bool = False
 

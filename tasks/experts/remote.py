@@ -12,18 +12,23 @@ Where a request goes, first match wins:
    ``{url}/v1/chat/completions``);
 2. the backend's ``base_url``: the same, for every model without an endpoint; a ``{model}`` in it is replaced by
    the model id (``https://proxy.example/models/{model}``), otherwise it is one server for every model;
-3. the model id, through Hugging Face Inference Providers (``provider``: ``"auto"`` when not set, or a named one such
-   as ``"hf-inference"``, ``"together"``, ``"fal-ai"``); this needs the Hub and, for most providers, ``HF_TOKEN``.
+   a model whose catalog entry names its Inference Provider (``ModelSpec.provider``) goes to that provider instead;
+3. the model id, through Hugging Face Inference Providers (the model's ``provider``, else the backend's: ``"auto"``
+   when not set, or a named one such as ``"hf-inference"``, ``"together"``, ``"fal-ai"``, ``"replicate"``); the
+   client reads the model's provider mapping from the Hub and sends the request through the Hugging Face router
+   with an ``hf_`` token, or to the provider's own API with that provider's key.
 
 Tasks: every task type of the task table that ``InferenceClient`` has a call for (:data:`SUPPORTED_TASKS`);
 conversational goes through ``chat_completion`` and text2text-generation through ``text_generation``.
 Not served (:data:`NOT_SERVED_REMOTELY`): depth-estimation, for which ``InferenceClient`` has no call.
-text-to-video through an endpoint URL is refused before sending (:data:`NOT_SERVED_BY_ENDPOINTS`): the client
-sends URL requests as HF Inference requests, and HF Inference has no text-to-video; name a provider instead.
+text-to-video goes through Inference Providers only: through an endpoint URL it is refused before sending
+(:data:`NOT_SERVED_BY_ENDPOINTS`), since the client sends URL requests as HF Inference requests and HF Inference has
+no text-to-video; the availability check removes such candidates before selection.
 
 Inputs are sent as the client expects them: images as PNG bytes, audio as 16-bit WAV bytes, tables (CSV bytes) as
 ``{column: [values]}``. Outputs: images come back as PIL images (RGB), audio through ``soundfile`` as
-:class:`~tasks.experts.base.Audio`, video as the MP4 bytes the server sent; detection boxes and segmentation masks are
+:class:`~tasks.experts.base.Audio`, video as the MP4 bytes the provider sent (anything else is an error naming what
+came back); detection boxes and segmentation masks are
 drawn on a copy of the input image as the local backend does.
 
 Failures become :class:`~tasks.experts.base.ExpertError` naming the model and where it was sent, and every wait is
@@ -218,10 +223,11 @@ class RemoteBackend:
         return normalize_task_name(task) in self._calls
 
     def target(self, model: ModelSpec) -> str:
-        """Where requests for ``model`` go: its endpoint, else the backend's base URL, else its Hub id."""
+        """Where requests for ``model`` go: its endpoint, else its Hub id when it names its provider, else the
+        backend's base URL, else its Hub id."""
         if model.endpoint:
             return model.endpoint
-        if self.base_url:
+        if self.base_url and not model.provider:
             return self.base_url.replace("{model}", model.id)
         return model.id
 
@@ -252,7 +258,7 @@ class RemoteBackend:
 
         client = InferenceClient(
             model=target,
-            provider=None if _is_url(target) else self.provider,  # type: ignore[arg-type]
+            provider=None if _is_url(target) else self.provider_for(model),  # type: ignore[arg-type]
             token=self.token,
             timeout=self.timeout,
         )
@@ -264,7 +270,7 @@ class RemoteBackend:
         output.extra.setdefault("model", model.id)
         output.extra.setdefault("backend", self.name)
         output.extra.setdefault(
-            "endpoint" if _is_url(target) else "provider", target if _is_url(target) else (self.provider or "auto")
+            "endpoint" if _is_url(target) else "provider", target if _is_url(target) else self.provider_for(model)
         )
         output.extra.setdefault("remote_seconds", round(time.perf_counter() - start, 3))
         return output
@@ -274,7 +280,11 @@ class RemoteBackend:
     def _where(self, model: ModelSpec, target: str) -> str:
         if _is_url(target):
             return f"model {model.id!r} at {target}"
-        return f"model {model.id!r} (Inference Providers, provider {self.provider or 'auto'})"
+        return f"model {model.id!r} (Inference Providers, provider {self.provider_for(model)})"
+
+    def provider_for(self, model: ModelSpec) -> str:
+        """The Inference Provider for ``model`` when it has no endpoint: its own, else the backend's, else auto."""
+        return model.provider or self.provider or "auto"
 
     def _with_retries(self, call: Callable[[], ExpertOutput], where: str, task: str) -> ExpertOutput:
         started = time.monotonic()
@@ -428,10 +438,12 @@ class RemoteBackend:
         return ExpertOutput(image=_rgb(client.text_to_image(text_input(inputs, "text"))))
 
     def _text_to_video(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
-        video = client.text_to_video(text_input(inputs, "text"))
+        video = bytes(client.text_to_video(text_input(inputs, "text")) or b"")
         if not video:
             raise ExpertError("the server returned an empty video")
-        return ExpertOutput(video=bytes(video))
+        if not is_mp4(video):
+            raise ExpertError(f"the server returned {len(video)} bytes that are not an MP4 video: {video[:16]!r}...")
+        return ExpertOutput(video=video)
 
     def _visual_question_answering(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
         answers = client.visual_question_answering(
@@ -612,6 +624,11 @@ def _flat(result: Any) -> list[Any]:
         else:
             flat.append(item)
     return flat
+
+
+def is_mp4(data: bytes) -> bool:
+    """Whether ``data`` starts like an ISO base media file (MP4, MOV): a box, then ``ftyp``."""
+    return len(data) >= 12 and data[4:8] == b"ftyp"
 
 
 # --- URLs and offline mode ------------------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""The request path as it was before two changes that the fixed-overhead profile called for, restored in this
+process only, so the bench measures what each change saves against the code as it is, interleaved in the same run.
+
+* ``new_llm_client_per_stage``: ``tasks.llm.LLMClient`` built a new ``openai.OpenAI`` client for every stage
+  (planning, selection, response); each new client builds an HTTP client whose TLS context loads the CA bundle
+  (tens of milliseconds of CPU each, even for an ``http://`` endpoint). Now: ``tasks.llm.shared_openai_client``,
+  one client per process for the same key, base URL, timeout and retries.
+* ``result_storage_by_slug``: ``configured_flow`` saved the results block on every call and passed its slug
+  (``local-file-system/hugginggpt-results-...``), which Prefect loads from its API at the start of every flow
+  run. Now: ``flows.request.results_block`` saves it once per process and API, and the saved instance is passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def new_llm_client_per_stage() -> Iterator[None]:
+    import tasks.llm as llm
+
+    shared = llm.shared_openai_client
+
+    def fresh(api_key: str, base_url: str | None, timeout: float, max_retries: int) -> Any:
+        return llm.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+
+    llm.shared_openai_client = fresh  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        llm.shared_openai_client = shared
+
+
+@contextlib.contextmanager
+def result_storage_by_slug() -> Iterator[None]:
+    import flows.request as request
+
+    saved_once = request.results_block
+
+    def save_every_time(settings: Any) -> Any:
+        with request._SAVED_RESULT_BLOCKS_LOCK:
+            request._SAVED_RESULT_BLOCKS.clear()
+        block = saved_once(settings)
+        return f"{block.get_block_type_slug()}/{block._block_document_name}"
+
+    request.results_block = save_every_time  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        request.results_block = saved_once
+
+
+BEFORE: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+    "a new LLM client for every stage": new_llm_client_per_stage,
+    "result storage saved on every call and passed as a slug": result_storage_by_slug,
+}
+
+
+@contextlib.contextmanager
+def as_before() -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for make in BEFORE.values():
+            stack.enter_context(make())
+        yield
