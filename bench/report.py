@@ -125,14 +125,18 @@ def reuse_rows(r: Mapping[str, Any]) -> list[dict[str, str]]:
 def batch_rows(r: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
     what = f"batch: {r['requests']} one-node requests over {r['models']} models, cache bound {r['max_models']}"
-    for api in r["apis"]:
+    measured = [(api, f"Prefect API on {api['api']}") for api in r["apis"]]
+    slow = r.get("with_llm_latency")
+    if slow:
+        measured.append((slow, f"Prefect API on {slow['api']}, {slow['llm_latency_seconds']:g} s per LLM answer"))
+    for api, where in measured:
         base = api["modes"][0]
         for row in api["modes"][1:]:
             retried = sum(row.get("api_503_retries", {}).values())
             base_retried = sum(base.get("api_503_retries", {}).values())
             rows.append(
                 {
-                    "benchmark": f"{what}, Prefect API on {api['api']}",
+                    "benchmark": f"{what}, {where}",
                     "figure": f"requests per minute, {row['mode']} (seconds; API 503s retried)",
                     "value": f"{row['requests_per_minute']:.0f}/min ({_s(row['seconds'], 1)}; {retried}): "
                     f"{row['speedup']:.2f}x",

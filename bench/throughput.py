@@ -10,7 +10,9 @@ Modes: the requests file through ``hugginggpt-batch`` (4 in flight), and the bas
 another with ``run_request``, the documented Python entry point. Each mode starts with an empty model cache and its
 own storage folder, after one warm-up request. Measured against the bench's Prefect API (SQLite) and, when
 PostgreSQL is installed here, a PostgreSQL-backed one (:mod:`bench.servers`); the API's 503 answers, which its
-client retries after 2, 4, 8... seconds, are counted. A thread samples the process RSS and the cache's size
+client retries after 2, 4, 8... seconds, are counted. The scripted LLM answers at once, so those requests are all
+CPU; then both modes again against the last API with every LLM answer taking :data:`LLM_LATENCY` seconds, as a
+hosted model's does, which is where requests in flight overlap. A thread samples the process RSS and the cache's size
 during each mode: :mod:`bench.memory` reports them.
 """
 
@@ -40,6 +42,9 @@ TASK = "text-classification"
 MODELS = 6
 BOUND = 2
 IN_FLIGHT = 4
+#: seconds per LLM answer in the second measurement: a short answer from a hosted model
+LLM_LATENCY = 0.5
+QUICK_LLM_LATENCY = 0.1
 #: 6 layers of 384 over an 8000-token vocabulary: 14M parameters, most of them touched by every forward pass.
 MODEL_SIZE: dict[str, int] = {
     "vocab_size": 8000,
@@ -161,8 +166,11 @@ def apis(bench: Bench) -> list[tuple[str, str | None]]:
     return found
 
 
-def run_mode(bench: Bench, mode: str, count: int, max_models: int, requests: Path | None = None) -> dict[str, Any]:
-    """One mode (``one by one`` or ``batch``) from an empty model cache, sampled; against the current API."""
+def run_mode(
+    bench: Bench, mode: str, count: int, max_models: int, requests: Path | None = None, *, llm_latency: float = 0.0
+) -> dict[str, Any]:
+    """One mode (``one by one`` or ``batch``) from an empty model cache, sampled; against the current API, with
+    every LLM answer taking ``llm_latency`` seconds."""
     import tasks.execute as execute
     from tasks.settings import load_settings
 
@@ -170,6 +178,7 @@ def run_mode(bench: Bench, mode: str, count: int, max_models: int, requests: Pat
     reset_local_backends()
     bench.llm.reset()
     bench.llm.set(respond=ANSWER)
+    bench.llm.latency = llm_latency
     storage = bench.storage(mode.replace(" ", "-"))
     with env_vars(HUGGINGGPT_MAX_MODELS=str(max_models), HUGGINGGPT_DEVICE="cpu"):
         cache = execute.backend_for(load_settings(storage=storage, catalog=str(m["catalog"]))).cache
@@ -185,6 +194,7 @@ def run_mode(bench: Bench, mode: str, count: int, max_models: int, requests: Pat
     reset_local_backends()
     return {
         "mode": f"batch flow, {IN_FLIGHT} in flight" if mode == "batch" else "one by one (run_request)",
+        "llm_latency_seconds": llm_latency,
         "requests": count,
         "completed": done,
         "seconds": seconds,
@@ -229,6 +239,17 @@ def run(bench: Bench, *, count: int | None = None) -> dict[str, Any]:
             row["speedup"] = row["requests_per_minute"] / baseline["requests_per_minute"]
         results.append({"api": name, "modes": [baseline, batched]})
     bench.shared["batch"] = results
+    # the same against the last API, with an LLM that takes its time to answer, as a hosted one does
+    latency = QUICK_LLM_LATENCY if bench.quick else LLM_LATENCY
+    name, url = apis(bench)[-1]
+    with prefect_api(url):
+        log(f"batch: again with {latency:g} s per LLM answer, API on {name}: one by one, then the batch flow")
+        warm_up(bench)
+        slow = [
+            run_mode(bench, mode, count, m["bound"], requests, llm_latency=latency) for mode in ("one by one", "batch")
+        ]
+    for row in slow:
+        row["speedup"] = row["requests_per_minute"] / slow[0]["requests_per_minute"]
     return {
         "requests": count,
         "nodes_per_request": 1,
@@ -238,5 +259,6 @@ def run(bench: Bench, *, count: int | None = None) -> dict[str, Any]:
         "model_mb": m["model_mb"],
         "max_models": m["bound"],
         "apis": results,
+        "with_llm_latency": {"api": name, "llm_latency_seconds": latency, "modes": slow},
         "postgresql": bench.postgres_error or "measured",
     }

@@ -13,27 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def _err(command: str, message: str) -> None:
-    print(f"hugginggpt {command}: {message}", file=sys.stderr)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+from flows.cli_options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_catalog,
+    add_inputs,
+    add_llm_model,
+    add_storage,
+    config_error,
+    error,
+    positive_int,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -48,12 +42,12 @@ def register(subparsers: Any) -> None:
     batch.add_argument("requests_url", metavar="REQUESTS_URL", help="the JSONL file: a path or an fsspec URL")
     batch.add_argument(
         "--max-in-flight",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="requests running at the same time (HUGGINGGPT_BATCH_MAX_IN_FLIGHT)",
     )
-    batch.add_argument("--storage", metavar="URL", help="artifact store: a folder or fsspec URL (HUGGINGGPT_STORAGE)")
-    batch.add_argument("--catalog", metavar="PATH", help="extra catalog JSONL (HUGGINGGPT_CATALOG)")
+    add_storage(batch)
+    add_catalog(batch)
     batch.add_argument(
         "--results",
         metavar="URL",
@@ -69,26 +63,12 @@ def register(subparsers: Any) -> None:
         "run it later with 'hugginggpt run REQUEST --plan FILE'.",
     )
     plan.add_argument("request", help="what you want done, in plain language")
-    plan.add_argument(
-        "--input",
-        "-i",
-        dest="inputs",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a file the request refers to (path, http(s) or fsspec URL); repeatable",
-    )
-    plan.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
+    add_inputs(plan)
+    add_llm_model(plan)
     style = plan.add_mutually_exclusive_group()
     style.add_argument("--json", action="store_const", const="json", dest="format", help="print JSON (the default)")
     style.add_argument("--yaml", action="store_const", const="yaml", dest="format", help="print YAML")
     plan.set_defaults(func=cmd_plan, format="json")
-
-
-def _config_error(command: str, exc: Any) -> int:
-    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-    _err(command, f"invalid configuration: {problems}")
-    return EXIT_USAGE
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -101,22 +81,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(llm_model=args.llm_model)
     except ValidationError as exc:
-        return _config_error("plan", exc)
+        return config_error("plan", exc)
     try:
         settings.require_llm()
     except LLMNotConfiguredError as exc:
-        _err("plan", str(exc))
+        error("plan", str(exc))
         return EXIT_USAGE
     if not args.request.strip():
-        _err("plan", "the request is empty: say what you want done")
+        error("plan", "the request is empty: say what you want done")
         return EXIT_USAGE
     try:
         result = plan_request(LLMClient(settings), args.request, inputs=args.inputs)
     except (PlanningError, LLMError) as exc:
-        _err("plan", str(exc))
+        error("plan", str(exc))
         return EXIT_FAILED
     for repair in result.repairs:
-        _err("plan", f"repaired: {repair}")
+        error("plan", f"repaired: {repair}")
     nodes = [{"id": n.id, "task": n.task, "dep": n.dep or [-1], "args": n.args} for n in result.nodes]
     if args.format == "yaml":
         import yaml
@@ -125,7 +105,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(nodes, indent=2, ensure_ascii=False))
     if not nodes:
-        _err("plan", "the plan is empty: the LLM would answer directly")
+        error("plan", "the plan is empty: the LLM would answer directly")
     return EXIT_OK
 
 
@@ -138,13 +118,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(storage=args.storage, catalog=args.catalog)
     except ValidationError as exc:
-        return _config_error("batch", exc)
+        return config_error("batch", exc)
     url = args.requests_url
     if "://" not in url and not Path(url).expanduser().is_file():
-        _err("batch", f"requests file {url} not found")
+        error("batch", f"requests file {url} not found")
         return EXIT_USAGE
     if settings.catalog is not None and not Path(settings.catalog).is_file():
-        _err("batch", f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
+        error("batch", f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
         return EXIT_USAGE
     from flows.request import prefect_run_settings
 
@@ -158,7 +138,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 results_url=args.results,
             )
     except BatchError as exc:
-        _err("batch", str(exc))
+        error("batch", str(exc))
         return EXIT_USAGE
     if args.json:
         print(summary.model_dump_json(indent=2))

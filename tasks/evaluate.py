@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field, ValidationError, computed_field
 
 from tasks.llm import LLMClient, LLMError, LLMUnavailableError
 from tasks.plan import GENERATED_RE, PlanningError, PlanValidationError, validate_plan
-from tasks.plan_styles import DemoSelector, PlanStyle, StylePlanningError, plan_with_style
+from tasks.plan_styles import DemoSelector, PlanStyle, plan_with_style
 from tasks.schemas import ChatTurn, LLMUsage, PlanNode
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES, Modality, normalize_task_name
@@ -608,9 +608,9 @@ def _plan_item(
         )
     except LLMUnavailableError:
         raise
-    except StylePlanningError as exc:
+    except PlanningError as exc:
         error, last_reply, usage, attempts = str(exc), exc.last_reply, exc.usage, 2
-    except (PlanningError, LLMError) as exc:
+    except LLMError as exc:
         error = str(exc)
     else:
         predicted, repairs, usage, attempts = result.nodes, result.repairs, result.usage, result.attempts

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import PurePosixPath
@@ -37,7 +37,13 @@ class PlanValidationError(ValueError):
 
 
 class PlanningError(RuntimeError):
-    """Planning failed after the re-ask; the message carries the last validation error."""
+    """Planning failed after the re-ask; the message carries the last validation error, and the error the LLM usage
+    of every call and the last reply, for the record."""
+
+    def __init__(self, message: str, *, usage: LLMUsage | None = None, last_reply: str | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage if usage is not None else LLMUsage()
+        self.last_reply = last_reply
 
 
 # ---------------------------------------------------------------------------
@@ -73,11 +79,18 @@ def build_plan_messages(
     inputs: Sequence[str] = (),
     history: Sequence[ChatTurn] = (),
     allowed: Iterable[str] = EXECUTABLE_TASKS,
+    *,
+    demos: Sequence[Mapping[str, Any]] | None = None,
+    task_table: bool = True,
 ) -> list[dict[str, str]]:
-    """System prompt with the task table, the few-shot demos as turns, the chat history, then the request."""
-    system = _prompt_file("plan_system.txt").replace("{task_types}", describe_task_types(allowed))
+    """System prompt with the task table (or, without ``task_table``, the task names only), the few-shot demos as
+    turns (``request``, ``inputs`` and ``plan`` each; default :func:`load_demos`), the chat history, then the
+    request."""
+    allowed = tuple(allowed)
+    table = describe_task_types(allowed) if task_table else "\n".join(f"- {name}" for name in sorted(allowed))
+    system = _prompt_file("plan_system.txt").replace("{task_types}", table)
     messages = [{"role": "system", "content": system}]
-    for demo in load_demos():
+    for demo in load_demos() if demos is None else demos:
         messages.append({"role": "user", "content": _user_message(demo["request"], demo["inputs"])})
         messages.append({"role": "assistant", "content": json.dumps({"tasks": demo["plan"]})})
     if history:
@@ -363,10 +376,27 @@ def plan_request(
     validation error, then give up with it."""
     allowed = tuple(allowed)
     messages = build_plan_messages(request, inputs, history, allowed)
+    return ask_for_plan(llm, messages, request=request, inputs=inputs, allowed=allowed, policy=policy)
+
+
+def ask_for_plan(
+    llm: LLMClient,
+    messages: list[dict[str, str]],
+    *,
+    request: str,
+    inputs: Sequence[str],
+    allowed: Sequence[str],
+    policy: InputPolicy | None = None,
+    schema: dict[str, Any] | None = PLAN_SCHEMA,
+    correction: str = 'Reply with the corrected plan only, as {"tasks": [...]}.',
+) -> PlanResult:
+    """Send the planning ``messages``, validate the reply; when it is invalid, send the problems back once (followed
+    by ``correction``); raise :class:`PlanningError` with them when the second reply is invalid too."""
     usage = LLMUsage()
     last_error: PlanValidationError | None = None
+    reply = ""
     for attempt in (1, 2):
-        reply, call_usage = llm.chat(messages, schema=PLAN_SCHEMA, schema_name="plan")
+        reply, call_usage = llm.chat(messages, schema=schema, schema_name="plan")
         usage = usage + call_usage
         try:
             raw = parse_plan(reply)
@@ -376,16 +406,16 @@ def plan_request(
             messages = [
                 *messages,
                 {"role": "assistant", "content": reply},
-                {
-                    "role": "user",
-                    "content": f"That plan is invalid: {'; '.join(exc.problems)}. "
-                    'Reply with the corrected plan only, as {"tasks": [...]}.',
-                },
+                {"role": "user", "content": f"That plan is invalid: {'; '.join(exc.problems)}. {correction}"},
             ]
             continue
         return PlanResult(nodes=nodes, repairs=repairs, attempts=attempt, usage=usage)
     assert last_error is not None
-    raise PlanningError(f"the LLM's plan was invalid twice; last error: {'; '.join(last_error.problems)}")
+    raise PlanningError(
+        f"the LLM's plan was invalid twice; last error: {'; '.join(last_error.problems)}",
+        usage=usage,
+        last_reply=reply,
+    )
 
 
 @task(name="plan", cache_policy=NO_CACHE)

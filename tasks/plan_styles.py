@@ -24,15 +24,8 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.llm import LLMClient
-from tasks.plan import (
-    PLAN_SCHEMA,
-    PlanningError,
-    PlanValidationError,
-    describe_task_types,
-    parse_plan,
-    validate_plan,
-)
-from tasks.schemas import ChatTurn, LLMUsage, PlanResult
+from tasks.plan import PLAN_SCHEMA, ask_for_plan, build_plan_messages
+from tasks.schemas import ChatTurn, PlanResult
 from tasks.task_types import EXECUTABLE_TASKS
 
 PromptName = Literal["ours", "hugginggpt"]
@@ -75,15 +68,6 @@ class PlanStyle(BaseModel):
         if self.prompt == "ours" and not self.json_schema:
             parts.append("noschema")
         return "+".join(parts)
-
-
-class StylePlanningError(PlanningError):
-    """Planning failed after the re-ask; carries the LLM usage and the last reply for the record."""
-
-    def __init__(self, message: str, *, usage: LLMUsage, last_reply: str) -> None:
-        super().__init__(message)
-        self.usage = usage
-        self.last_reply = last_reply
 
 
 class Demo(BaseModel):
@@ -204,36 +188,6 @@ def load_embedder(model: str | None = None) -> Embedder:
 # ---------------------------------------------------------------------------
 # messages
 # ---------------------------------------------------------------------------
-def _ours_user_message(request: str, inputs: Sequence[str]) -> str:
-    given = ", ".join(inputs) if inputs else "none"
-    return f"Request: {request}\nInputs: {given}"
-
-
-def _ours_messages(
-    style: PlanStyle,
-    request: str,
-    inputs: Sequence[str],
-    history: Sequence[ChatTurn],
-    allowed: Sequence[str],
-    demos: Sequence[Demo],
-) -> list[dict[str, str]]:
-    names_only = "\n".join(f"- {name}" for name in sorted(allowed))
-    table = describe_task_types(allowed) if style.task_table else names_only
-    system = _prompt_file("plan_system.txt").replace("{task_types}", table)
-    messages = [{"role": "system", "content": system}]
-    for demo in demos:
-        messages.append({"role": "user", "content": _ours_user_message(demo.request, demo.inputs)})
-        messages.append({"role": "assistant", "content": json.dumps({"tasks": demo.plan})})
-    if history:
-        convo = "\n".join(f"{t.role}: {t.content}" for t in history)
-        messages.append(
-            {"role": "user", "content": f"Earlier in this conversation (context only, do not re-plan it):\n{convo}"}
-        )
-        messages.append({"role": "assistant", "content": '{"tasks": []}'})
-    messages.append({"role": "user", "content": _ours_user_message(request, inputs)})
-    return messages
-
-
 def _hugginggpt_node(node: dict[str, Any]) -> dict[str, Any]:
     """A demo node in HuggingGPT's key order (task, id, dep, args)."""
     return {"task": node["task"], "id": node["id"], "dep": node.get("dep", [-1]) or [-1], "args": node.get("args", {})}
@@ -285,7 +239,9 @@ def build_style_messages(
         demos = fixed_demos(style.prompt)
     if style.prompt == "hugginggpt":
         return _hugginggpt_messages(request, inputs, history, allowed, demos)
-    return _ours_messages(style, request, inputs, history, allowed, demos)
+    return build_plan_messages(
+        request, inputs, history, allowed, demos=[d.model_dump() for d in demos], task_table=style.task_table
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -303,8 +259,8 @@ def plan_with_style(
 ) -> PlanResult:
     """Plan one request in ``style``: ask, validate, re-ask once with the problems, then give up with them.
 
-    The loop is :func:`tasks.plan.plan_request`'s; only the messages (and, for HuggingGPT's style, the reply
-    format: a bare list, no JSON schema) differ.
+    The loop is :func:`tasks.plan.ask_for_plan`, as for :func:`tasks.plan.plan_request`; only the messages (and,
+    for HuggingGPT's style, the reply format: a bare list, no JSON schema) differ.
     """
     allowed = tuple(allowed)
     messages = build_style_messages(style, request, inputs, history, allowed, selector)
@@ -314,27 +270,6 @@ def plan_with_style(
         if style.prompt == "ours"
         else "Reply with the corrected JSON list of tasks only."
     )
-    usage = LLMUsage()
-    last_error: PlanValidationError | None = None
-    reply = ""
-    for attempt in (1, 2):
-        reply, call_usage = llm.chat(messages, schema=schema, schema_name="plan")
-        usage = usage + call_usage
-        try:
-            raw = parse_plan(reply)
-            nodes, repairs = validate_plan(raw, inputs=inputs, request=request, allowed=allowed)
-        except PlanValidationError as exc:
-            last_error = exc
-            messages = [
-                *messages,
-                {"role": "assistant", "content": reply},
-                {"role": "user", "content": f"That plan is invalid: {'; '.join(exc.problems)}. {correction}"},
-            ]
-            continue
-        return PlanResult(nodes=nodes, repairs=repairs, attempts=attempt, usage=usage)
-    assert last_error is not None
-    raise StylePlanningError(
-        f"the LLM's plan was invalid twice; last error: {'; '.join(last_error.problems)}",
-        usage=usage,
-        last_reply=reply,
+    return ask_for_plan(
+        llm, messages, request=request, inputs=inputs, allowed=allowed, schema=schema, correction=correction
     )

@@ -250,35 +250,22 @@ _TABLE: tuple[TaskType, ...] = (
 
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in _TABLE}
 
-#: Task types this build can execute locally (see ``tasks/experts/local.py``).
-#: The planner only offers these; the others stay in the table for the catalog
-#: and for validation messages.
-EXECUTABLE_TASKS: frozenset[str] = frozenset(
-    {
-        "text-classification",
-        "token-classification",
-        "text-generation",
-        "summarization",
-        "translation",
-        "question-answering",
-        "image-classification",
-        "object-detection",
-        "image-to-text",
-        "automatic-speech-recognition",
-        "text-to-speech",
-        "text2text-generation",
-        "conversational",
-        "sentence-similarity",
-        "zero-shot-classification",
-        "feature-extraction",
-        "image-segmentation",
-        "depth-estimation",
-        "visual-question-answering",
-        "document-question-answering",
-        "image-to-image",
-        "audio-classification",
-    }
-)
+#: Task types no transformers model family serves, and why: they run through the remote backend only
+#: (``tasks/experts/local.py`` runs every other one).
+NOT_SERVED_LOCALLY: dict[str, str] = {
+    "tabular-classification": (
+        "transformers has no tabular classification models (the Hub's are scikit-learn / skops pipelines)"
+    ),
+    "text-to-image": "transformers has no text-to-image models (they are diffusers pipelines)",
+    "text-to-video": "transformers has no text-to-video models (they are diffusers pipelines)",
+    "audio-to-audio": (
+        "transformers has no audio-to-audio pipeline (the Hub's speech enhancement and separation models are "
+        "SpeechBrain / Asteroid models)"
+    ),
+}
+
+#: Task types the local backend executes: what the planner is offered when nothing narrows it down.
+EXECUTABLE_TASKS: frozenset[str] = frozenset(TASK_TYPES) - frozenset(NOT_SERVED_LOCALLY)
 
 
 def normalize_task_name(name: str) -> str:

@@ -40,6 +40,8 @@ class ScriptedLLM:
         self.calls: Counter[str] = Counter()
         self.script: dict[str, list[Any]] = {}
         self.reject_response_format = False
+        #: seconds every successful answer takes, as a hosted model's response time
+        self.latency = 0.0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -90,6 +92,7 @@ class ScriptedLLM:
             self.calls.clear()
             self.script.clear()
             self.reject_response_format = False
+            self.latency = 0.0
 
     def set(self, *, plan: Any = None, select: Any = None, respond: Any = None) -> None:
         for stage, entry in (("plan", plan), ("select", select), ("respond", respond)):
@@ -118,6 +121,8 @@ class ScriptedLLM:
                 time.sleep(entry.delay)
             return entry.status, {"error": {"message": entry.message, "type": "server_error"}}
         content = entry
+        if self.latency:
+            time.sleep(self.latency)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         return 200, {
             "id": f"chatcmpl-{len(self.requests)}",

@@ -135,6 +135,26 @@ def test_failed_benchmark_is_a_row() -> None:
     ]
 
 
+def test_batch_rows_compare_each_mode_with_one_by_one() -> None:
+    def mode(name: str, per_minute: float, speedup: float) -> dict[str, Any]:
+        return {"mode": name, "requests_per_minute": per_minute, "seconds": 3000 / per_minute, "speedup": speedup}
+
+    modes = [mode("one by one (run_request)", 100.0, 1.0), mode("batch flow, 4 in flight", 150.0, 1.5)]
+    slow = [mode("one by one (run_request)", 40.0, 1.0), mode("batch flow, 4 in flight", 120.0, 3.0)]
+    rows = report.batch_rows(
+        {
+            "requests": 50,
+            "models": 6,
+            "max_models": 2,
+            "apis": [{"api": "sqlite", "modes": modes}],
+            "with_llm_latency": {"api": "sqlite", "llm_latency_seconds": 0.5, "modes": slow},
+        }
+    )
+    assert [r["benchmark"].split(", ")[-1] for r in rows] == ["Prefect API on sqlite", "0.5 s per LLM answer"]
+    assert rows[0]["value"].endswith("1.50x") and rows[1]["value"].endswith("3.00x")
+    assert rows[1]["baseline (same run)"].startswith("one by one (run_request): 40/min")
+
+
 def test_arguments() -> None:
     assert parse_args([]).sections == list(SECTIONS)
     assert parse_args(["--only", "llm,dag", "--quick"]).sections == ["dag", "llm"]

@@ -440,6 +440,7 @@ CASES: list[Case] = [
 def test_cases_cover_every_remote_task() -> None:
     covered = {c.task for c in CASES}
     assert covered == set(REMOTE_TASKS) - {"text-to-video"}  # through Inference Providers: tests below
+    assert RemoteBackend().tasks == frozenset(REMOTE_TASKS), "a call for every supported task, and no other"
     assert set(LOCAL_TASKS) | set(REMOTE_TASKS) == set(TASK_TYPES), "every task type has a backend"
 
 

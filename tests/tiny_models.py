@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
+
 CORPUS: tuple[str, ...] = (
     "A cat is sitting on the mat next to a small dog.",
     "The dog runs across the green park with a red ball.",
@@ -41,30 +43,8 @@ CORPUS: tuple[str, ...] = (
     "summarize: the report says the weather will be warm and dry.",
 )
 
-TASKS: tuple[str, ...] = (
-    "text-classification",
-    "token-classification",
-    "text-generation",
-    "summarization",
-    "translation",
-    "question-answering",
-    "image-classification",
-    "object-detection",
-    "image-to-text",
-    "automatic-speech-recognition",
-    "text-to-speech",
-    "text2text-generation",
-    "conversational",
-    "sentence-similarity",
-    "zero-shot-classification",
-    "feature-extraction",
-    "image-segmentation",
-    "depth-estimation",
-    "visual-question-answering",
-    "document-question-answering",
-    "image-to-image",
-    "audio-classification",
-)
+#: One tiny model per task type the local backend runs.
+TASKS: tuple[str, ...] = LOCAL_TASKS
 
 SENTIMENT_LABELS: dict[int, str] = {0: "NEGATIVE", 1: "POSITIVE"}
 NER_LABELS: dict[int, str] = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "B-ORG", 6: "I-ORG"}

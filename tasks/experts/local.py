@@ -71,48 +71,12 @@ from PIL import Image, ImageDraw
 
 from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertInputs, ExpertOutput, ModelSpec
 from tasks.experts.cache import CacheEntry, ModelCache, default_cache
-from tasks.task_types import normalize_task_name
+from tasks.task_types import NOT_SERVED_LOCALLY, TASK_TYPES, normalize_task_name
 
 logger = logging.getLogger(__name__)
 
-#: Tasks this backend runs.
-SUPPORTED_TASKS: tuple[str, ...] = (
-    "text-classification",
-    "token-classification",
-    "text2text-generation",
-    "summarization",
-    "translation",
-    "question-answering",
-    "conversational",
-    "text-generation",
-    "sentence-similarity",
-    "zero-shot-classification",
-    "feature-extraction",
-    "object-detection",
-    "image-classification",
-    "image-to-image",
-    "image-to-text",
-    "visual-question-answering",
-    "document-question-answering",
-    "image-segmentation",
-    "depth-estimation",
-    "text-to-speech",
-    "automatic-speech-recognition",
-    "audio-classification",
-)
-
-#: Task types of the task table this backend does not run, and why (they run through the remote backend).
-NOT_SERVED_LOCALLY: dict[str, str] = {
-    "tabular-classification": (
-        "transformers has no tabular classification models (the Hub's are scikit-learn / skops pipelines)"
-    ),
-    "text-to-image": "transformers has no text-to-image models (they are diffusers pipelines)",
-    "text-to-video": "transformers has no text-to-video models (they are diffusers pipelines)",
-    "audio-to-audio": (
-        "transformers has no audio-to-audio pipeline (the Hub's speech enhancement and separation models are "
-        "SpeechBrain / Asteroid models)"
-    ),
-}
+#: Tasks this backend runs: every task type of the table but those of :data:`NOT_SERVED_LOCALLY` (which says why).
+SUPPORTED_TASKS: tuple[str, ...] = tuple(t for t in TASK_TYPES if t not in NOT_SERVED_LOCALLY)
 
 _BOX_COLORS: tuple[str, ...] = ("red", "lime", "blue", "yellow", "magenta", "cyan", "orange", "white")
 _MASK_COLORS: tuple[tuple[int, int, int], ...] = (

@@ -84,43 +84,17 @@ from tasks.experts.local import (
     text_input,
     waveform_audio,
 )
-from tasks.task_types import normalize_task_name
+from tasks.task_types import TASK_TYPES, normalize_task_name
 
 logger = logging.getLogger(__name__)
-
-#: Tasks this backend runs.
-SUPPORTED_TASKS: tuple[str, ...] = (
-    "text-classification",
-    "token-classification",
-    "text2text-generation",
-    "summarization",
-    "translation",
-    "question-answering",
-    "conversational",
-    "text-generation",
-    "sentence-similarity",
-    "zero-shot-classification",
-    "feature-extraction",
-    "tabular-classification",
-    "object-detection",
-    "image-classification",
-    "image-to-image",
-    "image-to-text",
-    "text-to-image",
-    "text-to-video",
-    "visual-question-answering",
-    "document-question-answering",
-    "image-segmentation",
-    "text-to-speech",
-    "automatic-speech-recognition",
-    "audio-to-audio",
-    "audio-classification",
-)
 
 #: Task types of the task table this backend does not run, and why.
 NOT_SERVED_REMOTELY: dict[str, str] = {
     "depth-estimation": "huggingface_hub's InferenceClient has no depth-estimation call",
 }
+
+#: Tasks this backend runs: every task type of the table but those of :data:`NOT_SERVED_REMOTELY`.
+SUPPORTED_TASKS: tuple[str, ...] = tuple(t for t in TASK_TYPES if t not in NOT_SERVED_REMOTELY)
 
 #: Tasks an endpoint URL cannot serve through ``InferenceClient``, and why.
 NOT_SERVED_BY_ENDPOINTS: dict[str, str] = {

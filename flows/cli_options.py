@@ -1,0 +1,62 @@
+"""What the ``hugginggpt`` subcommands share: exit codes, error lines, argument types and common options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def error(command: str | None, message: str) -> None:
+    """One line on stderr: ``hugginggpt [COMMAND]: MESSAGE``."""
+    print(f"hugginggpt{' ' + command if command else ''}: {message}", file=sys.stderr)
+
+
+def config_error(command: str | None, exc: Any) -> int:
+    """Report a settings ``ValidationError`` (every field and what is wrong with it); return the usage exit code."""
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    error(command, f"invalid configuration: {problems}")
+    return EXIT_USAGE
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def add_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input",
+        "-i",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file the request refers to (path, http(s) or fsspec URL); repeatable",
+    )
+
+
+def add_storage(parser: argparse.ArgumentParser, help: str = "artifact store: a folder or fsspec URL") -> None:
+    parser.add_argument("--storage", metavar="URL", help=f"{help} (HUGGINGGPT_STORAGE)")
+
+
+def add_catalog(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--catalog", metavar="PATH", help="extra catalog JSONL (HUGGINGGPT_CATALOG)")
+
+
+def add_llm_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llm-model", metavar="NAME", help="chat model of the controller (HUGGINGGPT_LLM_MODEL)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps or auto (HUGGINGGPT_DEVICE)")
