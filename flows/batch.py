@@ -658,6 +658,30 @@ def hugginggpt_batch(
 # ---------------------------------------------------------------------------
 # from Python, without Prefect concepts
 # ---------------------------------------------------------------------------
+def sqlite_concurrency_warning(max_in_flight: int) -> str | None:
+    """A warning when requests would run concurrently against Prefect's embedded server on SQLite.
+
+    SQLite answers concurrent flow runs' writes with "database is locked", which the API turns into 503 and the
+    client retries after 2, 4, 8... seconds: on this machine a 50-request batch at 4 in flight took twice as long
+    as the same requests one by one (``bench/README.md``). A server of one's own (``PREFECT_API_URL``) is not
+    inspected: its database is not visible from here.
+    """
+    from prefect.settings import get_current_settings
+
+    current = get_current_settings()
+    if max_in_flight <= 1 or current.api.url:
+        return None
+    url = current.server.database.connection_url
+    if url is None or not url.get_secret_value().startswith("sqlite"):
+        return None
+    return (
+        f"{max_in_flight} requests in flight on Prefect's embedded server, whose database is SQLite: concurrent "
+        "runs get 'database is locked' answers that are retried after 2, 4, 8... s, which can make the batch slower "
+        "than one request at a time. Start a Prefect server on PostgreSQL and set PREFECT_API_URL (see "
+        "deployments/README.md), or pass --max-in-flight 1."
+    )
+
+
 def run_batch(
     requests_url: str,
     storage: str | None = None,

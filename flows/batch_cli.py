@@ -126,8 +126,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if settings.catalog is not None and not Path(settings.catalog).is_file():
         error("batch", f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
         return EXIT_USAGE
+    from flows.batch import sqlite_concurrency_warning
     from flows.request import prefect_run_settings
 
+    warning = sqlite_concurrency_warning(args.max_in_flight or settings.batch_max_in_flight)
+    if warning:
+        error("batch", f"warning: {warning}")
     try:
         with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
             summary: BatchSummary = run_batch(

@@ -340,3 +340,24 @@ def test_request_runs_on_a_dask_cluster_with_a_model_cache_per_worker(
             stats.append(worker_stats)
     assert stats[0]["loads"] == stats[1]["loads"] >= 2  # models loaded once, on the first run, in the worker
     assert stats[1]["hits"] >= stats[0]["hits"] + 2  # the second run used the worker's cached models
+
+
+def test_warns_before_concurrent_requests_on_the_embedded_sqlite_server() -> None:
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+    from flows.batch import sqlite_concurrency_warning
+
+    sqlite = "sqlite+aiosqlite:////tmp/prefect.db"
+    postgres = "postgresql+asyncpg://prefect:secret@db:5432/prefect"
+    with temporary_settings(
+        updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: sqlite}, restore_defaults={PREFECT_API_URL}
+    ):
+        warning = sqlite_concurrency_warning(4)
+        assert warning and "SQLite" in warning and "PREFECT_API_URL" in warning and "--max-in-flight 1" in warning
+        assert sqlite_concurrency_warning(1) is None
+    with temporary_settings(
+        updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: postgres}, restore_defaults={PREFECT_API_URL}
+    ):
+        assert sqlite_concurrency_warning(4) is None
+    with temporary_settings(updates={PREFECT_API_URL: "http://prefect:4200/api"}):
+        assert sqlite_concurrency_warning(4) is None  # a server of one's own: its database is not visible
