@@ -69,6 +69,7 @@ def remote_backend_for(settings: Settings) -> ExpertBackend:
     key = (
         token,
         settings.remote_timeout,
+        settings.remote_job_timeout,
         settings.hf_inference_url,
         settings.hf_provider,
         settings.remote_retries,
@@ -81,6 +82,7 @@ def remote_backend_for(settings: Settings) -> ExpertBackend:
             backend = RemoteBackend(
                 token=token,
                 timeout=settings.remote_timeout,
+                job_timeout=settings.remote_job_timeout,
                 base_url=settings.hf_inference_url,
                 provider=settings.hf_provider,
                 max_retries=settings.remote_retries,

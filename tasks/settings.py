@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     )
     remote_timeout: float = Field(default=60.0, gt=0, description="seconds for one remote inference call")
     remote_retries: int = Field(default=2, ge=0, description="retries of a remote call on 5xx and 429")
+    remote_job_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="seconds one call through Inference Providers may take in all, a provider's job queue included",
+    )
     remote_retry_wait: float = Field(default=1.0, ge=0, description="first wait before a remote retry (doubles)")
     top_k: int = Field(default=5, ge=1, description="candidates per task offered to the LLM")
     max_models: int = Field(default=4, ge=1, description="loaded models kept in memory per process")

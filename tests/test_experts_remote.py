@@ -18,7 +18,7 @@ import pathlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -591,9 +591,16 @@ def hub(server: InferenceServer, monkeypatch: pytest.MonkeyPatch) -> InferenceSe
     return point_hub_at(server, monkeypatch)
 
 
-def serve_video_model(hub: InferenceServer, model: str, *providers: str, video: bytes = MP4) -> None:
+def serve_video_model(
+    hub: InferenceServer,
+    model: str,
+    *providers: str,
+    video: bytes = MP4,
+    fal_statuses: Sequence[str] = ("IN_PROGRESS", "COMPLETED"),
+) -> None:
     """Script the Hub's provider mapping of ``model`` (``providers`` in the user's order) and each provider's
-    text-to-video route, whose answer points at a video file on the same server."""
+    text-to-video route, whose answer points at a video file on the same server; fal-ai's job reports
+    ``fal_statuses`` in turn (the last one repeats)."""
     mapping = {
         p: {"status": "live", "providerId": f"{p}-{model.split('/')[-1]}", "task": "text-to-video"} for p in providers
     }
@@ -605,6 +612,14 @@ def serve_video_model(hub: InferenceServer, model: str, *providers: str, video: 
             hub.add(f"/router/novita/v3/hf/{pid}", Reply({"video": {"video_url": hub.url("/files/clip.mp4")}}))
         elif provider == "replicate":  # POST {router}/replicate/v1/models/{id}/predictions -> {"output": url}
             hub.add(f"/router/replicate/v1/models/{pid}/predictions", Reply({"output": hub.url("/files/clip.mp4")}))
+        elif provider == "fal-ai":  # a queued job: POST, then GET .../status until COMPLETED, then GET the result
+            job = f"/router/fal-ai/{pid}/requests/job-1"
+            hub.add(
+                f"/router/fal-ai/{pid}",
+                Reply({"request_id": "job-1", "status": "IN_QUEUE", "response_url": hub.url(job)}),
+            )
+            hub.add(f"{job}/status", *(Reply({"status": status}) for status in fal_statuses))
+            hub.add(job, Reply({"video": {"url": hub.url("/files/clip.mp4")}}))
         else:
             raise ValueError(provider)
 
@@ -633,6 +648,32 @@ def test_text_to_video_with_the_provider_named_by_the_catalog(hub: InferenceServ
     (sent,) = hub.received("/router/replicate/v1/models/replicate-tiny-video-2/predictions")
     assert sent.json() == {"input": {"prompt": "a dog skating"}}
     assert hub.received("/router/novita/v3/hf/novita-tiny-video-2") == []
+
+
+def test_text_to_video_through_a_provider_job_queue(hub: InferenceServer) -> None:
+    serve_video_model(hub, "acme/queued-video", "fal-ai")
+    remote = RemoteBackend(token="hf_test_token", timeout=5.0, job_timeout=30.0)
+    out = remote.run("text-to-video", ModelSpec(id="acme/queued-video", task="text-to-video"), {"text": "waves"})
+    assert out.video == MP4 and out.extra["provider"] == "auto"
+    (sent,) = hub.received("/router/fal-ai/fal-ai-queued-video")
+    assert sent.json() == {"prompt": "waves"}
+    assert len(hub.received("/router/fal-ai/fal-ai-queued-video/requests/job-1/status")) == 2  # polled to the end
+
+
+def test_a_provider_job_that_never_completes_is_abandoned_in_bounded_time(hub: InferenceServer) -> None:
+    serve_video_model(hub, "acme/stuck-video", "fal-ai", fal_statuses=("IN_PROGRESS",))
+    remote = RemoteBackend(token="hf_test_token", timeout=5.0, job_timeout=1.5)
+    started = time.monotonic()
+    with pytest.raises(ExpertError, match=r"no result after 1.5 s \(HUGGINGGPT_REMOTE_JOB_TIMEOUT\)") as info:
+        remote.run("text-to-video", ModelSpec(id="acme/stuck-video", task="text-to-video"), {"text": "waves"})
+    assert time.monotonic() - started < 5
+    assert "acme/stuck-video" in str(info.value)
+    assert hub.received("/router/fal-ai/fal-ai-stuck-video/requests/job-1/status")  # it was polling
+    hub.reset()  # the abandoned poller's next request gets a 404 and its thread ends
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("remote call:") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(t.name.startswith("remote call:") for t in threading.enumerate())
 
 
 def test_text_to_video_that_is_not_an_mp4_is_an_error(hub: InferenceServer) -> None:

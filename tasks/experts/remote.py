@@ -39,6 +39,8 @@ bounded:
 * HTTP 503 "model is loading" (a body with ``estimated_time``): waits the estimated time, in total at most
   ``max_loading_wait`` seconds (``timeout`` by default), then tries again; then an error saying it is still loading;
 * a request longer than ``timeout`` seconds: an error saying it timed out after that long (not retried);
+* a call through Inference Providers longer than ``job_timeout`` seconds in all (some providers queue the job and
+  the client polls it until it is done, with no bound of its own): an error saying so (not retried);
 * 401 / 403: an error telling to set ``HF_TOKEN``; 404: the model is not served there; 400 / 422: the server's
   message about the input.
 
@@ -130,6 +132,7 @@ class RemoteBackend:
         retry_wait: float = 1.0,
         *,
         max_loading_wait: float | None = None,
+        job_timeout: float = 600.0,
         max_retry_wait: float = 30.0,
         max_new_tokens: int = 48,
         detection_threshold: float = 0.5,
@@ -137,8 +140,8 @@ class RemoteBackend:
         max_audio_seconds: float = 30.0,
         endpoints_when_offline: bool = True,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+        if timeout <= 0 or job_timeout <= 0:
+            raise ValueError(f"timeouts must be positive, got {timeout} and {job_timeout}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be at least 0, got {max_retries}")
         if retry_wait < 0 or max_retry_wait < 0:
@@ -152,6 +155,7 @@ class RemoteBackend:
         self.max_retries = max_retries
         self.retry_wait = float(retry_wait)
         self.max_loading_wait = float(timeout if max_loading_wait is None else max_loading_wait)
+        self.job_timeout = float(job_timeout)
         self.max_retry_wait = float(max_retry_wait)
         self.max_new_tokens = max_new_tokens
         self.detection_threshold = detection_threshold
@@ -238,7 +242,14 @@ class RemoteBackend:
         )
         start = time.perf_counter()
         try:
-            output = self._with_retries(lambda: call(client, inputs), where, task_name)
+            if _is_url(target):
+                output = self._with_retries(lambda: call(client, inputs), where, task_name)
+            else:  # some providers queue the job and the client polls it with no end of its own
+                output = self._with_retries(
+                    lambda: within(self.job_timeout, lambda: call(client, inputs), f"{where} ({task_name})"),
+                    where,
+                    task_name,
+                )
         finally:
             client.close()
         output.extra.setdefault("model", model.id)
@@ -598,6 +609,34 @@ def _flat(result: Any) -> list[Any]:
         else:
             flat.append(item)
     return flat
+
+
+def within(seconds: float, call: Callable[[], ExpertOutput], what: str) -> ExpertOutput:
+    """``call()``, or an :class:`ExpertError` once ``seconds`` have passed without its result.
+
+    For calls with no bound of their own: huggingface_hub polls a provider's job queue (fal-ai's text-to-video,
+    image-to-image and image-segmentation) until the job says it is complete, however long that takes. The call
+    runs in a daemon thread; when the time is up the node moves on and the thread is left to end with its request.
+    """
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"remote call: {what}", daemon=True).start()
+    if not done.wait(seconds):
+        raise ExpertError(
+            f"no result after {seconds:g} s (HUGGINGGPT_REMOTE_JOB_TIMEOUT); the provider's job may still be running"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def is_mp4(data: bytes) -> bool:
