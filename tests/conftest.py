@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HF_TOKEN", "HUGGINGGPT_CATALO
 import pytest  # noqa: E402
 
 from tests.llm_server import ScriptedLLM  # noqa: E402
+from tests.web_server import WebServer  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -104,3 +106,14 @@ def sample_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     speech = root / "speech.wav"
     sf.write(speech, (0.3 * np.sin(2 * np.pi * 440 * t)).astype("float32"), 16000)
     return {"photo": photo, "speech": speech}
+
+
+@pytest.fixture
+def web(tmp_path: Path, sample_files: dict[str, Path]) -> Iterator[WebServer]:
+    """A plain HTTP server on 127.0.0.1 serving a folder that holds the sample photo as ``photo.png``."""
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copy(sample_files["photo"], root / "photo.png")
+    server = WebServer(root)
+    yield server
+    server.stop()

@@ -4,9 +4,7 @@ computed is lost (what ran before the problem, or beside it, is kept in storage 
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +39,6 @@ def _planning_fails(llm: Any, reply: str, *expected: str) -> RunSummary:
     assert resent.startswith("That plan is invalid:") and expected[0] in resent
     assert _stored(summary)["error"] == summary.error
     return summary
-
-
-@pytest.fixture
-def web(tmp_path: Path, sample_files: dict[str, Path]) -> Iterator[WebServer]:
-    root = tmp_path / "www"
-    root.mkdir()
-    shutil.copy(sample_files["photo"], root / "photo.png")
-    server = WebServer(root)
-    yield server
-    server.stop()
 
 
 # --- the request --------------------------------------------------------------------------------------------------

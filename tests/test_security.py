@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +39,6 @@ def defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     work.mkdir()
     monkeypatch.chdir(work)
     return work
-
-
-@pytest.fixture
-def web(tmp_path: Path, sample_files: dict[str, Path]) -> Iterator[WebServer]:
-    root = tmp_path / "www"
-    root.mkdir()
-    shutil.copy(sample_files["photo"], root / "photo.png")
-    server = WebServer(root)
-    yield server
-    server.stop()
 
 
 # --- trust_remote_code: a catalog entry and a setting must both allow it ---------------------------------------------
