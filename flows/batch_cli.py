@@ -26,6 +26,7 @@ from flows.cli_options import (
     add_storage,
     config_error,
     error,
+    llm_settings,
     positive_int,
 )
 
@@ -72,20 +73,11 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from tasks.llm import LLMClient, LLMError
     from tasks.plan import PlanningError, plan_request
-    from tasks.settings import LLMNotConfiguredError, load_settings
 
-    try:
-        settings = load_settings(llm_model=args.llm_model)
-    except ValidationError as exc:
-        return config_error("plan", exc)
-    try:
-        settings.require_llm()
-    except LLMNotConfiguredError as exc:
-        error("plan", str(exc))
+    settings = llm_settings("plan", llm_model=args.llm_model)
+    if settings is None:
         return EXIT_USAGE
     if not args.request.strip():
         error("plan", "the request is empty: say what you want done")

@@ -23,6 +23,25 @@ def config_error(command: str | None, exc: Any) -> int:
     return EXIT_USAGE
 
 
+def llm_settings(command: str | None, **overrides: Any) -> Any:
+    """The settings, with an LLM configured; ``None`` after saying what is wrong (invalid values, or what to set
+    for the LLM), for the caller to exit with :data:`EXIT_USAGE`."""
+    from pydantic import ValidationError
+
+    from tasks.settings import LLMNotConfiguredError, load_settings
+
+    try:
+        settings = load_settings(**overrides)
+        settings.require_llm()
+    except ValidationError as exc:
+        config_error(command, exc)
+        return None
+    except LLMNotConfiguredError as exc:
+        error(command, str(exc))
+        return None
+    return settings
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:

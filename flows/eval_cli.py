@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_llm_model, config_error, error, positive_int
+from flows.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_llm_model, error, llm_settings, positive_int
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -78,18 +78,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from tasks.settings import LLMNotConfiguredError, load_settings
-
-    try:
-        settings = load_settings(llm_model=args.llm_model)
-    except ValidationError as exc:
-        return config_error("eval", exc)
-    try:
-        settings.require_llm()
-    except LLMNotConfiguredError as exc:
-        error("eval", str(exc))
+    settings = llm_settings("eval", llm_model=args.llm_model)
+    if settings is None:
         return EXIT_USAGE
 
     from tasks.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset

@@ -14,7 +14,6 @@ from typing import Any
 from models_catalog.catalog import LOCAL_LIBRARIES, Catalog, hub_offline
 from tasks.experts.base import ExpertBackend, ModelSpec
 from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
-from tasks.experts.remote import NOT_SERVED_BY_ENDPOINTS
 from tasks.experts.remote import SUPPORTED_TASKS as REMOTE_TASKS
 from tasks.experts.router import Chooser, make_chooser
 from tasks.settings import Settings
@@ -39,10 +38,10 @@ def chooser_for(settings: Settings) -> Chooser:
                 return None, f"{reason} (a {spec.library} model: transformers cannot load it)"
         else:
             backend, reason = with_local(spec)
-        if backend == "remote" and spec.task in NOT_SERVED_BY_ENDPOINTS:
-            url = spec.endpoint or (settings.hf_inference_url if not spec.provider else None)
-            if url:
-                return None, f"sent to {url}: {NOT_SERVED_BY_ENDPOINTS[spec.task]}"
+        if backend == "remote":
+            refused = remote_backend_for(settings).refusal(spec.task, spec)
+            if refused:
+                return None, refused
         return backend, reason
 
     return choose

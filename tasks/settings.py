@@ -21,6 +21,17 @@ class LLMNotConfiguredError(RuntimeError):
     """No LLM endpoint is configured; the message says which variable to set."""
 
 
+def _split_list(value: Any, separator: str, *, strip: bool) -> Any:
+    """An environment value for a list: a JSON list, or items between ``separator``s (blank ones dropped, each one
+    stripped of spaces when ``strip``); anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part.strip() if strip else part for part in text.split(separator) if part.strip()]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HUGGINGGPT_",
@@ -128,22 +139,12 @@ class Settings(BaseSettings):
     @field_validator("input_roots", mode="before")
     @classmethod
     def _split_roots(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part for part in text.split(os.pathsep) if part.strip()]
-        return v
+        return _split_list(v, os.pathsep, strip=False)
 
     @field_validator("allowed_url_schemes", mode="before")
     @classmethod
     def _split_schemes(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return v
+        return _split_list(v, ",", strip=True)
 
     @field_validator("allowed_url_schemes")
     @classmethod

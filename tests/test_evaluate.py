@@ -614,6 +614,14 @@ def test_eval_without_llm_says_what_to_set(monkeypatch: pytest.MonkeyPatch, caps
     assert code == 2 and "Set OPENAI_API_KEY" in err and "Traceback" not in err
 
 
+def test_eval_and_plan_name_an_invalid_setting(llm, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("HUGGINGGPT_LLM_TIMEOUT", "-1")
+    for command in (["eval"], ["plan", "Caption photo.jpg"]):
+        code, _, err = _run(command, capsys)
+        assert code == 2 and f"hugginggpt {command[0]}: invalid configuration: llm_timeout" in err, err
+        assert "Traceback" not in err
+
+
 def test_eval_unreachable_llm_stops(llm, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     code, _, err = _run(["eval", "--limit", "3", "--out", str(tmp_path / "r.json")], capsys)

@@ -28,8 +28,7 @@ no text-to-video; the availability check removes such candidates before selectio
 Inputs are sent as the client expects them: images as PNG bytes, audio as 16-bit WAV bytes, tables (CSV bytes) as
 ``{column: [values]}``. Outputs: images come back as PIL images (RGB), audio through ``soundfile`` as
 :class:`~tasks.experts.base.Audio`, video as the MP4 bytes the provider sent (anything else is an error naming what
-came back); detection boxes and segmentation masks are
-drawn on a copy of the input image as the local backend does.
+came back); detection boxes and segmentation masks are drawn on a copy of the input image as the local backend does.
 
 Failures become :class:`~tasks.experts.base.ExpertError` naming the model and where it was sent, and every wait is
 bounded:
@@ -200,6 +199,13 @@ class RemoteBackend:
     def supports(self, task: str) -> bool:
         return normalize_task_name(task) in self._calls
 
+    def refusal(self, task: str, model: ModelSpec) -> str | None:
+        """Why ``task`` cannot be sent where :meth:`target` sends ``model``'s requests, or ``None``."""
+        task_name = normalize_task_name(task)
+        if task_name in NOT_SERVED_BY_ENDPOINTS and _is_url(url := self.target(model)):
+            return f"sent to {url}: {NOT_SERVED_BY_ENDPOINTS[task_name]}"
+        return None
+
     def target(self, model: ModelSpec) -> str:
         """Where requests for ``model`` go: its endpoint, else its Hub id when it names its provider, else the
         backend's base URL, else its Hub id."""
@@ -222,9 +228,10 @@ class RemoteBackend:
             )
         target = self.target(model)
         where = self._where(model, target)
+        refused = self.refusal(task_name, model)
+        if refused:
+            raise ExpertError(f"{where} cannot run {task_name}: {refused}")
         if _is_url(target):
-            if task_name in NOT_SERVED_BY_ENDPOINTS:
-                raise ExpertError(f"{where} cannot run {task_name}: {NOT_SERVED_BY_ENDPOINTS[task_name]}")
             if self.endpoints_when_offline and _hub_offline() and not _is_hub_url(target):
                 allow_endpoints_when_offline()
         elif _hub_offline():
@@ -240,16 +247,16 @@ class RemoteBackend:
             token=self.token,
             timeout=self.timeout,
         )
+
+        def attempt() -> ExpertOutput:
+            if _is_url(target):
+                return call(client, inputs)
+            # some providers queue the job and the client polls it with no end of its own
+            return within(self.job_timeout, lambda: call(client, inputs), f"{where} ({task_name})")
+
         start = time.perf_counter()
         try:
-            if _is_url(target):
-                output = self._with_retries(lambda: call(client, inputs), where, task_name)
-            else:  # some providers queue the job and the client polls it with no end of its own
-                output = self._with_retries(
-                    lambda: within(self.job_timeout, lambda: call(client, inputs), f"{where} ({task_name})"),
-                    where,
-                    task_name,
-                )
+            output = self._with_retries(attempt, where, task_name)
         finally:
             client.close()
         output.extra.setdefault("model", model.id)
