@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,6 +50,18 @@ class CatalogEntry(BaseModel):
         default=False,
         description="the model needs the Python code of its repository; it runs only if HUGGINGGPT_TRUST_REMOTE_CODE "
         "allows it too",
+    )
+    architecture: str | None = Field(
+        default=None, description="the model_type of its config (bert, vits, whisper, ...), as transformers names it"
+    )
+    params: int | None = Field(default=None, ge=0, description="parameter count")
+    requires: list[str] = Field(
+        default_factory=list,
+        description="what it needs besides transformers: Python packages by distribution name, programs as 'bin:NAME'",
+    )
+    tier: Literal["recommended", "catalog"] = Field(
+        default="catalog",
+        description="'recommended': current, proven to run here, ranked first; 'catalog': the long tail",
     )
 
     def spec(self) -> ModelSpec:
