@@ -5,9 +5,9 @@ process only, so the bench measures what each change saves against the code as i
   (planning, selection, response); each new client builds an HTTP client whose TLS context loads the CA bundle
   (tens of milliseconds of CPU each, even for an ``http://`` endpoint). Now: ``tasks.llm.shared_openai_client``,
   one client per process for the same key, base URL, timeout and retries.
-* ``result_storage_by_slug``: ``configured_flow`` saved the results block on every call and passed its slug
+* ``result_storage_by_slug``: the results block was saved on every call and passed as its slug
   (``local-file-system/hugginggpt-results-...``), which Prefect loads from its API at the start of every flow
-  run. Now: ``flows.request.results_block`` saves it once per process and API, and the saved instance is passed.
+  run. Now: ``flows.request.results_block`` saves it once per process and API, and the run uses the saved instance.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def result_storage_by_slug() -> Iterator[None]:
         with request._SAVED_RESULT_BLOCKS_LOCK:
             request._SAVED_RESULT_BLOCKS.clear()
         block = saved_once(settings)
-        return f"{block.get_block_type_slug()}/{block._block_document_name}"
+        return type(block).load(block._block_document_name)  # what Prefect did with the slug on every run
 
     request.results_block = save_every_time  # type: ignore[assignment]
     try:

@@ -457,11 +457,8 @@ def run_flow(
 ) -> FlowRun:
     """Run ``hugginggpt-request`` once (a thread pool of ``max_workers`` for its nodes) and time it from the
     caller's side: flow run creation, every stage, and the final state."""
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from flows.request import configured_flow, summary_of
+    from flows.request import hugginggpt_request, summary_of
     from tasks.schemas import PlanNode, RunSummary
-    from tasks.settings import load_settings
 
     nodes = [n if isinstance(n, PlanNode) else PlanNode.model_validate(n) for n in plan] if plan is not None else None
     with env_vars(
@@ -469,10 +466,8 @@ def run_flow(
         HUGGINGGPT_STORAGE=storage,
         HUGGINGGPT_CATALOG=str(catalog) if catalog else None,
     ):
-        settings = load_settings()
-        flow = configured_flow(settings, task_runner=ThreadPoolTaskRunner(max_workers=max_workers))
         t0 = time.perf_counter()
-        state = flow(
+        state = hugginggpt_request(
             request,
             inputs=list(inputs),
             models=dict(models or {}),

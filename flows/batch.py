@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 import yaml
-from prefect import Flow, flow, get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -47,12 +47,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flows.request import configured_flow, prefect_run_settings
-from flows.runners import shared_task_runner
+from flows.request import hugginggpt_request, prefect_run_settings
+from flows.runners import shared_cluster
 from tasks.plan import PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key
 from tasks.schemas import PlanNode, PlanResult, RunSummary
-from tasks.settings import Settings, load_settings
+from tasks.settings import RunOptions, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, read_uri, resolve_storage, store_for
 from tasks.task_types import TASK_TYPES
 
@@ -345,7 +345,6 @@ def _record(line: int, spec: BatchLine, **fields: Any) -> LineResult:
 
 @task(name="batch-line", cache_policy=NO_CACHE)
 def run_line(
-    request_flow: Flow[..., Any],
     line: int,
     spec: BatchLine,
     plan: list[PlanNode] | None,
@@ -354,6 +353,7 @@ def run_line(
     shared_inputs: list[str] | None = None,
     storage: str | None = None,
     catalog: str | None = None,
+    options: RunOptions | None = None,
 ) -> State:
     """Prefect task: run one line as a child flow run of the request flow; never raises.
 
@@ -377,7 +377,7 @@ def run_line(
             plan = adapt_plan(shared_plan.nodes, shared_inputs or [], spec.inputs, spec.request)
         except PlanValidationError as exc:
             return failed(f"the shared plan does not fit this line's inputs: {exc}")
-    child = request_flow.with_options(flow_run_name=functools.partial(str, _child_name(line, spec)))
+    child = hugginggpt_request.with_options(flow_run_name=functools.partial(str, _child_name(line, spec)))
     try:
         state = child(
             spec.request,
@@ -387,6 +387,7 @@ def run_line(
             catalog=catalog,
             plan=plan,
             plan_source=plan_source,
+            options=options,
             return_state=True,
         )
         value = state.result(raise_on_failure=False)
@@ -505,6 +506,7 @@ def hugginggpt_batch(
     catalog: str | None = None,
     max_in_flight: Annotated[int, Field(ge=1)] | None = None,
     results_url: str | None = None,
+    options: RunOptions | None = None,
 ) -> BatchSummary:
     """Run every request of a JSONL file as a child flow run of ``hugginggpt-request``.
 
@@ -514,6 +516,7 @@ def hugginggpt_batch(
         catalog: extra catalog JSONL (default ``HUGGINGGPT_CATALOG``).
         max_in_flight: requests running at the same time (default ``HUGGINGGPT_BATCH_MAX_IN_FLIGHT``).
         results_url: where to write the results JSONL (default ``{storage}/batches/{flow run id}/results.jsonl``).
+        options: settings for every line's run on top of the environment (see ``hugginggpt_request``).
 
     Returns the :class:`BatchSummary`. When a line failed or was invalid, the flow run ends Failed (after every
     other line has run) with a :class:`BatchFailed` as its data, whose ``summary`` is the same; ``run_batch``
@@ -521,7 +524,7 @@ def hugginggpt_batch(
     """
     t_start = time.perf_counter()
     log = get_run_logger()
-    settings = load_settings(storage=storage, catalog=catalog)
+    settings = load_settings(options, storage=storage, catalog=catalog)
     run_id = str(flow_run.id or uuid.uuid4())
     in_flight = max_in_flight or settings.batch_max_in_flight
     parsed = parse_requests(read_requests(requests_url, settings))
@@ -551,8 +554,8 @@ def hugginggpt_batch(
 
     groups = {key: members for key, members in plan_groups(parsed).items() if len(members) > 1}
     summary.plan_groups = len(groups)
-    with shared_task_runner(settings) as node_runner, ThreadPoolTaskRunner(max_workers=in_flight) as runner:
-        request_flow = configured_flow(settings, task_runner=node_runner)
+    with shared_cluster(settings) as cluster, ThreadPoolTaskRunner(max_workers=in_flight) as runner:
+        line_options = (options or RunOptions()).model_copy(update={"dask_address": cluster} if cluster else {})
         plan_futures: dict[int, PrefectFuture[Any]] = {}  # first position of a group -> its planning task run
         group_of: dict[int, int] = {}  # position -> first position of its group
         if settings.llm_configured:
@@ -569,13 +572,13 @@ def hugginggpt_batch(
             if not p.valid or p.spec is None:
                 continue
             params: dict[str, Any] = {
-                "request_flow": request_flow,
                 "line": p.line,
                 "spec": p.spec,
                 "plan": p.plan,
                 "plan_source": "explicit" if p.plan is not None else "llm",
                 "storage": storage,
                 "catalog": catalog,
+                "options": line_options,
             }
             if p.plan is None and not settings.llm_configured:
                 try:
@@ -688,9 +691,10 @@ def run_batch(
     catalog: str | None = None,
     max_in_flight: int | None = None,
     results_url: str | None = None,
+    options: RunOptions | None = None,
 ) -> BatchSummary:
     """Run the batch flow and return its summary whatever the outcome (no Prefect state to unwrap)."""
-    settings = load_settings(storage=storage, catalog=catalog)
+    settings = load_settings(options, storage=storage, catalog=catalog)
     with prefect_run_settings(heartbeats=settings.heartbeats):
         state = hugginggpt_batch(
             requests_url,
@@ -698,6 +702,7 @@ def run_batch(
             catalog=catalog,
             max_in_flight=max_in_flight,
             results_url=results_url,
+            options=options,
             return_state=True,
         )
     value = state.result(raise_on_failure=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,19 +81,23 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print only the run summary as JSON on stdout")
 
 
+def run_options(args: argparse.Namespace) -> Any:
+    """The flags that set settings for this run, as the flow's ``options`` parameter."""
+    from tasks.settings import RunOptions
+
+    return RunOptions(
+        llm_model=args.llm_model,
+        device=args.device,
+        cache=False if args.no_cache else None,
+        cache_ttl=args.cache_ttl,
+    )
+
+
 def _settings(args: argparse.Namespace) -> Any:
-    """Settings with the flags applied; flags also become this process's environment, so every task sees them."""
+    """Settings with the flags applied, as the flow will see them."""
     from tasks.settings import load_settings
 
-    for name, value in (
-        ("HUGGINGGPT_LLM_MODEL", args.llm_model),
-        ("HUGGINGGPT_DEVICE", args.device),
-        ("HUGGINGGPT_CACHE", "false" if args.no_cache else None),
-        ("HUGGINGGPT_CACHE_TTL", None if args.cache_ttl is None else str(args.cache_ttl)),
-    ):
-        if value is not None:
-            os.environ[name] = value
-    return load_settings(storage=args.storage, catalog=args.catalog)
+    return load_settings(run_options(args), storage=args.storage, catalog=args.catalog)
 
 
 def load_plan_file(path: str) -> list[Any]:
@@ -189,14 +192,12 @@ def _execute(
     plan: list[Any] | None = None,
     resume_from: str | None = None,
 ) -> int:
-    from flows.request import configured_flow, prefect_run_settings, summary_of
-    from flows.runners import task_runner_for
+    from flows.request import hugginggpt_request, prefect_run_settings, summary_of
     from tasks.schemas import RunSummary
 
     try:
         with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
-            request_flow = configured_flow(settings, task_runner=task_runner_for(settings))
-            state = request_flow(
+            state = hugginggpt_request(
                 request,
                 inputs=inputs,
                 models=pins,
@@ -205,6 +206,7 @@ def _execute(
                 catalog=args.catalog,
                 plan=plan,
                 resume_from=resume_from,
+                options=run_options(args),
                 return_state=True,
             )
     except Exception as exc:

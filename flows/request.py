@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect import Flow, flow, get_run_logger
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
@@ -35,7 +35,7 @@ from tasks.report import artifact_key, node_rows, summary_markdown
 from tasks.respond import respond_task
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, parse_pins, select_task
-from tasks.settings import LLMNotConfiguredError, Settings, load_settings
+from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, resolve_storage, store_for, without_credentials
 from tasks.task_types import TASK_TYPES
 
@@ -157,6 +157,7 @@ def hugginggpt_request(
     plan: list[PlanNode] | None = None,
     resume_from: str | None = None,
     plan_source: str | None = None,
+    options: RunOptions | None = None,
 ) -> RunSummary:
     """Answer one request: plan, select models, run the plan's graph, respond.
 
@@ -171,6 +172,10 @@ def hugginggpt_request(
         resume_from: the flow run id of an earlier run of this request: its plan and model choices are
             reused, and its completed nodes are not run again.
         plan_source: where an explicit plan came from, recorded in the summary (e.g. a batch's plan cache).
+        options: settings for this run on top of the environment of the process that runs it (model, device,
+            cache, how many nodes at once, task runner, where Prefect keeps results). The flow builds its task
+            runner and result storage from them, so a CLI call, a batch line, a subflow and a deployed run alike
+            honour them.
 
     Returns the :class:`RunSummary`; when a node failed the flow run ends Failed
     with the summary as its data (``return_state=True`` gives it back). A retry of
@@ -180,7 +185,8 @@ def hugginggpt_request(
     log = get_run_logger()
     inputs = list(inputs or [])
     history = list(history or [])
-    settings = load_settings(storage=storage, catalog=catalog)
+    settings = load_settings(options, storage=storage, catalog=catalog)
+    use_result_storage(settings)
     run_id = str(flow_run.id or uuid.uuid4())
     summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
     summary.plan_source = "resumed" if resume_from else plan_source or ("explicit" if plan is not None else "llm")
@@ -361,23 +367,33 @@ def execute_graph(
 ) -> list[NodeResult]:
     """Submit one task run per node, each with its upstream futures (``allow_failure`` so a node whose
     upstream failed still starts under its own name and ends as skipped); wait for all. Nodes that
-    completed in ``prior`` (an earlier attempt) end Cached with their earlier outputs."""
+    completed in ``prior`` (an earlier attempt) end Cached with their earlier outputs.
+
+    The nodes go to the task runner the settings describe (``HUGGINGGPT_TASK_RUNNER``, ``HUGGINGGPT_MAX_WORKERS``),
+    built here rather than taken from the flow, so every way of running the flow honours them."""
+    from flows.runners import task_runner_for
+
     prior = prior or {}
     by_node = {a.node_id: a for a in assignments}
     futures: dict[int, PrefectFuture[Any]] = {}
-    for node in nodes:  # nodes are in dependency order
-        futures[node.id] = run_node.with_options(
-            name=node.name, task_run_name=node.name, persist_result=settings.persist_results
-        ).submit(
-            node,
-            by_node.get(node.id),
-            [allow_failure(futures[d]) for d in node.dep],
-            settings,
-            run_id,
-            unassigned.get(node.id),
-            prior.get(node.id),
-        )
-    return [_collect(node, futures[node.id]) for node in nodes]
+    with task_runner_for(settings) as runner:
+        for node in nodes:  # nodes are in dependency order
+            node_task = run_node.with_options(
+                name=node.name, task_run_name=node.name, persist_result=settings.persist_results
+            )
+            futures[node.id] = runner.submit(
+                node_task,
+                {
+                    "node": node,
+                    "assignment": by_node.get(node.id),
+                    "upstream": [allow_failure(futures[d]) for d in node.dep],
+                    "settings": settings,
+                    "run_id": run_id,
+                    "unassigned_reason": unassigned.get(node.id),
+                    "prior": prior.get(node.id),
+                },
+            )
+        return [_collect(node, futures[node.id]) for node in nodes]
 
 
 @contextlib.contextmanager
@@ -438,20 +454,28 @@ def results_block(settings: Settings) -> Any:
         return saved
 
 
-def configured_flow(settings: Settings, *, task_runner: Any = None) -> Flow:
-    """The request flow with this deployment's options: its task runner, and Prefect results persisted as
-    readable JSON next to the outputs (``HUGGINGGPT_PERSIST_RESULTS``, ``HUGGINGGPT_RESULTS_STORAGE``)."""
-    options: dict[str, Any] = {}
-    if task_runner is not None:
-        options["task_runner"] = task_runner
-    if settings.persist_results:
-        try:
-            block = results_block(settings)
-        except StorageError:
-            block = None  # the run itself reports the storage error, with its summary
-        if block is not None:
-            options.update(result_storage=block, persist_result=True, result_serializer="json")
-    return hugginggpt_request.with_options(**options) if options else hugginggpt_request
+def use_result_storage(settings: Settings) -> None:
+    """Have Prefect persist this flow run's results, and its task runs', as readable JSON where the settings say
+    (``HUGGINGGPT_PERSIST_RESULTS``, ``HUGGINGGPT_RESULTS_STORAGE``).
+
+    Called first thing in the flow: the run's result store lives in its run context, which every task run it starts
+    inherits, and from which Prefect persists the flow's own return value. Deciding it here rather than through
+    options attached by a caller is what lets deployed runs and subflow calls honour the settings.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.serializers import JSONSerializer
+
+    context = FlowRunContext.get()
+    if context is None or not settings.persist_results:
+        return
+    try:
+        block = results_block(settings)
+    except StorageError:
+        return  # the run itself reports the storage error, with its summary
+    context.result_store = context.result_store.model_copy(
+        update={"result_storage": block, "serializer": JSONSerializer()}
+    )
+    context.persist_result = True
 
 
 def run_request(
@@ -463,13 +487,12 @@ def run_request(
     catalog: str | None = None,
     plan: Sequence[PlanNode] | None = None,
     resume_from: str | None = None,
+    options: RunOptions | None = None,
 ) -> RunSummary:
     """Run the flow and return its summary whatever the outcome (no Prefect state to unwrap)."""
-    settings = load_settings(storage=storage, catalog=catalog)
-    from flows.runners import task_runner_for
-
+    settings = load_settings(options, storage=storage, catalog=catalog)
     with prefect_run_settings(heartbeats=settings.heartbeats):
-        state = configured_flow(settings, task_runner=task_runner_for(settings))(
+        state = hugginggpt_request(
             request,
             inputs=list(inputs),
             models=dict(models or {}),
@@ -478,6 +501,7 @@ def run_request(
             catalog=catalog,
             plan=list(plan) if plan is not None else None,
             resume_from=resume_from,
+            options=options,
             return_state=True,
         )
     summary = summary_of(state)

@@ -107,7 +107,7 @@ def task_runner_for(settings: Settings) -> TaskRunner[Any]:
 
     A Prefect flow duplicates the runner it is given for each flow run, so one instance serves many runs;
     a Dask runner without an address starts its local cluster when the run starts and stops it at its end
-    (use :func:`shared_task_runner` to keep one cluster for many runs).
+    (use :func:`shared_cluster` to keep one cluster for many runs).
     """
     if settings.task_runner == "dask":
         runner_class = _dask_runner_class()
@@ -119,17 +119,18 @@ def task_runner_for(settings: Settings) -> TaskRunner[Any]:
 
 
 @contextlib.contextmanager
-def shared_task_runner(settings: Settings) -> Iterator[TaskRunner[Any]]:
-    """A task runner for many flow runs in a row or at once (a batch).
+def shared_cluster(settings: Settings) -> Iterator[str | None]:
+    """The Dask scheduler address that many flow runs in a row or at once (a batch) should share.
 
-    With Dask and no address, one local cluster is started for the whole block and every run is sent to it,
-    so models loaded by its workers serve all the runs; otherwise this is :func:`task_runner_for`.
+    With Dask and no address, one local cluster is started for the whole block and its address is yielded, for
+    the runs to receive as their ``dask_address`` option, so models loaded by its workers serve all the runs;
+    otherwise ``None``: each run builds its own task runner from its settings.
     """
     if settings.task_runner != "dask" or dask_address(settings) is not None:
-        yield task_runner_for(settings)
+        yield None
         return
-    runner_class = _dask_runner_class()
+    _dask_runner_class()
     from distributed import LocalCluster
 
     with LocalCluster(**local_cluster_kwargs(settings)) as cluster:
-        yield runner_class(address=cluster.scheduler_address)
+        yield cluster.scheduler_address

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_LLM_MODEL = "gpt-4.1-mini"
@@ -206,6 +206,29 @@ class Settings(BaseSettings):
         return "cpu"
 
 
+class RunOptions(BaseModel):
+    """Settings one run may set for itself, on top of the environment of the process that runs it: CLI flags,
+    deployment parameters, a parent flow's choices. Secrets are never among them (they stay in the environment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm_model: str | None = Field(default=None, description="chat model of the controller")
+    device: str | None = Field(default=None, description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+    inference_mode: Literal["local", "remote", "hybrid"] | None = None
+    cache: bool | None = Field(default=None, description="reuse outputs of identical earlier nodes")
+    cache_ttl: float | None = Field(default=None, ge=0, description="seconds a cached output stays usable")
+    max_workers: int | None = Field(default=None, ge=1, description="nodes run at the same time")
+    task_runner: Literal["threads", "dask"] | None = None
+    dask_address: str | None = Field(default=None, description="scheduler of an existing Dask cluster")
+    persist_results: bool | None = None
+    results_storage: str | None = Field(default=None, description="where Prefect persists task results")
+    max_new_tokens: int | None = Field(default=None, ge=1)
+
+    def overrides(self) -> dict[str, Any]:
+        """The options that are set, as settings fields."""
+        return self.model_dump(exclude_none=True)
+
+
 def redact(text: str, secrets: list[str] | tuple[str, ...]) -> str:
     """``text`` with every one of ``secrets`` replaced by ``***``."""
     for secret in sorted(secrets, key=len, reverse=True):
@@ -214,6 +237,9 @@ def redact(text: str, secrets: list[str] | tuple[str, ...]) -> str:
     return text
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with the given overrides (``None`` means: keep the environment's)."""
-    return Settings().with_overrides(**overrides)
+def load_settings(options: RunOptions | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, with a run's ``options`` and the given overrides applied (``None`` means: keep
+    the environment's)."""
+    given = options.overrides() if options is not None else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings().with_overrides(**given)

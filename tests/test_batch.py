@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import BatchFailed, abstract_inputs, adapt_plan, hugginggpt_batch, parse_line, run_batch
 from flows.cli import main
-from flows.request import configured_flow, prefect_run_settings, summary_of
+from flows.request import hugginggpt_request, prefect_run_settings, summary_of
 from flows.runners import task_runner_for
 from tasks.schemas import PlanNode, RunSummary
 from tasks.settings import load_settings
@@ -323,11 +323,10 @@ def test_request_runs_on_a_dask_cluster_with_a_model_cache_per_worker(
         settings = load_settings()
         runner = task_runner_for(settings)
         assert isinstance(runner, DaskTaskRunner) and runner.address == cluster.scheduler_address
-        request_flow = configured_flow(settings, task_runner=runner)
         stats = []
         for _ in range(2):
             with prefect_run_settings():
-                state = request_flow(
+                state = hugginggpt_request(
                     "Caption both photos, rate the captions", inputs=[photo, missing], plan=plan, return_state=True
                 )
             summary = summary_of(state)
