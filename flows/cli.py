@@ -230,7 +230,7 @@ def _is_prefect_api_error(exc: BaseException) -> bool:
 
     text = str(exc)
     return isinstance(exc, httpx.HTTPError) or (
-        isinstance(exc, RuntimeError) and ("Prefect API" in text or "ephemeral" in text)
+        isinstance(exc, RuntimeError) and ("Prefect API" in text or "reach API" in text or "ephemeral" in text)
     )
 
 
