@@ -126,6 +126,43 @@ class WebServer:
         self.routes[path] = route
         return self.url(path)
 
+    def barrier(self, paths: list[str], body: bytes, wait: float) -> Barrier:
+        """Each of ``paths`` holds its request until all of them have arrived (or ``wait`` seconds have passed),
+        then answers ``body``; the returned :class:`Barrier` records the order of arrivals and answers."""
+        barrier = Barrier(len(paths), wait)
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            barrier.arrive(h.path)
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+
+        for path in paths:
+            self.routes[path] = route
+        return barrier
+
     def received(self, path: str) -> int:
         with self._lock:
             return sum(p == path for p in self.requests)
+
+
+class Barrier:
+    """Requests that wait for one another: ``events`` lists ``("arrived", path)`` and ``("answered", path)`` in the
+    order they happened."""
+
+    def __init__(self, parties: int, wait: float) -> None:
+        self.parties = parties
+        self.wait = wait
+        self.events: list[tuple[str, str]] = []
+        self._all_here = threading.Event()
+        self._lock = threading.Lock()
+
+    def arrive(self, path: str) -> None:
+        with self._lock:
+            self.events.append(("arrived", path))
+            if sum(kind == "arrived" for kind, _ in self.events) >= self.parties:
+                self._all_here.set()
+        self._all_here.wait(self.wait)
+        with self._lock:
+            self.events.append(("answered", path))
