@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.experts.base import ModelSpec
+from tasks.schemas import ModelSpec
 
 DEFAULT_CATALOG_PATH = Path(__file__).parent / "data" / "catalog.jsonl"
 

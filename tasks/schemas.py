@@ -7,10 +7,50 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.experts.base import ModelSpec
-from tasks.experts.router import Attempt
-
 GENERATED_PREFIX = "<GENERATED>-"
+
+
+class ModelSpec(BaseModel):
+    """The model a node runs: a Hub id, optionally with a local folder of weights, a revision, an endpoint, or the
+    Inference Provider that serves it remotely.
+
+    ``trust_remote_code`` says the catalog entry allows running the Python code of the model's repository; the
+    local backend does so only when its own setting (``HUGGINGGPT_TRUST_REMOTE_CODE``) allows it too.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    task: str
+    local_path: str | None = None
+    revision: str | None = None
+    endpoint: str | None = None
+    provider: str | None = None
+    library: str = "transformers"
+    trust_remote_code: bool = False
+
+    @property
+    def source(self) -> str:
+        """What ``from_pretrained`` is given: the local folder when there is one, else the Hub id."""
+        return self.local_path or self.id
+
+
+class Attempt(BaseModel):
+    """One candidate considered for a node: run (``ok`` or with an ``error``) or skipped with the reason."""
+
+    model: str
+    backend: str | None = None
+    ok: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+    skipped: bool = False
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"{self.model} [{self.backend}]: ok in {self.seconds:.2f} s"
+        if self.skipped:
+            return f"{self.model}: skipped ({self.error})"
+        return f"{self.model} [{self.backend}]: failed after {self.seconds:.2f} s: {self.error}"
 
 
 class ChatTurn(BaseModel):

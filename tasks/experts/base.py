@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+
+from tasks.schemas import ModelSpec
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -48,31 +49,6 @@ class ExpertOutput:
     video: bytes | None = None
     json: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class ModelSpec(BaseModel):
-    """The model a node runs: a Hub id, optionally with a local folder of weights, a revision, an endpoint, or the
-    Inference Provider that serves it remotely.
-
-    ``trust_remote_code`` says the catalog entry allows running the Python code of the model's repository; the
-    local backend does so only when its own setting (``HUGGINGGPT_TRUST_REMOTE_CODE``) allows it too.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    task: str
-    local_path: str | None = None
-    revision: str | None = None
-    endpoint: str | None = None
-    provider: str | None = None
-    library: str = "transformers"
-    trust_remote_code: bool = False
-
-    @property
-    def source(self) -> str:
-        """What ``from_pretrained`` is given: the local folder when there is one, else the Hub id."""
-        return self.local_path or self.id
 
 
 class ExpertError(RuntimeError):

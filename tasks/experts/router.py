@@ -29,9 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
-
-from tasks.experts.base import CannotRunHereError, ExpertBackend, ExpertError, ExpertInputs, ExpertOutput, ModelSpec
+from tasks.experts.base import CannotRunHereError, ExpertBackend, ExpertError, ExpertInputs, ExpertOutput
+from tasks.schemas import Attempt, ModelSpec
 from tasks.task_types import normalize_task_name
 
 InferenceMode = Literal["local", "remote", "hybrid"]
@@ -59,24 +58,6 @@ _BYTES_PER_DTYPE: dict[str, float] = {
     "U8": 1,
     "BOOL": 1,
 }
-
-
-class Attempt(BaseModel):
-    """One candidate considered for a node: run (``ok`` or with an ``error``) or skipped with the reason."""
-
-    model: str
-    backend: str | None = None
-    ok: bool = False
-    error: str | None = None
-    seconds: float = 0.0
-    skipped: bool = False
-
-    def describe(self) -> str:
-        if self.ok:
-            return f"{self.model} [{self.backend}]: ok in {self.seconds:.2f} s"
-        if self.skipped:
-            return f"{self.model}: skipped ({self.error})"
-        return f"{self.model} [{self.backend}]: failed after {self.seconds:.2f} s: {self.error}"
 
 
 class AllCandidatesFailed(ExpertError):
