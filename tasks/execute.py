@@ -22,9 +22,8 @@ from tasks.availability import chooser_for, remote_backend_for
 from tasks.experts.base import Audio, ExpertBackend, ExpertError, ExpertOutput
 from tasks.experts.router import AllCandidatesFailed, Chooser, run_with_fallback
 from tasks.inputs import InputError, InputPolicy, decode_audio, decode_image, decode_text, read_input_bytes
-from tasks.plan import GENERATED_RE
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
-from tasks.schemas import Assignment, NodeResult, PlanNode
+from tasks.schemas import GENERATED_RE, Assignment, NodeResult, PlanNode
 from tasks.settings import Settings
 from tasks.storage import ArtifactStore, StorageError, read_uri, store_for
 from tasks.task_types import FILE_MODALITIES, TASK_TYPES, Modality

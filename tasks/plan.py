@@ -20,11 +20,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.inputs import InputPolicy
 from tasks.llm import JSONExtractError, LLMClient, extract_json
-from tasks.schemas import GENERATED_PREFIX, ChatTurn, LLMUsage, PlanNode, PlanResult
+from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
 from tasks.settings import Settings
 from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, normalize_task_name
 
-GENERATED_RE = re.compile(r"<GENERATED>-(-?\d+)")
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 GENERATED_PREFIX = "<GENERATED>-"
+GENERATED_RE = re.compile(r"<GENERATED>-(-?\d+)")  # a reference to node k's output, inside an argument
 
 
 class ModelSpec(BaseModel):
@@ -74,16 +76,6 @@ class PlanNode(BaseModel):
     def name(self) -> str:
         """The node's display name, also its Prefect task-run name: ``image-to-text#0``."""
         return f"{self.task}#{self.id}"
-
-    def generated_refs(self) -> dict[str, int]:
-        """Argument name -> id of the node whose output it consumes (``<GENERATED>-k``)."""
-        refs: dict[str, int] = {}
-        for key, value in self.args.items():
-            if isinstance(value, str) and value.startswith(GENERATED_PREFIX):
-                suffix = value[len(GENERATED_PREFIX) :]
-                if suffix.lstrip("-").isdigit():
-                    refs[key] = int(suffix)
-        return refs
 
 
 class LLMUsage(BaseModel):
