@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.experts.base import Audio, ExpertError, ExpertOutput, ModelSpec
+from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache, default_cache
 from tasks.experts.local import NOT_SERVED_LOCALLY, SUPPORTED_TASKS, LocalBackend
 from tasks.task_types import EXECUTABLE_TASKS, TASK_TYPES
@@ -311,7 +311,20 @@ def test_image_to_image(backend: LocalBackend, tiny_models: dict[str, pathlib.Pa
     out = run(backend, tiny_models, "image-to-image", image=picture((48, 40)), text="sharper")
     assert isinstance(out.image, Image.Image) and out.image.mode == "RGB"
     assert out.image.size == (96, 80) and out.extra["scale"] == 2
-    assert "ignored" in out.extra
+    out = run(backend, tiny_models, "image-to-image", image=picture((48, 40)))
+    assert out.image is not None and out.image.size == (96, 80)
+
+
+@pytest.mark.parametrize("instruction", ["make it look like winter", "remove the dog", "turn the sky red"])
+def test_image_to_image_refuses_an_edit_it_cannot_make(
+    backend: LocalBackend, tiny_models: dict[str, pathlib.Path], instruction: str
+) -> None:
+    """Super-resolution cannot follow an editing instruction: the node must not report an upscaled image as the
+    edit, but refuse (CannotRunHereError: the router tries the next, remote, candidate) before loading anything."""
+    with pytest.raises(CannotRunHereError, match="only upscale") as info:
+        backend.run("image-to-image", spec(tiny_models, "image-to-image"), {"image": picture(), "text": instruction})
+    assert instruction in str(info.value) and "tiny/image-to-image" in str(info.value)
+    assert backend.cache.stats()["loads"] == 0
 
 
 def test_visual_question_answering(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
@@ -375,7 +388,9 @@ def test_outputs_match_the_task_table(backend: LocalBackend, tiny_models: dict[s
         "audio": sine(0.5),
     }
     for task in SUPPORTED_TASKS:
-        out = backend.run(task, spec(tiny_models, task), inputs)
+        # super-resolution takes no instruction (and refuses one it cannot follow)
+        given = {k: v for k, v in inputs.items() if task != "image-to-image" or k != "text"}
+        out = backend.run(task, spec(tiny_models, task), given)
         for modality in TASK_TYPES[task].outputs:
             value = out.json if modality == "json" else getattr(out, str(modality))
             assert value is not None, f"{task} produced no {modality}"
