@@ -50,7 +50,7 @@ PROVEN_ARCHITECTURES: Mapping[str, frozenset[str]] = MappingProxyType(
 SUPPORTED_ARCHITECTURES: frozenset[str] = frozenset().union(*PROVEN_ARCHITECTURES.values())
 
 #: Extra requirements (Python packages and programs) installed and exercised by the tests.
-TESTED_REQUIREMENTS: frozenset[str] = frozenset({"pytesseract", "tesseract", "sentencepiece"})
+TESTED_REQUIREMENTS: frozenset[str] = frozenset({"pytesseract", "bin:tesseract", "sentencepiece"})
 
 #: Requirements of known checkpoints that the local backend does not offer, and why.
 UNTESTED_REQUIREMENTS: Mapping[str, str] = MappingProxyType(
