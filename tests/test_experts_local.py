@@ -80,6 +80,19 @@ def test_tiny_models_cover_every_executable_task(tiny_models: dict[str, pathlib.
     assert tiny_models["summarization"] != tiny_models["translation"]
 
 
+def test_registry_refuses_a_second_runner_and_tasks_not_served_locally() -> None:
+    from tasks.experts.local.registry import REGISTRY, local_task
+
+    existing = REGISTRY["translation"]
+    with pytest.raises(ValueError, match="registered twice"):
+        local_task("translation", existing.load)(existing.run)
+    assert REGISTRY["translation"] is existing
+    with pytest.raises(ValueError, match="not served locally"):
+        local_task("text-to-image", existing.load)
+    with pytest.raises(ValueError, match="not a task type"):
+        local_task("no-such-task", existing.load)
+
+
 def test_tiny_catalog_entries(tiny_models: dict[str, pathlib.Path]) -> None:
     entries = tiny_catalog_entries(tiny_models)
     assert [e["task"] for e in entries] == list(tiny_models)
@@ -346,16 +359,16 @@ def test_document_question_answering(backend: LocalBackend, tiny_models: dict[st
     assert isinstance(out.text, str) and "<" not in out.text
 
 
-def test_document_question_answering_layoutlm_needs_ocr(backend: LocalBackend, tmp_path: pathlib.Path) -> None:
-    try:
-        import pytesseract  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pytesseract is installed: LayoutLM models read the page with OCR")
+def test_document_question_answering_layoutlm_needs_the_ocr_program(
+    backend: LocalBackend, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LayoutLM reads the page with tesseract: without the program the error names the model and tesseract."""
+    import pytesseract
+
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", str(tmp_path / "no-tesseract-here"))
     folder = build_tiny_layoutlm(tmp_path / "layoutlm")
     model = ModelSpec(id="tiny/layoutlm", task="document-question-answering", local_path=str(folder))
-    with pytest.raises(ExpertError, match="pytesseract") as info:
+    with pytest.raises(ExpertError, match="tesseract") as info:
         backend.run("document-question-answering", model, {"image": picture(), "text": "total?"})
     assert "tiny/layoutlm" in str(info.value)
 
