@@ -442,6 +442,9 @@ def test_t5_translation_is_prefixed_with_the_target_language(
         assert asked.startswith(f"translate English to {target}:"), asked
         assert out.extra["target_language"] == target
         assert new_tokens(generate.result, 1) == MAX_NEW_TOKENS
+    out = run(backend, model, "translation", text="the house is wonderful")
+    asked = seq2seq.tokenizer.decode(generate.kwargs["input_ids"][0], skip_special_tokens=True)
+    assert asked.startswith("translate English to German:") and out.extra["target_language"] == "de"
 
 
 def test_marian_translates_only_into_its_target_language(

@@ -256,6 +256,7 @@ def test_text_to_speech_is_clipped(tiny_models: dict[str, pathlib.Path]) -> None
     short = LocalBackend(cache=ModelCache(max_models=1), max_audio_seconds=0.01)
     out = short.run("text-to-speech", spec(tiny_models, "text-to-speech"), {"text": "hello world, hello again"})
     assert out.audio is not None and out.audio.seconds <= 0.01 + 1e-9
+    assert out.extra["clipped_to_seconds"] == 0.01, "a clipped reading says so"
 
 
 def test_text2text_generation(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:

@@ -110,7 +110,12 @@ def run_text_to_speech(options: LocalOptions, loaded: Any, inputs: ExpertInputs)
         result = pipe(text, forward_params={"speaker_embeddings": loaded.speaker_embeddings.to(pipe.device)})
     else:
         result = pipe(text)
-    return ExpertOutput(audio=waveform_audio(result["audio"], int(result["sampling_rate"]), options.max_audio_seconds))
+    rate = int(result["sampling_rate"])
+    audio = waveform_audio(result["audio"], rate, options.max_audio_seconds)
+    output = ExpertOutput(audio=audio)
+    if waveform_audio(result["audio"], rate).array.size > audio.array.size:
+        output.extra["clipped_to_seconds"] = options.max_audio_seconds
+    return output
 
 
 def _strip_special_tokens(text: str, tokenizer: Any) -> str:

@@ -462,8 +462,8 @@ def _translation_prompt(loaded: Seq2Seq, target: str) -> tuple[str, str]:
         return _marian_prompt(loaded.tokenizer, loaded.language_pair, target)
     if model_type in _T5_TYPES or translation:
         if not target:
-            first = next(iter(translation.values()), {})
-            return str(first.get("prefix") or ""), ""
+            key, first = next(iter(translation.items()), ("", {}))
+            return str(first.get("prefix") or ""), key.rsplit("_to_", 1)[1] if "_to_" in key else ""
         for value in translation.values():
             prefix = str(value.get("prefix") or "")
             if prefix and target.lower() in prefix.lower():
