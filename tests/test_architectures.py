@@ -386,7 +386,7 @@ def test_an_unproven_recommended_entry_is_caught() -> None:
         entry("acme/mystery", "summarization", None),
     ]
     unproven = unproven_recommended(entries)
-    assert [line.split()[1] for line in unproven] == ["facebook/m2m100_418M", "acme/mystery"]
+    assert [line.split()[1].rstrip(":") for line in unproven] == ["facebook/m2m100_418M", "acme/mystery"]
 
 
 def test_local_refusal_names_the_reason() -> None:
