@@ -149,6 +149,7 @@ REAL_CHECKPOINTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "layoutlm": ("impira/layoutlm-document-qa", "layoutlm", "LayoutLMConfig", "RobertaTokenizer"),
     "marian-en-fr": ("Helsinki-NLP/opus-mt-en-fr", "marian", "MarianConfig", "MarianTokenizer"),
+    "marian-en-romance": ("Helsinki-NLP/opus-mt-en-ROMANCE", "marian", "MarianConfig", "MarianTokenizer"),
     "bart-cnn": ("facebook/bart-large-cnn", "bart", "BartConfig", "RobertaTokenizer"),
     "bart-mnli": ("facebook/bart-large-mnli", "bart", "BartConfig", "RobertaTokenizer"),
     "flan-t5": ("google/flan-t5-base", "t5", "T5Config", "T5Tokenizer"),
@@ -511,6 +512,29 @@ def test_marian_translates_only_into_its_target_language(
     )
     assert out.extra["model"] == "tiny/flan-t5" and out.extra["target_language"] == "German"
     assert attempts[0].skipped and "en-fr" in str(attempts[0].error)
+
+
+def test_multi_target_marian_is_told_the_target_language(
+    backend: LocalBackend, tiny: Callable[[str], pathlib.Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """opus-mt-en-ROMANCE picks its output language from a ``>>xx<<`` token before the text: the runner puts the
+    asked one there, and refuses a language it does not have, or no language at all."""
+    model = ModelSpec(
+        id="Helsinki-NLP/opus-mt-en-ROMANCE", task="translation", local_path=str(tiny("marian-en-romance"))
+    )
+    seq2seq = loaded(backend, model, "translation")
+    generate = Recorder(seq2seq.model, "generate", monkeypatch)
+    text = "the house is wonderful"
+    for target, code in (("Spanish", "es"), ("it", "it")):
+        out = run(backend, model, "translation", text=text, target_language=target)
+        assert generate.kwargs["input_ids"][0].tolist() == seq2seq.tokenizer(f">>{code}<< {text}")["input_ids"]
+        assert generate.kwargs["input_ids"][0][0] == seq2seq.tokenizer.convert_tokens_to_ids(f">>{code}<<")
+        assert out.extra["target_language"] == code
+    with pytest.raises(CannotRunHereError, match=">>fr<<") as info:
+        run(backend, model, "translation", text=text, target_language="German")
+    assert "German" in str(info.value)
+    with pytest.raises(CannotRunHereError, match="name the target language"):
+        run(backend, model, "translation", text=text)
 
 
 @pytest.mark.parametrize("name", ["qwen2-chat", "llama-chat", "gpt2"])

@@ -7,6 +7,10 @@ transformers tokenizer class and saved beside the model. The folders load back t
 
     paths = build_tiny_models(tmp_path)        # {"text-classification": Path(...), ...}
     records = tiny_catalog_entries(paths)      # catalog JSON records, one per task
+    folder = build_architecture("whisper", tmp_path)   # one per real checkpoint family (ARCHITECTURE_BUILDERS)
+
+The architecture builders use the config class and the processor / tokenizer class of the real checkpoint each one
+stands for (``tests/test_architectures.py`` checks them and runs each through the local backend).
 """
 
 from __future__ import annotations
@@ -829,9 +833,10 @@ def _build_flan_t5(folder: pathlib.Path) -> None:
     generation.save_pretrained(folder)
 
 
-def _build_marian(folder: pathlib.Path, source: str, target: str) -> None:
+def _build_marian(folder: pathlib.Path, source: str, target: str, target_codes: tuple[str, ...] = ()) -> None:
     """Helsinki-NLP/opus-mt-{source}-{target}: MarianConfig, MarianTokenizer (source.spm, target.spm, vocab.json;
-    the language pair in tokenizer_config.json)."""
+    the language pair in tokenizer_config.json). A multi-target model (opus-mt-en-ROMANCE) has a ``>>xx<<`` token
+    per target language in ``target_codes``."""
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
     spm = _sentencepiece_model(CORPUS, "unigram", 120)
@@ -842,6 +847,8 @@ def _build_marian(folder: pathlib.Path, source: str, target: str) -> None:
     processor = sentencepiece.SentencePieceProcessor(model_proto=spm)
     pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
     vocab = {"</s>": 0, "<unk>": 1}
+    for code in target_codes:
+        vocab[f">>{code}<<"] = len(vocab)
     for piece in pieces:
         vocab.setdefault(piece, len(vocab))
     vocab["<pad>"] = len(vocab)
@@ -1244,6 +1251,7 @@ ARCHITECTURE_BUILDERS: dict[str, Callable[[pathlib.Path], None]] = {
     "donut": _build_donut_mbart,
     "layoutlm": _build_layoutlm_roberta,
     "marian-en-fr": lambda folder: _build_marian(folder, "en", "fr"),
+    "marian-en-romance": lambda folder: _build_marian(folder, "en", "ROMANCE", ("fr", "es", "it")),
     "bart-cnn": _build_bart_cnn,
     "bart-mnli": _build_bart_mnli,
     "flan-t5": _build_flan_t5,
