@@ -249,11 +249,8 @@ def run_token_classification(options: LocalOptions, pipe: Any, inputs: ExpertInp
 
 @local_task("text-generation", pipeline_loader("text-generation"))
 def run_text_generation(options: LocalOptions, pipe: Any, inputs: ExpertInputs) -> ExpertOutput:
-    prompt = text_input(inputs, "text")
-    tokenizer = pipe.tokenizer
-    limit = int(tokenizer.model_max_length)
-    new_tokens = max(1, min(options.max_new_tokens, limit // 2))
-    prompt = _keep_last_tokens(tokenizer, prompt, max(1, limit - new_tokens - 2))
+    new_tokens, budget = _token_budget(options, pipe.tokenizer)
+    prompt = _keep_last_tokens(pipe.tokenizer, text_input(inputs, "text"), budget)
     result = pipe(prompt, **_generation_kwargs(pipe, new_tokens), return_full_text=False)
     return ExpertOutput(text=str(result[0]["generated_text"]) if result else "")
 
@@ -262,9 +259,7 @@ def run_text_generation(options: LocalOptions, pipe: Any, inputs: ExpertInputs) 
 def run_conversational(options: LocalOptions, pipe: Any, inputs: ExpertInputs) -> ExpertOutput:
     message = text_input(inputs, "text")
     tokenizer = pipe.tokenizer
-    limit = int(tokenizer.model_max_length)
-    new_tokens = max(1, min(options.max_new_tokens, limit // 2))
-    budget = max(1, limit - new_tokens - 2)
+    new_tokens, budget = _token_budget(options, tokenizer)
     kwargs = _generation_kwargs(pipe, new_tokens)
     if getattr(tokenizer, "chat_template", None):
         empty = tokenizer.apply_chat_template(
@@ -403,6 +398,13 @@ def embed(options: LocalOptions, loaded: Embedder, text: str) -> np.ndarray:
     if loaded.normalize:
         pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
     return pooled[0].float().cpu().numpy()
+
+
+def _token_budget(options: LocalOptions, tokenizer: Any) -> tuple[int, int]:
+    """How many tokens to generate (at most half the context) and how many the prompt may keep."""
+    limit = int(tokenizer.model_max_length)
+    new_tokens = max(1, min(options.max_new_tokens, limit // 2))
+    return new_tokens, max(1, limit - new_tokens - 2)
 
 
 def _generation_kwargs(pipe: Any, new_tokens: int) -> dict[str, Any]:
