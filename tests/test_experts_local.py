@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.experts.base import Audio, ExpertError, ExpertOutput, ModelSpec
+from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache, default_cache
 from tasks.experts.local import NOT_SERVED_LOCALLY, SUPPORTED_TASKS, LocalBackend
 from tasks.task_types import EXECUTABLE_TASKS, TASK_TYPES
@@ -78,6 +78,19 @@ def test_tiny_models_cover_every_executable_task(tiny_models: dict[str, pathlib.
         size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
         assert size < 1_000_000, f"{task}: {size} bytes"
     assert tiny_models["summarization"] != tiny_models["translation"]
+
+
+def test_registry_refuses_a_second_runner_and_tasks_not_served_locally() -> None:
+    from tasks.experts.local.registry import REGISTRY, local_task
+
+    existing = REGISTRY["translation"]
+    with pytest.raises(ValueError, match="registered twice"):
+        local_task("translation", existing.load)(existing.run)
+    assert REGISTRY["translation"] is existing
+    with pytest.raises(ValueError, match="not served locally"):
+        local_task("text-to-image", existing.load)
+    with pytest.raises(ValueError, match="not a task type"):
+        local_task("no-such-task", existing.load)
 
 
 def test_tiny_catalog_entries(tiny_models: dict[str, pathlib.Path]) -> None:
@@ -243,6 +256,7 @@ def test_text_to_speech_is_clipped(tiny_models: dict[str, pathlib.Path]) -> None
     short = LocalBackend(cache=ModelCache(max_models=1), max_audio_seconds=0.01)
     out = short.run("text-to-speech", spec(tiny_models, "text-to-speech"), {"text": "hello world, hello again"})
     assert out.audio is not None and out.audio.seconds <= 0.01 + 1e-9
+    assert out.extra["clipped_to_seconds"] == 0.01, "a clipped reading says so"
 
 
 def test_text2text_generation(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
@@ -311,7 +325,20 @@ def test_image_to_image(backend: LocalBackend, tiny_models: dict[str, pathlib.Pa
     out = run(backend, tiny_models, "image-to-image", image=picture((48, 40)), text="sharper")
     assert isinstance(out.image, Image.Image) and out.image.mode == "RGB"
     assert out.image.size == (96, 80) and out.extra["scale"] == 2
-    assert "ignored" in out.extra
+    out = run(backend, tiny_models, "image-to-image", image=picture((48, 40)))
+    assert out.image is not None and out.image.size == (96, 80)
+
+
+@pytest.mark.parametrize("instruction", ["make it look like winter", "remove the dog", "turn the sky red"])
+def test_image_to_image_refuses_an_edit_it_cannot_make(
+    backend: LocalBackend, tiny_models: dict[str, pathlib.Path], instruction: str
+) -> None:
+    """Super-resolution cannot follow an editing instruction: the node must not report an upscaled image as the
+    edit, but refuse (CannotRunHereError: the router tries the next, remote, candidate) before loading anything."""
+    with pytest.raises(CannotRunHereError, match="only upscale") as info:
+        backend.run("image-to-image", spec(tiny_models, "image-to-image"), {"image": picture(), "text": instruction})
+    assert instruction in str(info.value) and "tiny/image-to-image" in str(info.value)
+    assert backend.cache.stats()["loads"] == 0
 
 
 def test_visual_question_answering(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
@@ -333,16 +360,16 @@ def test_document_question_answering(backend: LocalBackend, tiny_models: dict[st
     assert isinstance(out.text, str) and "<" not in out.text
 
 
-def test_document_question_answering_layoutlm_needs_ocr(backend: LocalBackend, tmp_path: pathlib.Path) -> None:
-    try:
-        import pytesseract  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pytesseract is installed: LayoutLM models read the page with OCR")
+def test_document_question_answering_layoutlm_needs_the_ocr_program(
+    backend: LocalBackend, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LayoutLM reads the page with tesseract: without the program the error names the model and tesseract."""
+    import pytesseract
+
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", str(tmp_path / "no-tesseract-here"))
     folder = build_tiny_layoutlm(tmp_path / "layoutlm")
     model = ModelSpec(id="tiny/layoutlm", task="document-question-answering", local_path=str(folder))
-    with pytest.raises(ExpertError, match="pytesseract") as info:
+    with pytest.raises(ExpertError, match="tesseract") as info:
         backend.run("document-question-answering", model, {"image": picture(), "text": "total?"})
     assert "tiny/layoutlm" in str(info.value)
 
@@ -375,7 +402,9 @@ def test_outputs_match_the_task_table(backend: LocalBackend, tiny_models: dict[s
         "audio": sine(0.5),
     }
     for task in SUPPORTED_TASKS:
-        out = backend.run(task, spec(tiny_models, task), inputs)
+        # super-resolution takes no instruction (and refuses one it cannot follow)
+        given = {k: v for k, v in inputs.items() if task != "image-to-image" or k != "text"}
+        out = backend.run(task, spec(tiny_models, task), given)
         for modality in TASK_TYPES[task].outputs:
             value = out.json if modality == "json" else getattr(out, str(modality))
             assert value is not None, f"{task} produced no {modality}"

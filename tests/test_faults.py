@@ -24,6 +24,7 @@ from flows.request import run_request
 from tasks.experts.base import CannotRunHereError, ExpertError, ModelSpec
 from tasks.experts.cache import ModelCache
 from tasks.experts.local import LocalBackend
+from tasks.experts.local import loading as local_loading
 from tasks.settings import Settings
 from tests.llm_server import HTTPFault, plan_json
 from tests.test_experts_remote import InferenceServer, Reply
@@ -185,7 +186,7 @@ def faulty_models(
     (broken / "config.json").write_text('{"model_type": "nonsense"}')
     raises = tmp_path / "raises-at-inference"
     shutil.copytree(tiny_models["text-classification"], raises)
-    real = LocalBackend._pipeline
+    real = local_loading.load_pipeline
 
     def pipeline(self: LocalBackend, task: str, model: ModelSpec) -> Any:
         loaded = real(self, task, model)
@@ -197,7 +198,7 @@ def faulty_models(
 
         return run
 
-    monkeypatch.setattr(LocalBackend, "_pipeline", pipeline)
+    monkeypatch.setattr(local_loading, "load_pipeline", pipeline)
     catalog = _catalog(
         tmp_path,
         tiny_catalog,
@@ -258,14 +259,14 @@ def test_out_of_memory_at_load_means_cannot_run_here(
 ) -> None:
     big = tmp_path / "too-big"
     shutil.copytree(tiny_models["text-classification"], big)
-    real = LocalBackend._pipeline
+    real = local_loading.load_pipeline
 
     def pipeline(self: LocalBackend, task: str, model: ModelSpec) -> Any:
         if model.source == str(big):
             raise oom
         return real(self, task, model)
 
-    monkeypatch.setattr(LocalBackend, "_pipeline", pipeline)
+    monkeypatch.setattr(local_loading, "load_pipeline", pipeline)
     entry = {"id": "acme/too-big", "task": "text-classification", "downloads": 10**9, "local_path": str(big)}
     monkeypatch.setenv("HUGGINGGPT_CATALOG", str(_catalog(tmp_path, tiny_catalog, entry)))
     monkeypatch.setenv("HUGGINGGPT_MAX_FALLBACKS", "1")
@@ -283,13 +284,15 @@ def test_out_of_memory_at_load_is_its_own_error(tiny_models: dict[str, Path], mo
     def pipeline(self: LocalBackend, task: str, model: ModelSpec) -> Any:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(LocalBackend, "_pipeline", pipeline)
+    monkeypatch.setattr(local_loading, "load_pipeline", pipeline)
     backend = LocalBackend(cache=ModelCache(1))
     spec = ModelSpec(id="acme/x", task="text-classification", local_path=str(tiny_models["text-classification"]))
     with pytest.raises(CannotRunHereError, match="does not fit on cpu: out of memory while loading"):
         backend.run("text-classification", spec, {"text": "hi"})
     assert len(backend.cache) == 0  # nothing half-loaded is kept
-    monkeypatch.setattr(LocalBackend, "_pipeline", lambda self, task, model: (_ for _ in ()).throw(ValueError("x")))
+    monkeypatch.setattr(
+        local_loading, "load_pipeline", lambda self, task, model: (_ for _ in ()).throw(ValueError("x"))
+    )
     with pytest.raises(ExpertError) as caught:
         backend.run("text-classification", spec, {"text": "hi"})
     assert not isinstance(caught.value, CannotRunHereError)

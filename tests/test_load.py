@@ -26,6 +26,7 @@ from flows.batch import BatchSummary, run_batch
 from flows.request import MAX_REQUEST_CHARS
 from tasks.experts.base import ModelSpec
 from tasks.experts.local import LocalBackend
+from tasks.experts.local import loading as local_loading
 from tests.llm_server import HTTPFault, plan_json
 from tests.test_experts_remote import InferenceServer, Reply
 from tests.web_server import WebServer
@@ -224,7 +225,7 @@ def test_batch_of_200_requests_with_injected_faults(
     raises, big = tmp_path / "raises-at-inference", tmp_path / "too-big"
     shutil.copytree(tiny_models["text-classification"], raises)
     shutil.copytree(tiny_models["text-classification"], big)
-    real_pipeline = LocalBackend._pipeline
+    real_pipeline = local_loading.load_pipeline
 
     def pipeline(self: LocalBackend, task: str, model: ModelSpec) -> Any:
         if model.source == str(big):
@@ -238,7 +239,7 @@ def test_batch_of_200_requests_with_injected_faults(
 
         return run
 
-    monkeypatch.setattr(LocalBackend, "_pipeline", pipeline)
+    monkeypatch.setattr(local_loading, "load_pipeline", pipeline)
 
     writes = Counter[str]()
     lock = threading.Lock()

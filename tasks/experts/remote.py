@@ -63,9 +63,9 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from tasks.experts.arguments import audio_input, image_input, parse_csv_table, parse_labels, text_input
 from tasks.experts.base import Audio, ExpertError, ExpertInputs, ExpertOutput, ModelSpec
-from tasks.experts.local import (
-    audio_input,
+from tasks.experts.outputs import (
     format_audio_classification,
     format_document_question_answering,
     format_feature_extraction,
@@ -79,10 +79,6 @@ from tasks.experts.local import (
     format_token_classification,
     format_visual_question_answering,
     format_zero_shot_classification,
-    image_input,
-    parse_csv_table,
-    parse_labels,
-    text_input,
     waveform_audio,
 )
 from tasks.task_types import TASK_TYPES, normalize_task_name
