@@ -251,7 +251,7 @@ _TABLE: tuple[TaskType, ...] = (
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in _TABLE}
 
 #: Task types no transformers model family serves, and why: they run through the remote backend only
-#: (``tasks/experts/local.py`` runs every other one).
+#: (``tasks/experts/local/`` runs every other one).
 NOT_SERVED_LOCALLY: dict[str, str] = {
     "tabular-classification": (
         "transformers has no tabular classification models (the Hub's are scikit-learn / skops pipelines)"

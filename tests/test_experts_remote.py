@@ -28,7 +28,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from tasks.experts.base import Audio, ExpertError, ExpertOutput, ModelSpec
+from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache
 from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
 from tasks.experts.local import LocalBackend
@@ -265,7 +265,10 @@ CASES: list[Case] = [
         "translation",
         {"text": "the house", "target_language": "French"},
         Reply([{"translation_text": "la maison"}]),
-        lambda out, req: out.text == "la maison" and out.extra["target_language"] == "French",
+        lambda out, req: (
+            out.text == "la maison"
+            and out.extra["target_language"] == "French"
+        ),
     ),
     Case(
         "question-answering",
@@ -454,6 +457,17 @@ def test_remote_task(case: Case, server: InferenceServer, remote: RemoteBackend)
     check_table_outputs(case.task, out)
     assert out.extra["backend"] == "remote" and out.extra["model"] == f"acme/{case.task}"
     json.dumps(out.json)
+
+
+def test_a_model_of_one_language_pair_is_not_asked_for_another(server: InferenceServer, remote: RemoteBackend) -> None:
+    url = server.add("/opus", Reply([{"translation_text": "la maison"}]))
+    spec = endpoint_spec(url, "translation", "Helsinki-NLP/opus-mt-en-fr")
+    with pytest.raises(CannotRunHereError, match="translates en to fr only, not into German"):
+        remote.run("translation", spec, {"text": "the house", "target_language": "German"})
+    assert server.received("/opus") == [], "nothing was sent: the model cannot do what was asked"
+    assert remote.run("translation", spec, {"text": "the house", "target_language": "French"}).text == "la maison"
+    (request,) = server.received("/opus")
+    assert request.json()["parameters"] == {"src_lang": "en", "tgt_lang": "fr"}  # the target is asked for
 
 
 def test_base_url_template_names_the_model(server: InferenceServer) -> None:

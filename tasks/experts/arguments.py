@@ -79,3 +79,50 @@ def parse_csv_table(data: bytes | str) -> dict[str, list[str]]:
         if len(row) != len(header):
             raise ExpertError(f"row {number} of the table has {len(row)} cells, the header has {len(header)}")
     return {name: [row[i].strip() for row in rows[1:]] for i, name in enumerate(header)}
+
+
+#: Language names (lower case) and their ISO 639-1 codes, for matching a requested target with a model's.
+LANGUAGE_CODES: dict[str, str] = {
+    "arabic": "ar",
+    "chinese": "zh",
+    "czech": "cs",
+    "danish": "da",
+    "dutch": "nl",
+    "english": "en",
+    "finnish": "fi",
+    "french": "fr",
+    "german": "de",
+    "greek": "el",
+    "hebrew": "he",
+    "hindi": "hi",
+    "hungarian": "hu",
+    "indonesian": "id",
+    "italian": "it",
+    "japanese": "ja",
+    "korean": "ko",
+    "norwegian": "no",
+    "polish": "pl",
+    "portuguese": "pt",
+    "romanian": "ro",
+    "russian": "ru",
+    "spanish": "es",
+    "swedish": "sv",
+    "turkish": "tr",
+    "ukrainian": "uk",
+    "vietnamese": "vi",
+}
+
+
+def language_code(language: str) -> str:
+    """The ISO 639-1 code of a language name or code (``"French"``, ``"fr"``, ``"fra"`` -> ``"fr"``); a name not
+    in :data:`LANGUAGE_CODES` is returned lower-cased as it is."""
+    key = language.strip().lower()
+    if key in LANGUAGE_CODES:
+        return LANGUAGE_CODES[key]
+    return key.split("_")[0].split("-")[0] if len(key) <= 7 else key
+
+
+def language_pair_from_name(name: str) -> tuple[str, str] | None:
+    """(source, target) of a model named after one language pair (Marian ``opus-mt-SRC-TGT``), else ``None``."""
+    found = re.search(r"opus-mt-(?:tc-(?:big-)?)?([A-Za-z_]+)-([A-Za-z_]+)$", name.rstrip("/"))
+    return (found.group(1), found.group(2)) if found else None

@@ -56,7 +56,8 @@ class ExpertError(RuntimeError):
 
 
 class CannotRunHereError(ExpertError):
-    """A model cannot run on this machine (it ran out of memory while loading): another candidate may."""
+    """This model cannot do this here (it ran out of memory while loading, needs a package that is not installed,
+    or cannot honour what the node asks, such as another target language): another candidate may."""
 
 
 class ExpertBackend(Protocol):

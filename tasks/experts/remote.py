@@ -1,8 +1,8 @@
 """Run expert models remotely through huggingface_hub's ``InferenceClient``.
 
 :class:`RemoteBackend` sends one task to one model and turns the answer into the same
-:class:`~tasks.experts.base.ExpertOutput` the local backend produces (it uses the local backend's ``format_*``
-functions), so a downstream node cannot tell where an output came from.
+:class:`~tasks.experts.base.ExpertOutput` the local backend produces (both use the ``format_*`` functions of
+:mod:`tasks.experts.outputs`), so a downstream node cannot tell where an output came from.
 
 Where a request goes, first match wins:
 
@@ -63,8 +63,16 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from tasks.experts.arguments import audio_input, image_input, parse_csv_table, parse_labels, text_input
-from tasks.experts.base import Audio, ExpertError, ExpertInputs, ExpertOutput, ModelSpec
+from tasks.experts.arguments import (
+    audio_input,
+    image_input,
+    language_code,
+    language_pair_from_name,
+    parse_csv_table,
+    parse_labels,
+    text_input,
+)
+from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertInputs, ExpertOutput, ModelSpec
 from tasks.experts.outputs import (
     format_audio_classification,
     format_document_question_answering,
@@ -105,7 +113,7 @@ NOT_SERVED_BY_ENDPOINTS: dict[str, str] = {
 #: HTTP statuses worth asking again.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-_Call = Callable[[Any, ExpertInputs], ExpertOutput]
+_Call = Callable[[Any, ExpertInputs, ModelSpec], ExpertOutput]
 
 
 class RemoteBackend:
@@ -227,6 +235,9 @@ class RemoteBackend:
         refused = self.refusal(task_name, model)
         if refused:
             raise ExpertError(f"{where} cannot run {task_name}: {refused}")
+        unable = _cannot_honour(task_name, model, inputs)
+        if unable:
+            raise CannotRunHereError(f"{where} cannot run {task_name}: {unable}")
         if _is_url(target):
             if self.endpoints_when_offline and _hub_offline() and not _is_hub_url(target):
                 allow_endpoints_when_offline()
@@ -246,9 +257,9 @@ class RemoteBackend:
 
         def attempt() -> ExpertOutput:
             if _is_url(target):
-                return call(client, inputs)
+                return call(client, inputs, model)
             # some providers queue the job and the client polls it with no end of its own
-            return within(self.job_timeout, lambda: call(client, inputs), f"{where} ({task_name})")
+            return within(self.job_timeout, lambda: call(client, inputs, model), f"{where} ({task_name})")
 
         start = time.perf_counter()
         try:
@@ -333,31 +344,34 @@ class RemoteBackend:
 
     # --- one call per task --------------------------------------------------------------------------------------
 
-    def _text_classification(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _text_classification(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         result = client.text_classification(text_input(inputs, "text"), top_k=self.top_k)
         return format_text_classification(_flat(result))
 
-    def _token_classification(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _token_classification(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         result = client.token_classification(text_input(inputs, "text"), aggregation_strategy="simple")
         return format_token_classification(_flat(result))
 
-    def _text2text_generation(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _text2text_generation(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         text = client.text_generation(text_input(inputs, "text"), max_new_tokens=self.max_new_tokens)
         return ExpertOutput(text=str(text).strip())
 
-    def _summarization(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _summarization(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         result = client.summarization(text_input(inputs, "text"))
         return ExpertOutput(text=str(result.summary_text or "").strip())
 
-    def _translation(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
-        result = client.translation(text_input(inputs, "text"))
-        output = ExpertOutput(text=str(result.translation_text or "").strip())
+    def _translation(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         target = str(inputs.get("target_language") or "").strip()
+        pair = language_pair_from_name(model.id)
+        # the API takes a target language only with its source: known for a model of one language pair
+        languages = {"src_lang": pair[0], "tgt_lang": language_code(target)} if target and pair else {}
+        result = client.translation(text_input(inputs, "text"), **languages)
+        output = ExpertOutput(text=str(result.translation_text or "").strip())
         if target:
             output.extra["target_language"] = target
         return output
 
-    def _question_answering(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _question_answering(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         result = client.question_answering(question=text_input(inputs, "text"), context=text_input(inputs, "context"))
         if isinstance(result, list):
             result = max(result, key=lambda r: r.score or 0.0) if result else None
@@ -367,7 +381,7 @@ class RemoteBackend:
             str(result.answer or "").strip(), float(result.score or 0.0), int(result.start or 0), int(result.end or 0)
         )
 
-    def _conversational(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _conversational(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         result = client.chat_completion(
             messages=[{"role": "user", "content": text_input(inputs, "text")}], max_tokens=self.max_new_tokens
         )
@@ -375,27 +389,27 @@ class RemoteBackend:
         content = choices[0].message.content if choices and choices[0].message else ""
         return ExpertOutput(text=str(content or "").strip())
 
-    def _text_generation(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _text_generation(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         text = client.text_generation(
             text_input(inputs, "text"), max_new_tokens=self.max_new_tokens, return_full_text=False
         )
         return ExpertOutput(text=str(text))
 
-    def _sentence_similarity(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _sentence_similarity(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         scores = client.sentence_similarity(text_input(inputs, "text"), [text_input(inputs, "text2")])
         if not scores:
             raise ExpertError("the server returned no similarity score")
         return format_sentence_similarity(float(scores[0]))
 
-    def _zero_shot_classification(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _zero_shot_classification(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         labels = parse_labels(text_input(inputs, "labels"))
         result = client.zero_shot_classification(text_input(inputs, "text"), candidate_labels=labels)
         return format_zero_shot_classification(_flat(result))
 
-    def _feature_extraction(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _feature_extraction(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         return format_feature_extraction(client.feature_extraction(text_input(inputs, "text")))
 
-    def _tabular_classification(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _tabular_classification(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         value = inputs.get("table")
         if value is None:
             raise ExpertError(f"missing input 'table' (given: {', '.join(sorted(inputs)) or 'none'})")
@@ -403,29 +417,29 @@ class RemoteBackend:
         labels = client.tabular_classification(table=table)
         return format_tabular_classification(labels)
 
-    def _object_detection(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _object_detection(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         image = image_input(inputs, "image")
         found = client.object_detection(_png(image), threshold=self.detection_threshold)
         return format_object_detection(image, found)
 
-    def _image_classification(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _image_classification(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         return format_image_classification(
             client.image_classification(_png(image_input(inputs, "image")), top_k=self.top_k)
         )
 
-    def _image_to_image(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _image_to_image(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         prompt = str(inputs.get("text") or "").strip() or None
         result = client.image_to_image(_png(image_input(inputs, "image")), prompt=prompt)
         return ExpertOutput(image=_rgb(result))
 
-    def _image_to_text(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _image_to_text(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         result = client.image_to_text(_png(image_input(inputs, "image")))
         return ExpertOutput(text=str(result.generated_text or "").strip())
 
-    def _text_to_image(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _text_to_image(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         return ExpertOutput(image=_rgb(client.text_to_image(text_input(inputs, "text"))))
 
-    def _text_to_video(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _text_to_video(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         video = bytes(client.text_to_video(text_input(inputs, "text")) or b"")
         if not video:
             raise ExpertError("the server returned an empty video")
@@ -433,31 +447,31 @@ class RemoteBackend:
             raise ExpertError(f"the server returned {len(video)} bytes that are not an MP4 video: {video[:16]!r}...")
         return ExpertOutput(video=video)
 
-    def _visual_question_answering(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _visual_question_answering(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         answers = client.visual_question_answering(
             image=_png(image_input(inputs, "image")), question=text_input(inputs, "text"), top_k=self.top_k
         )
         return format_visual_question_answering(_flat(answers))
 
-    def _document_question_answering(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _document_question_answering(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         answers = client.document_question_answering(
             image=_png(image_input(inputs, "image")), question=text_input(inputs, "text")
         )
         return format_document_question_answering(_flat(answers))
 
-    def _image_segmentation(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _image_segmentation(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         image = image_input(inputs, "image")
         return format_image_segmentation(image, client.image_segmentation(_png(image)))
 
-    def _text_to_speech(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _text_to_speech(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         return ExpertOutput(audio=self._decode_audio(client.text_to_speech(text_input(inputs, "text"))))
 
-    def _automatic_speech_recognition(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _automatic_speech_recognition(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         audio = audio_input(inputs, "audio")
         result = client.automatic_speech_recognition(_wav(audio))
         return ExpertOutput(text=" ".join(str(result.text or "").split()), extra={"seconds": audio.seconds})
 
-    def _audio_to_audio(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _audio_to_audio(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         results = client.audio_to_audio(_wav(audio_input(inputs, "audio")))
         if not results:
             raise ExpertError("the server returned no audio")
@@ -465,7 +479,7 @@ class RemoteBackend:
         output.extra["labels"] = [str(r.label) for r in results]
         return output
 
-    def _audio_classification(self, client: Any, inputs: ExpertInputs) -> ExpertOutput:
+    def _audio_classification(self, client: Any, inputs: ExpertInputs, model: ModelSpec) -> ExpertOutput:
         result = client.audio_classification(_wav(audio_input(inputs, "audio")), top_k=self.top_k)
         return format_audio_classification(_flat(result))
 
@@ -640,6 +654,18 @@ def within(seconds: float, call: Callable[[], ExpertOutput], what: str) -> Exper
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def _cannot_honour(task: str, model: ModelSpec, inputs: ExpertInputs) -> str | None:
+    """Why ``model`` cannot do what these inputs ask (a model named after one language pair asked for another
+    target language), or ``None``: a node never reports success for work the model did not do."""
+    target = str(inputs.get("target_language") or "").strip()
+    if task != "translation" or not target:
+        return None
+    pair = language_pair_from_name(model.id)
+    if pair and language_code(pair[1]) != language_code(target):
+        return f"it translates {pair[0]} to {pair[1]} only, not into {target}"
+    return None
 
 
 def is_mp4(data: bytes) -> bool:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.experts.arguments import parse_labels, text_input
+from tasks.experts.arguments import language_code, language_pair_from_name, parse_labels, text_input
 from tasks.experts.base import CannotRunHereError, ExpertInputs, ExpertOutput, ModelSpec
 from tasks.experts.local.loading import (
     accepted_inputs,
@@ -58,37 +58,6 @@ from tasks.experts.outputs import (
 
 #: The prompt of a chat model whose tokenizer has no chat template.
 PLAIN_CHAT_PROMPT = "User: {text}\nAssistant:"
-
-#: Language names (lower case) and their ISO 639-1 codes, for matching a requested target with a model's.
-LANGUAGE_CODES: dict[str, str] = {
-    "arabic": "ar",
-    "chinese": "zh",
-    "czech": "cs",
-    "danish": "da",
-    "dutch": "nl",
-    "english": "en",
-    "finnish": "fi",
-    "french": "fr",
-    "german": "de",
-    "greek": "el",
-    "hebrew": "he",
-    "hindi": "hi",
-    "hungarian": "hu",
-    "indonesian": "id",
-    "italian": "it",
-    "japanese": "ja",
-    "korean": "ko",
-    "norwegian": "no",
-    "polish": "pl",
-    "portuguese": "pt",
-    "romanian": "ro",
-    "russian": "ru",
-    "spanish": "es",
-    "swedish": "sv",
-    "turkish": "tr",
-    "ukrainian": "uk",
-    "vietnamese": "vi",
-}
 
 _T5_TYPES = frozenset({"t5", "mt5", "umt5"})
 
@@ -147,9 +116,9 @@ def _language_pair(config: Any, tokenizer: Any, model: ModelSpec) -> tuple[str, 
     if source and target:
         return str(source), str(target)
     for name in (model.id, model.source):
-        found = re.search(r"opus-mt-(?:tc-(?:big-)?)?([A-Za-z_]+)-([A-Za-z_]+)$", name.rstrip("/"))
-        if found:
-            return found.group(1), found.group(2)
+        pair = language_pair_from_name(name)
+        if pair:
+            return pair
     return None
 
 
@@ -442,15 +411,6 @@ def _task_prefix(config: Any, task: str) -> str:
     params = getattr(config, "task_specific_params", None) or {}
     prefix = (params.get(task) or {}).get("prefix")
     return str(prefix) if prefix else ""
-
-
-def language_code(language: str) -> str:
-    """The ISO 639-1 code of a language name or code (``"French"``, ``"fr"``, ``"fra"`` -> ``"fr"``); a name not
-    in :data:`LANGUAGE_CODES` is returned lower-cased as it is."""
-    key = language.strip().lower()
-    if key in LANGUAGE_CODES:
-        return LANGUAGE_CODES[key]
-    return key.split("_")[0].split("-")[0] if len(key) <= 7 else key
 
 
 def _translation_prompt(loaded: Seq2Seq, target: str) -> tuple[str, str]:
