@@ -265,10 +265,7 @@ CASES: list[Case] = [
         "translation",
         {"text": "the house", "target_language": "French"},
         Reply([{"translation_text": "la maison"}]),
-        lambda out, req: (
-            out.text == "la maison"
-            and out.extra["target_language"] == "French"
-        ),
+        lambda out, req: out.text == "la maison" and out.extra["target_language"] == "French",
     ),
     Case(
         "question-answering",
