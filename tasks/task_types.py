@@ -271,12 +271,3 @@ EXECUTABLE_TASKS: frozenset[str] = frozenset(TASK_TYPES) - frozenset(NOT_SERVED_
 def normalize_task_name(name: str) -> str:
     """Map spellings such as ``Image-to-Text``, ``image_to_text`` or ``image to text`` to the table's name."""
     return "-".join(name.strip().lower().replace("_", " ").replace("-", " ").split())
-
-
-def get_task_type(name: str) -> TaskType:
-    """Return the task type named ``name`` (any common spelling) or raise ``KeyError`` naming the known ones."""
-    key = normalize_task_name(name)
-    try:
-        return TASK_TYPES[key]
-    except KeyError:
-        raise KeyError(f"unknown task type {name!r}; known task types: {', '.join(sorted(TASK_TYPES))}") from None
