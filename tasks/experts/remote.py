@@ -231,10 +231,12 @@ class RemoteBackend:
         refused = self.refusal(task_name, model)
         if refused:
             raise ExpertError(f"{where} cannot run {task_name}: {refused}")
+        from tasks.availability import hub_offline  # it imports this module
+
         if _is_url(target):
-            if self.endpoints_when_offline and _hub_offline() and not _is_hub_url(target):
+            if self.endpoints_when_offline and hub_offline() and not _is_hub_url(target):
                 allow_endpoints_when_offline()
-        elif _hub_offline():
+        elif hub_offline():
             raise ExpertError(
                 f"{where} cannot run {task_name}: it has no endpoint and the Hub is offline (HF_HUB_OFFLINE=1); "
                 "Inference Providers are reached through the Hub"
@@ -656,12 +658,6 @@ def is_mp4(data: bytes) -> bool:
 
 def _is_url(target: str) -> bool:
     return target.startswith(("http://", "https://"))
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.is_offline_mode())
 
 
 def _hub_hosts() -> tuple[str, ...]:
