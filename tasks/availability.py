@@ -217,7 +217,7 @@ class HubInfo:
             return None, self._unreachable[1]
         else:
             result = self._ask(model_id, revision)
-            if result[0] is not None:
+            if result[0] is not None and self.ttl > 0:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
                 record = {"id": model_id, "revision": revision, "fetched_at": time.time()}
@@ -227,7 +227,12 @@ class HubInfo:
 
     def _ask(self, model_id: str, revision: str | None) -> tuple[ModelFacts | None, str | None]:
         from huggingface_hub import HfApi
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         try:
             info = HfApi().model_info(model_id, revision=revision, expand=HUB_EXPAND, timeout=self.timeout)
@@ -235,8 +240,10 @@ class HubInfo:
             return None, "the repository is gated (log in with a token that has access)"
         except (RepositoryNotFoundError, RevisionNotFoundError):
             return ModelFacts(found=False, source="the Hub"), None
-        except Exception as exc:  # network, HTTP 5xx, a proxy's answer: the Hub could not be asked
-            why = f"the Hub could not be asked ({type(exc).__name__}: {str(exc)[:160]})"
+        except HfHubHTTPError as exc:  # an answer, but not about this model (5xx, a proxy's page)
+            return None, f"the Hub could not be asked ({type(exc).__name__}: {str(exc)[:160]})"
+        except Exception as exc:  # no answer at all: not asked again for a while
+            why = f"the Hub could not be reached ({type(exc).__name__}: {str(exc)[:160]})"
             self._unreachable = (time.monotonic() + UNREACHABLE_PAUSE, why)
             return None, why
         return facts_of_model_info(info), None

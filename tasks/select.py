@@ -174,7 +174,7 @@ def check_pins(pins: Mapping[str, str], availability: Availability) -> dict[str,
         backend, why = availability.choose(entry.spec())
         if backend is None:
             raise SelectionError(f"--model {task_name}={value}: cannot run here: {why}")
-        checked[task_name] = entry.local_path or entry.id
+        checked[task_name] = entry.id  # a folder: its absolute path
     return checked
 
 
