@@ -6,7 +6,8 @@ offered task types with at least one runnable candidate, execution walks the fal
 ``hugginggpt models`` prints its verdicts.
 
 **Local** only when the task has a local runner, the model's library is transformers, its architecture (the
-config's ``model_type``) is one the local backend has proven (:func:`proven_architectures`), what it ``requires``
+config's ``model_type``) is one the local backend has proven (:func:`proven_architectures`; or the model brings
+its own code and both its catalog entry and ``HUGGINGGPT_TRUST_REMOTE_CODE`` allow it), what it ``requires``
 is installed (Python distributions, programs as ``bin:NAME``), its weights are on this machine or the Hub can be
 reached, and its size fits the local budget: ``HUGGINGGPT_MAX_LOCAL_PARAMS``, by default what the machine's memory
 holds (:func:`default_max_local_params`).
@@ -372,7 +373,8 @@ class Availability:
         if facts.architecture is None:
             known = f"; {hub_why}" if hub_why else ""
             return False, f"architecture unknown (no config.json here, none recorded in the catalog{known})", facts
-        if facts.architecture not in self.proven:
+        own_code = spec.trust_remote_code and self.settings.trust_remote_code
+        if facts.architecture not in self.proven and not own_code:
             return False, f"architecture {facts.architecture} is not proven by the local backend's tests", facts
         missing = missing_requirements(entry.requires if entry is not None else ())
         if missing:
@@ -384,6 +386,8 @@ class Availability:
                 facts,
             )
         where = f"weights in {folder}" if folder is not None else "weights downloadable from the Hub"
+        if facts.architecture not in self.proven:
+            where += " (the repository's own code: trust_remote_code)"
         size = f", {facts.params:,} params" if facts.params is not None else ", size unknown"
         return True, f"{facts.architecture}{size}, {where}", facts
 

@@ -1,7 +1,8 @@
 """Stage 2, model selection: candidates from the catalog, one LLM call for the whole plan.
 
 For each node: a model pinned by the user (a catalog id, or a folder of weights) wins, once it can run
-here; else the catalog's runnable candidates for its task are ranked and the top K kept; a lone candidate is used
+here; else the catalog's runnable candidates for its task are ranked and the top K kept (the recommended ones
+only, when one can run: the long tail then serves as fallbacks); a lone candidate is used
 without asking; the nodes with several candidates are put to the LLM in one
 call, and each choice keeps its reason. When the LLM fails or picks a model
 that is not a candidate, the top-ranked candidate is used and the reason says so.
@@ -245,7 +246,8 @@ def select_models(
                 spec=entry.spec(),
             )
             continue
-        cands = [e for e, _ in runnable[node.task]][:top_k]
+        ranked = [e for e, _ in runnable[node.task]]
+        cands = ([e for e in ranked if e.tier == "recommended"] or ranked)[:top_k]
         if not cands:
             continue
         if len(cands) == 1:

@@ -121,6 +121,11 @@ def test_architecture_requirements_and_library_decide_local(tiny: pathlib.Path, 
         "(not installed)",
     )
     assert a.choose(other.spec()) == (None, "local mode: library sklearn: transformers cannot load it")
+    # a model with its own code runs only with both opt-ins (entry and setting), whatever its architecture
+    custom = CatalogEntry(id="acme/custom", task="text-classification", local_path=str(odd), trust_remote_code=True)
+    assert available(tmp_path, custom, inference_mode="local").choose(custom.spec())[0] is None
+    allowed = available(tmp_path, custom, inference_mode="local", trust_remote_code=True).choose(custom.spec())
+    assert allowed[0] == "local" and allowed[1].endswith("(the repository's own code: trust_remote_code)")
     # the proven set is one function: the architecture is accepted once it is in it
     wider = Availability(a.settings, a.catalog, proven=availability.proven_architectures() | {"gpt_neox"})
     assert wider.choose(ModelSpec(id="acme/odd", task="text-classification", local_path=str(odd)))[0] == "local"

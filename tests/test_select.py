@@ -252,6 +252,23 @@ def test_every_candidate_check_is_recorded(tmp_path: Path) -> None:
     assert gone.backend is None and "does not exist" in gone.reason
 
 
+def test_the_recommended_tier_is_offered_alone_when_it_can_run(llm, tmp_path: Path) -> None:
+    folder = tmp_path / "weights"
+    catalog = _entries(tmp_path)
+    catalog.extend(
+        [
+            CatalogEntry(id="r/one", task="text-classification", tier="recommended", local_path=str(folder)),
+            CatalogEntry(id="r/two", task="text-classification", tier="recommended", local_path=str(folder)),
+        ]
+    )
+    llm.set(select=json.dumps({"choices": [{"id": 0, "model": "a/cls-popular", "reason": "most downloaded"}]}))
+    result = select_models(NODES[:1], _available(tmp_path, catalog), llm=LLMClient(Settings()), request="r")
+    (assignment,) = result.assignments
+    assert assignment.candidates == ["r/one", "r/two"]
+    assert assignment.model == "r/one" and "not a candidate" in assignment.reason
+    assert [f.id for f in assignment.fallbacks] == ["r/two", "a/cls-popular"], "the long tail as fallbacks"
+
+
 def test_task_without_runnable_model_is_left_unassigned(tmp_path: Path) -> None:
     node = PlanNode(id=0, task="translation", args={"text": "x"})
     result = select_models([node], _available(tmp_path), llm=None, request="r")
