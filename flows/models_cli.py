@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -137,16 +138,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     entries = [e for task in tasks for e in catalog.ranked(task)]
     with ThreadPoolExecutor(max_workers=8) as pool:  # the Hub is asked once per model, a few at a time
         records = list(pool.map(lambda e: candidate_record(availability, e), entries))
-    if args.json:
+    try:
         for record in records:
-            print(json.dumps(record, ensure_ascii=False))
-        return EXIT_OK
-    for record in records:
-        size = f"{record['params'] / 1e6:,.0f}M" if record["params"] else "?"
-        print(
-            f"{record['task']:<30} {record['id']:<55} {record['tier']:<11} {record['architecture'] or '?':<24} "
-            f"{size:>8}  local: {record['local']}  |  remote: {record['remote']}"
-        )
+            if args.json:
+                print(json.dumps(record, ensure_ascii=False))
+                continue
+            size = f"{record['params'] / 1e6:,.0f}M" if record["params"] else "?"
+            print(
+                f"{record['task']:<30} {record['id']:<55} {record['tier']:<11} {record['architecture'] or '?':<24} "
+                f"{size:>8}  local: {record['local']}  |  remote: {record['remote']}"
+            )
+    except BrokenPipeError:  # the reader stopped (| head): not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
     return EXIT_OK
 
 

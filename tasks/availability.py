@@ -358,6 +358,9 @@ class Availability:
         task = normalize_task_name(spec.task)
         if task not in LOCAL_TASKS:
             return False, f"task {task} is not served by the local backend", facts
+        why = self._refusal(spec, entry, facts)  # what is known already, before any download or question
+        if why:
+            return False, why, facts
         if spec.local_path and folder is None:
             return False, f"the local weights folder {spec.local_path} does not exist", facts
         if folder is None and hub_offline():
@@ -367,18 +370,12 @@ class Availability:
             facts, hub_why = self._hub_facts(spec, facts)
             if not facts.found:
                 return False, "the Hub has no such model", facts
-        library = (entry.library if entry is not None else None) or facts.library or "transformers"
-        if library not in LOCAL_LIBRARIES:
-            return False, f"library {library}: transformers cannot load it", facts
+            why = self._refusal(spec, entry, facts)
+            if why:
+                return False, why, facts
         if facts.architecture is None:
             known = f"; {hub_why}" if hub_why else ""
             return False, f"architecture unknown (no config.json here, none recorded in the catalog{known})", facts
-        own_code = spec.trust_remote_code and self.settings.trust_remote_code
-        if facts.architecture not in self.proven and not own_code:
-            return False, f"architecture {facts.architecture} is not proven by the local backend's tests", facts
-        missing = missing_requirements(entry.requires if entry is not None else ())
-        if missing:
-            return False, f"needs {', '.join(missing)} (not installed)", facts
         if self.budget is not None and facts.params is not None and facts.params > self.budget:
             return (
                 False,
@@ -390,6 +387,19 @@ class Availability:
             where += " (the repository's own code: trust_remote_code)"
         size = f", {facts.params:,} params" if facts.params is not None else ", size unknown"
         return True, f"{facts.architecture}{size}, {where}", facts
+
+    def _refusal(self, spec: ModelSpec, entry: CatalogEntry | None, facts: ModelFacts) -> str | None:
+        """Why the model cannot run locally from what is known (library, architecture, requirements), or None."""
+        library = (entry.library if entry is not None else None) or facts.library or "transformers"
+        if library not in LOCAL_LIBRARIES:
+            return f"library {library}: transformers cannot load it"
+        own_code = spec.trust_remote_code and self.settings.trust_remote_code
+        if facts.architecture is not None and facts.architecture not in self.proven and not own_code:
+            return f"architecture {facts.architecture} is not proven by the local backend's tests"
+        missing = missing_requirements(entry.requires if entry is not None else ())
+        if missing:
+            return f"needs {', '.join(missing)} (not installed)"
+        return None
 
     # -- remote -------------------------------------------------------------------------------------------------
 

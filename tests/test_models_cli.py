@@ -99,7 +99,7 @@ def test_models_says_where_each_candidate_runs(hub: FakeHub, tiny: pathlib.Path,
     huge = by_id["acme/huge"]
     assert huge["local"].startswith("not here: too large for local inference (10,000,000,000,000 params")
     assert huge["remote"] == "Inference Providers: hf-inference"
-    assert by_id["acme/ocr"]["local"] == "not here: needs the program no (not installed)"
+    assert by_id["acme/ocr"]["local"] == "not here: needs the program nope (not installed)"
     assert hub.asked("/api/models/acme/hub-bert") == ["/api/models/acme/hub-bert"]
 
 
