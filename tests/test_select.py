@@ -282,3 +282,42 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_models(tmp_path_factory.mktemp("tiny-select"), tasks=("text-classification",))[
         "text-classification"
     ]
+
+
+def test_selection_through_its_prefect_task_reads_the_settings_catalog(tmp_path: Path, tiny_classifier: Path) -> None:
+    """The path production takes: ``select_task`` builds the availability of its settings (catalog file included)."""
+    from tasks.select import select_task
+
+    catalog = tmp_path / "catalog.jsonl"
+    records = [
+        {"id": "tiny/tc", "task": "text-classification", "local_path": str(tiny_classifier)},
+        {"id": "acme/gone", "task": "text-classification", "local_path": str(tmp_path / "gone"), "downloads": 9},
+    ]
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in records))
+    settings = Settings(catalog=catalog, hub_info_cache=tmp_path / "hub-info")
+    result = select_task.fn(settings, "r", NODES[:1], {})
+    assert [(a.model, a.backend) for a in result.assignments] == [("tiny/tc", "local")]
+    by_model = {c.model: c for c in result.checks}
+    assert by_model["tiny/tc"].backend == "local"
+    assert by_model["acme/gone"].backend is None and "does not exist" in by_model["acme/gone"].reason
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_run_summary_records_every_candidate_check(llm, tmp_path: Path, tiny_classifier: Path) -> None:
+    from flows.request import run_request
+    from tests.llm_server import plan_json
+
+    catalog = tmp_path / "catalog.jsonl"
+    records = [
+        {"id": "tiny/tc", "task": "text-classification", "local_path": str(tiny_classifier)},
+        {"id": "acme/gone", "task": "text-classification", "local_path": str(tmp_path / "gone"), "downloads": 9},
+    ]
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in records))
+    llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "lovely"}}))
+    summary = run_request("Is 'lovely' positive?", storage=str(tmp_path / "runs"), catalog=str(catalog))
+    assert summary.status == "completed", summary.error
+    checks = {c.model: c for c in summary.candidate_checks}
+    assert checks["tiny/tc"].backend == "local"
+    assert checks["acme/gone"].backend is None and "does not exist" in checks["acme/gone"].reason
+    stored = json.loads(Path(summary.storage_uri, "summary.json").read_text())
+    assert {"tiny/tc", "acme/gone"} <= {c["model"] for c in stored["candidate_checks"]}  # built-in ones too
