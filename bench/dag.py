@@ -82,7 +82,7 @@ def sequential_baseline(plan: Sequence[dict[str, Any]], seconds: float, storage:
     """The same nodes one after another, through the executor's core, without Prefect: the executor's own time,
     measured with an expert that returns at once, plus the sleeps (``len(plan) * seconds``, which a sleep
     adds exactly), so the baseline costs no bench time beyond its overhead."""
-    from models_catalog.catalog import load_catalog
+    from tasks.availability import Availability
     from tasks.execute import cache_params, execute_node
     from tasks.plan import validate_plan
     from tasks.result_cache import ResultCache
@@ -93,7 +93,7 @@ def sequential_baseline(plan: Sequence[dict[str, Any]], seconds: float, storage:
 
     settings = load_settings(storage=storage, catalog=str(catalog))
     nodes, _ = validate_plan(list(plan))
-    selection = select_models(nodes, load_catalog(catalog), llm=None, request="bench", pins={TASK: MODEL_ID})
+    selection = select_models(nodes, Availability(settings), llm=None, request="bench", pins={TASK: MODEL_ID})
     by_node = {a.node_id: a for a in selection.assignments}
     store = store_for(settings, f"sequential-{uuid.uuid4().hex[:8]}")
     with sleeping_experts(0.0) as backend:

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="TASK=MODEL_ID",
-        help="pin the model for a task; repeatable",
+        help="pin the model for a task: a catalog id or a folder of weights; repeatable",
     )
     for add in (add_storage, add_catalog, add_llm_model, add_device):
         add(run)
@@ -56,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     from flows.batch_cli import register as register_batch
     from flows.eval_cli import register as register_eval
+    from flows.models_cli import register as register_models
 
     register_eval(sub)
     register_batch(sub)
+    register_models(sub)
 
     resume = sub.add_parser(
         "resume",
@@ -114,9 +116,11 @@ def load_plan_file(path: str) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from models_catalog.catalog import CatalogError
+    from tasks.availability import Availability
     from tasks.plan import validate_plan
     from tasks.schemas import PlanNode
-    from tasks.select import SelectionError, parse_pins
+    from tasks.select import SelectionError, check_pins, parse_pins
     from tasks.settings import LLMNotConfiguredError
 
     try:
@@ -154,6 +158,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if settings.catalog is not None and not Path(settings.catalog).is_file():
         error(None, f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
+        return EXIT_USAGE
+    try:
+        pins = check_pins(pins, Availability(settings))
+    except (SelectionError, CatalogError) as exc:
+        error(None, str(exc))
         return EXIT_USAGE
     return _execute(args, settings, args.request, list(args.inputs), pins, plan=plan)
 
@@ -300,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "resume":
             return cmd_resume(args)
-        if args.command in ("eval", "batch", "plan"):
+        if args.command in ("eval", "batch", "plan", "models", "catalog"):
             return args.func(args)
     except KeyboardInterrupt:
         error(None, "interrupted")

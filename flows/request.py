@@ -27,6 +27,7 @@ from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, Field
 
 from models_catalog.catalog import CatalogError
+from tasks.availability import Availability
 from tasks.execute import node_folder, run_node
 from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
@@ -34,7 +35,7 @@ from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_p
 from tasks.report import artifact_key, node_rows, summary_markdown
 from tasks.respond import respond_task
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
-from tasks.select import SelectionError, parse_pins, select_task
+from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, resolve_storage, store_for, without_credentials
 from tasks.task_types import TASK_TYPES
@@ -203,7 +204,7 @@ def hugginggpt_request(
                 ),
             )
         response = _run_stages(
-            settings, request, inputs, parse_pins(models), history, store, summary, plan=plan, prior=prior
+            settings, request, inputs, _pins(settings, models, prior), history, store, summary, plan=plan, prior=prior
         )
     except (
         RequestError,
@@ -226,6 +227,12 @@ def hugginggpt_request(
     summary.llm = summary.llm + response.usage
     log.info("answer (%s): %s", response.source, response.answer)
     return _finish(summary, store, t_start)
+
+
+def _pins(settings: Settings, models: Mapping[str, str] | None, prior: PriorRun | None) -> dict[str, str]:
+    """The pinned models, each checked to run here before any LLM call (a resumed run reuses its assignments)."""
+    pins = parse_pins(models)
+    return pins if prior is not None else check_pins(pins, Availability(settings))
 
 
 class PriorRun(BaseModel):
@@ -330,6 +337,7 @@ def _run_stages(
     summary.timings["select"] = time.perf_counter() - t0
     assignments = selection.assignments if selection else []
     summary.assignments = assignments
+    summary.candidate_checks = selection.checks if selection else []
     for a in assignments:
         log.info("%s#%d -> %s (%s)", a.task, a.node_id, a.model, a.reason)
     for node_id, why in (selection.unassigned if selection else {}).items():

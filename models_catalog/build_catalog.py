@@ -69,8 +69,13 @@ OTHER_LIBRARIES = (
 )
 
 
-def guess_library(meta: dict, tags: list[str]) -> str:
-    """The library that loads the model: the card's ``library_name``, else one named in its tags, else transformers."""
+#: Owners whose models the 2023 snapshot's cards do not label, and the library that loads them.
+LIBRARY_BY_OWNER = {"pyannote": "pyannote-audio", "damo-vilab": "diffusers"}
+
+
+def guess_library(meta: dict, tags: list[str], model_id: str = "") -> str:
+    """The library that loads the model: the card's ``library_name``, else one named in its tags, else its owner's
+    (:data:`LIBRARY_BY_OWNER`), else transformers."""
     named = meta.get("library_name") or meta.get("library_tag")
     if isinstance(named, str) and named.strip():
         return named.strip().lower()
@@ -78,7 +83,7 @@ def guess_library(meta: dict, tags: list[str]) -> str:
     for lib in OTHER_LIBRARIES:
         if lib in lowered:
             return "diffusers" if lib == "stable-diffusion" else lib
-    return "transformers"
+    return LIBRARY_BY_OWNER.get(model_id.split("/", 1)[0], "transformers")
 
 
 def convert_record(raw: dict) -> CatalogEntry:
@@ -94,7 +99,7 @@ def convert_record(raw: dict) -> CatalogEntry:
         downloads=int(raw.get("downloads") or 0),
         likes=int(raw.get("likes") or 0),
         tags=tags[:12],
-        library=guess_library(meta, tags),
+        library=guess_library(meta, tags, raw["id"]),
         languages=languages[:8],
         license=meta.get("license") if isinstance(meta.get("license"), str) else None,
         description=trim_description(raw.get("description") or ""),
@@ -111,7 +116,7 @@ def build(source: Path, dest: Path) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with dest.open("w", encoding="utf-8") as fh:
         for e in entries:
-            fh.write(e.model_dump_json(exclude_none=True, exclude_defaults=False) + "\n")
+            fh.write(e.model_dump_json(exclude_none=True, exclude={"requires", "tier", "trust_remote_code"}) + "\n")
     return len(entries)
 
 

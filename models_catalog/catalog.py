@@ -1,7 +1,8 @@
 """The model catalog: Hub model metadata per task, loaded, merged, filtered and ranked.
 
-The built-in catalog (``data/catalog.jsonl``) is a snapshot of Hub metadata; an
-extra JSONL (``HUGGINGGPT_CATALOG``) adds entries or overrides built-in ones
+The built-in catalog is the recommended tier (``data/recommended.jsonl``: current models, with their
+architecture, size and requirements, ranked first) over a 2023 snapshot of Hub metadata (``data/catalog.jsonl``,
+the long tail); an extra JSONL (``HUGGINGGPT_CATALOG``) adds entries or overrides built-in ones
 with the same (task, id), for instance to point an entry at a local folder of
 weights (``local_path``) or an endpoint.
 """
@@ -9,7 +10,6 @@ weights (``local_path``) or an endpoint.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tasks.schemas import ModelSpec
 
 DEFAULT_CATALOG_PATH = Path(__file__).parent / "data" / "catalog.jsonl"
+#: The recommended tier: current models proven to run here (or remote-only), ranked first.
+RECOMMENDED_PATH = Path(__file__).parent / "data" / "recommended.jsonl"
 
 
 class CatalogError(ValueError):
@@ -58,6 +60,11 @@ class CatalogEntry(BaseModel):
     requires: list[str] = Field(
         default_factory=list,
         description="what it needs besides transformers: Python packages by distribution name, programs as 'bin:NAME'",
+    )
+    providers: list[str] | None = Field(
+        default=None,
+        description="the Inference Providers the Hub said serve it when the catalog was built (None: not recorded); "
+        "stands in for the Hub's answer when the Hub cannot be asked",
     )
     tier: Literal["recommended", "catalog"] = Field(
         default="catalog",
@@ -127,53 +134,16 @@ class Catalog:
     def tasks(self) -> set[str]:
         return {t for t, _ in self._entries}
 
-    def ranked(self, task: str, *, available_only: bool = True) -> list[CatalogEntry]:
-        """Entries for ``task``, best first: weights at hand first, then downloads, then likes."""
-        entries = self.for_task(task)
-        if available_only:
-            entries = [e for e in entries if is_available(e)]
-        return sorted(entries, key=lambda e: (not has_local_weights(e), -e.downloads, -e.likes, e.id))
-
-    def candidates(self, task: str, k: int) -> list[CatalogEntry]:
-        return self.ranked(task)[:k]
+    def ranked(self, task: str) -> list[CatalogEntry]:
+        """Entries for ``task``, best first: the recommended tier in its own order, then the rest by downloads, then
+        likes."""
+        return sorted(self.for_task(task), key=_rank)
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def has_local_weights(entry: CatalogEntry) -> bool:
-    """Whether the entry's weights are on this machine: its local folder, or the Hugging Face cache."""
-    if entry.local_path:
-        return Path(entry.local_path).is_dir()
-    return _in_hf_cache(entry.id, entry.revision)
-
-
-@cache
-def _in_hf_cache(repo_id: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    except Exception:
-        return False
-    return isinstance(found, str)
-
-
-#: Libraries the local backend loads.
-LOCAL_LIBRARIES = frozenset({"transformers"})
-
-
-def is_available(entry: CatalogEntry) -> bool:
-    """Whether the entry can run here: a model transformers loads, with a local folder that exists, or
-    cached weights when the Hub is offline."""
-    if entry.library not in LOCAL_LIBRARIES:
-        return False
-    if entry.local_path:
-        return Path(entry.local_path).is_dir()
-    if hub_offline():
-        return _in_hf_cache(entry.id, entry.revision)
-    return True
+def _rank(entry: CatalogEntry) -> tuple[bool, int, int, str]:
+    if entry.tier == "recommended":
+        return (False, 0, 0, "")  # a stable sort keeps the tier's own order
+    return (True, -entry.downloads, -entry.likes, entry.id)
 
 
 def load_catalog(extra: Path | str | None = None, *, builtin: bool = True) -> Catalog:
@@ -186,4 +156,9 @@ def load_catalog(extra: Path | str | None = None, *, builtin: bool = True) -> Ca
 
 @cache
 def _builtin_entries() -> tuple[CatalogEntry, ...]:
-    return tuple(read_catalog_file(DEFAULT_CATALOG_PATH))
+    """The recommended tier, in its order, then the snapshot's other entries (a recommended entry replaces the
+    snapshot's of the same task and id)."""
+    merged = {(e.task, e.id): e for e in read_catalog_file(RECOMMENDED_PATH)}
+    for entry in read_catalog_file(DEFAULT_CATALOG_PATH):
+        merged.setdefault((entry.task, entry.id), entry)
+    return tuple(merged.values())

@@ -438,8 +438,7 @@ def plan_task(
 
 def plannable_tasks(settings: Settings) -> list[str]:
     """Task types of the table with at least one catalog model that can run under these settings."""
-    from models_catalog.catalog import load_catalog
-    from tasks.availability import chooser_for, runnable_tasks
+    from tasks.availability import runnable_tasks
 
-    runnable = runnable_tasks(load_catalog(settings.catalog), chooser_for(settings)) & set(TASK_TYPES)
+    runnable = runnable_tasks(settings) & set(TASK_TYPES)
     return sorted(runnable) if runnable else sorted(EXECUTABLE_TASKS)

@@ -118,10 +118,22 @@ class Assignment(BaseModel):
     )
 
 
+class CandidateCheck(BaseModel):
+    """Whether one catalog candidate can run here, where, and why (decided before selection)."""
+
+    task: str
+    model: str
+    backend: Backend | None = Field(description="where it would run; None: it cannot run here")
+    reason: str
+
+
 class SelectionResult(BaseModel):
     assignments: list[Assignment]
     unassigned: dict[int, str] = Field(default_factory=dict, description="node id -> why no model could be chosen")
     usage: LLMUsage = Field(default_factory=LLMUsage)
+    checks: list[CandidateCheck] = Field(
+        default_factory=list, description="every candidate looked at for each task, and whether it can run here"
+    )
 
 
 NodeStatus = Literal["completed", "failed", "skipped"]
@@ -175,6 +187,9 @@ class RunSummary(BaseModel):
         default="llm", description="llm, explicit, resumed, or the batch line whose plan was reused"
     )
     assignments: list[Assignment] = Field(default_factory=list)
+    candidate_checks: list[CandidateCheck] = Field(
+        default_factory=list, description="every candidate looked at by selection, and where it can run or why not"
+    )
     results: list[NodeResult] = Field(default_factory=list)
     answer: str = ""
     answer_source: AnswerSource = "llm"

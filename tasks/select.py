@@ -1,7 +1,8 @@
 """Stage 2, model selection: candidates from the catalog, one LLM call for the whole plan.
 
-For each node: a model pinned by the user wins; else the catalog's runnable
-candidates for its task are ranked and the top K kept; a lone candidate is used
+For each node: a model pinned by the user (a catalog id, or a folder of weights) wins, once it can run
+here; else the catalog's runnable candidates for its task are ranked and the top K kept (the recommended ones
+only, when one can run: the long tail then serves as fallbacks); a lone candidate is used
 without asking; the nodes with several candidates are put to the LLM in one
 call, and each choice keeps its reason. When the LLM fails or picks a model
 that is not a candidate, the top-ranked candidate is used and the reason says so.
@@ -13,18 +14,19 @@ import json
 from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from models_catalog.catalog import Catalog, CatalogEntry, is_available, load_catalog
+from models_catalog.catalog import Catalog, CatalogEntry
+from tasks.availability import Availability
 from tasks.experts.base import ModelSpec
-from tasks.experts.router import Chooser
 from tasks.llm import JSONExtractError, LLMClient, LLMError, extract_json
-from tasks.schemas import Assignment, LLMUsage, PlanNode, SelectionResult
+from tasks.schemas import Assignment, CandidateCheck, LLMUsage, PlanNode, SelectionResult
 from tasks.settings import Settings
-from tasks.task_types import normalize_task_name
+from tasks.task_types import TASK_TYPES, normalize_task_name
 
 
 class SelectionError(ValueError):
@@ -57,7 +59,8 @@ def _system_prompt() -> str:
 
 
 def parse_pins(pins: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
-    """``["image-to-text=Salesforce/blip", ...]`` (or a mapping) -> {task: model id}, task names normalized."""
+    """``["image-to-text=Salesforce/blip", ...]`` (or a mapping) -> {task: model id or folder}, task names
+    normalized."""
     if not pins:
         return {}
     items = pins.items() if isinstance(pins, Mapping) else []
@@ -66,7 +69,7 @@ def parse_pins(pins: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]
         for pin in pins:
             task_name, sep, model_id = pin.partition("=")
             if not sep or not task_name.strip() or not model_id.strip():
-                raise SelectionError(f"--model {pin!r} is not of the form TASK=MODEL_ID")
+                raise SelectionError(f"--model {pin!r} is not of the form TASK=MODEL_ID or TASK=FOLDER")
             parsed.append((task_name, model_id))
         items = parsed
     return {normalize_task_name(t): m.strip() for t, m in items}
@@ -117,41 +120,80 @@ def _parse_choices(reply: str) -> dict[int, tuple[str, str]]:
     return out
 
 
-def runnable_candidates(
-    catalog: Catalog, task: str, choose: Chooser | None
-) -> tuple[list[tuple[CatalogEntry, str]], list[tuple[CatalogEntry, str]]]:
-    """The catalog's entries for ``task``, best first, split into runnable ``(entry, backend)`` and removed
-    ``(entry, why)``. Without a chooser, runnable means: loadable locally (see ``is_available``)."""
-    kept: list[tuple[CatalogEntry, str]] = []
-    removed: list[tuple[CatalogEntry, str]] = []
-    for entry in catalog.ranked(task, available_only=False):
-        if choose is None:
-            ok = is_available(entry)
-            (kept if ok else removed).append((entry, "local") if ok else (entry, "not available locally"))
-            continue
-        backend, why = choose(entry.spec())
+def looks_like_folder(value: str) -> bool:
+    """Whether a pin names a folder of weights rather than a Hub id: a path that exists, or one written as a path
+    (``./x``, ``../x``, ``/x``, ``~/x``)."""
+    return value.startswith(("./", "../", "/", "~", ".\\")) or Path(value).expanduser().is_dir()
+
+
+def pinned_entry(task_name: str, value: str, catalog: Catalog) -> CatalogEntry:
+    """The catalog entry a pin names: a catalog model of that task, or a local folder of weights (a fine-tune: its
+    ``config.json`` gives the architecture; no catalog edit needed). Raises :class:`SelectionError` saying what is
+    wrong."""
+    if task_name not in TASK_TYPES:
+        raise SelectionError(
+            f"--model {task_name}={value}: unknown task {task_name!r}; known tasks: {', '.join(sorted(TASK_TYPES))}"
+        )
+    if looks_like_folder(value):
+        folder = Path(value).expanduser().resolve()
+        if not folder.is_dir():
+            raise SelectionError(f"--model {task_name}={value}: the folder {folder} does not exist")
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except OSError:
+            raise SelectionError(
+                f"--model {task_name}={value}: {folder} has no config.json (save the model with save_pretrained)"
+            ) from None
+        except ValueError as exc:
+            raise SelectionError(f"--model {task_name}={value}: {folder}/config.json is not JSON ({exc})") from None
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        if not isinstance(model_type, str) or not model_type:
+            raise SelectionError(f"--model {task_name}={value}: {folder}/config.json names no model_type")
+        return CatalogEntry(
+            id=str(folder),
+            task=task_name,
+            local_path=str(folder),
+            architecture=model_type,
+            description=f"local weights ({model_type})",
+        )
+    entry = catalog.get(task_name, value)
+    if entry is None:
+        known = ", ".join(e.id for e in catalog.ranked(task_name)[:5]) or "none"
+        raise SelectionError(
+            f"--model {task_name}={value}: not in the catalog for task {task_name!r} and not a folder of weights "
+            f"(add it with HUGGINGGPT_CATALOG, or give a folder; the catalog has e.g. {known})"
+        )
+    return entry
+
+
+def check_pins(pins: Mapping[str, str], availability: Availability) -> dict[str, str]:
+    """``pins`` with folders made absolute, once each names a model that can run here; raises
+    :class:`SelectionError` with the reason otherwise. Call it before any LLM call."""
+    checked: dict[str, str] = {}
+    for task_name, value in pins.items():
+        entry = pinned_entry(task_name, value, availability.catalog)
+        backend, why = availability.choose(entry.spec())
         if backend is None:
-            removed.append((entry, why))
-        else:
-            kept.append((entry, backend))
-    return kept, removed
+            raise SelectionError(f"--model {task_name}={value}: cannot run here: {why}")
+        checked[task_name] = entry.id  # a folder: its absolute path
+    return checked
 
 
 def select_models(
     nodes: Sequence[PlanNode],
-    catalog: Catalog,
+    availability: Availability,
     *,
     llm: LLMClient | None,
     request: str,
     pins: Mapping[str, str] | None = None,
     top_k: int = 5,
-    choose: Chooser | None = None,
     max_fallbacks: int = 2,
 ) -> SelectionResult:
-    """Choose a model for every node (see the module doc). Candidates that cannot run here (``choose``) are
-    removed first, so the LLM never picks one. Each assignment keeps up to ``max_fallbacks`` next-ranked
-    runnable candidates. Nodes with no runnable model are left out, listed in ``SelectionResult.unassigned``
-    with the reason, so they fail alone at execution."""
+    """Choose a model for every node (see the module doc). Candidates that cannot run here (``availability``) are
+    removed first, so the LLM never picks one, and every check is kept in ``SelectionResult.checks``. Each
+    assignment keeps up to ``max_fallbacks`` next-ranked runnable candidates. Nodes with no runnable model are
+    left out, listed in ``SelectionResult.unassigned`` with the reason, so they fail alone at execution."""
+    catalog = availability.catalog
     pins = dict(pins or {})
     planned_tasks = {n.task for n in nodes}
     stray = sorted(set(pins) - planned_tasks)
@@ -166,13 +208,16 @@ def select_models(
 
     runnable: dict[str, list[tuple[CatalogEntry, str]]] = {}
     backend_of: dict[tuple[str, str], str] = {}
-    for task_name in {n.task for n in nodes}:
-        kept, removed = runnable_candidates(catalog, task_name, choose)
+    checks: list[CandidateCheck] = []
+    for task_name in sorted(planned_tasks - set(pins)):
+        kept, looked_at = availability.runnable(task_name, limit=top_k + max_fallbacks)
+        checks += looked_at
         runnable[task_name] = kept
         backend_of.update({(task_name, e.id): b for e, b in kept})
         if not kept:
             total = len(catalog.for_task(task_name))
-            why = f" (e.g. {removed[0][0].id}: {removed[0][1]})" if removed else ""
+            removed = [c for c in looked_at if c.backend is None]
+            why = f" (e.g. {removed[0].model}: {removed[0].reason})" if removed else ""
             for node in nodes:
                 if node.task == task_name and node.task not in pins:
                     unassigned[node.id] = (
@@ -186,25 +231,23 @@ def select_models(
 
     for node in nodes:
         if node.task in pins:
-            model_id = pins[node.task]
-            entry = catalog.get(node.task, model_id)
-            if entry is None:
-                known = ", ".join(e.id for e in catalog.ranked(node.task, available_only=False)[:5]) or "none"
-                raise SelectionError(
-                    f"pinned model {model_id!r} is not in the catalog for task {node.task!r} "
-                    f"(add it with HUGGINGGPT_CATALOG; catalog has e.g. {known})"
-                )
+            entry = pinned_entry(node.task, pins[node.task], catalog)
+            backend, why = availability.choose(entry.spec())
+            checks.append(CandidateCheck(task=node.task, model=entry.id, backend=backend, reason=why))  # type: ignore[arg-type]
+            if backend is None:
+                raise SelectionError(f"--model {node.task}={pins[node.task]}: cannot run here: {why}")
             assignments[node.id] = Assignment(
                 node_id=node.id,
                 task=node.task,
                 model=entry.id,
-                backend=backend_of.get((node.task, entry.id), "local"),  # type: ignore[arg-type]
+                backend=backend,  # type: ignore[arg-type]
                 candidates=[entry.id],
-                reason="pinned by the user",
+                reason=f"pinned by the user ({why})",
                 spec=entry.spec(),
             )
             continue
-        cands = [e for e, _ in runnable[node.task]][:top_k]
+        ranked = [e for e, _ in runnable[node.task]]
+        cands = ([e for e in ranked if e.tier == "recommended"] or ranked)[:top_k]
         if not cands:
             continue
         if len(cands) == 1:
@@ -260,7 +303,7 @@ def select_models(
                 fallbacks=fallbacks(node.task, entry.id),
             )
     ordered = [assignments[n.id] for n in nodes if n.id in assignments]
-    return SelectionResult(assignments=ordered, unassigned=unassigned, usage=usage)
+    return SelectionResult(assignments=ordered, unassigned=unassigned, usage=usage, checks=checks)
 
 
 @task(name="select", cache_policy=NO_CACHE)
@@ -271,17 +314,13 @@ def select_task(
     pins: dict[str, str],
 ) -> SelectionResult:
     """Prefect task: stage 2."""
-    from tasks.availability import chooser_for
-
-    catalog = load_catalog(settings.catalog)
     llm = LLMClient(settings) if settings.llm_configured else None
     return select_models(
         nodes,
-        catalog,
+        Availability(settings),
         llm=llm,
         request=request,
         pins=pins,
         top_k=settings.top_k,
-        choose=chooser_for(settings),
         max_fallbacks=settings.max_fallbacks,
     )

@@ -78,8 +78,18 @@ class Settings(BaseSettings):
     )
     max_fallbacks: int = Field(default=2, ge=0, description="next-ranked candidates tried when a model fails")
     max_local_params: int | None = Field(
-        default=None, ge=1, description="largest model (parameters) run locally; larger ones go remote in hybrid mode"
+        default=None,
+        ge=1,
+        description="largest model (parameters) run locally (default: what half the memory holds in float32); "
+        "larger ones go remote in hybrid mode",
     )
+    hub_info_ttl: float = Field(
+        default=86400.0, ge=0, description="seconds the Hub's answer about a model (size, providers) is reused"
+    )
+    hub_info_cache: Path | None = Field(
+        default=None, description="folder of the Hub's answers about models (default {HF_HOME}/hugginggpt/model-info)"
+    )
+    hub_info_timeout: float = Field(default=10.0, gt=0, description="seconds for one question to the Hub")
     hf_provider: str | None = Field(default=None, description="Inference Providers provider (default: auto)")
     hf_inference_url: str | None = Field(
         default=None, description="base URL of a self-hosted inference server (TGI/TEI); '{model}' is replaced"

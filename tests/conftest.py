@@ -13,6 +13,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HUGGINGGPT_HUB_INFO_TTL"] = "0"  # the Hub's answers are not kept: each test asks its own stand-in
 for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HF_TOKEN", "HUGGINGGPT_CATALOG", "HUGGINGGPT_STORAGE"):
     os.environ.pop(_var, None)
 

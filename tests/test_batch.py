@@ -148,8 +148,8 @@ def test_batch_of_many_requests_one_record_per_line(
     assert "no/such" in by_id["bad-pin"]["error"]
     assert {by_id[f"explicit-{i}"]["plan_source"] for i in range(6)} == {"explicit"}
     assert by_id["review-3"]["answer"] == "Done." and by_id["review-3"]["tasks"] == ["text-classification#0"]
-    # 18 reviews + the bad pin planned in their own runs, the three missing photos once, explicit plans never
-    assert llm.calls["plan"] == 20 and summary.planning_calls == 1 and summary.plans_cached == 2
+    # 18 reviews planned in their own runs, the three missing photos once, explicit plans and the bad pin never
+    assert llm.calls["plan"] == 19 and summary.planning_calls == 1 and summary.plans_cached == 2
     stored = json.loads((env / "batches" / summary.flow_run_id / "summary.json").read_text())
     assert stored["completed"] == 24
 

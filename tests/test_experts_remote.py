@@ -28,22 +28,16 @@ import pytest
 import soundfile
 from PIL import Image
 
+from models_catalog.catalog import Catalog
+from tasks.availability import Availability
 from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache
 from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
 from tasks.experts.local import LocalBackend
 from tasks.experts.remote import SUPPORTED_TASKS as REMOTE_TASKS
 from tasks.experts.remote import RemoteBackend
-from tasks.experts.router import (
-    AllCandidatesFailed,
-    Attempt,
-    available_candidates,
-    can_run,
-    estimate_params,
-    make_chooser,
-    run_with_fallback,
-    size_hint,
-)
+from tasks.experts.router import AllCandidatesFailed, Attempt, run_with_fallback
+from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES
 from tests.tiny_models import build_tiny_models
 
@@ -717,7 +711,7 @@ def test_missing_input_names_the_argument(server: InferenceServer, remote: Remot
         remote.run("sentence-similarity", endpoint_spec(server.url("/s"), "sentence-similarity"), {"text": "a"})
 
 
-# --- choosing a backend ------------------------------------------------------------------------------------------
+# --- fallback ------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -727,111 +721,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
 
 @pytest.fixture
 def broken_model(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A folder availability accepts (a proven architecture) that cannot be loaded: no weights, no tokenizer."""
     folder = tmp_path / "broken"
     folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    (folder / "config.json").write_text('{"model_type": "bert"}')
     return folder
-
-
-LOCAL = frozenset(LOCAL_TASKS)
-REMOTE = frozenset(REMOTE_TASKS)
-
-
-def choice(spec: ModelSpec, mode: str, **kwargs: Any) -> tuple[str | None, str]:
-    options: dict[str, Any] = {
-        "offline": True,
-        "local_tasks": LOCAL,
-        "remote_tasks": REMOTE,
-        "max_local_params": None,
-        "size_hint": None,
-        "token_available": False,
-    }
-    options.update(kwargs)
-    return can_run(spec, mode, **options)  # type: ignore[arg-type]
-
-
-def test_choice_by_mode(tiny: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
-    here = ModelSpec(id="tiny/tc", task="text-classification", local_path=str(tiny["text-classification"]))
-    both = here.model_copy(update={"endpoint": "http://127.0.0.1:9/x"})
-    missing = ModelSpec(id="acme/missing", task="text-classification", local_path=str(tmp_path / "nowhere"))
-    hub_only = ModelSpec(id="acme/not-cached", task="text-classification")
-    drawn = ModelSpec(id="acme/sd", task="text-to-image", endpoint="http://127.0.0.1:9/sd")
-
-    assert choice(here, "local")[0] == "local"
-    assert choice(both, "remote") == ("remote", "endpoint http://127.0.0.1:9/x")
-    assert choice(here, "remote") == (None, "remote mode: no endpoint and the Hub is offline")
-    assert choice(both, "hybrid")[0] == "local", "hybrid prefers weights at hand"
-    assert choice(missing, "hybrid") == (
-        None,
-        f"local: the local weights folder {tmp_path / 'nowhere'} does not exist; "
-        "remote: no endpoint and the Hub is offline",
-    )
-    assert choice(hub_only, "local") == (None, "local mode: no local weights and the Hub is offline")
-    assert choice(drawn, "local") == (None, "local mode: task text-to-image is not served by the local backend")
-    assert choice(drawn, "hybrid")[0] == "remote"
-    # online: a Hub model without weights here goes remote when a token is set, else is downloaded
-    assert choice(hub_only, "hybrid", offline=False, token_available=True)[0] == "remote"
-    backend, reason = choice(hub_only, "hybrid", offline=False)
-    assert backend == "local" and "remote inference needs HF_TOKEN or an endpoint" in reason
-    assert choice(hub_only, "remote", offline=False)[1].endswith("remote inference needs HF_TOKEN or an endpoint")
-    # a known small size lets hybrid download and run locally rather than call remote
-    assert (
-        choice(hub_only, "hybrid", offline=False, token_available=True, max_local_params=10**9, size_hint=10**6)[0]
-        == "local"
-    )
-
-
-def test_too_large_for_the_device_goes_remote(tiny: dict[str, pathlib.Path]) -> None:
-    spec = ModelSpec(
-        id="tiny/tc", task="text-classification", local_path=str(tiny["text-classification"]), endpoint="http://e/x"
-    )
-    params = size_hint(spec)
-    assert params is not None
-    backend, reason = choice(spec, "hybrid", max_local_params=params - 1, size_hint=params)
-    assert backend == "remote"
-    assert f"too large for the device budget ({params:,} params > {params - 1:,})" in reason
-    assert choice(spec, "hybrid", max_local_params=params, size_hint=params)[0] == "local"
-    assert choice(spec, "local", max_local_params=params - 1, size_hint=params)[0] is None
-
-
-def test_unknown_mode_is_refused(tiny: dict[str, pathlib.Path]) -> None:
-    with pytest.raises(ValueError, match="inference mode"):
-        choice(ModelSpec(id="x", task="text-classification"), "cloud")
-
-
-def test_size_estimates(tiny: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
-    from transformers import AutoModelForSequenceClassification
-
-    folder = tiny["text-classification"]
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
-    assert estimate_params(folder) == sum(p.numel() for p in model.parameters())
-    legacy = tmp_path / "legacy"
-    legacy.mkdir()
-    (legacy / "pytorch_model.bin").write_bytes(b"\0" * 4000)
-    assert estimate_params(legacy) == 1000
-    assert estimate_params(tmp_path / "nowhere") is None
-    assert size_hint(ModelSpec(id="acme/not-cached", task="text-classification")) is None
-
-
-def test_available_candidates_before_choice(tiny: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
-    specs = [
-        ModelSpec(id="acme/missing", task="text-classification", local_path=str(tmp_path / "nowhere")),
-        ModelSpec(id="tiny/tc", task="text-classification", local_path=str(tiny["text-classification"])),
-        ModelSpec(id="acme/remote", task="text-classification", endpoint="http://127.0.0.1:9/x"),
-        ModelSpec(id="acme/hub", task="text-classification"),
-    ]
-    choose = make_chooser("hybrid", offline=True, local_tasks=LOCAL, remote_tasks=REMOTE, token_available=False)
-    kept, removed = available_candidates(specs, choose)
-    assert [(s.id, b) for s, b, _ in kept] == [("tiny/tc", "local"), ("acme/remote", "remote")]
-    assert [(s.id, why) for s, why in removed][1] == (
-        "acme/hub",
-        "local: no local weights and the Hub is offline; remote: no endpoint and the Hub is offline",
-    )
-    local_only = make_chooser("local", offline=True, local_tasks=LOCAL, remote_tasks=REMOTE, token_available=False)
-    assert [s.id for s, _, _ in available_candidates(specs, local_only)[0]] == ["tiny/tc"]
-
-
-# --- fallback ------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -840,7 +734,8 @@ def backends(remote: RemoteBackend) -> dict[str, Any]:
 
 
 def hybrid_offline() -> Callable[[ModelSpec], tuple[str | None, str]]:
-    return make_chooser("hybrid", offline=True, local_tasks=LOCAL, remote_tasks=REMOTE, token_available=False)
+    """What execution uses: the availability of the default (hybrid) settings, offline, with no catalog entry."""
+    return Availability(Settings(), Catalog()).choose
 
 
 def test_missing_weights_are_skipped(

@@ -183,7 +183,7 @@ def faulty_models(
     raises at inference."""
     broken = tmp_path / "broken-at-load"
     broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "nonsense"}')
+    (broken / "config.json").write_text('{"model_type": "bert"}')  # a proven architecture, no weights
     raises = tmp_path / "raises-at-inference"
     shutil.copytree(tiny_models["text-classification"], raises)
     real = local_loading.load_pipeline

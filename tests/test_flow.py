@@ -140,7 +140,7 @@ def test_failed_node_skips_dependents_and_spares_siblings(
 ) -> None:
     broken = tmp_path / "broken-weights"
     broken.mkdir()
-    (broken / "config.json").write_text("{not json")
+    (broken / "config.json").write_text('{"model_type": "blip"}')  # a proven architecture, no weights
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text(
         tiny_catalog.read_text()

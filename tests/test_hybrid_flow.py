@@ -34,7 +34,7 @@ def test_missing_weights_are_never_offered_and_a_failing_model_falls_back(
 ) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "nonsense"}')
+    (broken / "config.json").write_text('{"model_type": "vit"}')  # a proven architecture, no weights
     catalog = _catalog(
         tmp_path,
         tiny_catalog,

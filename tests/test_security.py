@@ -431,7 +431,7 @@ def test_plans_hold_only_task_types_of_the_table_and_catalog_models(
     llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "hi"}}))
     summary = run_request("Classify 'hi'", models={"text-classification": "https://evil.example/model.bin"})
     assert summary.status == "failed"
-    assert "pinned model 'https://evil.example/model.bin' is not in the catalog" in summary.error
+    assert "text-classification=https://evil.example/model.bin: not in the catalog" in summary.error
 
     # chosen by the selection LLM: not a candidate, so the top-ranked catalog model runs
     llm.set(

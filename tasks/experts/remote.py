@@ -238,10 +238,12 @@ class RemoteBackend:
         unable = _cannot_honour(task_name, model, inputs)
         if unable:
             raise CannotRunHereError(f"{where} cannot run {task_name}: {unable}")
+        from tasks.availability import hub_offline  # it imports this module
+
         if _is_url(target):
-            if self.endpoints_when_offline and _hub_offline() and not _is_hub_url(target):
+            if self.endpoints_when_offline and hub_offline() and not _is_hub_url(target):
                 allow_endpoints_when_offline()
-        elif _hub_offline():
+        elif hub_offline():
             raise ExpertError(
                 f"{where} cannot run {task_name}: it has no endpoint and the Hub is offline (HF_HUB_OFFLINE=1); "
                 "Inference Providers are reached through the Hub"
@@ -678,12 +680,6 @@ def is_mp4(data: bytes) -> bool:
 
 def _is_url(target: str) -> bool:
     return target.startswith(("http://", "https://"))
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.is_offline_mode())
 
 
 def _hub_hosts() -> tuple[str, ...]:

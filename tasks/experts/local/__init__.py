@@ -41,6 +41,7 @@ from tasks.experts.local.architectures import (
     TESTED_REQUIREMENTS,
     UNTESTED_REQUIREMENTS,
     local_refusal,
+    requirement_refusal,
 )
 from tasks.experts.local.loading import (
     LOAD_LOCK,
@@ -64,6 +65,7 @@ __all__ = [
     "UNTESTED_REQUIREMENTS",
     "LocalBackend",
     "local_refusal",
+    "requirement_refusal",
 ]
 
 logger = logging.getLogger(__name__)

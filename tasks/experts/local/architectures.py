@@ -63,8 +63,8 @@ UNTESTED_REQUIREMENTS: Mapping[str, str] = MappingProxyType(
 )
 
 
-def local_refusal(task: str, architecture: str | None, requires: Iterable[str] = ()) -> str | None:
-    """Why a model of ``architecture`` needing ``requires`` is not offered locally for ``task`` (``None``: it is)."""
+def architecture_refusal(task: str, architecture: str | None) -> str | None:
+    """Why a model of ``architecture`` is not offered locally for ``task`` (``None``: it is)."""
     name = normalize_task_name(task)
     proven = PROVEN_ARCHITECTURES.get(name)
     if proven is None:
@@ -76,9 +76,19 @@ def local_refusal(task: str, architecture: str | None, requires: Iterable[str] =
             f"architecture {architecture!r} is not proven for {name} by the local backend's tests "
             f"(proven: {', '.join(sorted(proven))})"
         )
+    return None
+
+
+def requirement_refusal(requires: Iterable[str]) -> str | None:
+    """Why a model needing ``requires`` (besides transformers) is not offered locally (``None``: it is)."""
     for requirement in requires:
         if requirement in TESTED_REQUIREMENTS:
             continue
         why = UNTESTED_REQUIREMENTS.get(requirement, "the local backend's tests do not install it")
         return f"it needs {requirement}: {why}"
     return None
+
+
+def local_refusal(task: str, architecture: str | None, requires: Iterable[str] = ()) -> str | None:
+    """Why a model of ``architecture`` needing ``requires`` is not offered locally for ``task`` (``None``: it is)."""
+    return architecture_refusal(task, architecture) or requirement_refusal(requires)

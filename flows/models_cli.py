@@ -1,0 +1,295 @@
+"""``hugginggpt models``, ``hugginggpt models pull`` and ``hugginggpt catalog refresh``.
+
+    hugginggpt models --task image-to-text            # every candidate, where it can run now and why not
+    hugginggpt models --json                          # one JSON object per candidate of every task
+    hugginggpt models pull --tier standard            # download the recommended models ahead of time
+    hugginggpt models pull image-to-text openai/whisper-base
+    hugginggpt catalog refresh --tasks image-to-text,translation --limit 20 --out catalog.jsonl
+
+``models`` exits 0; ``models pull`` exits 0 when every download succeeded, 1 when one failed, 2 when the Hub is
+offline or nothing matches; ``catalog refresh`` exits 0, or 2 when the Hub is offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from flows.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_catalog, config_error, error, positive_int
+
+PULL_TIERS = ("minimal", "standard", "full")
+
+#: Files a local transformers run never reads (other frameworks' weights and exports).
+PULL_IGNORE = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.tflite", "onnx/*", "coreml/*", "openvino/*", "*.gguf"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``models`` and ``catalog`` subcommands; their handler is ``args.func``."""
+    models = subparsers.add_parser(
+        "models",
+        help="list the catalog's models and where each can run",
+        description="Every candidate of a task (or of every task): its tier, architecture and size, whether it can "
+        "run locally (ready: weights on disk; downloadable; or why not) and remotely (its endpoint or Inference "
+        "Providers; or why not).",
+    )
+    models.add_argument("--task", help="only this task type")
+    models.add_argument("--json", action="store_true", help="one JSON object per candidate, a line each")
+    add_catalog(models)
+    models.set_defaults(func=cmd_models)
+    models_sub = models.add_subparsers(dest="models_command")
+    pull = models_sub.add_parser(
+        "pull",
+        help="download models ahead of time",
+        description="Download the weights of models into the Hugging Face cache, with progress. minimal: the first "
+        "recommended local model of each task; standard: every recommended local model; full: also every catalog "
+        "model that can run locally. TASK narrows to those tasks; MODEL_ID pulls that model.",
+    )
+    pull.add_argument("targets", nargs="*", metavar="TASK|MODEL_ID", help="task types or model ids (default: all)")
+    pull.add_argument("--tier", choices=PULL_TIERS, default="minimal", help="which models of each task (minimal)")
+    add_catalog(pull)
+    pull.set_defaults(func=cmd_pull)
+
+    catalog = subparsers.add_parser("catalog", help="maintain the model catalog")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True)
+    refresh = catalog_sub.add_parser(
+        "refresh",
+        help="rebuild the catalog from the Hub",
+        description="Ask the Hub (HF_ENDPOINT) for the most downloaded models of each task, then each one's "
+        "architecture, size, library and Inference Providers, and write them as the catalog's long tail; the "
+        "recommended tier is kept as it is.",
+    )
+    refresh.add_argument("--tasks", help="comma-separated task types (default: every task type)")
+    refresh.add_argument("--limit", type=positive_int, default=30, metavar="N", help="models per task (30)")
+    refresh.add_argument("--out", type=Path, help="where to write the JSONL (default: the built-in snapshot)")
+    refresh.set_defaults(func=cmd_refresh)
+
+
+def _settings(args: argparse.Namespace, command: str) -> Any:
+    from pydantic import ValidationError
+
+    from tasks.settings import load_settings
+
+    try:
+        return load_settings(catalog=getattr(args, "catalog", None))
+    except ValidationError as exc:
+        config_error(command, exc)
+        return None
+
+
+def _availability(args: argparse.Namespace, command: str) -> Any:
+    from models_catalog.catalog import CatalogError
+    from tasks.availability import Availability
+
+    settings = _settings(args, command)
+    if settings is None:
+        return None
+    try:
+        return Availability(settings)
+    except CatalogError as exc:
+        error(command, str(exc))
+        return None
+
+
+# --- models -------------------------------------------------------------------------------------------------------
+
+
+def candidate_record(availability: Any, entry: Any) -> dict[str, Any]:
+    """What ``hugginggpt models`` says about one catalog entry."""
+    verdict = availability.verdict(entry.spec())
+    if verdict.local:
+        local = "ready" if verdict.weights_here else "downloadable"
+    else:
+        local = f"not here: {verdict.local_reason}"
+    remote = verdict.remote_reason if verdict.remote else f"not served: {verdict.remote_reason}"
+    return {
+        "id": entry.id,
+        "task": entry.task,
+        "tier": entry.tier,
+        "library": verdict.facts.library or entry.library,
+        "architecture": verdict.facts.architecture,
+        "params": verdict.facts.params,
+        "requires": entry.requires,
+        "local": local,
+        "remote": remote,
+    }
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from tasks.task_types import TASK_TYPES, normalize_task_name
+
+    availability = _availability(args, "models")
+    if availability is None:
+        return EXIT_USAGE
+    catalog = availability.catalog
+    if args.task:
+        task = normalize_task_name(args.task)
+        if task not in TASK_TYPES:
+            error("models", f"unknown task {args.task!r}; known tasks: {', '.join(sorted(TASK_TYPES))}")
+            return EXIT_USAGE
+        tasks = [task]
+    else:
+        tasks = sorted(catalog.tasks())
+    entries = [e for task in tasks for e in catalog.ranked(task)]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # the Hub is asked once per model, a few at a time
+        records = list(pool.map(lambda e: candidate_record(availability, e), entries))
+    try:
+        for record in records:
+            if args.json:
+                print(json.dumps(record, ensure_ascii=False))
+                continue
+            size = f"{record['params'] / 1e6:,.0f}M" if record["params"] else "?"
+            print(
+                f"{record['task']:<30} {record['id']:<55} {record['tier']:<11} {record['architecture'] or '?':<24} "
+                f"{size:>8}  local: {record['local']}  |  remote: {record['remote']}"
+            )
+    except BrokenPipeError:  # the reader stopped (| head): not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
+    return EXIT_OK
+
+
+# --- models pull ----------------------------------------------------------------------------------------------------
+
+
+def pull_plan(availability: Any, targets: Sequence[str], tier: str) -> tuple[list[Any], list[str]]:
+    """The entries to download for ``targets`` (tasks or model ids; none: every task) at ``tier``, and what was
+    left out and why."""
+    from models_catalog.catalog import CatalogEntry
+    from tasks.task_types import TASK_TYPES, normalize_task_name
+
+    catalog = availability.catalog
+    tasks: list[str] = []
+    models: list[str] = []
+    for target in targets:
+        (tasks if normalize_task_name(target) in TASK_TYPES else models).append(target)
+    tasks = [normalize_task_name(t) for t in tasks] or ([] if models else sorted(catalog.tasks()))
+    chosen: dict[tuple[str, str | None], Any] = {}
+    skipped: list[str] = []
+    for task in tasks:
+        picked = 0
+        for entry in catalog.ranked(task):
+            if entry.tier != "recommended" and tier != "full":
+                break
+            if tier == "minimal" and picked:
+                break
+            verdict = availability.verdict(entry.spec(), remote=False)
+            if not verdict.local:
+                if entry.tier == "recommended":
+                    skipped.append(f"{entry.id} ({task}): {verdict.local_reason}")
+                continue
+            chosen.setdefault((entry.id, entry.revision), entry)
+            picked += 1
+    for model_id in models:
+        entry = next((e for e in catalog if e.id == model_id), None)
+        entry = entry or CatalogEntry(id=model_id, task="feature-extraction")
+        chosen.setdefault((entry.id, entry.revision), entry)
+    return list(chosen.values()), skipped
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from tasks.availability import hub_offline
+
+    if hub_offline():
+        error("models pull", "the Hub is offline (HF_HUB_OFFLINE=1): nothing can be downloaded")
+        return EXIT_USAGE
+    availability = _availability(args, "models pull")
+    if availability is None:
+        return EXIT_USAGE
+    entries, skipped = pull_plan(availability, args.targets, args.tier)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if not entries:
+        error("models pull", f"no model to pull for {' '.join(args.targets) or 'the catalog'} at tier {args.tier}")
+        return EXIT_USAGE
+    from huggingface_hub import snapshot_download
+
+    failed = 0
+    for n, entry in enumerate(entries, 1):
+        size = f", {entry.params / 1e6:,.0f}M params" if entry.params else ""
+        print(f"[{n}/{len(entries)}] {entry.id}{'@' + entry.revision if entry.revision else ''}{size}", file=sys.stderr)
+        try:
+            folder = snapshot_download(entry.id, revision=entry.revision, ignore_patterns=PULL_IGNORE)
+        except Exception as exc:
+            failed += 1
+            error("models pull", f"{entry.id}: {type(exc).__name__}: {exc}")
+            continue
+        print(f"{entry.id}\t{folder}")
+    print(f"pulled {len(entries) - failed} of {len(entries)} model(s)", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# --- catalog refresh ------------------------------------------------------------------------------------------------
+
+
+def refreshed_entries(tasks: Iterable[str], limit: int, keep: set[tuple[str, str]], known: dict[tuple[str, str], Any]):
+    """Catalog entries for the ``limit`` most downloaded Hub models of each task, with the Hub's metadata; entries
+    in ``keep`` (the recommended tier) are left out; descriptions of ``known`` entries are kept."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from models_catalog.catalog import CatalogEntry
+    from tasks.availability import HUB_EXPAND, facts_of_model_info
+
+    api = HfApi()
+    for task in tasks:
+        for listed in api.list_models(pipeline_tag=task, sort="downloads", limit=limit):
+            if (task, listed.id) in keep:
+                continue
+            try:
+                info = api.model_info(listed.id, expand=[*HUB_EXPAND, "downloads", "likes", "tags"])
+            except HfHubHTTPError as exc:  # gated, removed since it was listed: keep what the list said
+                print(f"{listed.id}: {exc}", file=sys.stderr)
+                info = listed
+            facts = facts_of_model_info(info)
+            tags = [t for t in (getattr(info, "tags", None) or []) if isinstance(t, str)]
+            old = known.get((task, listed.id))
+            yield CatalogEntry(
+                id=listed.id,
+                task=task,
+                downloads=int(getattr(info, "downloads", None) or 0),
+                likes=int(getattr(info, "likes", None) or 0),
+                tags=[t for t in tags if ":" not in t][:12],
+                languages=old.languages if old else [],
+                license=next((t.split(":", 1)[1] for t in tags if t.startswith("license:")), None),
+                library=facts.library or "unknown",
+                description=old.description if old else "",
+                architecture=facts.architecture,
+                params=facts.params,
+                providers=facts.providers,
+            )
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from models_catalog.catalog import DEFAULT_CATALOG_PATH, RECOMMENDED_PATH, read_catalog_file
+    from tasks.availability import hub_offline
+    from tasks.task_types import TASK_TYPES, normalize_task_name
+
+    if hub_offline():
+        error("catalog refresh", "the Hub is offline (HF_HUB_OFFLINE=1): nothing can be asked")
+        return EXIT_USAGE
+    tasks = [normalize_task_name(t) for t in args.tasks.split(",") if t.strip()] if args.tasks else sorted(TASK_TYPES)
+    unknown = [t for t in tasks if t not in TASK_TYPES]
+    if unknown:
+        error("catalog refresh", f"unknown task(s) {', '.join(unknown)}; known tasks: {', '.join(sorted(TASK_TYPES))}")
+        return EXIT_USAGE
+    out: Path = args.out or DEFAULT_CATALOG_PATH
+    keep = {(e.task, e.id) for e in read_catalog_file(RECOMMENDED_PATH)}
+    base = read_catalog_file(out) if out.is_file() else []
+    known = {(e.task, e.id): e for e in [*read_catalog_file(DEFAULT_CATALOG_PATH), *base]}
+    try:
+        fresh = list(refreshed_entries(tasks, args.limit, keep, known))
+    except Exception as exc:
+        error("catalog refresh", f"the Hub could not be asked: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    others = [e for e in base if e.task not in tasks]  # tasks not refreshed stay as they were
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for entry in sorted([*others, *fresh], key=lambda e: (e.task, -e.downloads, e.id)):
+            fh.write(entry.model_dump_json(exclude_none=True, exclude={"tier", "trust_remote_code", "requires"}) + "\n")
+    print(f"wrote {len(fresh)} model(s) of {len(tasks)} task(s) to {out}; the recommended tier is unchanged")
+    return EXIT_OK
