@@ -414,7 +414,8 @@ def test_token_classification_bert(backend: LocalBackend, tiny: Callable[[str], 
     out = run(backend, spec(tiny, "bert-ner", "token-classification"), "token-classification", text=text)
     for entity in out.json:
         assert entity["entity_group"] in {"PER", "LOC", "ORG", "O"}
-        assert text[entity["start"] : entity["end"]].lower().replace(" ", "") == entity["word"].replace(" ", "")
+        word = entity["word"].replace(" ", "").replace("##", "")  # a group may start inside a word: "##on"
+        assert text[entity["start"] : entity["end"]].lower().replace(" ", "") == word
 
 
 @pytest.mark.parametrize("name", ["roberta-squad2", "distilbert-squad", "bert-squad"])
