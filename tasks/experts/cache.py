@@ -23,6 +23,7 @@ import contextvars
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
@@ -78,6 +79,7 @@ class ModelCache:
     def __init__(self, max_models: int = 4) -> None:
         if max_models < 1:
             raise ValueError(f"max_models must be at least 1, got {max_models}")
+        _live_caches.add(self)
         self._max_models = max_models
         self._entries: OrderedDict[Hashable, CacheEntry[Any]] = OrderedDict()
         self._key_locks: dict[Hashable, threading.Lock] = {}
@@ -231,6 +233,17 @@ class ModelCache:
             old_key, _ = self._entries.popitem(last=False)
             self._evictions += 1
             logger.info("evicted model %s from the cache", old_key)
+
+
+_live_caches: weakref.WeakSet[ModelCache] = weakref.WeakSet()
+
+
+def loaded_keys() -> list[Hashable]:
+    """The keys loaded in every model cache of this process (what a pool worker holds)."""
+    found: list[Hashable] = []
+    for cache in list(_live_caches):
+        found += cache.keys()
+    return found
 
 
 _default_cache: ModelCache | None = None
