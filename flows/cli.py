@@ -191,10 +191,13 @@ def _execute(
 ) -> int:
     from flows.request import configured_flow, prefect_run_settings, summary_of
     from flows.runners import task_runner_for
+    from flows.temporary_server import start_temporary_server, temporary_server_notice
     from tasks.schemas import RunSummary
 
     try:
         with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
+            if (started := start_temporary_server()) is not None:
+                error(None, temporary_server_notice(started))
             request_flow = configured_flow(settings, task_runner=task_runner_for(settings))
             state = request_flow(
                 request,
