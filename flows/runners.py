@@ -21,12 +21,13 @@ gone or the node cannot wait), see :func:`workers_holding`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
+from tasks.experts.base import ModelSpec
 from tasks.settings import Settings
 
 try:
@@ -104,6 +105,24 @@ def workers_holding(model: HeldModel | None, holders: Mapping[str, Collection[He
     if model is None:
         return []
     return sorted(address for address, models in holders.items() if model in {tuple(m) for m in models})
+
+
+def load_models(settings: Settings, models: Sequence[tuple[str, ModelSpec]]) -> list[HeldModel]:
+    """Load ``(task, model)`` pairs into this process's model cache (run on pool workers); what it then holds."""
+    from tasks.execute import backend_for
+
+    backend = backend_for(settings)
+    for task, spec in models:
+        backend.load(task, spec)
+    return held_models()
+
+
+def warm_workers(
+    client: Any, settings: Settings, models: Sequence[tuple[str, ModelSpec]]
+) -> dict[str, list[HeldModel]]:
+    """Load ``models`` on every worker of the Dask pool behind ``client`` now (when the pool starts, or before a
+    batch), so that any worker can take their nodes; returns what each worker holds."""
+    return dict(client.run(load_models, settings, list(models)))
 
 
 if DaskTaskRunner is not None:
