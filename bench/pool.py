@@ -10,7 +10,10 @@ worker processes keep their models loaded from one flow run to the next (:mod:`f
    worker's environment): one running nodes in the flow-run process (the baseline), one on a Dask pool of one worker
    process. Each is triggered twice with ``run_deployment``; figures: the nodes' model-load time (their waits for
    their models) and the trigger-to-result time of each request.
-2. Throughput: ``count`` requests, ``IN_FLIGHT`` at a time, each one text-classification node on a long text, on a
+2. Dispatch: the time to run an empty task on a long-lived pool and get its result, one after another: on the Dask
+   pool (``submit`` from a flow run with the Dask task runner) against a Prefect task worker (``task.delay()`` served
+   by ``prefect task serve``), the other engine that keeps a process (and its models) alive across flow runs.
+3. Throughput: ``count`` requests, ``IN_FLIGHT`` at a time, each one text-classification node on a long text, on a
    pool of two single-threaded workers against one, each pool warmed first (its workers hold the model).
 """
 
@@ -24,10 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, task
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_FLIGHT = 4
+#: how often the worker asks for runs (Prefect's default is 10 s, which a trigger waits half of on average)
+WORKER_POLL_SECONDS = 2
 CHAIN_TASKS = ("summarization", "text-classification")
 LONG_TEXT = " ".join(["The battery lasted two days and the screen was bright, but the speaker crackled."] * 24)
 
@@ -60,6 +65,68 @@ def pooled_request(
         "pid": os.getpid(),
         "model_wait_seconds": [r.model_wait_seconds or 0.0 for r in summary.results],
         "node_seconds": [r.seconds for r in summary.results],
+    }
+
+
+@task(name="bench-noop", persist_result=True)
+def noop(i: int) -> int:
+    """An empty task: what dispatching a node costs, without the node."""
+    return i
+
+
+@flow(name="bench-dispatch")
+def dispatch_on_runner(count: int) -> list[float]:
+    """Submit :func:`noop` ``count`` times, one after another, on this flow run's task runner; each round trip."""
+    times = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        noop.submit(i).result()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def dispatch(bench: Any, scheduler: str, count: int) -> dict[str, Any]:
+    """Round trips of an empty task: Dask pool against a Prefect task worker (both warm)."""
+    import statistics
+
+    from prefect.settings import PREFECT_API_URL
+
+    from bench.harness import env_vars
+    from flows.runners import task_runner_for
+    from tasks.settings import load_settings
+
+    with env_vars(HUGGINGGPT_TASK_RUNNER="dask", HUGGINGGPT_DASK_ADDRESS=scheduler):
+        runner = task_runner_for(load_settings())
+    dask_times = dispatch_on_runner.with_options(task_runner=runner)(count + 1)[1:]
+    env = dict(os.environ)
+    env.update(
+        {
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "task", "serve", "bench/pool.py:noop"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        noop.delay(-1).result(timeout=180)  # the task worker is up and subscribed
+        worker_times = []
+        for i in range(count):
+            t0 = time.perf_counter()
+            noop.delay(i).result(timeout=60)
+            worker_times.append(time.perf_counter() - t0)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {
+        "count": count,
+        "dask_pool_seconds": statistics.median(dask_times),
+        "task_worker_seconds": statistics.median(worker_times),
     }
 
 
@@ -110,6 +177,7 @@ def deployed_requests(bench: Any, catalog: Path, pins: dict[str, str], scheduler
             "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
             "HUGGINGGPT_CACHE": "false",
             "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_SECONDS),
         }
     )
     worker = subprocess.Popen(
@@ -209,6 +277,8 @@ def run(bench: Any, *, count: int | None = None) -> dict[str, Any]:
         LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster,
     ):
         deployed = deployed_requests(bench, catalog, pins, cluster.scheduler_address)
+        log("pool: dispatch of an empty task, Dask pool against a Prefect task worker")
+        dispatched = dispatch(bench, cluster.scheduler_address, 5 if bench.quick else 20)
     rates = {}
     with env_vars(HUGGINGGPT_CACHE="false"):
         for workers in (1, 2):
@@ -217,6 +287,7 @@ def run(bench: Any, *, count: int | None = None) -> dict[str, Any]:
     pool_second = deployed["dask_pool"][1]
     return {
         "deployed": deployed,
+        "dispatch": dispatched,
         "throughput": {str(k): v for k, v in rates.items()},
         "speedup_two_workers": rates[2]["requests_per_second"] / rates[1]["requests_per_second"],
         "met": pool_second["model_load_seconds"] == 0.0,
@@ -244,6 +315,14 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
             "baseline (same run)": f"nodes in the flow-run process: {base[1]['trigger_to_result_seconds']:.2f} s "
             f"({base[0]['trigger_to_result_seconds']:.2f} s)",
             "target": "request 2 < request 1",
+        },
+        {
+            "benchmark": "pool: dispatch of an empty task to a warm long-lived process, one after another",
+            "figure": "round trip (median), Dask pool",
+            "value": f"{r['dispatch']['dask_pool_seconds'] * 1e3:.0f} ms",
+            "baseline (same run)": f"Prefect task worker (task.delay, prefect task serve): "
+            f"{r['dispatch']['task_worker_seconds'] * 1e3:.0f} ms",
+            "target": "the faster engine carries the pool",
         },
         {
             "benchmark": f"pool: {t['2']['requests']} one-node requests, {IN_FLIGHT} in flight",
