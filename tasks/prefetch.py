@@ -204,22 +204,29 @@ def _token(settings: Settings) -> str | None:
 
 
 def prefetch_models(settings: Settings, assignments: Sequence[Assignment]) -> Prefetch:
-    """Start fetching the plan's local models as the settings allow (see the module doc); returns at once."""
+    """Start fetching the plan's local models as the settings allow (see the module doc); returns at once. Never
+    raises: a prefetch that cannot start leaves each node to load its own model."""
     from tasks.experts.router import size_hint
 
-    in_process = settings.task_runner != "dask"
-    plan = plan_prefetch(
-        assignments,
-        max_models=settings.max_models,
-        max_params=settings.max_local_params,
-        sizes=size_hint,
-        load=in_process,
-    )
-    if not plan.load:
-        return start_downloads(plan.download, token=_token(settings))
-    from tasks.execute import backend_for
+    try:
+        plan = plan_prefetch(
+            assignments,
+            max_models=settings.max_models,
+            max_params=settings.max_local_params,
+            sizes=size_hint,
+            load=settings.task_runner != "dask",
+        )
+        if not plan.load:
+            return start_downloads(plan.download, token=_token(settings))
+        from tasks.execute import backend_for
 
-    return start_prefetch(plan, backend_for(settings), token=_token(settings))
+        backend = backend_for(settings)
+        if not isinstance(getattr(backend, "cache", None), ModelCache):  # a backend that keeps no models
+            return start_downloads(plan.download, token=_token(settings))
+        return start_prefetch(plan, backend, token=_token(settings))
+    except Exception as exc:
+        logger.warning("prefetch not started: %s: %s", type(exc).__name__, exc)
+        return Prefetch()
 
 
 def candidate_downloads(settings: Settings, nodes: Sequence[PlanNode], pins: Mapping[str, str]) -> list[ModelSpec]:
