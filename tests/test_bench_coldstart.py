@@ -18,7 +18,9 @@ def test_prefetch_overlaps_the_chain_s_downloads_and_loads(llm, tmp_path: Path) 
     base, pre = result["without_prefetch"], result["with_prefetch"]
     # both runs downloaded every model from the fake Hub (a cold start each)
     assert base["files_downloaded"] > 0 and pre["files_downloaded"] > 0
-    # without prefetch every node waits for its own download and load; with it, the later nodes find theirs ready
+    # without prefetch every node waits for its own download and load; with it, the later nodes' models downloaded
+    # during the first node's wait and loaded while it ran: what is left of their wait is at most the tail of a load
     assert all(n["model_wait_seconds"] > 0 for n in base["nodes"])
-    assert [n["model_wait_seconds"] for n in pre["nodes"][1:]] == [0.0, 0.0]
+    for later, alone in zip(pre["nodes"][1:], base["nodes"][1:], strict=True):
+        assert later["model_wait_seconds"] < alone["model_wait_seconds"] / 2
     assert pre["makespan_seconds"] < base["makespan_seconds"]
