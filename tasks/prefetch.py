@@ -140,11 +140,9 @@ def download(spec: ModelSpec, token: str | None = None) -> str | None:
         return None
 
 
-def start_downloads(
-    specs: Sequence[ModelSpec], *, token: str | None = None, prefetch: Prefetch | None = None
-) -> Prefetch:
+def start_downloads(specs: Sequence[ModelSpec], *, token: str | None = None) -> Prefetch:
     """Download every one of ``specs`` at once, in background threads."""
-    prefetch = prefetch or Prefetch()
+    prefetch = Prefetch()
     if not specs:
         return prefetch
     pool = ThreadPoolExecutor(max_workers=len(specs), thread_name_prefix="prefetch-download")
