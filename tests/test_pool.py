@@ -29,10 +29,14 @@ def test_affinity_prefers_the_workers_holding_the_model() -> None:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_second_run_on_the_pool_loads_nothing(env: Path, llm, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two flow runs of a two-node chain on a pool of two worker processes: the first loads both models, the
-    second finds each on the worker that holds it (model affinity) and loads nothing, on any worker."""
+    """Flow runs of a two-node chain on a pool of two worker processes: the first loads both models, the second
+    loads nothing, on any worker. Then the models move to the other worker (dropped from the first, loaded on the
+    second): the third run follows them there (model affinity) and loads nothing either, where the scheduler alone
+    would have sent it back to the first worker."""
     pytest.importorskip("prefect_dask")
     from distributed import Client, LocalCluster
+
+    from flows.runners import held_models, load_models
 
     llm.set(respond="Done.")
     monkeypatch.setenv("HUGGINGGPT_CACHE", "false")  # run the models every time
@@ -47,6 +51,11 @@ def test_second_run_on_the_pool_loads_nothing(env: Path, llm, monkeypatch: pytes
 
         return backend_for(settings).cache.stats()
 
+    def drop_models(settings: Any) -> None:
+        from tasks.execute import backend_for
+
+        backend_for(settings).cache.clear()
+
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
@@ -54,18 +63,27 @@ def test_second_run_on_the_pool_loads_nothing(env: Path, llm, monkeypatch: pytes
         monkeypatch.setenv("HUGGINGGPT_TASK_RUNNER", "dask")
         monkeypatch.setenv("HUGGINGGPT_DASK_ADDRESS", cluster.scheduler_address)
         settings = load_settings()
-        summaries: list[RunSummary] = []
-        loads: list[int] = []
-        for _ in range(2):
+
+        def run() -> tuple[RunSummary, int]:
             # a new runner for each run, as a deployment's new flow-run process builds one
             request_flow = configured_flow(settings, task_runner=task_runner_for(settings))
             with prefect_run_settings():
                 state = request_flow("Summarize, then rate the summary", plan=plan, models=pins, return_state=True)
             summary = summary_of(state)
             assert isinstance(summary, RunSummary) and summary.status == "completed", summary
-            summaries.append(summary)
-            loads.append(sum(s["loads"] for s in client.run(cache_stats, settings).values()))
-    first, second = summaries
-    assert loads[0] == 2 and loads[1] == 2  # both models loaded by the first run, none by the second
+            return summary, sum(s["loads"] for s in client.run(cache_stats, settings).values())
+
+        first, loads_first = run()
+        second, loads_second = run()
+        (holder,) = [w for w, models in client.run(held_models).items() if models]
+        (other,) = [w for w in client.scheduler_info()["workers"] if w != holder]
+        models = [(a.task, a.spec) for a in first.assignments]
+        client.run(drop_models, settings, workers=[holder])
+        client.run(load_models, settings, models, workers=[other])
+        loads_moved = sum(s["loads"] for s in client.run(cache_stats, settings).values())
+        third, loads_third = run()
+    assert loads_first == 2 and loads_second == 2  # both models loaded by the first run, none by the second
     assert all(r.model_wait_seconds and r.model_wait_seconds > 0 for r in first.results)
     assert [r.model_wait_seconds for r in second.results] == [0.0, 0.0]
+    assert loads_third == loads_moved  # the third run went where the models are now
+    assert [r.model_wait_seconds for r in third.results] == [0.0, 0.0]
