@@ -14,7 +14,9 @@ download and load one after another. With it:
 
 Loads are bounded: at most ``HUGGINGGPT_MAX_MODELS`` models (the cache size: loading more would evict the first
 before their nodes ran) and, when ``HUGGINGGPT_MAX_LOCAL_PARAMS`` is set, models whose known sizes add up to no
-more than it; the plan's other models are only downloaded. A prefetch that fails is silent: the node loads the
+more than it; the plan's other models are only downloaded. A prefetch never evicts a model: it loads only into
+free room in the cache (in a process serving many requests at once, a full cache keeps the models other requests
+are using, and the nodes load their own models as they come). A prefetch that fails is silent: the node loads the
 model itself and reports the error under its own name.
 
 Under Dask (``HUGGINGGPT_TASK_RUNNER=dask``) nodes run in worker processes, whose model caches the flow process
@@ -191,6 +193,9 @@ def _load(
 ) -> bool:
     if fetched is not None:
         fetched.result()
+    if key not in cache and len(cache) >= cache.max_models:
+        logger.info("prefetch: not loading %s: the model cache is full, and a prefetch evicts nothing", spec.id)
+        return False
     try:
         with cache.fulfilling(key):
             backend.load(task, spec)

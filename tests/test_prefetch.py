@@ -159,6 +159,18 @@ def test_a_node_waits_for_its_own_model_only() -> None:
     assert backend.cache.stats()["loads"] == 2 and backend.load_threads[-1].startswith("prefetch-load")
 
 
+def test_a_prefetch_evicts_nothing() -> None:
+    """The cache is full of models other requests use: the prefetch leaves them, the node loads its own."""
+    backend = StubBackend()
+    backend.cache.max_models = 2
+    for model in ("x", "y"):
+        backend.load("summarization", ModelSpec(id=model, task="summarization", local_path=f"/models/{model}"))
+    chain = [assignment(0, "translation", "m")]
+    start_prefetch(plan_prefetch(chain, max_models=2), backend).wait(TIMEOUT)
+    held = backend.cache.keys()
+    assert [k[1] for k in held] == ["/models/x", "/models/y"] and backend.cache.stats()["evictions"] == 0
+
+
 def test_a_failed_prefetch_leaves_the_load_to_the_node() -> None:
     calls: list[str] = []
 
