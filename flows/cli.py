@@ -202,10 +202,13 @@ def _execute(
     resume_from: str | None = None,
 ) -> int:
     from flows.request import hugginggpt_request, prefect_run_settings, summary_of
+    from flows.temporary_server import start_temporary_server, temporary_server_notice
     from tasks.schemas import RunSummary
 
     try:
         with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
+            if (started := start_temporary_server()) is not None:
+                error(None, temporary_server_notice(started))
             state = hugginggpt_request(
                 request,
                 inputs=inputs,

@@ -32,6 +32,7 @@ from tasks.execute import node_folder, run_node
 from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
+from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.report import artifact_key, node_rows, summary_markdown
 from tasks.respond import respond_task
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
@@ -328,6 +329,7 @@ def _run_stages(
     if prior is not None:
         selection: SelectionResult | None = SelectionResult(assignments=prior.assignments, unassigned=prior.unassigned)
     else:
+        start_candidate_downloads(settings, nodes, pins)  # the likely models download during the selection call
         selection = select_task(settings, request, nodes, pins) if nodes else None
         if selection is not None:
             summary.llm = summary.llm + selection.usage
@@ -342,6 +344,7 @@ def _run_stages(
         log.info("%s#%d -> %s (%s)", a.task, a.node_id, a.model, a.reason)
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
+    prefetch_models(settings, assignments)  # every node's model downloads and loads while upstream nodes run
 
     t0 = time.perf_counter()
     summary.results = execute_graph(

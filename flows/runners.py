@@ -6,21 +6,28 @@ prefect-dask: the cluster at ``HUGGINGGPT_DASK_ADDRESS`` (``tcp://scheduler:8786
 machines), or, when no address is set, a local cluster of ``HUGGINGGPT_DASK_WORKERS`` worker processes that
 lives as long as the flow run (or the batch).
 
-Loaded models are cached per process (``tasks.experts.cache.default_cache``): under Dask that is per worker
-process, so each worker loads a model once, on the first node it runs with it, and keeps at most
-``HUGGINGGPT_MAX_MODELS`` of them; every node's arguments and results (settings, plan node, assignment,
-node result) are pydantic models that pickle, and outputs travel as storage URIs, not bytes.
+Loaded models are cached per process (``tasks.experts.cache``): under Dask that is per worker process, so each
+worker loads a model once, on the first node it runs with it, and keeps at most ``HUGGINGGPT_MAX_MODELS`` of
+them; every node's arguments and results (settings, plan node, assignment, node result) are pydantic models that
+pickle, and outputs travel as storage URIs, not bytes.
+
+A long-lived cluster (``HUGGINGGPT_DASK_ADDRESS``) is a pool that keeps models loaded from one flow run to the
+next, whichever process the run itself is in (a deployment's worker starts a new process per run). Model
+affinity: a node is sent, by preference, to a worker that already holds its model (``workers=`` with
+``allow_other_workers=True`` on Dask's ``Client.submit``; the scheduler still uses another worker when those are
+gone or the node cannot wait), see :func:`workers_holding`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 
+from tasks.experts.base import ModelSpec
 from tasks.settings import Settings
 
 try:
@@ -71,15 +78,87 @@ def _dask_safe(value: Any) -> Any:
     return value
 
 
+#: A model as a pool worker holds it: (task, source, revision), whatever the device.
+HeldModel = tuple[str, str, str | None]
+
+
+def held_models() -> list[HeldModel]:
+    """The models loaded in this process (run on each worker by :meth:`HuggingGPTDaskTaskRunner.holders`)."""
+    from tasks.experts.cache import loaded_keys
+
+    return [(str(k[0]), str(k[1]), k[2]) for k in loaded_keys() if isinstance(k, tuple) and len(k) == 4]
+
+
+def node_model(parameters: Mapping[str, Any]) -> HeldModel | None:
+    """The local model a ``run_node`` call will load: its assignment's (task, source, revision)."""
+    from tasks.schemas import Assignment
+    from tasks.task_types import normalize_task_name
+
+    assignment = parameters.get("assignment")
+    if not isinstance(assignment, Assignment) or assignment.backend != "local":
+        return None
+    return normalize_task_name(assignment.task), assignment.spec.source, assignment.spec.revision
+
+
+def workers_holding(model: HeldModel | None, holders: Mapping[str, Collection[HeldModel]]) -> list[str]:
+    """The workers (addresses, in order) whose process holds ``model``."""
+    if model is None:
+        return []
+    return sorted(address for address, models in holders.items() if model in {tuple(m) for m in models})
+
+
+def load_models(settings: Settings, models: Sequence[tuple[str, ModelSpec]]) -> list[HeldModel]:
+    """Load ``(task, model)`` pairs into this process's model cache (run on pool workers); what it then holds."""
+    from tasks.execute import backend_for
+
+    backend = backend_for(settings)
+    for task, spec in models:
+        backend.load(task, spec)
+    return held_models()
+
+
+def warm_workers(
+    client: Any, settings: Settings, models: Sequence[tuple[str, ModelSpec]]
+) -> dict[str, list[HeldModel]]:
+    """Load ``models`` on every worker of the Dask pool behind ``client`` now (when the pool starts, or before a
+    batch), so that any worker can take their nodes; returns what each worker holds."""
+    return dict(client.run(load_models, settings, list(models)))
+
+
 if DaskTaskRunner is not None:
+    from prefect_dask.task_runners import PrefectDaskFuture
 
     class HuggingGPTDaskTaskRunner(DaskTaskRunner):
-        """prefect-dask's runner, with ``allow_failure`` kept through Dask (see :class:`DaskAllowFailure`)."""
+        """prefect-dask's runner, with ``allow_failure`` kept through Dask (see :class:`DaskAllowFailure`), and
+        model affinity: a node goes, by preference, to a worker that already holds its model."""
+
+        def holders(self) -> dict[str, list[HeldModel]]:
+            """What each worker of the cluster holds, asked of every worker (one round trip)."""
+            try:
+                return dict(self.client.run(held_models, on_error="return"))
+            except Exception:  # a worker going away: no preference rather than no run
+                return {}
 
         def submit(  # type: ignore[override]
             self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None
         ) -> Any:
-            return super().submit(task, _dask_safe(parameters), _dask_safe(wait_for), dependencies)
+            parameters, wait_for = _dask_safe(parameters), _dask_safe(wait_for)
+            model = node_model(parameters)
+            workers = workers_holding(model, self.holders()) if model is not None else []
+            if not workers:
+                return super().submit(task, parameters, wait_for, dependencies)
+            if not self._started:
+                raise RuntimeError("The task runner must be started before submitting work.")
+            future = self.client.submit(
+                task,
+                parameters=self._optimize_futures(parameters),
+                wait_for=self._optimize_futures(wait_for) if wait_for else None,
+                dependencies=dependencies,
+                return_type="state",
+                workers=workers,
+                allow_other_workers=True,
+            )
+            return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
 
 
 def _dask_runner_class() -> Any:

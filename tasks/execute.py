@@ -20,6 +20,7 @@ from prefect.states import Completed, Failed, State
 
 from tasks.availability import chooser_for, remote_backend_for
 from tasks.experts.base import Audio, ExpertBackend, ExpertError, ExpertOutput
+from tasks.experts.cache import track_model_wait
 from tasks.experts.router import AllCandidatesFailed, Chooser, run_with_fallback
 from tasks.inputs import InputError, InputPolicy, decode_audio, decode_image, decode_text, read_input_bytes
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
@@ -331,6 +332,7 @@ def run_node(
         result = reused
     else:
         by_id = {r.id: r for r in upstream if isinstance(r, NodeResult)}
+        model_wait = track_model_wait()
         result = execute_node(
             node,
             assignment,
@@ -345,6 +347,7 @@ def run_node(
             choose=chooser_for(settings),
             max_attempts=1 + settings.max_fallbacks,
         )
+        result.model_wait_seconds = model_wait.seconds
     if result.status == "completed":
         shown = ", ".join(f"{k}={_clip(v)}" for k, v in result.outputs.items())
         if result.cached:

@@ -156,6 +156,9 @@ class NodeResult(BaseModel):
     cached: bool = Field(default=False, description="outputs reused from an earlier identical node")
     reused_from: str | None = Field(default=None, description="the run whose outputs were reused")
     cache_key: str | None = None
+    model_wait_seconds: float | None = Field(
+        default=None, description="seconds the node waited for its model to download and load (0: it was ready)"
+    )
 
     @property
     def ok(self) -> bool:

@@ -9,15 +9,24 @@ most models are not safe to call from several threads at once).
     entry = cache.get_or_load(("text-classification", "distilbert/...", None, "cpu"), load)
     with entry.lock:
         result = entry.value(text)
+
+A load started ahead of need (a prefetch, :mod:`tasks.prefetch`) is announced with :meth:`ModelCache.expect`:
+until it ends, a caller of the same key waits for it instead of loading the model a second time. The time a
+caller spends waiting for a model (its own load, or one under way) is added up per node by
+:func:`track_model_wait`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -39,15 +48,43 @@ class CacheEntry(Generic[T]):
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass
+class ModelWait:
+    """Seconds callers in one context spent waiting for models that were not loaded yet."""
+
+    seconds: float = 0.0
+
+
+_wait: contextvars.ContextVar[ModelWait | None] = contextvars.ContextVar("model_wait", default=None)
+
+
+def track_model_wait() -> ModelWait:
+    """From now on in this context (a task run, a thread), add up the time :meth:`ModelCache.get_or_load` spends
+    on models that are not loaded yet: a load of its own, or waiting for one under way (a cache hit adds nothing).
+    Replaces the tracker this context had."""
+    wait = ModelWait()
+    _wait.set(wait)
+    return wait
+
+
+def _record_wait(seconds: float) -> None:
+    wait = _wait.get()
+    if wait is not None:
+        wait.seconds += seconds
+
+
 class ModelCache:
     """Least-recently-used cache of at most ``max_models`` loaded models."""
 
     def __init__(self, max_models: int = 4) -> None:
         if max_models < 1:
             raise ValueError(f"max_models must be at least 1, got {max_models}")
+        _live_caches.add(self)
         self._max_models = max_models
         self._entries: OrderedDict[Hashable, CacheEntry[Any]] = OrderedDict()
         self._key_locks: dict[Hashable, threading.Lock] = {}
+        self._expected: dict[Hashable, Future[Any]] = {}
+        self._local = threading.local()
         self._lock = threading.Lock()
         self._loads = 0
         self._hits = 0
@@ -69,12 +106,59 @@ class ModelCache:
     def get_or_load(self, key: Hashable, loader: Callable[[], T]) -> CacheEntry[T]:
         """Return the entry for ``key``, calling ``loader`` (once, whatever the number of callers) when absent.
 
-        An exception raised by ``loader`` propagates to the caller and nothing is cached.
+        While a load announced with :meth:`expect` is under way, waits for it first (and loads only if it failed or
+        its model was evicted since). An exception raised by ``loader`` propagates to the caller and nothing is
+        cached.
         """
         with self._lock:
             entry = self._hit(key)
             if entry is not None:
                 return entry
+            expected = None if key in self._fulfilling_here() else self._expected.get(key)
+        start = time.perf_counter()
+        try:
+            if expected is not None:
+                with contextlib.suppress(Exception):
+                    expected.result()
+                with self._lock:
+                    entry = self._hit(key)
+                    if entry is not None:
+                        return entry
+            return self._load(key, loader)
+        finally:
+            _record_wait(time.perf_counter() - start)
+
+    def expect(self, key: Hashable, future: Future[Any]) -> None:
+        """Announce that ``future`` will load ``key``: other callers of ``key`` wait for it until it is done. The job
+        behind ``future`` loads within :meth:`fulfilling` (so it does not wait for itself)."""
+        with self._lock:
+            self._expected[key] = future
+
+        def done(_: Future[Any]) -> None:
+            with self._lock:
+                if self._expected.get(key) is future:
+                    del self._expected[key]
+
+        future.add_done_callback(done)
+
+    @contextlib.contextmanager
+    def fulfilling(self, key: Hashable) -> Iterator[None]:
+        """Within the block, this thread is the load announced for ``key``: its calls do not wait for it."""
+        here = self._fulfilling_here()
+        here.add(key)
+        try:
+            yield
+        finally:
+            here.discard(key)
+
+    def _fulfilling_here(self) -> set[Hashable]:
+        keys: set[Hashable] | None = getattr(self._local, "fulfilling", None)
+        if keys is None:
+            keys = self._local.fulfilling = set()
+        return keys
+
+    def _load(self, key: Hashable, loader: Callable[[], T]) -> CacheEntry[T]:
+        with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
@@ -149,6 +233,17 @@ class ModelCache:
             old_key, _ = self._entries.popitem(last=False)
             self._evictions += 1
             logger.info("evicted model %s from the cache", old_key)
+
+
+_live_caches: weakref.WeakSet[ModelCache] = weakref.WeakSet()
+
+
+def loaded_keys() -> list[Hashable]:
+    """The keys loaded in every model cache of this process (what a pool worker holds)."""
+    found: list[Hashable] = []
+    for cache in list(_live_caches):
+        found += cache.keys()
+    return found
 
 
 _default_cache: ModelCache | None = None
