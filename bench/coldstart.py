@@ -50,9 +50,21 @@ def build_hub(root: Path) -> dict[str, int]:
     return {task: max(p.stat().st_size for p in (root / ORG / task).rglob("*") if p.is_file()) for task in CHAIN}
 
 
-def hub_catalog(path: Path) -> Path:
+def hub_catalog(path: Path, root: Path) -> Path:
+    """Catalog records of the chain's models, with the architecture and size a catalog records (what the
+    availability rule reads before anything is downloaded)."""
+    from tasks.availability import estimate_params
+
     records = [
-        {"id": f"{ORG}/{task}", "task": task, "downloads": 10**12, "likes": 0, "tags": ["bench"]} for task in CHAIN
+        {
+            "id": f"{ORG}/{task}",
+            "task": task,
+            "downloads": 10**12,
+            "tags": ["bench"],
+            "architecture": json.loads((root / ORG / task / "config.json").read_text())["model_type"],
+            "params": estimate_params(root / ORG / task),
+        }
+        for task in CHAIN
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
@@ -130,7 +142,7 @@ def run(bench: Any, *, download_seconds: float | None = None) -> dict[str, Any]:
     root = bench.fresh_dir("coldstart-hub")
     sizes = build_hub(root)
     bandwidth = max(sizes.values()) / download_seconds
-    catalog = hub_catalog(bench.root / "coldstart-catalog.jsonl")
+    catalog = hub_catalog(bench.root / "coldstart-catalog.jsonl", root)
     spec = {
         "plan": chain_plan(),
         "pins": {task: f"{ORG}/{task}" for task in CHAIN},

@@ -147,10 +147,11 @@ def _rank(entry: CatalogEntry) -> tuple[bool, int, int, str]:
 
 
 def load_catalog(extra: Path | str | None = None, *, builtin: bool = True) -> Catalog:
-    """The built-in catalog plus ``extra`` (which adds and overrides)."""
-    catalog = Catalog(_builtin_entries() if builtin else ())
-    if extra is not None:
-        catalog.extend(read_catalog_file(extra))
+    """The built-in catalog plus ``extra``, which adds and overrides, and comes first: its recommended entries rank
+    before the built-in tier (a user's own choice of models wins)."""
+    catalog = Catalog(read_catalog_file(extra) if extra is not None else ())
+    if builtin:
+        catalog.extend(e for e in _builtin_entries() if catalog.get(e.task, e.id) is None)
     return catalog
 
 

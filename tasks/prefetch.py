@@ -215,13 +215,13 @@ def _token(settings: Settings) -> str | None:
 def prefetch_models(settings: Settings, assignments: Sequence[Assignment]) -> Prefetch:
     """Start fetching the plan's local models as the settings allow (see the module doc); returns at once. Never
     raises: a prefetch that cannot start leaves each node to load its own model."""
-    from tasks.experts.router import size_hint
+    from tasks.availability import local_budget, size_hint
 
     try:
         plan = plan_prefetch(
             assignments,
             max_models=settings.max_models,
-            max_params=settings.max_local_params,
+            max_params=local_budget(settings)[0],
             sizes=size_hint,
             load=settings.task_runner != "dask",
         )
@@ -241,19 +241,16 @@ def prefetch_models(settings: Settings, assignments: Sequence[Assignment]) -> Pr
 def candidate_downloads(settings: Settings, nodes: Sequence[PlanNode], pins: Mapping[str, str]) -> list[ModelSpec]:
     """The model each planned task would most likely get: its pinned model, else its top-ranked runnable
     candidate, when that runs locally from the Hub (no local folder)."""
-    from models_catalog.catalog import load_catalog
-    from tasks.availability import chooser_for
-    from tasks.select import runnable_candidates
+    from tasks.availability import Availability
 
-    catalog = load_catalog(settings.catalog)
-    choose = chooser_for(settings)
+    available = Availability(settings)
     specs: list[ModelSpec] = []
     for task in dict.fromkeys(n.task for n in nodes):
         if task in pins:
-            entry = catalog.get(task, pins[task])
-            picked = [(entry, choose(entry.spec())[0])] if entry is not None else []
+            entry = available.catalog.get(task, pins[task])
+            picked = [(entry, available.choose(entry.spec())[0])] if entry is not None else []
         else:
-            picked = runnable_candidates(catalog, task, choose)[0][:1]
+            picked = available.runnable(task, limit=1)[0]
         specs += [e.spec() for e, backend in picked if backend == "local" and not e.spec().local_path]
     return specs
 

@@ -218,8 +218,11 @@ def test_candidates_download_during_selection_into_the_hub_cache(fake_hub: Any, 
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text(
         "".join(
-            json.dumps({"id": f"tiny-hub/{task}", "task": task, "downloads": 10**12}) + "\n"
-            for task in ("text-classification", "summarization")
+            json.dumps(
+                {"id": f"tiny-hub/{task}", "task": task, "tier": "recommended", "architecture": kind, "params": 10**5}
+            )
+            + "\n"
+            for task, kind in (("text-classification", "bert"), ("summarization", "bart"))
         )
     )
     settings = load_settings(catalog=str(catalog)).with_overrides(inference_mode="local")
