@@ -2,9 +2,10 @@
 
     hugginggpt run "Describe photo.jpg, then read the description aloud" --input photo.jpg
 
-Progress (plan, model choices, each node finishing) is logged live to stderr by
-Prefect; the answer and the files produced are printed at the end. With
-``--json`` stdout carries only the run summary as JSON.
+Progress (plan, model choices, each node's state) is shown live on stderr (a table redrawn in place on a
+terminal, one line per change otherwise, nothing with ``--quiet``); the answer and the files produced are
+printed at the end. With ``--json`` stdout carries only the run summary as JSON. Text that came from a model or
+the LLM is shown as text: rich markup and escape sequences in it are never interpreted.
 """
 
 from __future__ import annotations
@@ -79,7 +80,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-ttl", type=float, metavar="SECONDS", help="reuse only outputs younger than this (HUGGINGGPT_CACHE_TTL)"
     )
+    add_output_options(parser)
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print only the run summary as JSON on stdout")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr, only the result")
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    """``quiet`` (--quiet), ``live`` (a terminal, without --json) or ``plain`` (one line per change)."""
+    if getattr(args, "quiet", False):
+        return "quiet"
+    return "live" if not args.json and sys.stderr.isatty() else "plain"
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -111,48 +124,64 @@ def load_plan_file(path: str) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tasks.plan import validate_plan
-    from tasks.schemas import PlanNode
-    from tasks.select import SelectionError, parse_pins
     from tasks.settings import LLMNotConfiguredError
 
     try:
         settings = _settings(args)
     except ValidationError as exc:
         return config_error(None, exc)
-    plan: list[PlanNode] | None = None
-    if args.plan:
-        try:
-            nodes, _ = validate_plan(load_plan_file(args.plan), inputs=args.inputs, request=args.request)
-        except (OSError, ValueError) as exc:  # PlanValidationError is a ValueError
-            error(None, f"plan {args.plan}: {exc}")
-            return EXIT_USAGE
-        plan = nodes
-    else:
+    problem = validate_request_options(settings, args.inputs)
+    pins = None
+    if problem is None:
+        pins, problem = validated_pins(args.models)
+    plan = None
+    if problem is None and args.plan:
+        plan, problem = validated_plan_file(args.plan, args.inputs, args.request)
+    if problem is None and plan is None:
         try:
             settings.require_llm()
         except LLMNotConfiguredError as exc:
-            error(None, str(exc))
-            return EXIT_USAGE
-    try:
-        pins = parse_pins(args.models)
-    except SelectionError as exc:
-        error(None, str(exc))
-        return EXIT_USAGE
-    missing = [p for p in args.inputs if "://" not in p and not Path(p).expanduser().is_file()]
-    if missing:
-        error(None, f"input file(s) not found: {', '.join(missing)}")
-        return EXIT_USAGE
-    from tasks.inputs import InputPolicy, refused_inputs
-
-    refused = refused_inputs(args.inputs, InputPolicy.from_settings(settings))
-    if refused:
-        error(None, "; ".join(refused))
-        return EXIT_USAGE
-    if settings.catalog is not None and not Path(settings.catalog).is_file():
-        error(None, f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
+            problem = str(exc)
+    if problem is not None or pins is None:
+        error(None, problem or "invalid --model")
         return EXIT_USAGE
     return _execute(args, settings, args.request, list(args.inputs), pins, plan=plan)
+
+
+def validate_request_options(settings: Any, inputs: Sequence[str]) -> str | None:
+    """What is wrong with the catalog file or the inputs of a request, checked before any LLM call; ``None``
+    when nothing is."""
+    from tasks.inputs import InputPolicy, refused_inputs
+
+    if settings.catalog is not None and not Path(settings.catalog).is_file():
+        return f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)"
+    missing = [p for p in inputs if "://" not in p and not Path(p).expanduser().is_file()]
+    if missing:
+        return f"input file(s) not found: {', '.join(missing)}"
+    refused = refused_inputs(list(inputs), InputPolicy.from_settings(settings))
+    return "; ".join(refused) if refused else None
+
+
+def validated_pins(models: Sequence[str]) -> tuple[dict[str, str] | None, str | None]:
+    """The ``--model`` pins as ``{task: model id}``, validated by :func:`tasks.select.parse_pins`; or the problem."""
+    from models_catalog.catalog import CatalogError
+    from tasks.select import SelectionError, parse_pins
+
+    try:
+        return parse_pins(list(models)), None
+    except (SelectionError, CatalogError) as exc:
+        return None, str(exc)
+
+
+def validated_plan_file(path: str, inputs: Sequence[str], request: str) -> tuple[list[Any] | None, str | None]:
+    """The nodes of a ``--plan`` file, validated against the request's inputs; or the problem."""
+    from tasks.plan import validate_plan
+
+    try:
+        nodes, _ = validate_plan(load_plan_file(path), inputs=list(inputs), request=request)
+    except (OSError, ValueError) as exc:  # PlanValidationError is a ValueError
+        return None, f"plan {path}: {exc}"
+    return nodes, None
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -189,20 +218,76 @@ def _execute(
     plan: list[Any] | None = None,
     resume_from: str | None = None,
 ) -> int:
-    from flows.request import configured_flow, prefect_run_settings, summary_of
-    from flows.runners import task_runner_for
     from tasks.schemas import RunSummary
 
     try:
-        with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
+        summary = run_flow(
+            settings,
+            request,
+            inputs,
+            pins,
+            mode=progress_mode(args),
+            quiet_logs=args.json,
+            storage=args.storage,
+            catalog=args.catalog,
+            history=history,
+            plan=plan,
+            resume_from=resume_from,
+        )
+    except PrefectUnreachableError as exc:
+        error(None, str(exc))
+        return EXIT_USAGE
+    if not isinstance(summary, RunSummary):
+        error(None, summary)
+        return EXIT_FAILED
+    if args.json:
+        print(dump_json(summary_json(summary)))
+    else:
+        print_summary(summary)
+    return EXIT_OK if summary.status == "completed" else EXIT_FAILED
+
+
+class PrefectUnreachableError(RuntimeError):
+    """The Prefect API could not be reached; the message says what to set."""
+
+
+def run_flow(
+    settings: Any,
+    request: str,
+    inputs: list[str],
+    pins: dict[str, str],
+    *,
+    mode: str,
+    quiet_logs: bool = False,
+    storage: str | None = None,
+    catalog: str | None = None,
+    history: list[Any] | None = None,
+    plan: list[Any] | None = None,
+    resume_from: str | None = None,
+    tags: Sequence[str] = (),
+) -> Any:
+    """Run one request flow in this process, its progress shown in ``mode``; the :class:`RunSummary`, or a
+    message saying why the run has none. Raises :class:`PrefectUnreachableError`."""
+    from prefect import tags as prefect_tags
+
+    from flows.progress import progress_view
+    from flows.request import configured_flow, prefect_run_settings, summary_of
+    from flows.runners import task_runner_for
+
+    try:
+        with (
+            prefect_run_settings(heartbeats=settings.heartbeats, quiet=quiet_logs),
+            progress_view(mode=mode),
+            prefect_tags("hugginggpt", *tags),
+        ):
             request_flow = configured_flow(settings, task_runner=task_runner_for(settings))
             state = request_flow(
                 request,
                 inputs=inputs,
                 models=pins,
                 history=history or [],
-                storage=args.storage,
-                catalog=args.catalog,
+                storage=storage,
+                catalog=catalog,
                 plan=plan,
                 resume_from=resume_from,
                 return_state=True,
@@ -210,17 +295,11 @@ def _execute(
     except Exception as exc:
         if not _is_prefect_api_error(exc):
             raise
-        error(None, prefect_api_hint(exc))
-        return EXIT_USAGE
+        raise PrefectUnreachableError(prefect_api_hint(exc)) from None
     summary = summary_of(state)
-    if not isinstance(summary, RunSummary):
-        error(None, f"the run ended {state.name} without a summary: {summary}")
-        return EXIT_FAILED
-    if args.json:
-        print(json.dumps(summary_json(summary), indent=2, ensure_ascii=False))
-    else:
-        print_summary(summary)
-    return EXIT_OK if summary.status == "completed" else EXIT_FAILED
+    if summary is None:
+        return f"the run ended {state.name} without a summary: {state.message}"
+    return summary
 
 
 def _is_prefect_api_error(exc: BaseException) -> bool:
@@ -249,44 +328,63 @@ def summary_json(summary: Any) -> dict[str, Any]:
     return summary.model_dump(mode="json")
 
 
-def print_summary(summary: Any) -> None:
+def dump_json(document: Any) -> str:
+    """JSON for stdout: every control character escaped, so none reaches a terminal."""
+    from flows.progress import escape_json_text
+
+    return escape_json_text(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+_STATUS_STYLES = {"completed": "green", "cached": "magenta", "failed": "red", "skipped": "yellow"}
+
+
+def print_summary(summary: Any, console: Any = None) -> None:
+    """The run for people: its error (once), the table of tasks, the answer, the files. Everything that came
+    from a model, the LLM or the user is printed as plain text (:func:`flows.progress.safe_text`), never as
+    markup."""
     from rich.console import Console
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    from flows.progress import safe_text
+    from tasks.report import node_rows
+
+    console = console or Console(highlight=False)
     if summary.error:
-        console.print(f"[bold red]Error:[/] {summary.error}")
+        error(None, safe_text(summary.error, one_line=True))
     if summary.plan:
         table = Table(title="Tasks", show_lines=False)
         for col in ("node", "depends on", "model", "status", "seconds", "output"):
             table.add_column(col, overflow="fold")
-        from tasks.report import node_rows
-
         for row in node_rows(summary, short_files=True):
-            style = {"completed": "green", "failed": "red", "skipped": "yellow"}.get(row["status"], "")
             table.add_row(
-                row["node"],
-                row["depends on"],
-                row["model"],
-                f"[{style}]{row['status']}[/]" if style else row["status"],
-                row["seconds"],
-                row["output"],
+                *(Text(safe_text(row[c])) for c in ("node", "depends on", "model")),
+                Text(row["status"], style=_STATUS_STYLES.get(row["status"], "")),
+                Text(row["seconds"]),
+                Text(safe_text(row["output"])),
             )
         console.print(table)
-    title = (
-        "Answer" if summary.answer_source != "fallback" else "Answer (built from the results; the LLM could not answer)"
-    )
-    console.print(Panel(summary.answer or "(none)", title=title, expand=True))
+    if summary.answer and not (summary.error and not summary.results):
+        # a request that failed before any task ran has no answer beyond its error, said above
+        fallback = summary.answer_source == "fallback"
+        title = "Answer (built from the results; the LLM could not answer)" if fallback else "Answer"
+        console.print(Panel(Text(safe_text(summary.answer)), title=title, expand=True))
     files = [(r.task, r.id, k, v) for r in summary.results for k, v in r.outputs.items() if k != "text"]
     if files:
-        console.print("[bold]Files:[/]")
+        console.print(Text("Files:", style="bold"))
         for task, node_id, modality, uri in files:
-            console.print(f"  {task}#{node_id} {modality}: {uri}")
+            console.print(Text(safe_text(f"  {task}#{node_id} {modality}: {uri}", one_line=True)))
     console.print(
-        f"[dim]run {summary.flow_run_id} · storage {summary.storage_uri} · LLM {summary.llm.calls} call(s), "
-        f"{summary.llm.prompt_tokens}+{summary.llm.completion_tokens} tokens · "
-        f"{summary.timings.get('total', 0.0):.1f} s[/]"
+        Text(
+            safe_text(
+                f"run {summary.flow_run_id} · storage {summary.storage_uri} · LLM {summary.llm.calls} call(s), "
+                f"{summary.llm.prompt_tokens}+{summary.llm.completion_tokens} tokens · "
+                f"{summary.timings.get('total', 0.0):.1f} s",
+                one_line=True,
+            ),
+            style="dim",
+        )
     )
 
 

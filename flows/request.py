@@ -26,18 +26,21 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, Field
 
+from flows import progress
 from models_catalog.catalog import CatalogError
-from tasks.execute import node_folder, run_node
+from tasks.execute import node_folder, node_tags, run_node
 from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
-from tasks.report import artifact_key, node_rows, summary_markdown
+from tasks.report import artifact_key, browser_link, node_rows, summary_markdown
 from tasks.respond import respond_task
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, parse_pins, select_task
 from tasks.settings import LLMNotConfiguredError, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, resolve_storage, store_for, without_credentials
 from tasks.task_types import TASK_TYPES
+
+progress.drop_empty_tracebacks()
 
 MAX_REQUEST_CHARS = 20_000
 EPHEMERAL_STARTUP_SECONDS = 90
@@ -73,9 +76,23 @@ def summary_of(state: State) -> RunSummary | None:
     return value if isinstance(value, RunSummary) else None
 
 
+def request_run_name(request: str, suffix: str | None = None) -> str:
+    """A flow-run name for ``request``: its start, and a short suffix that tells repeated requests apart
+    (``Caption photo.jpg · 3fa2c1d0``). Give it to ``run_deployment(flow_run_name=...)`` so a deployed run has
+    its name from the moment it is created."""
+    text = " ".join(str(request).split())
+    text = (text[:57] + "...") if len(text) > 60 else (text or "empty request")
+    return f"{text} · {suffix or uuid.uuid4().hex[:8]}"
+
+
 def _run_name() -> str:
-    request = str(flow_run.parameters.get("request", "")).strip().replace("\n", " ")
-    return (request[:60] + "...") if len(request) > 60 else (request or "empty request")
+    """The run's name: the one it was created with when that is already this request's (``run_deployment`` with
+    :func:`request_run_name`), else the request and the start of the run's id."""
+    request = str(flow_run.parameters.get("request", ""))
+    current = str(flow_run.name or "")
+    if current.startswith(request_run_name(request, "-")[:-1]):
+        return current
+    return request_run_name(request, str(flow_run.id or "")[:8] or None)
 
 
 def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
@@ -85,13 +102,24 @@ def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
         value = state.result(raise_on_failure=False)
     except Exception as exc:  # the result itself could not be read
         value = exc
+    if state.is_cancelled():  # a skipped node: Prefect calls no state hook for it
+        progress.emit(progress.NodeEvent(str(flow_run.id), node.name, "skipped", detail=state.message or ""))
     if isinstance(value, NodeResult):
         return value
     return NodeResult(id=node.id, task=node.task, status="failed", error=f"task run ended {state.name}: {value}")
 
 
+def artifact_scope() -> str:
+    """The stem of this run's artifact keys: one per flow, or per deployment when deployed, never per run, so
+    the UI keeps each key's history (every run's artifact under the same key, the run named in its description)."""
+    from prefect.runtime import deployment
+
+    name = deployment.name
+    return artifact_key("hugginggpt", str(name) if name else "request")
+
+
 def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
-    """summary.json beside the run's files, and the markdown and table artifacts."""
+    """summary.json beside the run's files, and the markdown, table and link artifacts."""
     log = get_run_logger()
     if store is not None:
         try:
@@ -100,26 +128,35 @@ def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
             log.error("could not store summary.json: %s", exc)
             summary.error = (summary.error + "; " if summary.error else "") + str(exc)
     run = summary.flow_run_id or "local"
+    scope = artifact_scope()
+    about = f"run {run}: {summary.request[:80]}"
+    files = [uri for r in summary.results for modality, uri in r.outputs.items() if modality != "text"]
+    links: dict[str, str] = {}
+    fetchable: set[str] = set()
+    for uri in files:
+        links[uri], can_fetch = browser_link(uri, store.fs if store is not None else None)
+        if can_fetch:
+            fetchable.add(uri)
     create_markdown_artifact(
-        key=artifact_key("hugginggpt", run, "summary"),
-        markdown=summary_markdown(summary),
-        description=f"HuggingGPT summary: {summary.request[:80]}",
+        key=artifact_key(scope, "summary"),
+        markdown=summary_markdown(summary, links, frozenset(fetchable)),
+        description=f"HuggingGPT summary of {about}",
     )
-    rows = node_rows(summary)
+    rows = node_rows(summary, links=links)
     if rows:
         create_table_artifact(
-            key=artifact_key("hugginggpt", run, "nodes"),
+            key=artifact_key(scope, "nodes"),
             table=rows,
-            description="One row per plan node",
+            description=f"One row per plan node of {about}",
         )
     for result in summary.results:
         for modality, uri in result.outputs.items():
-            if modality != "text" and "://" in uri:
+            if modality != "text" and uri in links:
                 create_link_artifact(
-                    key=artifact_key("hugginggpt", run, f"node{result.id}", modality),
-                    link=uri,
+                    key=artifact_key(scope, result.task, modality),
+                    link=links[uri],
                     link_text=f"{result.task}#{result.id} {modality}",
-                    description=f"{modality} output of {result.task}#{result.id}",
+                    description=f"{modality} output of {result.task}#{result.id}, {about}",
                 )
 
 
@@ -326,6 +363,7 @@ def _run_stages(
     summary.assignments = assignments
     for a in assignments:
         log.info("%s#%d -> %s (%s)", a.task, a.node_id, a.model, a.reason)
+    progress.planned(str(flow_run.id), str(flow_run.name or ""), nodes, assignments)
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
 
@@ -344,6 +382,17 @@ def _run_stages(
     response = respond_task(settings, request, nodes, assignments, summary.results, history)
     summary.timings["respond"] = time.perf_counter() - t0
     return response
+
+
+def node_task_options(settings: Settings, node: PlanNode, assignment: Assignment | None) -> dict[str, Any]:
+    """A node task run's tags (task type, model, backend), its retries of transient failures
+    (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the progress views."""
+    return {
+        "tags": node_tags(node, assignment),
+        "retries": settings.node_retries,
+        "retry_delay_seconds": settings.node_retry_wait,
+        **progress.NODE_STATE_HOOKS,
+    }
 
 
 def _describe(node: PlanNode) -> str:
@@ -367,7 +416,10 @@ def execute_graph(
     futures: dict[int, PrefectFuture[Any]] = {}
     for node in nodes:  # nodes are in dependency order
         futures[node.id] = run_node.with_options(
-            name=node.name, task_run_name=node.name, persist_result=settings.persist_results
+            name=node.name,
+            task_run_name=node.name,
+            persist_result=settings.persist_results,
+            **node_task_options(settings, node, by_node.get(node.id)),
         ).submit(
             node,
             by_node.get(node.id),
