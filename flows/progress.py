@@ -148,12 +148,12 @@ def planned(flow_run_id: str, run_name: str, nodes: Sequence[Any], assignments: 
     )
 
 
-_PREFECT_STATES = {"Running": "running", "Completed": "done", "Cached": "cached", "Skipped": "skipped"}
+_PREFECT_STATES = {"Completed": "done", "Cached": "cached", "Skipped": "skipped"}
 
 
 def node_state_hook(task: Any, task_run: Any, state: Any) -> None:
     """A Prefect state hook of the node task runs: reports the state they entered."""
-    name = _PREFECT_STATES.get(state.name, "failed" if state.is_failed() else None)
+    name = "running" if state.is_running() else _PREFECT_STATES.get(state.name, "failed" if state.is_failed() else None)
     if name is None:
         return
     detail = state.message or "" if name in ("failed", "cached", "skipped") else ""
@@ -330,13 +330,12 @@ class Board:
     run_names: dict[str, str] = field(default_factory=dict)
     lines_done: int = 0
     lines_total: int = 0
-    batch_started: float | None = None
+    started: float = field(default_factory=time.monotonic)
     last_line_at: float | None = None
 
     def apply(self, event: Event) -> NodeRow | None:
         """Record ``event``; the node row it changed, if any."""
         if isinstance(event, LineEvent):
-            self.batch_started = self.batch_started or event.at
             self.lines_done, self.lines_total, self.last_line_at = event.done, event.total, event.at
             return None
         if isinstance(event, PlanEvent):
@@ -360,10 +359,11 @@ class Board:
         return (row.finished or now) - row.started
 
     def line_rate(self) -> tuple[float, float | None] | None:
-        """Lines per second so far, and the seconds left at that rate (``None`` before the first line)."""
-        if not self.lines_done or self.batch_started is None or self.last_line_at is None:
+        """Lines per second since the view started, and the seconds left at that rate (``None`` before the first
+        line)."""
+        if not self.lines_done or self.last_line_at is None:
             return None
-        elapsed = max(self.last_line_at - self.batch_started, 1e-6)
+        elapsed = max(self.last_line_at - self.started, 1e-6)
         rate = self.lines_done / elapsed
         left = (self.lines_total - self.lines_done) / rate if rate > 0 else None
         return rate, left
@@ -500,12 +500,13 @@ class _RunLogsOffConsole(logging.Filter):
 
 class _NoEmptyTraceback(logging.Filter):
     """Drops the ``exc_info`` of a record logged with ``exc_info=True`` outside any exception: Prefect logs a task
-    run that returned a Failed state that way, which prints a stray "NoneType: None" under the message."""
+    run that returned a Failed state that way, which prints a stray "NoneType: None" under the message. Also drops
+    Prefect's two lines around every call of :func:`node_state_hook` (four per node, in every run's logs)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[0] is None:
             record.exc_info = None
-        return True
+        return not (record.levelno <= logging.INFO and "'node_state_hook'" in str(record.msg))
 
 
 def drop_empty_tracebacks() -> None:

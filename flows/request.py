@@ -109,13 +109,14 @@ def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
     return NodeResult(id=node.id, task=node.task, status="failed", error=f"task run ended {state.name}: {value}")
 
 
-def artifact_scope() -> str:
-    """The stem of this run's artifact keys: one per flow, or per deployment when deployed, never per run, so
-    the UI keeps each key's history (every run's artifact under the same key, the run named in its description)."""
+def artifact_scope(flow_kind: str = "request") -> str:
+    """The stem of this run's artifact keys: one per flow (``hugginggpt-request``, ``hugginggpt-batch``), or per
+    deployment when deployed, never per run, so the UI keeps each key's history (every run's artifact under the
+    same key, the run named in its description)."""
     from prefect.runtime import deployment
 
     name = deployment.name
-    return artifact_key("hugginggpt", str(name) if name else "request")
+    return artifact_key("hugginggpt", str(name) if name else flow_kind)
 
 
 def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:

@@ -306,9 +306,9 @@ def backend_for(settings: Settings) -> ExpertBackend:
 # the Prefect task
 # ---------------------------------------------------------------------------
 def _task_run_key(ctx: Any, inputs: dict[str, Any]) -> str:
-    """One result record per task run: persisted task results are never read back as a cache (outputs are
-    reused through :mod:`tasks.result_cache`, which never keeps failures)."""
-    return f"hugginggpt-node-{ctx.task_run.id}"
+    """One result record per task run attempt: persisted task results are never read back as a cache (outputs
+    are reused through :mod:`tasks.result_cache`, which never keeps failures), not even by a retry."""
+    return f"hugginggpt-node-{ctx.task_run.id}-{ctx.task_run.run_count}"  # a retry is not a cache hit
 
 
 _TRANSIENT = re.compile(

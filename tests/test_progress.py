@@ -1,0 +1,193 @@
+"""Progress events and views, terminal safety, and the Prefect conventions of a run: tags, names, retries of
+transient node failures, stable artifact keys with links."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import tags
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+from flows import progress
+from flows.request import prefect_run_settings, request_run_name, run_request
+from tasks.execute import is_transient
+from tasks.report import browser_link, node_rows
+from tasks.schemas import NodeResult
+from tests.llm_server import plan_json
+from tests.prefect_api import task_runs
+
+
+# ---------------------------------------------------------------------------
+# no Prefect
+# ---------------------------------------------------------------------------
+def test_safe_text_shows_control_characters_as_escapes() -> None:
+    hostile = "a\x1b[31mred\x1b]8;;http://x\x07 \x9b2J \u202etxt\tb\nc"
+    shown = progress.safe_text(hostile)
+    assert shown == "a\\x1b[31mred\\x1b]8;;http://x\\x07 \\x9b2J \\u202etxt\tb\nc"
+    assert progress.safe_text(hostile, one_line=True).count("\n") == 0
+    assert progress.escape_json_text(json.dumps("\x9b\x7f", ensure_ascii=False)) == '"\\u009b\\u007f"'
+
+
+def test_board_follows_node_states_and_batch_rate() -> None:
+    board = progress.Board(started=100.0)
+    board.apply(progress.PlanEvent("run", "my run", (("a#0", "m/a", "why"), ("b#1", "m/b", "")), at=100.0))
+    assert [(r.node, r.state, r.model) for r in board.rows.values()] == [
+        ("a#0", "waiting", "m/a"),
+        ("b#1", "waiting", "m/b"),
+    ]
+    board.apply(progress.NodeEvent("run", "a#0", "running", at=101.0))
+    row = board.apply(progress.NodeEvent("run", "a#0", "downloading", "w.bin", 5_000_000, 20_000_000, at=102.0))
+    assert row is not None and progress.describe(row) == "downloading w.bin 5.0 MB of 20.0 MB"
+    board.apply(progress.NodeEvent("run", "a#0", "done", at=104.0))
+    assert board.seconds(board.rows[("run", "a#0")], now=999.0) == 3.0  # running to done, not to now
+    board.apply(progress.NodeEvent("run", "b#1", "skipped", "upstream failed", at=104.5))
+    assert progress.describe(board.rows[("run", "b#1")]) == "skipped: upstream failed"
+
+    board.apply(progress.LineEvent(1, "completed", 1, 4, at=102.0))
+    board.apply(progress.LineEvent(2, "failed", 2, 4, at=104.0))
+    assert board.line_rate() == (0.5, 4.0)
+    assert progress.batch_line(board) == "lines 2/4 done · 0.50/s · about 4 s left"
+
+
+def test_plain_view_writes_one_safe_line_per_change() -> None:
+    out = io.StringIO()
+    view = progress.PlainView(out)
+    view(progress.PlanEvent("r", "run", (("a#0", "m/a", "the [bold]best[/]"),)))
+    view(progress.NodeEvent("r", "a#0", "running"))
+    view(progress.NodeEvent("r", "a#0", "downloading", "w", 10, 100))  # partial download: no line
+    view(progress.NodeEvent("r", "a#0", "failed", "model said \x1b[2Jbye"))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "a#0 waiting -> m/a (the [bold]best[/])"
+    assert lines[1] == "a#0 running"
+    assert lines[2].startswith("a#0 failed: model said \\x1b[2Jbye in ") and len(lines) == 3
+
+
+def test_transient_failures_are_told_apart() -> None:
+    def failed(error: str) -> NodeResult:
+        return NodeResult(id=0, task="image-to-text", status="failed", error=error)
+
+    assert is_transient(failed("input http://h/p.png could not be fetched: HTTP 503 Service Unavailable"))
+    assert is_transient(failed("model m (remote) failed: ReadTimeout: timed out"))
+    assert not is_transient(failed("input file photo.png does not exist"))
+    assert not is_transient(failed("model m failed on image-to-text: ValueError: bad shape 500x3"))
+    assert not is_transient(NodeResult(id=0, task="image-to-text", status="skipped", error="timeout upstream"))
+
+
+def test_links_of_stored_files(tmp_path: Path) -> None:
+    local = tmp_path / "a b.png"
+    assert browser_link(str(local)) == (local.resolve().as_uri(), False)
+    assert browser_link("https://cdn.example/x.png") == ("https://cdn.example/x.png", True)
+
+    class Signer:
+        def sign(self, path: str, expiration: int) -> str:
+            return f"https://s3.example/{path.removeprefix('s3://')}?X-Amz-Expires={expiration}"
+
+    url, fetchable = browser_link("s3://bucket/run/image.png", Signer(), expires=60)
+    assert (url, fetchable) == ("https://s3.example/bucket/run/image.png?X-Amz-Expires=60", True)
+    assert browser_link("memory://run/image.png", object()) == ("memory://run/image.png", False)
+
+
+def test_presigned_links_from_s3fs() -> None:
+    s3fs = pytest.importorskip("s3fs")
+    fs = s3fs.S3FileSystem(key="AKIDEXAMPLE", secret="secret", client_kwargs={"endpoint_url": "http://127.0.0.1:9"})
+    url, fetchable = browser_link("s3://bucket/run/nodes/0-text-to-image/image.png", fs, expires=600)
+    assert fetchable and url.startswith("http://127.0.0.1:9/bucket/run/nodes/0-text-to-image/image.png?")
+    import time
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(url).query)
+    assert query["Signature"] and abs(int(query["Expires"][0]) - (time.time() + 600)) < 120
+
+
+def test_run_names_tell_repeated_requests_apart() -> None:
+    a, b = request_run_name("Caption   photo.jpg\nplease"), request_run_name("Caption   photo.jpg\nplease")
+    assert a != b and a.startswith("Caption photo.jpg please · ")
+    assert request_run_name("x" * 100, "abcd1234") == "x" * 57 + "... · abcd1234"
+
+
+# ---------------------------------------------------------------------------
+# under Prefect
+# ---------------------------------------------------------------------------
+pytestmark_prefect = pytest.mark.usefixtures("prefect_server")
+
+
+@pytestmark_prefect
+def test_transient_node_failure_is_retried_by_prefect(
+    env: Path, llm, web, sample_files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose input answers 503 once is retried by Prefect (HUGGINGGPT_NODE_RETRIES) and completes; a node
+    that fails for good (a missing file) is not retried."""
+    calls = {"n": 0}
+
+    def flaky(h: BaseHTTPRequestHandler) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            h.send_error(503, "busy")
+            return
+        data = sample_files["photo"].read_bytes()
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    web.routes["/flaky.png"] = flaky
+    url = web.url("/flaky.png")
+    monkeypatch.setenv("HUGGINGGPT_NODE_RETRIES", "2")
+    monkeypatch.setenv("HUGGINGGPT_NODE_RETRY_WAIT", "0")
+    llm.set(
+        plan=plan_json(
+            {"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": url}},
+            {"id": 1, "task": "image-classification", "dep": [-1], "args": {"image": "missing.png"}},
+        ),
+        respond="One worked.",
+    )
+    events: list[Any] = []
+    with progress.subscribe(events.append):
+        summary = run_request(f"Classify {url} and missing.png", inputs=[url, "missing.png"])
+    by_id = {r.id: r for r in summary.results}
+    assert by_id[0].status == "completed" and calls["n"] == 2
+    assert by_id[1].status == "failed" and "missing.png" in (by_id[1].error or "")
+    runs = task_runs(summary.flow_run_id, {"image-classification#0", "image-classification#1"})
+    assert runs["image-classification#0"].run_count == 2 and runs["image-classification#0"].state.is_completed()
+    assert runs["image-classification#1"].run_count == 1  # not transient: no retry
+    states = [(e.node, e.state, e.detail) for e in events if isinstance(e, progress.NodeEvent)]
+    assert ("image-classification#0", "running", "attempt 2") in states
+    assert states[-1][1] in ("done", "failed")
+
+
+@pytestmark_prefect
+def test_runs_are_tagged_named_and_keep_artifact_history(env: Path, llm) -> None:
+    llm.set(
+        plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "so good"}}),
+        respond="Positive.",
+    )
+    with prefect_run_settings(), tags("hugginggpt", "chat-abc"):
+        first = run_request("Is 'so good' positive?")
+        second = run_request("Is 'so good' positive?")
+
+    async def read() -> tuple[list[Any], list[Any]]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[first.flow_run_id, second.flow_run_id]))
+            )
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hugginggpt-request-summary"]))
+            )
+            return runs, arts
+
+    runs, arts = asyncio.run(read())
+    assert all({"hugginggpt", "chat-abc"} <= set(r.tags) for r in runs)
+    names = {r.name for r in runs}
+    assert len(names) == 2 and all(n.startswith("Is 'so good' positive? · ") for n in names)
+    described = {a.description for a in arts}
+    assert any(first.flow_run_id in d for d in described) and any(second.flow_run_id in d for d in described)
+
+    rows = node_rows(first, links={})
+    assert rows[0]["depends on"] == "none" and rows[0]["status"] == "completed"
