@@ -62,6 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     register_eval(sub)
     register_batch(sub)
 
+    chat = sub.add_parser(
+        "chat",
+        help="talk with HuggingGPT: one request per line, earlier turns as context",
+        description="An interactive session: each line you type is one request (one flow run tagged with the "
+        "session); the last turns (--history, HUGGINGGPT_CHAT_HISTORY) are its history and the files they produced "
+        "are its inputs. Reads stdin line by line (a pipe works too); 'exit' or end of input ends it.",
+    )
+    add_inputs(chat)
+    chat.add_argument(
+        "--model", "-m", dest="models", action="append", default=[], metavar="TASK=MODEL_ID", help="pin a model"
+    )
+    for add in (add_storage, add_catalog, add_llm_model, add_device):
+        add(chat)
+    chat.add_argument(
+        "--history", type=int, metavar="TURNS", help="earlier turns each request sees (HUGGINGGPT_CHAT_HISTORY)"
+    )
+    _add_run_options(chat)
+
     resume = sub.add_parser(
         "resume",
         help="finish an earlier run that failed or crashed",
@@ -182,6 +200,94 @@ def validated_plan_file(path: str, inputs: Sequence[str], request: str) -> tuple
     except (OSError, ValueError) as exc:  # PlanValidationError is a ValueError
         return None, f"plan {path}: {exc}"
     return nodes, None
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from flows.chat import ChatSession
+    from tasks.schemas import RunSummary
+    from tasks.settings import LLMNotConfiguredError
+
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        return config_error("chat", exc)
+    problem = validate_request_options(settings, args.inputs)
+    pins = None
+    if problem is None:
+        pins, problem = validated_pins(args.models)
+    if problem is None:
+        try:
+            settings.require_llm()
+        except LLMNotConfiguredError as exc:
+            problem = str(exc)
+    if problem is None and args.history is not None and args.history < 0:
+        problem = "--history must be 0 or more"
+    if problem is not None or pins is None:
+        error("chat", problem or "invalid --model")
+        return EXIT_USAGE
+
+    def run_turn(
+        request: str, inputs: list[str], turn_pins: dict[str, str], history: list[Any], tags: list[str]
+    ) -> Any:
+        result = run_flow(
+            settings,
+            request,
+            inputs,
+            turn_pins,
+            mode=progress_mode(args),
+            quiet_logs=args.json,
+            storage=args.storage,
+            catalog=args.catalog,
+            history=history,
+            tags=tags,
+        )
+        return result if isinstance(result, RunSummary) else RunSummary(request=request, status="failed", error=result)
+
+    session = ChatSession(
+        storage=args.storage,
+        catalog=args.catalog,
+        history_turns=settings.chat_history if args.history is None else args.history,
+        inputs=args.inputs,
+        models=pins,
+        runner=run_turn,
+    )
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
+        error("chat", f"session {session.session_id}: one request per line; 'exit' or Ctrl-D ends")
+    failed = 0
+    while True:
+        try:
+            line = input("you> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("exit", "quit", "/exit", "/quit"):
+            break
+        try:
+            summary = session.ask(text)
+        except PrefectUnreachableError as exc:
+            error("chat", str(exc))
+            return EXIT_USAGE
+        failed += summary.status != "completed"
+        if args.json:
+            print(escape_json_line(summary_json(summary)), flush=True)
+        else:
+            print_summary(summary)
+    error("chat", f"session {session.session_id}: {len(session.turns)} turn(s), {failed} failed")
+    return EXIT_OK if not failed else EXIT_FAILED
+
+
+def escape_json_line(document: Any) -> str:
+    """One line of JSON for stdout (JSON Lines), control characters escaped."""
+    from flows.progress import escape_json_text
+
+    return escape_json_text(json.dumps(document, ensure_ascii=False))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -396,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "resume":
             return cmd_resume(args)
+        if args.command == "chat":
+            return cmd_chat(args)
         if args.command in ("eval", "batch", "plan"):
             return args.func(args)
     except KeyboardInterrupt:

@@ -190,3 +190,59 @@ def test_cli_unreachable_prefect_api_says_what_to_set(env: Path, llm, capsys) ->
     assert code == 2
     assert "could not reach the Prefect API at http://127.0.0.1:9/api" in err and "PREFECT_API_URL" in err
     assert "Traceback" not in err
+
+
+def test_chat_turns_share_history_and_files(env: Path, llm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hugginggpt chat` on a pipe: each line one flow run tagged with the session; the next turn sees the last
+    HUGGINGGPT_CHAT_HISTORY turns and can use the files they produced."""
+    import asyncio
+    import re
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def transcribe_the_earlier_audio(body: dict) -> str:
+        text = json.dumps(body["messages"])
+        wav = re.search(r"[^\"\s,()]*/audio\.wav", text)
+        assert wav, "the earlier turn's file was not offered to the planner"
+        return plan_json({"id": 0, "task": "automatic-speech-recognition", "dep": [-1], "args": {"audio": wav.group()}})
+
+    llm.set(
+        plan=[
+            plan_json({"id": 0, "task": "text-to-speech", "dep": [-1], "args": {"text": "hello there"}}),
+            transcribe_the_earlier_audio,
+            '{"tasks": []}',
+        ],
+        respond=["Here it is, read aloud.", "It says hello.", "You are welcome."],
+    )
+    turns = "Read 'hello there' aloud\n\nNow transcribe that audio\nThanks a lot\n"
+    from prefect.settings import PREFECT_API_URL
+
+    proc = subprocess.run(
+        [*_command(), "chat", "--json"],
+        input=turns,
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HUGGINGGPT_CHAT_HISTORY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [s["answer"] for s in summaries] == ["Here it is, read aloud.", "It says hello.", "You are welcome."]
+    wav = summaries[0]["results"][0]["outputs"]["audio"]
+    asr = summaries[1]["results"][0]
+    assert asr["task"] == "automatic-speech-recognition" and asr["status"] == "completed"
+    assert wav in summaries[1]["inputs"]  # the earlier file became an input of the later turn
+    plans = [json.dumps(r["messages"]) for r in llm.stage_requests("plan")]
+    assert "Read 'hello there' aloud" in plans[1]  # history: the previous turn
+    assert "Now transcribe that audio" in plans[2] and "Read 'hello there' aloud" not in plans[2]  # bounded to 1
+    session = re.search(r"session (\w+): 3 turn\(s\), 0 failed", proc.stderr)
+    assert session, proc.stderr[-2000:]
+
+    async def tags_of(ids: list[str]) -> list[set[str]]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+            return [set(r.tags) for r in runs]
+
+    for run_tags in asyncio.run(tags_of([s["flow_run_id"] for s in summaries])):
+        assert {"hugginggpt", f"chat-{session.group(1)}"} <= run_tags

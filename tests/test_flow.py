@@ -125,7 +125,11 @@ def test_graph_runs_as_task_runs_with_planned_edges(env: Path, llm, sample_files
     kinds = {a.type: a for a in arts}
     assert {"markdown", "table"} <= set(kinds)
     # keys are stable across runs (the UI keeps their history); the run is in the description
-    assert kinds["markdown"].key == "hugginggpt-request-summary" and kinds["table"].key == "hugginggpt-request-nodes"
+    by_key = {a.key: a for a in arts}
+    assert {"hugginggpt-request-summary", "hugginggpt-request-nodes", "hugginggpt-request-text-to-speech-audio"} <= set(
+        by_key
+    )
+    kinds = {"markdown": by_key["hugginggpt-request-summary"], "table": by_key["hugginggpt-request-nodes"]}
     assert summary.flow_run_id in kinds["markdown"].description
     assert f"[audio.wav]({Path(speech).as_uri()})" in kinds["markdown"].data  # stored files are links
     # node task runs are tagged with their task type, model and backend (for tag-based concurrency limits)
