@@ -156,7 +156,7 @@ def node_state_hook(task: Any, task_run: Any, state: Any) -> None:
     name = "running" if state.is_running() else _PREFECT_STATES.get(state.name, "failed" if state.is_failed() else None)
     if name is None:
         return
-    detail = state.message or "" if name in ("failed", "cached", "skipped") else ""
+    detail = (state.message or "").removeprefix(f"{task_run.name} ") if name in ("failed", "cached", "skipped") else ""
     if name == "running" and task_run.run_count > 1:
         detail = f"attempt {task_run.run_count}"
     emit(NodeEvent(str(task_run.flow_run_id), task_run.name, name, detail=detail))
@@ -397,7 +397,7 @@ def describe(row: NodeRow) -> str:
         of = f" of {_bytes(row.total_bytes)}" if row.total_bytes else ""
         text += f" {row.detail} {_bytes(row.done_bytes)}{of}".rstrip()
     elif row.detail:
-        text += f": {row.detail}"
+        text = row.detail if row.detail.startswith(row.state) else f"{text}: {row.detail}"
     return safe_text(text, one_line=True)
 
 

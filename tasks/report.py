@@ -12,7 +12,7 @@ from tasks.schemas import RunSummary
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
 #: how long a presigned URL of a stored file stays valid (the artifact outlives it: the summary says so)
 LINK_EXPIRES_SECONDS = 7 * 24 * 3600
-_CELL_CHARS = 160
+_CELL_CHARS = 90
 
 
 def artifact_key(*parts: str) -> str:
@@ -75,7 +75,8 @@ def node_rows(
                         shown.append(f"{k}: {v.rsplit('/', 1)[-1] if short_files else v}")
                 output = "; ".join(shown)
                 if r.cached:
-                    output += f" (reused from run {r.reused_from})"
+                    run = r.reused_from or ""
+                    output += f" (reused from run {run[:8] if links is not None else run})"
             else:
                 output = _clip(r.error or "") if links is not None else r.error or ""
         rows.append(
@@ -102,8 +103,7 @@ def summary_markdown(
     """The run as markdown. ``links`` (URI -> URL) turns stored files into links; images whose URL a browser can
     fetch (``fetchable``) are shown inline."""
     links = links or {}
-    run = f" `{summary.flow_run_id}`" if summary.flow_run_id else ""
-    lines = [f"# HuggingGPT run{run}: {summary.status}", "", f"**Request:** {_cell(summary.request)}", ""]
+    lines = [f"# HuggingGPT run: {summary.status}", "", f"**Request:** {_cell(summary.request)}", ""]
     if summary.inputs:
         lines += [f"**Inputs:** {', '.join(_cell(i) for i in summary.inputs)}", ""]
     if summary.error:

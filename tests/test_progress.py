@@ -191,3 +191,34 @@ def test_runs_are_tagged_named_and_keep_artifact_history(env: Path, llm) -> None
 
     rows = node_rows(first, links={})
     assert rows[0]["depends on"] == "none" and rows[0]["status"] == "completed"
+
+
+def test_summary_markdown_links_files_and_shows_fetchable_images() -> None:
+    from tasks.experts.base import ModelSpec
+    from tasks.report import summary_markdown
+    from tasks.schemas import Assignment, PlanNode, RunSummary
+
+    summary = RunSummary(
+        request="Draw a cat",
+        flow_run_id="run-1",
+        plan=[PlanNode(id=0, task="text-to-image", dep=[], args={"text": "a cat"})],
+        assignments=[
+            Assignment(
+                node_id=0,
+                task="text-to-image",
+                model="m/draw",
+                reason="one",
+                spec=ModelSpec(id="m/draw", task="text-to-image"),
+            )
+        ],
+        results=[
+            NodeResult(id=0, task="text-to-image", status="completed", outputs={"image": "s3://b/run-1/image.png"})
+        ],
+        answer="Here is a cat.",
+    )
+    signed = "https://s3.example/b/run-1/image.png?X-Amz-Signature=abc"
+    shown = summary_markdown(summary, {"s3://b/run-1/image.png": signed}, frozenset({"s3://b/run-1/image.png"}))
+    assert f"![text-to-image#0]({signed})" in shown
+    assert f"| image: [image.png]({signed}) |" in shown and "| none |" in shown  # no bare "-" (a bullet)
+    hidden = summary_markdown(summary, {"s3://b/run-1/image.png": "file:///x/image.png"})
+    assert "![" not in hidden and "[image.png](file:///x/image.png)" in hidden
