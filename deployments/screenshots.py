@@ -11,7 +11,8 @@ command, against that server:
 3. a batch of three lines;
 
 and takes headless-Chromium screenshots (Debian's ``chromium``) of the first run's graph, its summary artifact,
-the second run's graph and the batch run. Needs the test helpers (``tests/``) of a checkout.
+the second run's graph and task runs (Cached, Skipped, Failed), the batch run, and the summary key's history.
+Needs the test helpers (``tests/``) of a checkout.
 """
 
 from __future__ import annotations
@@ -200,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         shots.append(screenshot(f"{ui}/runs/flow-run/{second['flow_run_id']}", out / "request-cached-graph.png"))
+        shots.append(
+            screenshot(
+                f"{ui}/runs/flow-run/{second['flow_run_id']}?tab=Task%20Runs", out / "request-cached-task-runs.png"
+            )
+        )
         shots.append(screenshot(f"{ui}/runs/flow-run/{batch['flow_run_id']}", out / "batch-run.png"))
         shots.append(screenshot(f"{ui}/artifacts/key/hugginggpt-request-summary", out / "summary-history.png"))
     finally:

@@ -222,3 +222,30 @@ def test_summary_markdown_links_files_and_shows_fetchable_images() -> None:
     assert f"| image: [image.png]({signed}) |" in shown and "| none |" in shown  # no bare "-" (a bullet)
     hidden = summary_markdown(summary, {"s3://b/run-1/image.png": "file:///x/image.png"})
     assert "![" not in hidden and "[image.png](file:///x/image.png)" in hidden
+
+
+@pytestmark_prefect
+def test_a_run_created_with_its_name_keeps_it(env: Path, llm) -> None:
+    """A flow run created already named (what run_deployment(flow_run_name=request_run_name(...)) does) keeps the
+    name when it starts; one created with a random name gets the request's."""
+    from prefect.flow_engine import run_flow
+
+    from flows.request import hugginggpt_request
+
+    request = "Is 'so good' positive?"
+    named = request_run_name(request, "given123")
+
+    async def create(name: str | None) -> Any:
+        async with get_client() as client:
+            return await client.create_flow_run(hugginggpt_request, name=name, parameters={"request": request})
+
+    async def name_of(flow_run_id: Any) -> str:
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run_id)).name
+
+    for given, expected in ((named, named), ("random-fox", None)):
+        flow_run = asyncio.run(create(given))
+        with prefect_run_settings():
+            run_flow(hugginggpt_request, flow_run=flow_run, parameters={"request": request}, return_type="state")
+        name = asyncio.run(name_of(flow_run.id))
+        assert name == (expected or request_run_name(request, str(flow_run.id)[:8]))
