@@ -11,7 +11,8 @@ command, against that server:
 3. a batch of three lines;
 
 and takes headless-Chromium screenshots (Debian's ``chromium``) of the first run's graph, its summary artifact,
-the second run's graph and task runs (Cached, Skipped, Failed), the batch run, and the summary key's history.
+the second run's graph and two of its task runs (one Cached, one Skipped), the batch run, and the summary key's
+history (every run's summary under one key).
 Needs the test helpers (``tests/``) of a checkout.
 """
 
@@ -201,11 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         shots.append(screenshot(f"{ui}/runs/flow-run/{second['flow_run_id']}", out / "request-cached-graph.png"))
-        shots.append(
-            screenshot(
-                f"{ui}/runs/flow-run/{second['flow_run_id']}?tab=Task%20Runs", out / "request-cached-task-runs.png"
-            )
-        )
+        task_runs = _api(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [second["flow_run_id"]]}}})
+        for name, file in (("image-to-text#0", "cached-node.png"), ("image-to-text#5", "skipped-node.png")):
+            task_run = next(t for t in task_runs if t["name"] == name)
+            shots.append(screenshot(f"{ui}/runs/task-run/{task_run['id']}", out / file))
         shots.append(screenshot(f"{ui}/runs/flow-run/{batch['flow_run_id']}", out / "batch-run.png"))
         shots.append(screenshot(f"{ui}/artifacts/key/hugginggpt-request-summary", out / "summary-history.png"))
     finally:
