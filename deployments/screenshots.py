@@ -80,26 +80,37 @@ def _hugginggpt(args: list[str], env: dict[str, str], cwd: Path) -> dict[str, An
     return json.loads(proc.stdout)
 
 
-def screenshot(url: str, out: Path, *, size: str = "1600,1000", wait_ms: int = 30000) -> Path:
-    """A PNG of ``url`` taken by headless Chromium after ``wait_ms`` of (virtual) time for the page's scripts."""
+def screenshot(url: str, out: Path, *, size: str = "1600,1000", wait_ms: int = 30000, attempts: int = 3) -> Path:
+    """A PNG of ``url`` taken by headless Chromium after ``wait_ms`` of (virtual) time for the page's scripts.
+
+    The UI fetches its data after the page has loaded, and on a busy machine a shot can come before the data (an
+    empty panel) or mid fade-in: of ``attempts`` shots the one with the most content (the largest PNG) is kept.
+    """
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise RuntimeError("chromium is not installed (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [
-                chromium,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                f"--window-size={size}",
-                f"--virtual-time-budget={wait_ms}",
-                f"--screenshot={out}",
-                url,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
+    best = b""
+    for _ in range(attempts):
+        with tempfile.TemporaryDirectory() as profile:
+            shot = Path(profile) / "shot.png"
+            subprocess.run(
+                [
+                    chromium,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={profile}",
+                    f"--window-size={size}",
+                    f"--virtual-time-budget={wait_ms}",
+                    f"--screenshot={shot}",
+                    url,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=180,
+            )
+            data = shot.read_bytes()
+        if len(data) > len(best):
+            best = data
+    out.write_bytes(best)
     return out
 
 

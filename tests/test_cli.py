@@ -246,3 +246,12 @@ def test_chat_turns_share_history_and_files(env: Path, llm, monkeypatch: pytest.
 
     for run_tags in asyncio.run(tags_of([s["flow_run_id"] for s in summaries])):
         assert {"hugginggpt", f"chat-{session.group(1)}"} <= run_tags
+
+
+def test_cli_quiet_shows_no_progress(env: Path, llm, capsys) -> None:
+    llm.set(plan='{"tasks": []}', respond="Hi.")
+    assert main(["run", "Say hi", "--json"]) == 0
+    assert "plan: no task, the LLM answers directly" in capsys.readouterr().err
+    assert main(["run", "Say hi", "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["answer"] == "Hi." and "plan: no task" not in captured.err

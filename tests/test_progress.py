@@ -249,3 +249,26 @@ def test_a_run_created_with_its_name_keeps_it(env: Path, llm) -> None:
             run_flow(hugginggpt_request, flow_run=flow_run, parameters={"request": request}, return_type="state")
         name = asyncio.run(name_of(flow_run.id))
         assert name == (expected or request_run_name(request, str(flow_run.id)[:8]))
+
+
+def test_chat_session_bounds_history_and_offers_earlier_files() -> None:
+    from flows.chat import ChatSession
+    from tasks.schemas import RunSummary
+
+    seen: list[tuple[str, list[str], list[str], list[str]]] = []
+
+    def fake_run(request: str, inputs: list[str], pins: dict, history: list, run_tags: list[str]) -> RunSummary:
+        seen.append((request, inputs, [t.content for t in history], run_tags))
+        n = len(seen)
+        result = NodeResult(id=0, task="text-to-speech", status="completed", outputs={"audio": f"/runs/{n}/a.wav"})
+        return RunSummary(request=request, answer=f"answer {n}", results=[result])
+
+    chat = ChatSession(history_turns=1, inputs=["photo.png"], session_id="s1", runner=fake_run)
+    chat.ask("first")
+    chat.ask("second", inputs=["extra.png"])
+    chat.ask("third")
+    assert seen[0] == ("first", ["photo.png"], [], ["hugginggpt", "chat-s1"])
+    assert seen[1][1] == ["extra.png", "photo.png", "/runs/1/a.wav"]  # the earlier turn's file is an input
+    assert seen[1][2] == ["first", "answer 1\n(files produced: /runs/1/a.wav)"]
+    assert seen[2][1] == ["photo.png", "/runs/2/a.wav"] and seen[2][2][0] == "second"  # bounded to one turn
+    assert len(chat.turns) == 3
