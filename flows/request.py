@@ -119,8 +119,10 @@ def artifact_scope(flow_kind: str = "request") -> str:
     return artifact_key("hugginggpt", str(name) if name else flow_kind)
 
 
-def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
-    """summary.json beside the run's files, and the markdown, table and link artifacts."""
+def _publish(summary: RunSummary, store: ArtifactStore | None, *, presign_seconds: int = 0) -> None:
+    """summary.json beside the run's files, and the markdown, table and link artifacts. With ``presign_seconds``,
+    files on object storage that can sign (S3) are linked by presigned URLs valid that long, which the browser
+    can open and show; a presigned URL holds the storage's access key id and grants read access to that file."""
     log = get_run_logger()
     if store is not None:
         try:
@@ -135,7 +137,8 @@ def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
     links: dict[str, str] = {}
     fetchable: set[str] = set()
     for uri in files:
-        links[uri], can_fetch = browser_link(uri, store.fs if store is not None else None)
+        signer = store.fs if store is not None and presign_seconds > 0 else None
+        links[uri], can_fetch = browser_link(uri, signer, expires=presign_seconds)
         if can_fetch:
             fetchable.add(uri)
     create_markdown_artifact(
@@ -161,12 +164,12 @@ def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
                 )
 
 
-def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float) -> RunSummary | State:
+def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float, settings: Settings) -> RunSummary | State:
     summary.timings["total"] = time.perf_counter() - t_start
     failed = [r for r in summary.results if r.status != "completed"]
     if summary.error or failed:
         summary.status = "failed"
-    _publish(summary, store)
+    _publish(summary, store, presign_seconds=settings.presign_seconds)
     if summary.status == "failed":
         reason = summary.error or f"{len(failed)} of {len(summary.results)} task(s) did not complete: " + "; ".join(
             f"{r.task}#{r.id} {r.status}: {r.error}" for r in failed
@@ -251,13 +254,13 @@ def hugginggpt_request(
         summary.error = str(exc)
         summary.answer = f"The request could not be completed: {exc}"
         summary.answer_source = "fallback"
-        return _finish(summary, store, t_start)
+        return _finish(summary, store, t_start, settings)
     summary.answer = response.answer
     summary.answer_source = response.source
     summary.answer_error = response.error
     summary.llm = summary.llm + response.usage
     log.info("answer (%s): %s", response.source, response.answer)
-    return _finish(summary, store, t_start)
+    return _finish(summary, store, t_start, settings)
 
 
 class PriorRun(BaseModel):

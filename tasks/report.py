@@ -10,8 +10,6 @@ from typing import Any
 from tasks.schemas import RunSummary
 
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
-#: how long a presigned URL of a stored file stays valid (the artifact outlives it: the summary says so)
-LINK_EXPIRES_SECONDS = 7 * 24 * 3600
 _CELL_CHARS = 90
 
 
@@ -21,11 +19,12 @@ def artifact_key(*parts: str) -> str:
     return _KEY_BAD.sub("-", key).strip("-")[:200]
 
 
-def browser_link(uri: str, fs: Any = None, *, expires: int = LINK_EXPIRES_SECONDS) -> tuple[str, bool]:
+def browser_link(uri: str, fs: Any = None, *, expires: int = 3600) -> tuple[str, bool]:
     """Where a stored file can be opened from a browser, and whether a page (the Prefect UI) can fetch it.
 
     http(s) URLs as they are; object storage that can sign (s3fs, gcsfs) as a presigned URL; a local file as a
-    ``file://`` URL, which a browser opens only from the same machine and a web page cannot fetch.
+    ``file://`` URL, which a browser opens only from the same machine and a web page cannot fetch. Without ``fs``,
+    nothing is signed.
     """
     if uri.startswith(("http://", "https://")):
         return uri, True
@@ -153,6 +152,6 @@ def summary_markdown(
         f"- LLM: {llm.calls} call(s), {llm.prompt_tokens} prompt + {llm.completion_tokens} completion tokens",
         "- seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()),
     ]
-    if any(url != uri and url.startswith("http") for uri, url in links.items()):
-        lines.append(f"- file links are presigned and expire after {LINK_EXPIRES_SECONDS // 86400} days")
+    if any(url != uri and url.startswith("http") and not uri.startswith("http") for uri, url in links.items()):
+        lines.append("- file links are presigned and expire (`HUGGINGGPT_PRESIGN_SECONDS`)")
     return "\n".join(lines)

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     node_retries: int = Field(default=0, ge=0, description="Prefect retries of a node that failed transiently")
     node_retry_wait: float = Field(default=2.0, ge=0, description="seconds before a node's retry")
     chat_history: int = Field(default=5, ge=0, description="earlier turns a chat sends with each request")
+    presign_seconds: int = Field(
+        default=0, ge=0, description="link files on S3 in the run's artifacts by presigned URLs valid this long"
+    )
     max_local_params: int | None = Field(
         default=None, ge=1, description="largest model (parameters) run locally; larger ones go remote in hybrid mode"
     )
