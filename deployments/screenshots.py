@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             task_run = next(t for t in task_runs if t["name"] == name)
             shots.append(screenshot(f"{ui}/runs/task-run/{task_run['id']}", out / file))
         shots.append(screenshot(f"{ui}/runs/flow-run/{batch['flow_run_id']}", out / "batch-run.png"))
-        shots.append(screenshot(f"{ui}/artifacts/key/hugginggpt-request-summary", out / "summary-history.png"))
+        shots.append(
+            screenshot(f"{ui}/artifacts/key/hugginggpt-request-summary", out / "summary-history.png", wait_ms=60000)
+        )
     finally:
         server.terminate()
         server.wait(timeout=60)

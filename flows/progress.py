@@ -498,22 +498,26 @@ class _RunLogsOffConsole(logging.Filter):
         return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
-class _NoEmptyTraceback(logging.Filter):
-    """Drops the ``exc_info`` of a record logged with ``exc_info=True`` outside any exception: Prefect logs a task
-    run that returned a Failed state that way, which prints a stray "NoneType: None" under the message. Also drops
-    Prefect's two lines around every call of :func:`node_state_hook` (four per node, in every run's logs)."""
+class _TidyRunLogs(logging.Filter):
+    """Prefect's task-run log records, tidied: the ``exc_info`` of a record logged with ``exc_info=True`` outside
+    any exception is dropped (Prefect logs a task run that returned a Failed state that way, which prints a stray
+    "NoneType: None"); the end of a skipped node (Prefect logs every final state but Completed as an error) is
+    logged as information; Prefect's two lines around every call of :func:`node_state_hook` are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[0] is None:
             record.exc_info = None
-        return not (record.levelno <= logging.INFO and "'node_state_hook'" in str(record.msg))
+        message = str(record.msg)
+        if record.levelno == logging.ERROR and message.startswith("Finished in state Skipped("):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return not (record.levelno <= logging.INFO and "'node_state_hook'" in message)
 
 
-def drop_empty_tracebacks() -> None:
-    """Install :class:`_NoEmptyTraceback` on Prefect's task-run logger (once per process)."""
+def tidy_run_logs() -> None:
+    """Install :class:`_TidyRunLogs` on Prefect's task-run logger (once per process)."""
     run_logger = logging.getLogger("prefect.task_runs")
-    if not any(isinstance(f, _NoEmptyTraceback) for f in run_logger.filters):
-        run_logger.addFilter(_NoEmptyTraceback())
+    if not any(isinstance(f, _TidyRunLogs) for f in run_logger.filters):
+        run_logger.addFilter(_TidyRunLogs())
 
 
 @contextlib.contextmanager

@@ -40,7 +40,7 @@ from tasks.settings import LLMNotConfiguredError, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, resolve_storage, store_for, without_credentials
 from tasks.task_types import TASK_TYPES
 
-progress.drop_empty_tracebacks()
+progress.tidy_run_logs()
 
 MAX_REQUEST_CHARS = 20_000
 EPHEMERAL_STARTUP_SECONDS = 90
