@@ -272,3 +272,33 @@ def test_chat_session_bounds_history_and_offers_earlier_files() -> None:
     assert seen[1][2] == ["first", "answer 1\n(files produced: /runs/1/a.wav)"]
     assert seen[2][1] == ["photo.png", "/runs/2/a.wav"] and seen[2][2][0] == "second"  # bounded to one turn
     assert len(chat.turns) == 3
+
+
+@pytestmark_prefect
+def test_hub_download_bars_become_node_events_and_print_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """huggingface_hub's download bar (what hf_hub_download opens) reports bytes for the node whose thread runs it,
+    and writes nothing to the terminal, while library_progress() is active."""
+    import logging
+
+    from huggingface_hub.utils.tqdm import _get_progress_bar_context
+    from prefect import flow, task
+
+    @task(task_run_name="image-to-text#0")
+    def download() -> None:
+        with _get_progress_bar_context(desc="model.safetensors", log_level=logging.INFO, total=3_000_000) as bar:
+            for _ in range(3):
+                bar.update(1_000_000)
+
+    @flow
+    def one_node() -> None:
+        download()
+
+    events: list[Any] = []
+    with prefect_run_settings(), progress.library_progress(), progress.subscribe(events.append):
+        capfd.readouterr()
+        one_node()
+        err = capfd.readouterr().err
+    downloads = [e for e in events if isinstance(e, progress.NodeEvent) and e.state == "downloading"]
+    assert downloads and downloads[-1].node == "image-to-text#0" and downloads[-1].detail == "model.safetensors"
+    assert (downloads[-1].done_bytes, downloads[-1].total_bytes) == (3_000_000, 3_000_000)
+    assert "model.safetensors" not in err and "%|" not in err  # no bar on the terminal
