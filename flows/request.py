@@ -146,7 +146,7 @@ def _publish(summary: RunSummary, store: ArtifactStore | None, *, presign_second
         markdown=summary_markdown(summary, links, frozenset(fetchable)),
         description=f"HuggingGPT summary of {about}",
     )
-    rows = node_rows(summary, links=links)
+    rows = [{k: v for k, v in row.items() if k != "task"} for row in node_rows(summary, links=links)]  # in the name
     if rows:
         create_table_artifact(
             key=artifact_key(scope, "nodes"),

@@ -10,7 +10,7 @@ from typing import Any
 from tasks.schemas import RunSummary
 
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
-_CELL_CHARS = 90
+_CELL_CHARS = 60
 
 
 def artifact_key(*parts: str) -> str:
