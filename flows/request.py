@@ -453,6 +453,9 @@ def prefect_run_settings(*, heartbeats: bool = False, quiet: bool = False) -> It
         updates["server.ephemeral.startup_timeout_seconds"] = EPHEMERAL_STARTUP_SECONDS
     if quiet:
         updates["logging.level"] = "WARNING"
+    if not get_current_settings().api.url:
+        # the embedded server's telemetry task prints a traceback to the terminal when it cannot send (offline)
+        updates["server.analytics_enabled"] = False
     with temporary_settings(updates=updates):
         yield
 
