@@ -302,3 +302,21 @@ def test_hub_download_bars_become_node_events_and_print_nothing(capfd: pytest.Ca
     assert downloads and downloads[-1].node == "image-to-text#0" and downloads[-1].detail == "model.safetensors"
     assert (downloads[-1].done_bytes, downloads[-1].total_bytes) == (3_000_000, 3_000_000)
     assert "model.safetensors" not in err and "%|" not in err  # no bar on the terminal
+
+
+def test_live_view_renders_states_as_text() -> None:
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160, color_system=None)
+    view = progress.LiveView(console)
+    view(progress.PlanEvent("r", "run", (("a#0", "m/[b]x[/b]", ""), ("b#1", "m/b", ""))))
+    view(progress.NodeEvent("r", "a#0", "downloading", "w.bin", 2_500_000, 10_000_000))
+    view(progress.NodeEvent("r", "b#1", "failed", "[/json] \x1b[2J gone"))
+    console.print(view._render())
+    shown = out.getvalue()
+    assert "m/[b]x[/b]" in shown and "downloading w.bin 2.5 MB of 10.0 MB" in shown
+    assert "failed: [/json] \\x1b[2J gone" in shown and "\x1b[2J" not in shown
+    batch = progress.LiveView(console, batch=True)
+    batch(progress.LineEvent(1, "completed", 1, 3))
+    assert str(batch._render()).startswith("lines 1/3 done")
