@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 import yaml
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -47,7 +47,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flows.request import hugginggpt_request, prefect_run_settings
+from flows import progress as progress_events
+from flows.request import artifact_scope, hugginggpt_request, prefect_run_settings
 from flows.runners import shared_cluster
 from tasks.plan import PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key
@@ -539,8 +540,8 @@ def hugginggpt_batch(
 
     progress_id = create_progress_artifact(
         progress=0.0,
-        key=artifact_key("hugginggpt-batch", run_id, "progress"),
-        description=f"Lines of {requests_url} finished",
+        key=artifact_key(artifact_scope("batch"), "progress"),
+        description=f"Lines of {requests_url} finished, batch run {run_id}",
     )
     done = sum(r is not None for r in records)
     last_update = 0.0
@@ -595,7 +596,8 @@ def hugginggpt_batch(
                 params["shared_plan"] = allow_failure(plan_futures[first])
                 params["shared_inputs"] = parsed[first].spec.inputs
             ident = f"-{p.spec.id}" if p.spec.id else ""
-            futures[pos] = runner.submit(run_line.with_options(task_run_name=f"line-{p.line}{ident}"), params)
+            with tags("hugginggpt", f"batch-{run_id}"):  # the line's task run and child flow run: filter by batch
+                futures[pos] = runner.submit(run_line.with_options(task_run_name=f"line-{p.line}{ident}"), params)
         progress(force=True)
         position = {id(f): pos for pos, f in futures.items()}
         for future in as_completed(list(futures.values())):
@@ -603,6 +605,9 @@ def hugginggpt_batch(
             record = _collect_line(parsed[pos], future)
             records[pos] = record
             done += 1
+            progress_events.emit(
+                progress_events.LineEvent(record.line, record.status, done, len(parsed), record.id or "")
+            )
             log.info(
                 "line %d%s %s in %.1f s",
                 record.line,
@@ -643,14 +648,14 @@ def hugginggpt_batch(
 
     if summary.records:
         create_table_artifact(
-            key=artifact_key("hugginggpt-batch", run_id, "lines"),
+            key=artifact_key(artifact_scope("batch"), "lines"),
             table=table_rows(summary.records),
-            description=f"One row per line of {requests_url}",
+            description=f"One row per line of {requests_url}, batch run {run_id}",
         )
     create_markdown_artifact(
-        key=artifact_key("hugginggpt-batch", run_id, "summary"),
+        key=artifact_key(artifact_scope("batch"), "summary"),
         markdown=_summary_markdown(summary),
-        description=f"Batch summary: {requests_url}",
+        description=f"Batch summary of run {run_id}: {requests_url}",
     )
     if summary.status == "failed":
         failure = BatchFailed(summary)
@@ -662,23 +667,33 @@ def hugginggpt_batch(
 # from Python, without Prefect concepts
 # ---------------------------------------------------------------------------
 def sqlite_concurrency_warning(max_in_flight: int) -> str | None:
-    """A warning when requests would run concurrently against Prefect's embedded server on SQLite.
+    """A warning when requests would run concurrently against a Prefect server on SQLite: the embedded one, or a
+    ``prefect server start`` on this machine (``PREFECT_API_URL`` on a loopback address) with this profile's
+    database, SQLite unless ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` says otherwise.
 
     SQLite answers concurrent flow runs' writes with "database is locked", which the API turns into 503 and the
     client retries after 2, 4, 8... seconds: on this machine a 50-request batch at 4 in flight took twice as long
-    as the same requests one by one (``bench/README.md``). A server of one's own (``PREFECT_API_URL``) is not
-    inspected: its database is not visible from here.
+    as the same requests one by one (``bench/README.md``). A server elsewhere is not inspected: its database is not
+    visible from here.
     """
+    from urllib.parse import urlsplit
+
     from prefect.settings import get_current_settings
 
     current = get_current_settings()
-    if max_in_flight <= 1 or current.api.url:
+    if max_in_flight <= 1:
         return None
     url = current.server.database.connection_url
     if url is None or not url.get_secret_value().startswith("sqlite"):
         return None
+    if not current.api.url:
+        where = "Prefect's embedded server, whose database is SQLite"
+    elif urlsplit(current.api.url).hostname in ("127.0.0.1", "localhost", "::1"):
+        where = f"the Prefect server at {current.api.url}, whose database is SQLite (this profile's)"
+    else:
+        return None
     return (
-        f"{max_in_flight} requests in flight on Prefect's embedded server, whose database is SQLite: concurrent "
+        f"{max_in_flight} requests in flight on {where}: concurrent "
         "runs get 'database is locked' answers that are retried after 2, 4, 8... s, which can make the batch slower "
         "than one request at a time. Start a Prefect server on PostgreSQL and set PREFECT_API_URL (see "
         "deployments/README.md), or pass --max-in-flight 1."

@@ -54,7 +54,9 @@ def register(subparsers: Any) -> None:
         metavar="URL",
         help="where to write the results JSONL (default {storage}/batches/{flow run id}/results.jsonl)",
     )
-    batch.add_argument("--json", action="store_true", help="print only the batch summary as JSON on stdout")
+    from flows.cli import add_output_options
+
+    add_output_options(batch)
     batch.set_defaults(func=cmd_batch)
 
     plan = subparsers.add_parser(
@@ -118,14 +120,22 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if settings.catalog is not None and not Path(settings.catalog).is_file():
         error("batch", f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
         return EXIT_USAGE
+    from prefect import tags
+
     from flows.batch import sqlite_concurrency_warning
+    from flows.cli import progress_mode
+    from flows.progress import progress_view
     from flows.request import prefect_run_settings
 
     warning = sqlite_concurrency_warning(args.max_in_flight or settings.batch_max_in_flight)
     if warning:
         error("batch", f"warning: {warning}")
     try:
-        with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
+        with (
+            prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json),
+            progress_view(mode=progress_mode(args), batch=True),
+            tags("hugginggpt"),
+        ):
             summary: BatchSummary = run_batch(
                 url,
                 storage=args.storage,
@@ -137,7 +147,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         error("batch", str(exc))
         return EXIT_USAGE
     if args.json:
-        print(summary.model_dump_json(indent=2))
+        from flows.cli import dump_json
+
+        print(dump_json(summary.model_dump(mode="json")))
     else:
         print_batch(summary)
     return EXIT_OK if summary.status == "completed" else EXIT_FAILED
@@ -146,20 +158,28 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def print_batch(summary: Any) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from flows.batch import table_rows
+    from flows.progress import safe_text
 
-    console = Console()
+    console = Console(highlight=False)
     table = Table(title=f"Batch {summary.requests_url}")
     for col in ("line", "id", "status", "plan", "answer or error"):
         table.add_column(col, overflow="fold")
     for row in table_rows(summary.records):
         style = {"completed": "green", "failed": "red", "invalid": "yellow"}.get(row["status"], "")
-        table.add_row(row["line"], row["id"], f"[{style}]{row['status']}[/]", row["plan"], row["answer or error"])
+        table.add_row(
+            *(Text(safe_text(row[c])) for c in ("line", "id")),
+            Text(row["status"], style=style),
+            *(Text(safe_text(row[c])) for c in ("plan", "answer or error")),
+        )
     console.print(table)
     console.print(
-        f"{summary.completed} completed, {summary.failed} failed, {summary.invalid} invalid of {summary.lines} "
-        f"line(s) in {summary.seconds:.1f} s; {summary.plans_cached} line(s) reused a plan "
-        f"({summary.planning_calls} planning call(s) for {summary.plan_groups} shared request(s))"
+        Text(
+            f"{summary.completed} completed, {summary.failed} failed, {summary.invalid} invalid of {summary.lines} "
+            f"line(s) in {summary.seconds:.1f} s; {summary.plans_cached} line(s) reused a plan "
+            f"({summary.planning_calls} planning call(s) for {summary.plan_groups} shared request(s))"
+        )
     )
-    console.print(f"[dim]batch run {summary.flow_run_id} · results {summary.results_uri}[/]")
+    console.print(Text(safe_text(f"batch run {summary.flow_run_id} · results {summary.results_uri}"), style="dim"))

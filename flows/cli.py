@@ -2,9 +2,10 @@
 
     hugginggpt run "Describe photo.jpg, then read the description aloud" --input photo.jpg
 
-Progress (plan, model choices, each node finishing) is logged live to stderr by
-Prefect; the answer and the files produced are printed at the end. With
-``--json`` stdout carries only the run summary as JSON.
+Progress (plan, model choices, each node's state) is shown live on stderr (a table redrawn in place on a
+terminal, one line per change otherwise, nothing with ``--quiet``); the answer and the files produced are
+printed at the end. With ``--json`` stdout carries only the run summary as JSON. Text that came from a model or
+the LLM is shown as text: rich markup and escape sequences in it are never interpreted.
 """
 
 from __future__ import annotations
@@ -62,6 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     register_batch(sub)
     register_models(sub)
 
+    chat = sub.add_parser(
+        "chat",
+        help="talk with HuggingGPT: one request per line, earlier turns as context",
+        description="An interactive session: each line you type is one request (one flow run tagged with the "
+        "session); the last turns (--history, HUGGINGGPT_CHAT_HISTORY) are its history and the files they produced "
+        "are its inputs. Reads stdin line by line (a pipe works too); 'exit' or end of input ends it.",
+    )
+    add_inputs(chat)
+    chat.add_argument(
+        "--model", "-m", dest="models", action="append", default=[], metavar="TASK=MODEL_ID", help="pin a model"
+    )
+    for add in (add_storage, add_catalog, add_llm_model, add_device):
+        add(chat)
+    chat.add_argument(
+        "--history", type=int, metavar="TURNS", help="earlier turns each request sees (HUGGINGGPT_CHAT_HISTORY)"
+    )
+    _add_run_options(chat)
+
     resume = sub.add_parser(
         "resume",
         help="finish an earlier run that failed or crashed",
@@ -80,7 +99,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-ttl", type=float, metavar="SECONDS", help="reuse only outputs younger than this (HUGGINGGPT_CACHE_TTL)"
     )
+    add_output_options(parser)
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print only the run summary as JSON on stdout")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr, only the result")
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    """``quiet`` (--quiet), ``live`` (a terminal, without --json) or ``plain`` (one line per change)."""
+    if getattr(args, "quiet", False):
+        return "quiet"
+    return "live" if not args.json and sys.stderr.isatty() else "plain"
 
 
 def run_options(args: argparse.Namespace) -> Any:
@@ -116,55 +147,156 @@ def load_plan_file(path: str) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from models_catalog.catalog import CatalogError
-    from tasks.availability import Availability
-    from tasks.plan import validate_plan
-    from tasks.schemas import PlanNode
-    from tasks.select import SelectionError, check_pins, parse_pins
     from tasks.settings import LLMNotConfiguredError
 
     try:
         settings = _settings(args)
     except ValidationError as exc:
         return config_error(None, exc)
-    plan: list[PlanNode] | None = None
-    if args.plan:
-        try:
-            nodes, _ = validate_plan(load_plan_file(args.plan), inputs=args.inputs, request=args.request)
-        except (OSError, ValueError) as exc:  # PlanValidationError is a ValueError
-            error(None, f"plan {args.plan}: {exc}")
-            return EXIT_USAGE
-        plan = nodes
-    else:
+    problem = validate_request_options(settings, args.inputs)
+    pins = None
+    if problem is None:
+        pins, problem = validated_pins(settings, args.models)
+    plan = None
+    if problem is None and args.plan:
+        plan, problem = validated_plan_file(args.plan, args.inputs, args.request)
+    if problem is None and plan is None:
         try:
             settings.require_llm()
         except LLMNotConfiguredError as exc:
-            error(None, str(exc))
-            return EXIT_USAGE
-    try:
-        pins = parse_pins(args.models)
-    except SelectionError as exc:
-        error(None, str(exc))
-        return EXIT_USAGE
-    missing = [p for p in args.inputs if "://" not in p and not Path(p).expanduser().is_file()]
-    if missing:
-        error(None, f"input file(s) not found: {', '.join(missing)}")
-        return EXIT_USAGE
-    from tasks.inputs import InputPolicy, refused_inputs
-
-    refused = refused_inputs(args.inputs, InputPolicy.from_settings(settings))
-    if refused:
-        error(None, "; ".join(refused))
-        return EXIT_USAGE
-    if settings.catalog is not None and not Path(settings.catalog).is_file():
-        error(None, f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)")
-        return EXIT_USAGE
-    try:
-        pins = check_pins(pins, Availability(settings))
-    except (SelectionError, CatalogError) as exc:
-        error(None, str(exc))
+            problem = str(exc)
+    if problem is not None or pins is None:
+        error(None, problem or "invalid --model")
         return EXIT_USAGE
     return _execute(args, settings, args.request, list(args.inputs), pins, plan=plan)
+
+
+def validate_request_options(settings: Any, inputs: Sequence[str]) -> str | None:
+    """What is wrong with the catalog file or the inputs of a request, checked before any LLM call; ``None``
+    when nothing is."""
+    from tasks.inputs import InputPolicy, refused_inputs
+
+    if settings.catalog is not None and not Path(settings.catalog).is_file():
+        return f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)"
+    missing = [p for p in inputs if "://" not in p and not Path(p).expanduser().is_file()]
+    if missing:
+        return f"input file(s) not found: {', '.join(missing)}"
+    refused = refused_inputs(list(inputs), InputPolicy.from_settings(settings))
+    return "; ".join(refused) if refused else None
+
+
+def validated_pins(settings: Any, models: Sequence[str]) -> tuple[dict[str, str] | None, str | None]:
+    """The ``--model`` pins as ``{task: model id}``, each one a model that can run under these settings
+    (:func:`tasks.select.check_pins`); or the problem."""
+    from models_catalog.catalog import CatalogError
+    from tasks.availability import Availability
+    from tasks.select import SelectionError, check_pins, parse_pins
+
+    try:
+        pins = parse_pins(list(models))
+        return (check_pins(pins, Availability(settings)) if pins else pins), None
+    except (SelectionError, CatalogError) as exc:
+        return None, str(exc)
+
+
+def validated_plan_file(path: str, inputs: Sequence[str], request: str) -> tuple[list[Any] | None, str | None]:
+    """The nodes of a ``--plan`` file, validated against the request's inputs; or the problem."""
+    from tasks.plan import validate_plan
+
+    try:
+        nodes, _ = validate_plan(load_plan_file(path), inputs=list(inputs), request=request)
+    except (OSError, ValueError) as exc:  # PlanValidationError is a ValueError
+        return None, f"plan {path}: {exc}"
+    return nodes, None
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from flows.chat import ChatSession
+    from tasks.schemas import RunSummary
+    from tasks.settings import LLMNotConfiguredError
+
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        return config_error("chat", exc)
+    problem = validate_request_options(settings, args.inputs)
+    pins = None
+    if problem is None:
+        pins, problem = validated_pins(settings, args.models)
+    if problem is None:
+        try:
+            settings.require_llm()
+        except LLMNotConfiguredError as exc:
+            problem = str(exc)
+    if problem is None and args.history is not None and args.history < 0:
+        problem = "--history must be 0 or more"
+    if problem is not None or pins is None:
+        error("chat", problem or "invalid --model")
+        return EXIT_USAGE
+
+    def run_turn(
+        request: str, inputs: list[str], turn_pins: dict[str, str], history: list[Any], tags: list[str]
+    ) -> Any:
+        result = run_flow(
+            settings,
+            request,
+            inputs,
+            turn_pins,
+            mode=progress_mode(args),
+            quiet_logs=args.json,
+            storage=args.storage,
+            catalog=args.catalog,
+            history=history,
+            options=run_options(args),
+            tags=tags,
+        )
+        return result if isinstance(result, RunSummary) else RunSummary(request=request, status="failed", error=result)
+
+    session = ChatSession(
+        storage=args.storage,
+        catalog=args.catalog,
+        history_turns=settings.chat_history if args.history is None else args.history,
+        inputs=args.inputs,
+        models=pins,
+        runner=run_turn,
+    )
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
+        error("chat", f"session {session.session_id}: one request per line; 'exit' or Ctrl-D ends")
+    failed = 0
+    while True:
+        try:
+            line = input("you> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("exit", "quit", "/exit", "/quit"):
+            break
+        try:
+            summary = session.ask(text)
+        except PrefectUnreachableError as exc:
+            error("chat", str(exc))
+            return EXIT_USAGE
+        failed += summary.status != "completed"
+        if args.json:
+            print(escape_json_line(summary_json(summary)), flush=True)
+        else:
+            print_summary(summary)
+    error("chat", f"session {session.session_id}: {len(session.turns)} turn(s), {failed} failed")
+    return EXIT_OK if not failed else EXIT_FAILED
+
+
+def escape_json_line(document: Any) -> str:
+    """One line of JSON for stdout (JSON Lines), control characters escaped."""
+    from flows.progress import escape_json_text
+
+    return escape_json_text(json.dumps(document, ensure_ascii=False))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -201,12 +333,70 @@ def _execute(
     plan: list[Any] | None = None,
     resume_from: str | None = None,
 ) -> int:
-    from flows.request import hugginggpt_request, prefect_run_settings, summary_of
-    from flows.temporary_server import start_temporary_server, temporary_server_notice
     from tasks.schemas import RunSummary
 
     try:
-        with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
+        summary = run_flow(
+            settings,
+            request,
+            inputs,
+            pins,
+            mode=progress_mode(args),
+            quiet_logs=args.json,
+            storage=args.storage,
+            catalog=args.catalog,
+            history=history,
+            plan=plan,
+            resume_from=resume_from,
+            options=run_options(args),
+        )
+    except PrefectUnreachableError as exc:
+        error(None, str(exc))
+        return EXIT_USAGE
+    if not isinstance(summary, RunSummary):
+        error(None, summary)
+        return EXIT_FAILED
+    if args.json:
+        print(dump_json(summary_json(summary)))
+    else:
+        print_summary(summary)
+    return EXIT_OK if summary.status == "completed" else EXIT_FAILED
+
+
+class PrefectUnreachableError(RuntimeError):
+    """The Prefect API could not be reached; the message says what to set."""
+
+
+def run_flow(
+    settings: Any,
+    request: str,
+    inputs: list[str],
+    pins: dict[str, str],
+    *,
+    mode: str,
+    quiet_logs: bool = False,
+    storage: str | None = None,
+    catalog: str | None = None,
+    history: list[Any] | None = None,
+    plan: list[Any] | None = None,
+    resume_from: str | None = None,
+    options: Any = None,
+    tags: Sequence[str] = (),
+) -> Any:
+    """Run one request flow in this process, its progress shown in ``mode``; the :class:`RunSummary`, or a
+    message saying why the run has none. Raises :class:`PrefectUnreachableError`."""
+    from prefect import tags as prefect_tags
+
+    from flows.progress import progress_view
+    from flows.request import hugginggpt_request, prefect_run_settings, summary_of
+    from flows.temporary_server import start_temporary_server, temporary_server_notice
+
+    try:
+        with (
+            prefect_run_settings(heartbeats=settings.heartbeats, quiet=quiet_logs),
+            progress_view(mode=mode),
+            prefect_tags("hugginggpt", *tags),
+        ):
             if (started := start_temporary_server()) is not None:
                 error(None, temporary_server_notice(started))
             state = hugginggpt_request(
@@ -214,27 +404,21 @@ def _execute(
                 inputs=inputs,
                 models=pins,
                 history=history or [],
-                storage=args.storage,
-                catalog=args.catalog,
+                storage=storage,
+                catalog=catalog,
                 plan=plan,
                 resume_from=resume_from,
-                options=run_options(args),
+                options=options,
                 return_state=True,
             )
     except Exception as exc:
         if not _is_prefect_api_error(exc):
             raise
-        error(None, prefect_api_hint(exc))
-        return EXIT_USAGE
+        raise PrefectUnreachableError(prefect_api_hint(exc)) from None
     summary = summary_of(state)
-    if not isinstance(summary, RunSummary):
-        error(None, f"the run ended {state.name} without a summary: {summary}")
-        return EXIT_FAILED
-    if args.json:
-        print(json.dumps(summary_json(summary), indent=2, ensure_ascii=False))
-    else:
-        print_summary(summary)
-    return EXIT_OK if summary.status == "completed" else EXIT_FAILED
+    if summary is None:
+        return f"the run ended {state.name} without a summary: {state.message}"
+    return summary
 
 
 def _is_prefect_api_error(exc: BaseException) -> bool:
@@ -263,44 +447,63 @@ def summary_json(summary: Any) -> dict[str, Any]:
     return summary.model_dump(mode="json")
 
 
-def print_summary(summary: Any) -> None:
+def dump_json(document: Any) -> str:
+    """JSON for stdout: every control character escaped, so none reaches a terminal."""
+    from flows.progress import escape_json_text
+
+    return escape_json_text(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+_STATUS_STYLES = {"completed": "green", "cached": "magenta", "failed": "red", "skipped": "yellow"}
+
+
+def print_summary(summary: Any, console: Any = None) -> None:
+    """The run for people: its error (once), the table of tasks, the answer, the files. Everything that came
+    from a model, the LLM or the user is printed as plain text (:func:`flows.progress.safe_text`), never as
+    markup."""
     from rich.console import Console
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    from flows.progress import safe_text
+    from tasks.report import node_rows
+
+    console = console or Console(highlight=False)
     if summary.error:
-        console.print(f"[bold red]Error:[/] {summary.error}")
+        error(None, safe_text(summary.error, one_line=True))
     if summary.plan:
         table = Table(title="Tasks", show_lines=False)
         for col in ("node", "depends on", "model", "status", "seconds", "output"):
             table.add_column(col, overflow="fold")
-        from tasks.report import node_rows
-
         for row in node_rows(summary, short_files=True):
-            style = {"completed": "green", "failed": "red", "skipped": "yellow"}.get(row["status"], "")
             table.add_row(
-                row["node"],
-                row["depends on"],
-                row["model"],
-                f"[{style}]{row['status']}[/]" if style else row["status"],
-                row["seconds"],
-                row["output"],
+                *(Text(safe_text(row[c])) for c in ("node", "depends on", "model")),
+                Text(row["status"], style=_STATUS_STYLES.get(row["status"], "")),
+                Text(row["seconds"]),
+                Text(safe_text(row["output"])),
             )
         console.print(table)
-    title = (
-        "Answer" if summary.answer_source != "fallback" else "Answer (built from the results; the LLM could not answer)"
-    )
-    console.print(Panel(summary.answer or "(none)", title=title, expand=True))
+    if summary.answer and not (summary.error and not summary.results):
+        # a request that failed before any task ran has no answer beyond its error, said above
+        fallback = summary.answer_source == "fallback"
+        title = "Answer (built from the results; the LLM could not answer)" if fallback else "Answer"
+        console.print(Panel(Text(safe_text(summary.answer)), title=title, expand=True))
     files = [(r.task, r.id, k, v) for r in summary.results for k, v in r.outputs.items() if k != "text"]
     if files:
-        console.print("[bold]Files:[/]")
+        console.print(Text("Files:", style="bold"))
         for task, node_id, modality, uri in files:
-            console.print(f"  {task}#{node_id} {modality}: {uri}")
+            console.print(Text(safe_text(f"  {task}#{node_id} {modality}: {uri}", one_line=True)))
     console.print(
-        f"[dim]run {summary.flow_run_id} · storage {summary.storage_uri} · LLM {summary.llm.calls} call(s), "
-        f"{summary.llm.prompt_tokens}+{summary.llm.completion_tokens} tokens · "
-        f"{summary.timings.get('total', 0.0):.1f} s[/]"
+        Text(
+            safe_text(
+                f"run {summary.flow_run_id} · storage {summary.storage_uri} · LLM {summary.llm.calls} call(s), "
+                f"{summary.llm.prompt_tokens}+{summary.llm.completion_tokens} tokens · "
+                f"{summary.timings.get('total', 0.0):.1f} s",
+                one_line=True,
+            ),
+            style="dim",
+        )
     )
 
 
@@ -312,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "resume":
             return cmd_resume(args)
+        if args.command == "chat":
+            return cmd_chat(args)
         if args.command in ("eval", "batch", "plan", "models", "catalog"):
             return args.func(args)
     except KeyboardInterrupt:

@@ -26,20 +26,23 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, Field
 
+from flows import progress
 from models_catalog.catalog import CatalogError
 from tasks.availability import Availability
-from tasks.execute import node_folder, run_node
+from tasks.execute import node_folder, node_tags, run_node
 from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.prefetch import prefetch_models, start_candidate_downloads
-from tasks.report import artifact_key, node_rows, summary_markdown
+from tasks.report import artifact_key, browser_link, node_rows, summary_markdown
 from tasks.respond import respond_task
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, resolve_storage, store_for, without_credentials
 from tasks.task_types import TASK_TYPES
+
+progress.tidy_run_logs()
 
 MAX_REQUEST_CHARS = 20_000
 EPHEMERAL_STARTUP_SECONDS = 90
@@ -75,9 +78,23 @@ def summary_of(state: State) -> RunSummary | None:
     return value if isinstance(value, RunSummary) else None
 
 
+def request_run_name(request: str, suffix: str | None = None) -> str:
+    """A flow-run name for ``request``: its start, and a short suffix that tells repeated requests apart
+    (``Caption photo.jpg · 3fa2c1d0``). Give it to ``run_deployment(flow_run_name=...)`` so a deployed run has
+    its name from the moment it is created."""
+    text = " ".join(str(request).split())
+    text = (text[:57] + "...") if len(text) > 60 else (text or "empty request")
+    return f"{text} · {suffix or uuid.uuid4().hex[:8]}"
+
+
 def _run_name() -> str:
-    request = str(flow_run.parameters.get("request", "")).strip().replace("\n", " ")
-    return (request[:60] + "...") if len(request) > 60 else (request or "empty request")
+    """The run's name: the one it was created with when that is already this request's (``run_deployment`` with
+    :func:`request_run_name`), else the request and the start of the run's id."""
+    request = str(flow_run.parameters.get("request", ""))
+    current = str(flow_run.name or "")
+    if current.startswith(request_run_name(request, "-")[:-1]):
+        return current
+    return request_run_name(request, str(flow_run.id or "")[:8] or None)
 
 
 def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
@@ -87,13 +104,27 @@ def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
         value = state.result(raise_on_failure=False)
     except Exception as exc:  # the result itself could not be read
         value = exc
+    if state.is_cancelled():  # a skipped node: Prefect calls no state hook for it
+        progress.emit(progress.NodeEvent(str(flow_run.id), node.name, "skipped", detail=state.message or ""))
     if isinstance(value, NodeResult):
         return value
     return NodeResult(id=node.id, task=node.task, status="failed", error=f"task run ended {state.name}: {value}")
 
 
-def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
-    """summary.json beside the run's files, and the markdown and table artifacts."""
+def artifact_scope(flow_kind: str = "request") -> str:
+    """The stem of this run's artifact keys: one per flow (``hugginggpt-request``, ``hugginggpt-batch``), or per
+    deployment when deployed, never per run, so the UI keeps each key's history (every run's artifact under the
+    same key, the run named in its description)."""
+    from prefect.runtime import deployment
+
+    name = deployment.name
+    return artifact_key("hugginggpt", str(name) if name else flow_kind)
+
+
+def _publish(summary: RunSummary, store: ArtifactStore | None, *, presign_seconds: int = 0) -> None:
+    """summary.json beside the run's files, and the markdown, table and link artifacts. With ``presign_seconds``,
+    files on object storage that can sign (S3) are linked by presigned URLs valid that long, which the browser
+    can open and show; a presigned URL holds the storage's access key id and grants read access to that file."""
     log = get_run_logger()
     if store is not None:
         try:
@@ -102,35 +133,45 @@ def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
             log.error("could not store summary.json: %s", exc)
             summary.error = (summary.error + "; " if summary.error else "") + str(exc)
     run = summary.flow_run_id or "local"
+    scope = artifact_scope()
+    about = f"run {run}: {summary.request[:80]}"
+    files = [uri for r in summary.results for modality, uri in r.outputs.items() if modality != "text"]
+    links: dict[str, str] = {}
+    fetchable: set[str] = set()
+    for uri in files:
+        signer = store.fs if store is not None and presign_seconds > 0 else None
+        links[uri], can_fetch = browser_link(uri, signer, expires=presign_seconds)
+        if can_fetch:
+            fetchable.add(uri)
     create_markdown_artifact(
-        key=artifact_key("hugginggpt", run, "summary"),
-        markdown=summary_markdown(summary),
-        description=f"HuggingGPT summary: {summary.request[:80]}",
+        key=artifact_key(scope, "summary"),
+        markdown=summary_markdown(summary, links, frozenset(fetchable)),
+        description=f"HuggingGPT summary of {about}",
     )
-    rows = node_rows(summary)
+    rows = [{k: v for k, v in row.items() if k != "task"} for row in node_rows(summary, links=links)]  # in the name
     if rows:
         create_table_artifact(
-            key=artifact_key("hugginggpt", run, "nodes"),
+            key=artifact_key(scope, "nodes"),
             table=rows,
-            description="One row per plan node",
+            description=f"One row per plan node of {about}",
         )
     for result in summary.results:
         for modality, uri in result.outputs.items():
-            if modality != "text" and "://" in uri:
+            if modality != "text" and uri in links:
                 create_link_artifact(
-                    key=artifact_key("hugginggpt", run, f"node{result.id}", modality),
-                    link=uri,
+                    key=artifact_key(scope, result.task, modality),
+                    link=links[uri],
                     link_text=f"{result.task}#{result.id} {modality}",
-                    description=f"{modality} output of {result.task}#{result.id}",
+                    description=f"{modality} output of {result.task}#{result.id}, {about}",
                 )
 
 
-def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float) -> RunSummary | State:
+def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float, settings: Settings) -> RunSummary | State:
     summary.timings["total"] = time.perf_counter() - t_start
     failed = [r for r in summary.results if r.status != "completed"]
     if summary.error or failed:
         summary.status = "failed"
-    _publish(summary, store)
+    _publish(summary, store, presign_seconds=settings.presign_seconds)
     if summary.status == "failed":
         reason = summary.error or f"{len(failed)} of {len(summary.results)} task(s) did not complete: " + "; ".join(
             f"{r.task}#{r.id} {r.status}: {r.error}" for r in failed
@@ -221,13 +262,13 @@ def hugginggpt_request(
         summary.error = str(exc)
         summary.answer = f"The request could not be completed: {exc}"
         summary.answer_source = "fallback"
-        return _finish(summary, store, t_start)
+        return _finish(summary, store, t_start, settings)
     summary.answer = response.answer
     summary.answer_source = response.source
     summary.answer_error = response.error
     summary.llm = summary.llm + response.usage
     log.info("answer (%s): %s", response.source, response.answer)
-    return _finish(summary, store, t_start)
+    return _finish(summary, store, t_start, settings)
 
 
 def _pins(settings: Settings, models: Mapping[str, str] | None, prior: PriorRun | None) -> dict[str, str]:
@@ -342,6 +383,7 @@ def _run_stages(
     summary.candidate_checks = selection.checks if selection else []
     for a in assignments:
         log.info("%s#%d -> %s (%s)", a.task, a.node_id, a.model, a.reason)
+    progress.planned(str(flow_run.id), str(flow_run.name or ""), nodes, assignments)
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
     prefetch_models(settings, assignments)  # every node's model downloads and loads while upstream nodes run
@@ -361,6 +403,17 @@ def _run_stages(
     response = respond_task(settings, request, nodes, assignments, summary.results, history)
     summary.timings["respond"] = time.perf_counter() - t0
     return response
+
+
+def node_task_options(settings: Settings, node: PlanNode, assignment: Assignment | None) -> dict[str, Any]:
+    """A node task run's tags (task type, model, backend), its retries of transient failures
+    (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the progress views."""
+    return {
+        "tags": node_tags(node, assignment),
+        "retries": settings.node_retries,
+        "retry_delay_seconds": settings.node_retry_wait,
+        **progress.NODE_STATE_HOOKS,
+    }
 
 
 def _describe(node: PlanNode) -> str:
@@ -390,7 +443,10 @@ def execute_graph(
     with task_runner_for(settings) as runner:
         for node in nodes:  # nodes are in dependency order
             node_task = run_node.with_options(
-                name=node.name, task_run_name=node.name, persist_result=settings.persist_results
+                name=node.name,
+                task_run_name=node.name,
+                persist_result=settings.persist_results,
+                **node_task_options(settings, node, by_node.get(node.id)),
             )
             futures[node.id] = runner.submit(
                 node_task,
@@ -424,6 +480,9 @@ def prefect_run_settings(*, heartbeats: bool = False, quiet: bool = False) -> It
         updates["server.ephemeral.startup_timeout_seconds"] = EPHEMERAL_STARTUP_SECONDS
     if quiet:
         updates["logging.level"] = "WARNING"
+    if not get_current_settings().api.url:
+        # the embedded server's telemetry task prints a traceback to the terminal when it cannot send (offline)
+        updates["server.analytics_enabled"] = False
     with temporary_settings(updates=updates):
         yield
 

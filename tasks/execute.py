@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 
 from tasks.availability import chooser_for, remote_backend_for
 from tasks.experts.base import Audio, ExpertBackend, ExpertError, ExpertOutput
@@ -305,12 +306,44 @@ def backend_for(settings: Settings) -> ExpertBackend:
 # the Prefect task
 # ---------------------------------------------------------------------------
 def _task_run_key(ctx: Any, inputs: dict[str, Any]) -> str:
-    """One result record per task run: persisted task results are never read back as a cache (outputs are
-    reused through :mod:`tasks.result_cache`, which never keeps failures)."""
-    return f"hugginggpt-node-{ctx.task_run.id}"
+    """One result record per task run attempt: persisted task results are never read back as a cache (outputs
+    are reused through :mod:`tasks.result_cache`, which never keeps failures), not even by a retry."""
+    return f"hugginggpt-node-{ctx.task_run.id}-{ctx.task_run.run_count}"  # a retry is not a cache hit
 
 
-@task(name="run-node", cache_key_fn=_task_run_key)
+_TRANSIENT = re.compile(
+    r"timed? ?out|timeout|connection|connect|temporar|unavailable|too many requests|rate.?limit|reset by peer"
+    r"|\b(?:429|500|502|503|504)\b",
+    re.IGNORECASE,
+)
+
+
+def is_transient(result: NodeResult) -> bool:
+    """Whether a failed node failed for a reason that may pass (a timeout, a refused or reset connection, a 429 or
+    5xx answer, a storage hiccup): worth a Prefect retry. Bad inputs, missing models and model errors are not."""
+    errors = [result.error or ""] + [a.error or "" for a in result.attempts if not a.skipped]
+    return result.status == "failed" and any(_TRANSIENT.search(e) for e in errors if e)
+
+
+def retry_transient(task: Any, task_run: Any, state: State) -> bool:
+    """Prefect's ``retry_condition_fn`` of :func:`run_node`: retry only a node that failed transiently."""
+    value = state.data
+    value = getattr(value, "result", value)  # a persisted result record holds the result
+    if isinstance(value, NodeResult):
+        return is_transient(value)
+    return False  # an exception out of the task is a bug, not a passing condition
+
+
+def node_tags(node: PlanNode, assignment: Assignment | None) -> set[str]:
+    """The tags of a node's task run (``task:image-to-text``, ``model:...``, ``backend:local``): a tag-based
+    concurrency limit (``prefect concurrency-limit create model:big/model 1``) then bounds them."""
+    tags = {"hugginggpt", f"task:{node.task}"}
+    if assignment is not None:
+        tags |= {f"model:{assignment.model}", f"backend:{assignment.backend}"}
+    return tags
+
+
+@task(name="run-node", cache_key_fn=_task_run_key, retry_condition_fn=retry_transient)
 def run_node(
     node: PlanNode,
     assignment: Assignment | None,
@@ -322,8 +355,9 @@ def run_node(
 ) -> State:
     """Prefect task: one plan node.
 
-    Ends Completed; Completed named Cached when it reused earlier outputs; Completed named Skipped when an
-    upstream node did not complete; or Failed with its result as data.
+    Ends Completed; Completed named Cached when it reused earlier outputs; Cancelled named Skipped when an
+    upstream node did not complete (never ran: grey in the UI, not green); or Failed with its result as data
+    (retried by Prefect, with ``retries`` set, when :func:`is_transient`).
     """
     log = get_run_logger()
     store = store_for(settings, run_id)
@@ -361,7 +395,7 @@ def run_node(
         return Completed(data=result, message=f"{node.name} completed")
     if result.status == "skipped":
         log.warning("%s %s", node.name, result.error)
-        return Completed(data=result, name="Skipped", message=result.error)
+        return Cancelled(data=result, name="Skipped", message=result.error)
     log.error("%s failed: %s", node.name, result.error)
     return Failed(data=result, message=result.error)
 

@@ -157,7 +157,7 @@ class LLMClient:
             )
         if isinstance(exc, openai.APIConnectionError):
             return LLMUnavailableError(
-                f"could not reach {where}: {self._short(exc)}. Set OPENAI_BASE_URL to a reachable "
+                f"could not reach {where}: {self._short(exc).rstrip('.')}. Set OPENAI_BASE_URL to a reachable "
                 "OpenAI-compatible server (or unset it and set OPENAI_API_KEY to use OpenAI)"
             )
         if isinstance(exc, openai.AuthenticationError):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from tasks.schemas import RunSummary
 
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
+_CELL_CHARS = 60
 
 
 def artifact_key(*parts: str) -> str:
@@ -15,8 +19,43 @@ def artifact_key(*parts: str) -> str:
     return _KEY_BAD.sub("-", key).strip("-")[:200]
 
 
-def node_rows(summary: RunSummary, *, short_files: bool = False) -> list[dict[str, str]]:
-    """One row per plan node; ``short_files`` shows stored files by name only (their full URIs are listed apart)."""
+def browser_link(uri: str, fs: Any = None, *, expires: int = 3600) -> tuple[str, bool]:
+    """Where a stored file can be opened from a browser, and whether a page (the Prefect UI) can fetch it.
+
+    http(s) URLs as they are; object storage that can sign (s3fs, gcsfs) as a presigned URL; a local file as a
+    ``file://`` URL, which a browser opens only from the same machine and a web page cannot fetch. Without ``fs``,
+    nothing is signed.
+    """
+    if uri.startswith(("http://", "https://")):
+        return uri, True
+    if "://" not in uri:
+        return Path(uri).expanduser().resolve().as_uri(), False
+    if uri.startswith("file://"):
+        return uri, False
+    if fs is not None:
+        try:
+            signed = fs.sign(uri, expiration=expires)
+        except Exception:  # NotImplementedError for most file systems, no credentials to sign with, ...
+            signed = None
+        if isinstance(signed, str) and signed.startswith(("http://", "https://")):
+            return signed, True
+    return uri, False
+
+
+def _link_text(text: str) -> str:
+    return re.sub(r"([\[\]()\\`*_|<>])", r"\\\1", text)
+
+
+def _clip(text: str, limit: int = _CELL_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def node_rows(
+    summary: RunSummary, *, short_files: bool = False, links: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """One row per plan node. ``short_files`` shows stored files by name only (their full URIs are listed apart);
+    ``links`` (URI -> URL) makes them markdown links, for the artifacts; long text is clipped there too."""
     by_id = {a.node_id: a for a in summary.assignments}
     rows = []
     for node in summary.plan:
@@ -25,20 +64,28 @@ def node_rows(summary: RunSummary, *, short_files: bool = False) -> list[dict[st
         output = ""
         if r is not None:
             if r.ok:
-                shown = {k: (v.rsplit("/", 1)[-1] if short_files and k != "text" else v) for k, v in r.outputs.items()}
-                output = "; ".join(f"{k}: {v}" for k, v in shown.items())
+                shown = []
+                for k, v in r.outputs.items():
+                    if k == "text":
+                        shown.append(f"{k}: {_clip(v) if links is not None else v}")
+                    elif links is not None:
+                        shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links.get(v, v)})")
+                    else:
+                        shown.append(f"{k}: {v.rsplit('/', 1)[-1] if short_files else v}")
+                output = "; ".join(shown)
                 if r.cached:
-                    output += f" (reused from run {r.reused_from})"
+                    run = r.reused_from or ""
+                    output += f" (reused from run {run[:8] if links is not None else run})"
             else:
-                output = r.error or ""
+                output = _clip(r.error or "") if links is not None else r.error or ""
         rows.append(
             {
                 "node": node.name,
                 "task": node.task,
-                "depends on": ", ".join(str(d) for d in node.dep) or "-",
-                "model": a.model if a else "-",
-                "status": r.status if r else "not run",
-                "seconds": f"{r.seconds:.2f}" if r else "-",
+                "depends on": ", ".join(str(d) for d in node.dep) or "none",
+                "model": a.model if a else "no model",
+                "status": ("cached" if r.cached else r.status) if r else "not run",
+                "seconds": f"{r.seconds:.2f}" if r else "",
                 "output": output,
             }
         )
@@ -49,18 +96,32 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def summary_markdown(summary: RunSummary) -> str:
+def summary_markdown(
+    summary: RunSummary, links: Mapping[str, str] | None = None, fetchable: frozenset[str] = frozenset()
+) -> str:
+    """The run as markdown. ``links`` (URI -> URL) turns stored files into links; images whose URL a browser can
+    fetch (``fetchable``) are shown inline."""
+    links = links or {}
     lines = [f"# HuggingGPT run: {summary.status}", "", f"**Request:** {_cell(summary.request)}", ""]
     if summary.inputs:
-        lines += [f"**Inputs:** {', '.join(summary.inputs)}", ""]
+        lines += [f"**Inputs:** {', '.join(_cell(i) for i in summary.inputs)}", ""]
     if summary.error:
         lines += [f"**Error:** {_cell(summary.error)}", ""]
     lines += ["## Answer", "", summary.answer or "(none)", ""]
-    if summary.answer_source == "fallback":
+    if summary.answer_source == "fallback" and not summary.error:
         lines += [
             f"_The LLM could not write the answer ({summary.answer_error}); this one is built from the results._",
             "",
         ]
+    images = [
+        (f"{r.task}#{r.id}", links[uri])
+        for r in summary.results
+        for modality, uri in r.outputs.items()
+        if modality == "image" and uri in links and uri in fetchable
+    ]
+    if images:
+        lines += ["## Images", ""]
+        lines += [f"![{name}]({url})" + "\n\n" + f"_{name}_" + "\n" for name, url in images]
     if summary.plan:
         lines += [
             "## Tasks",
@@ -68,9 +129,9 @@ def summary_markdown(summary: RunSummary) -> str:
             "| node | depends on | model | status | seconds | output |",
             "|---|---|---|---|---|---|",
         ]
-        for row in node_rows(summary):
+        for row in node_rows(summary, links=links):
             lines.append(
-                f"| {row['node']} | {row['depends on']} | {row['model']} | {row['status']} | {row['seconds']} "
+                f"| {row['node']} | {row['depends on']} | {_cell(row['model'])} | {row['status']} | {row['seconds']} "
                 f"| {_cell(row['output'])} |"
             )
         lines.append("")
@@ -86,8 +147,11 @@ def summary_markdown(summary: RunSummary) -> str:
     lines += [
         "## Run",
         "",
+        f"- flow run: `{summary.flow_run_id}`",
         f"- storage: `{summary.storage_uri}`",
         f"- LLM: {llm.calls} call(s), {llm.prompt_tokens} prompt + {llm.completion_tokens} completion tokens",
         "- seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()),
     ]
+    if any(url != uri and url.startswith("http") and not uri.startswith("http") for uri, url in links.items()):
+        lines.append("- file links are presigned and expire (`HUGGINGGPT_PRESIGN_SECONDS`)")
     return "\n".join(lines)

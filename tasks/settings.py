@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         default="hybrid", description="where models run: here, on inference endpoints, or here when possible"
     )
     max_fallbacks: int = Field(default=2, ge=0, description="next-ranked candidates tried when a model fails")
+    node_retries: int = Field(default=0, ge=0, description="Prefect retries of a node that failed transiently")
+    node_retry_wait: float = Field(default=2.0, ge=0, description="seconds before a node's retry")
+    chat_history: int = Field(default=5, ge=0, description="earlier turns a chat sends with each request")
+    presign_seconds: int = Field(
+        default=0, ge=0, description="link files on S3 in the run's artifacts by presigned URLs valid this long"
+    )
     max_local_params: int | None = Field(
         default=None,
         ge=1,

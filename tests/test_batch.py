@@ -286,7 +286,12 @@ def test_batch_command(env: Path, llm, tmp_path: Path, capsys) -> None:
     )
     results = tmp_path / "out" / "results.jsonl"
     assert main(["batch", str(requests), "--results", str(results), "--max-in-flight", "2", "--json"]) == 1
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    # progress: plain lines on stderr, each finished line with the count, a rate and the time left
+    assert re.search(r"line 1 \(one\) completed; lines 2/2 done · [0-9.]+/s · about 0 s left", captured.err), (
+        captured.err
+    )
     assert summary["results_uri"] == str(results) and (summary["completed"], summary["invalid"]) == (1, 1)
     assert [json.loads(x)["status"] for x in results.read_text().splitlines()] == ["completed", "invalid"]
     assert main(["batch", str(tmp_path / "nope.jsonl")]) == 2
@@ -360,3 +365,8 @@ def test_warns_before_concurrent_requests_on_the_embedded_sqlite_server() -> Non
         assert sqlite_concurrency_warning(4) is None
     with temporary_settings(updates={PREFECT_API_URL: "http://prefect:4200/api"}):
         assert sqlite_concurrency_warning(4) is None  # a server of one's own: its database is not visible
+    with temporary_settings(
+        updates={PREFECT_API_URL: "http://127.0.0.1:4200/api", PREFECT_SERVER_DATABASE_CONNECTION_URL: sqlite}
+    ):
+        warning = sqlite_concurrency_warning(4)  # `prefect server start` here, on this profile's SQLite
+        assert warning and "http://127.0.0.1:4200/api" in warning and "SQLite" in warning

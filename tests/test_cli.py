@@ -57,7 +57,20 @@ def test_cli_json_end_to_end(env: Path, llm, sample_files) -> None:
         assert set(r) >= {"id", "task", "model", "status", "outputs", "error", "seconds"}
     wav = Path(results[1]["outputs"]["audio"])
     assert wav.is_file() and wav.is_relative_to(env) and wav.read_bytes()[:4] == b"RIFF"
-    assert "image-to-text#0" in proc.stderr  # live progress went to stderr
+    # progress on stderr, as plain lines (stderr is not a terminal), from the run's own events, in order
+    err = proc.stderr
+    expected = [
+        "image-to-text#0 waiting -> tiny/image-to-text",
+        "image-to-text#0 running",
+        "image-to-text#0 loading",
+        "image-to-text#0 done in ",
+        "text-to-speech#1 running",
+        "text-to-speech#1 done in ",
+    ]
+    positions = [err.find(line) for line in expected]
+    assert -1 not in positions and positions == sorted(positions), err[-3000:]
+    # Prefect's run logs stay in Prefect (its API), off the terminal
+    assert "Beginning flow run" not in err and "Task run 'image-to-text#0'" not in err
 
 
 def test_cli_without_llm_says_what_to_set(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -69,6 +82,66 @@ def test_cli_without_llm_says_what_to_set(monkeypatch: pytest.MonkeyPatch, capsy
     assert "Set OPENAI_API_KEY" in err and "OPENAI_BASE_URL" in err and "Traceback" not in err
 
 
+def _run_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return subprocess.run(
+        [*_command(), *args],
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+HOSTILE_ANSWER = (
+    "Done [/json] and [link=http://attacker.example]click here[/link] [bold red]loud[/] "
+    "\x1b[31mred\x1b]0;owned\x07 \x9b2J \u202eevil"
+)
+
+
+def test_cli_never_interprets_markup_or_escapes_from_the_llm(env: Path, llm) -> None:
+    """Issue 14 item 4: the answer is printed as text, whatever markup or escape sequences it holds."""
+    llm.set(plan='{"tasks": []}', respond=HOSTILE_ANSWER)
+    proc = _run_cli("run", "Say hello [bold]now[/bold]", COLUMNS="400")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "Traceback" not in proc.stderr
+    for literal in ("[/json]", "[link=http://attacker.example]click here[/link]", "[bold red]loud[/]"):
+        assert literal in out
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in out and raw not in proc.stderr
+    assert "\\x1b[31mred" in out and "\\x9b2J" in out  # shown, visibly escaped
+
+    proc = _run_cli("run", "Say hello", "--json")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["answer"] == HOSTILE_ANSWER
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in proc.stdout and raw not in proc.stderr
+
+
+def test_cli_unreachable_llm_one_clear_message(env: Path) -> None:
+    proc = _run_cli(
+        "run", "Summarize this: a b c", OPENAI_BASE_URL="http://127.0.0.1:9/v1", HUGGINGGPT_LLM_MAX_RETRIES="0"
+    )
+    assert proc.returncode == 1
+    both = proc.stdout + proc.stderr
+    assert both.count("could not reach the LLM at http://127.0.0.1:9/v1") == 1, both[-3000:]
+    assert "Connection error. Set OPENAI_BASE_URL" in both and ".." not in both
+    assert "Traceback" not in both and "Answer" not in proc.stdout  # no answer panel claiming results
+
+
+def test_cli_failed_node_prints_no_stray_traceback(env: Path, llm, sample_files) -> None:
+    llm.set(
+        plan=plan_json({"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": "gone.png"}}),
+        respond="It failed.",
+    )
+    proc = _run_cli("run", "Classify gone.png")
+    assert proc.returncode == 1
+    assert "image-classification#0 failed: input file gone.png does not exist" in proc.stderr, proc.stderr[-3000:]
+    assert "NoneType: None" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_cli_unreachable_llm_says_what_to_set(env: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     assert main(["run", "Summarize this: a b c", "--json"]) == 1
@@ -77,11 +150,17 @@ def test_cli_unreachable_llm_says_what_to_set(env: Path, monkeypatch: pytest.Mon
     assert "Set OPENAI_BASE_URL" in out["error"]
 
 
-def test_cli_rejects_missing_input_and_bad_pin(env: Path, llm, capsys) -> None:
+def test_cli_rejects_missing_input_bad_pin_and_bad_plan_before_any_llm_call(env: Path, llm, tmp_path, capsys) -> None:
     assert main(["run", "Describe nothing.png", "--input", "nothing.png"]) == 2
     assert "input file(s) not found: nothing.png" in capsys.readouterr().err
     assert main(["run", "Describe", "--model", "image-to-text"]) == 2
     assert "TASK=MODEL_ID" in capsys.readouterr().err
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("- {id: 0, task: no-such-task, dep: [-1], args: {text: hi}}\n")
+    assert main(["run", "Do it", "--plan", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert f"plan {plan}:" in err and "no-such-task" in err and "Traceback" not in err
+    assert sum(llm.calls.values()) == 0  # nothing reached the LLM
 
 
 def test_cli_human_output_and_exit_code_on_failure(
@@ -111,3 +190,68 @@ def test_cli_unreachable_prefect_api_says_what_to_set(env: Path, llm, capsys) ->
     assert code == 2
     assert "could not reach the Prefect API at http://127.0.0.1:9/api" in err and "PREFECT_API_URL" in err
     assert "Traceback" not in err
+
+
+def test_chat_turns_share_history_and_files(env: Path, llm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hugginggpt chat` on a pipe: each line one flow run tagged with the session; the next turn sees the last
+    HUGGINGGPT_CHAT_HISTORY turns and can use the files they produced."""
+    import asyncio
+    import re
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def transcribe_the_earlier_audio(body: dict) -> str:
+        text = json.dumps(body["messages"])
+        wav = re.search(r"[^\"\s,()]*/audio\.wav", text)
+        assert wav, "the earlier turn's file was not offered to the planner"
+        return plan_json({"id": 0, "task": "automatic-speech-recognition", "dep": [-1], "args": {"audio": wav.group()}})
+
+    llm.set(
+        plan=[
+            plan_json({"id": 0, "task": "text-to-speech", "dep": [-1], "args": {"text": "hello there"}}),
+            transcribe_the_earlier_audio,
+            '{"tasks": []}',
+        ],
+        respond=["Here it is, read aloud.", "It says hello.", "You are welcome."],
+    )
+    turns = "Read 'hello there' aloud\n\nNow transcribe that audio\nThanks a lot\n"
+    from prefect.settings import PREFECT_API_URL
+
+    proc = subprocess.run(
+        [*_command(), "chat", "--json"],
+        input=turns,
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "HUGGINGGPT_CHAT_HISTORY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [s["answer"] for s in summaries] == ["Here it is, read aloud.", "It says hello.", "You are welcome."]
+    wav = summaries[0]["results"][0]["outputs"]["audio"]
+    asr = summaries[1]["results"][0]
+    assert asr["task"] == "automatic-speech-recognition" and asr["status"] == "completed"
+    assert wav in summaries[1]["inputs"]  # the earlier file became an input of the later turn
+    plans = [json.dumps(r["messages"]) for r in llm.stage_requests("plan")]
+    assert "Read 'hello there' aloud" in plans[1]  # history: the previous turn
+    assert "Now transcribe that audio" in plans[2] and "Read 'hello there' aloud" not in plans[2]  # bounded to 1
+    session = re.search(r"session (\w+): 3 turn\(s\), 0 failed", proc.stderr)
+    assert session, proc.stderr[-2000:]
+
+    async def tags_of(ids: list[str]) -> list[set[str]]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+            return [set(r.tags) for r in runs]
+
+    for run_tags in asyncio.run(tags_of([s["flow_run_id"] for s in summaries])):
+        assert {"hugginggpt", f"chat-{session.group(1)}"} <= run_tags
+
+
+def test_cli_quiet_shows_no_progress(env: Path, llm, capsys) -> None:
+    llm.set(plan='{"tasks": []}', respond="Hi.")
+    assert main(["run", "Say hi", "--json"]) == 0
+    assert "plan: no task, the LLM answers directly" in capsys.readouterr().err
+    assert main(["run", "Say hi", "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["answer"] == "Hi." and "plan: no task" not in captured.err

@@ -124,7 +124,18 @@ def test_graph_runs_as_task_runs_with_planned_edges(env: Path, llm, sample_files
     arts = asyncio.run(_artifacts(summary.flow_run_id))
     kinds = {a.type: a for a in arts}
     assert {"markdown", "table"} <= set(kinds)
-    assert kinds["markdown"].key == f"hugginggpt-{summary.flow_run_id}-summary"
+    # keys are stable across runs (the UI keeps their history); the run is in the description
+    by_key = {a.key: a for a in arts}
+    assert {"hugginggpt-request-summary", "hugginggpt-request-nodes", "hugginggpt-request-text-to-speech-audio"} <= set(
+        by_key
+    )
+    kinds = {"markdown": by_key["hugginggpt-request-summary"], "table": by_key["hugginggpt-request-nodes"]}
+    assert summary.flow_run_id in kinds["markdown"].description
+    assert f"[audio.wav]({Path(speech).as_uri()})" in kinds["markdown"].data  # stored files are links
+    # node task runs are tagged with their task type, model and backend (for tag-based concurrency limits)
+    assert {"hugginggpt", "task:image-to-text", "model:tiny/image-to-text", "backend:local"} <= set(
+        runs["image-to-text#0"].tags
+    )
     assert "text-to-speech#1" in kinds["markdown"].data and "tiny/image-to-text" in kinds["markdown"].data
     table = json.loads(kinds["table"].data) if isinstance(kinds["table"].data, str) else kinds["table"].data
     assert [row["node"] for row in table] == [
@@ -173,6 +184,7 @@ def test_failed_node_skips_dependents_and_spares_siblings(
     runs = task_runs(summary.flow_run_id, {"image-to-text#0", "text-to-speech#1", "image-classification#2"})
     assert runs["image-to-text#0"].state.is_failed()
     assert runs["text-to-speech#1"].state.name == "Skipped"
+    assert runs["text-to-speech#1"].state.is_cancelled()  # never ran: not shown as completed (green) in the UI
     assert _upstream_ids(runs["text-to-speech#1"]) == {str(runs["image-to-text#0"].id)}
     assert runs["image-classification#2"].state.is_completed()
     assert json.loads(Path(summary.storage_uri, "summary.json").read_text())["status"] == "failed"

@@ -1,0 +1,110 @@
+"""A conversation with HuggingGPT: each turn one request flow run, with the earlier turns as its history.
+
+    from flows.chat import ChatSession
+
+    chat = ChatSession()
+    chat.ask("Caption photo.jpg", inputs=["photo.jpg"])
+    chat.ask("Now read the caption aloud")  # sees the first turn; its files are inputs of this one
+
+Every turn's flow run is tagged ``hugginggpt`` and ``chat-{session id}``, so the UI lists a conversation's runs
+together. The last ``history_turns`` turns (``HUGGINGGPT_CHAT_HISTORY``, default 5) go to the planner and the
+answer as history, and the files those turns produced (their storage URIs) are inputs of the next request, so
+"now make it French" can refer to an earlier result. ``hugginggpt chat`` is the same on a terminal.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.schemas import ChatTurn, RunSummary
+
+#: runs one turn: (request, inputs, pins, history, tags) -> its summary
+TurnRunner = Callable[[str, list[str], dict[str, str], list[ChatTurn], list[str]], RunSummary]
+
+
+@dataclass
+class Turn:
+    """One exchange: what was asked, the run's summary, and the files it produced."""
+
+    request: str
+    summary: RunSummary
+    files: list[str] = field(default_factory=list)
+
+    def as_history(self) -> list[ChatTurn]:
+        answer = self.summary.answer or self.summary.error or "(no answer)"
+        if self.files:
+            answer += "\n(files produced: " + ", ".join(self.files) + ")"
+        return [ChatTurn(role="user", content=self.request), ChatTurn(role="assistant", content=answer)]
+
+
+def produced_files(summary: RunSummary) -> list[str]:
+    """The storage URIs of the files a run's completed nodes produced (text outputs are not files)."""
+    return [uri for r in summary.results if r.ok for modality, uri in r.outputs.items() if modality != "text"]
+
+
+def _run_with_prefect(
+    storage: str | None, catalog: str | None
+) -> Callable[[str, list[str], dict[str, str], list[ChatTurn], list[str]], RunSummary]:
+    def run(request: str, inputs: list[str], pins: dict[str, str], history: list[ChatTurn], tags: list[str]) -> Any:
+        from prefect import tags as prefect_tags
+
+        from flows.request import run_request
+
+        with prefect_tags(*tags):
+            return run_request(request, inputs=inputs, models=pins, history=history, storage=storage, catalog=catalog)
+
+    return run
+
+
+class ChatSession:
+    """A multi-turn conversation; :meth:`ask` runs one turn and returns its :class:`RunSummary`."""
+
+    def __init__(
+        self,
+        *,
+        storage: str | None = None,
+        catalog: str | None = None,
+        history_turns: int | None = None,
+        inputs: Sequence[str] = (),
+        models: Mapping[str, str] | None = None,
+        session_id: str | None = None,
+        runner: TurnRunner | None = None,
+    ) -> None:
+        if history_turns is None:
+            from tasks.settings import load_settings
+
+            history_turns = load_settings(storage=storage, catalog=catalog).chat_history
+        if history_turns < 0:
+            raise ValueError("history_turns must be 0 or more")
+        self.session_id = session_id or uuid.uuid4().hex[:8]
+        self.history_turns = history_turns
+        self.inputs = list(inputs)
+        self.models = dict(models or {})
+        self.turns: list[Turn] = []
+        self._run = runner or _run_with_prefect(storage, catalog)
+
+    @property
+    def tags(self) -> list[str]:
+        return ["hugginggpt", f"chat-{self.session_id}"]
+
+    def recent(self) -> list[Turn]:
+        """The turns the next request sees: the last ``history_turns``."""
+        return self.turns[-self.history_turns :] if self.history_turns else []
+
+    def history(self) -> list[ChatTurn]:
+        return [message for turn in self.recent() for message in turn.as_history()]
+
+    def next_inputs(self, inputs: Sequence[str] = ()) -> list[str]:
+        """This turn's inputs, the session's, then the files of the recent turns, each once, in that order."""
+        found = [*inputs, *self.inputs, *(f for turn in self.recent() for f in turn.files)]
+        return list(dict.fromkeys(found))
+
+    def ask(self, request: str, inputs: Sequence[str] = (), models: Mapping[str, str] | None = None) -> RunSummary:
+        """Run ``request`` as the next turn; the summary is returned whatever happened, and kept as history."""
+        pins = {**self.models, **dict(models or {})}
+        summary = self._run(request, self.next_inputs(inputs), pins, self.history(), self.tags)
+        self.turns.append(Turn(request, summary, produced_files(summary)))
+        return summary
