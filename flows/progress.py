@@ -36,6 +36,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tasks.prefetch import FETCHING_FOR
+
 logger = logging.getLogger(__name__)
 
 # C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides that reorder what is shown
@@ -173,13 +175,15 @@ NODE_STATE_HOOKS: dict[str, list[Callable[..., None]]] = {
 # ---------------------------------------------------------------------------
 # the libraries' progress bars, folded into node events
 # ---------------------------------------------------------------------------
-def _current_node() -> tuple[str, str] | None:
+def _current_nodes() -> list[tuple[str, str]]:
+    """The nodes this thread works for: the node of its task run, or those a prefetch fetches a model for."""
     from prefect.context import TaskRunContext
 
     ctx = TaskRunContext.get()
-    if ctx is None or ctx.task_run is None:
-        return None
-    return str(ctx.task_run.flow_run_id), ctx.task_run.name
+    if ctx is not None and ctx.task_run is not None:
+        return [(str(ctx.task_run.flow_run_id), ctx.task_run.name)]
+    fetching = FETCHING_FOR.get()
+    return [(fetching[0], name) for name in fetching[1]] if fetching else []
 
 
 class _Silent(io.TextIOBase):
@@ -194,24 +198,25 @@ def _download_bar_class(base: type) -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.pop("name", None)
             kwargs.update(disable=False, file=_Silent())
-            self._node = _current_node()
+            self._nodes = _current_nodes()
             self._last = 0.0
             super(base, self).__init__(*args, **kwargs)  # tqdm's own: the hub's would disable it again
 
         def update(self, n: float | None = 1) -> bool | None:
             shown = super().update(n)
             now = time.monotonic()
-            if self._node is not None and (now - self._last >= 0.2 or (self.total and self.n >= self.total)):
+            if self._nodes and (now - self._last >= 0.2 or (self.total and self.n >= self.total)):
                 self._last = now
-                emit(
-                    NodeEvent(
-                        *self._node,
-                        "downloading",
-                        detail=str(self.desc or ""),
-                        done_bytes=int(self.n),
-                        total_bytes=int(self.total) if self.total else None,
+                for node in self._nodes:
+                    emit(
+                        NodeEvent(
+                            *node,
+                            "downloading",
+                            detail=str(self.desc or ""),
+                            done_bytes=int(self.n),
+                            total_bytes=int(self.total) if self.total else None,
+                        )
                     )
-                )
             return shown
 
     return DownloadBar
@@ -223,18 +228,25 @@ class _LoadingBar:
     def __init__(self, iterable: Any = None, *args: Any, desc: str | None = None, **kwargs: Any) -> None:
         self._iterable = iterable
         self._desc = desc or "loading"
-        self._node = _current_node()
+        self._nodes = _current_nodes()
+        self._ahead = bool(self._nodes) and FETCHING_FOR.get() is not None  # loaded ahead by a prefetch
         self._open = False
 
     def _start(self) -> None:
-        if self._node is not None and not self._open:
+        if self._nodes and not self._open:
             self._open = True
-            emit(NodeEvent(*self._node, "loading", detail=self._desc))
+            for node in self._nodes:
+                emit(NodeEvent(*node, "loading", detail=self._desc + (" (ahead of the node)" if self._ahead else "")))
 
     def close(self) -> None:
-        if self._node is not None and self._open:
+        if self._nodes and self._open:
             self._open = False
-            emit(NodeEvent(*self._node, "running"))
+            for node in self._nodes:  # a node that loaded its own model goes on; one loaded ahead waits its turn
+                emit(
+                    NodeEvent(
+                        *node, "waiting" if self._ahead else "running", detail="model loaded" if self._ahead else ""
+                    )
+                )
 
     def __iter__(self) -> Iterator[Any]:
         self._start()

@@ -386,7 +386,9 @@ def _run_stages(
     progress.planned(str(flow_run.id), str(flow_run.name or ""), nodes, assignments)
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
-    prefetch_models(settings, assignments)  # every node's model downloads and loads while upstream nodes run
+    prefetch_models(
+        settings, assignments, store.run_id
+    )  # every node's model downloads and loads while upstream nodes run
 
     t0 = time.perf_counter()
     summary.results = execute_graph(

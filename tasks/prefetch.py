@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,6 +63,11 @@ IGNORED_WEIGHTS: tuple[str, ...] = (
     "openvino/*",
     "coreml/*",
 )
+
+
+#: While a prefetch thread downloads or loads a model: the nodes it is for, as ``(flow run id, node names)``, so that
+#: progress reporting can show the libraries' download and loading bars against those nodes.
+FETCHING_FOR: ContextVar[tuple[str, tuple[str, ...]] | None] = ContextVar("fetching_for", default=None)
 
 
 @dataclass(frozen=True)
@@ -142,14 +148,37 @@ def download(spec: ModelSpec, token: str | None = None) -> str | None:
         return None
 
 
-def start_downloads(specs: Sequence[ModelSpec], *, token: str | None = None) -> Prefetch:
+#: The nodes each model is fetched for: ``(model id, revision) -> (flow run id, node names)``.
+Owners = Mapping[tuple[str, str | None], tuple[str, tuple[str, ...]]]
+
+
+def owners_of(flow_run_id: str, assignments: Iterable[Assignment]) -> dict[tuple[str, str | None], tuple[str, ...]]:
+    """Which nodes of the run each model is for (see :data:`FETCHING_FOR`)."""
+    names: dict[tuple[str, str | None], list[str]] = {}
+    for a in assignments:
+        names.setdefault((a.spec.id, a.spec.revision), []).append(f"{a.task}#{a.node_id}")
+    return {model: (flow_run_id, tuple(nodes)) for model, nodes in names.items()}  # type: ignore[misc]
+
+
+def _for_nodes(owner: tuple[str, tuple[str, ...]] | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with :data:`FETCHING_FOR` naming the nodes it works for."""
+    mark = FETCHING_FOR.set(owner)
+    try:
+        return fn(*args)
+    finally:
+        FETCHING_FOR.reset(mark)
+
+
+def start_downloads(specs: Sequence[ModelSpec], *, token: str | None = None, owners: Owners | None = None) -> Prefetch:
     """Download every one of ``specs`` at once, in background threads."""
     prefetch = Prefetch()
     if not specs:
         return prefetch
+    owners = owners or {}
     pool = ThreadPoolExecutor(max_workers=len(specs), thread_name_prefix="prefetch-download")
     for spec in specs:
-        prefetch.downloads[(spec.id, spec.revision)] = pool.submit(download, spec, token)
+        model = (spec.id, spec.revision)
+        prefetch.downloads[model] = pool.submit(_for_nodes, owners.get(model), download, spec, token)
     pool.shutdown(wait=False)
     return prefetch
 
@@ -168,10 +197,12 @@ def start_prefetch(
     backend: LoadingBackend,
     *,
     token: str | None = None,
+    owners: Owners | None = None,
 ) -> Prefetch:
     """Start ``plan``: all downloads at once, then the loads one after another in order, each after its own
     download, into ``backend``'s cache (each announced to the cache so that a node waits for it)."""
-    prefetch = start_downloads(plan.download, token=token)
+    owners = owners or {}
+    prefetch = start_downloads(plan.download, token=token, owners=owners)
     if not plan.load:
         return prefetch
     cache: ModelCache = backend.cache
@@ -181,7 +212,8 @@ def start_prefetch(
         if key in cache:
             continue
         fetched = prefetch.downloads.get((spec.id, spec.revision))
-        future = loader.submit(_load, backend, cache, key, task, spec, fetched)
+        owner = owners.get((spec.id, spec.revision))
+        future = loader.submit(_for_nodes, owner, _load, backend, cache, key, task, spec, fetched)
         cache.expect(key, future)
         prefetch.loads[key] = future
     loader.shutdown(wait=False)
@@ -212,7 +244,7 @@ def _token(settings: Settings) -> str | None:
     return settings.hf_token.get_secret_value() if settings.hf_token else None
 
 
-def prefetch_models(settings: Settings, assignments: Sequence[Assignment]) -> Prefetch:
+def prefetch_models(settings: Settings, assignments: Sequence[Assignment], flow_run_id: str | None = None) -> Prefetch:
     """Start fetching the plan's local models as the settings allow (see the module doc); returns at once. Never
     raises: a prefetch that cannot start leaves each node to load its own model."""
     from tasks.availability import local_budget, size_hint
@@ -225,14 +257,15 @@ def prefetch_models(settings: Settings, assignments: Sequence[Assignment]) -> Pr
             sizes=size_hint,
             load=settings.task_runner != "dask",
         )
+        owners = owners_of(flow_run_id, assignments) if flow_run_id else {}
         if not plan.load:
-            return start_downloads(plan.download, token=_token(settings))
+            return start_downloads(plan.download, token=_token(settings), owners=owners)
         from tasks.execute import backend_for
 
         backend = backend_for(settings)
         if not isinstance(getattr(backend, "cache", None), ModelCache):  # a backend that keeps no models
-            return start_downloads(plan.download, token=_token(settings))
-        return start_prefetch(plan, backend, token=_token(settings))
+            return start_downloads(plan.download, token=_token(settings), owners=owners)
+        return start_prefetch(plan, backend, token=_token(settings), owners=owners)
     except Exception as exc:
         logger.warning("prefetch not started: %s: %s", type(exc).__name__, exc)
         return Prefetch()
