@@ -49,15 +49,17 @@ def _upstream_ids(task_run: Any) -> set[str]:
 
 @pytest.fixture
 def slow_image_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[float, float]]]:
-    """Image tasks take 0.8 s longer, so two image branches must overlap to finish in time."""
+    """The two image tasks wait for each other to be running: independent branches that do not run at the same
+    time break the barrier (after 60 s) and fail."""
     spans: dict[str, list[tuple[float, float]]] = {}
     real_run = LocalBackend.run
     lock = threading.Lock()
+    both_running = threading.Barrier(2, timeout=60)
 
     def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
         start = time.perf_counter()
         if task in {"image-to-text", "image-classification"}:
-            time.sleep(0.8)
+            both_running.wait()
         out = real_run(self, task, model, inputs)
         with lock:
             spans.setdefault(task, []).append((start, time.perf_counter()))
