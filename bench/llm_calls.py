@@ -64,7 +64,7 @@ def hugginggpt_selection(request: str, summary: Any, catalog_path: str) -> int:
             continue
         cands = [catalog.get(assignment.task, c) for c in assignment.candidates]
         messages = build_select_messages(request, [(nodes[assignment.node_id], [c for c in cands if c is not None])])
-        client.chat(messages, schema=SELECT_SCHEMA, schema_name="selection")
+        client.chat(messages, stage="select", schema=SELECT_SCHEMA)
         calls += 1
     return calls
 

@@ -29,6 +29,7 @@ from flows.cli_options import (
     add_llm_model,
     add_storage,
     config_error,
+    controller_ready,
     error,
 )
 
@@ -114,7 +115,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.plan import validate_plan
     from tasks.schemas import PlanNode
     from tasks.select import SelectionError, parse_pins
-    from tasks.settings import LLMNotConfiguredError
 
     try:
         settings = _settings(args)
@@ -128,12 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             error(None, f"plan {args.plan}: {exc}")
             return EXIT_USAGE
         plan = nodes
-    else:
-        try:
-            settings.require_llm()
-        except LLMNotConfiguredError as exc:
-            error(None, str(exc))
-            return EXIT_USAGE
+    elif not controller_ready(None, settings):
+        return EXIT_USAGE
     try:
         pins = parse_pins(args.models)
     except SelectionError as exc:

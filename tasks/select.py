@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from models_catalog.catalog import Catalog, CatalogEntry, is_available, load_catalog
 from tasks.experts.base import ModelSpec
 from tasks.experts.router import Chooser
-from tasks.llm import JSONExtractError, LLMClient, LLMError, extract_json
+from tasks.llm import ChatModel, JSONExtractError, LLMError, chat_model_for, extract_json
 from tasks.schemas import Assignment, LLMUsage, PlanNode, SelectionResult
 from tasks.settings import Settings
 from tasks.task_types import normalize_task_name
@@ -141,7 +141,7 @@ def select_models(
     nodes: Sequence[PlanNode],
     catalog: Catalog,
     *,
-    llm: LLMClient | None,
+    llm: ChatModel,
     request: str,
     pins: Mapping[str, str] | None = None,
     top_k: int = 5,
@@ -225,16 +225,11 @@ def select_models(
     if pending:
         choices: dict[int, tuple[str, str]] = {}
         failure: str | None = None
-        if llm is None:
-            failure = "no LLM configured"
-        else:
-            try:
-                reply, usage = llm.chat(
-                    build_select_messages(request, pending), schema=SELECT_SCHEMA, schema_name="selection"
-                )
-                choices = _parse_choices(reply)
-            except (LLMError, JSONExtractError) as exc:
-                failure = f"selection by the LLM failed ({exc})"
+        try:
+            reply, usage = llm.chat(build_select_messages(request, pending), stage="select", schema=SELECT_SCHEMA)
+            choices = _parse_choices(reply)
+        except (LLMError, JSONExtractError) as exc:
+            failure = f"selection by the LLM failed ({exc})"
         for node, cands in pending:
             by_id = {c.id: c for c in cands}
             chosen, reason = choices.get(node.id, ("", ""))
@@ -274,11 +269,10 @@ def select_task(
     from tasks.availability import chooser_for
 
     catalog = load_catalog(settings.catalog)
-    llm = LLMClient(settings) if settings.llm_configured else None
     return select_models(
         nodes,
         catalog,
-        llm=llm,
+        llm=chat_model_for(settings),
         request=request,
         pins=pins,
         top_k=settings.top_k,

@@ -7,11 +7,9 @@ import pytest
 
 from models_catalog.build_catalog import convert_record, trim_description
 from models_catalog.catalog import Catalog, CatalogEntry, CatalogError, load_catalog, read_catalog_file
-from tasks.llm import LLMClient
+from tasks.llm import FunctionModel, LLMError, scripted
 from tasks.schemas import PlanNode
-from tasks.select import SelectionError, parse_pins, select_models
-from tasks.settings import Settings
-from tests.llm_server import HTTPFault
+from tasks.select import SELECT_SCHEMA, SelectionError, parse_pins, select_models
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "jarvis_p0_models.jsonl"
 
@@ -95,54 +93,58 @@ def test_hub_only_models_unavailable_offline(tmp_path: Path, monkeypatch: pytest
     assert [e.id for e in catalog.ranked("translation")] == ["e/hub-only"]
 
 
-def test_one_llm_call_for_all_nodes_with_several_candidates(llm, tmp_path: Path) -> None:
-    llm.set(
-        select=json.dumps(
-            {
-                "choices": [
-                    {"id": 0, "model": "b/cls-liked", "reason": "liked by users"},
-                    {"id": 2, "model": "a/cls-popular", "reason": "most downloaded"},
-                ]
-            }
-        )
+def test_one_llm_call_for_all_nodes_with_several_candidates(tmp_path: Path) -> None:
+    reply = json.dumps(
+        {
+            "choices": [
+                {"id": 0, "model": "b/cls-liked", "reason": "liked by users"},
+                {"id": 2, "model": "a/cls-popular", "reason": "most downloaded"},
+            ]
+        }
     )
-    result = select_models(NODES, _entries(tmp_path), llm=LLMClient(Settings()), request="r", top_k=5)
-    assert llm.calls["select"] == 1
+    model = FunctionModel(scripted(select=reply))
+    result = select_models(NODES, _entries(tmp_path), llm=model, request="r", top_k=5)
+    assert [c.stage for c in model.calls] == ["select"] and model.calls[0].schema == SELECT_SCHEMA
     by_node = {a.node_id: a for a in result.assignments}
     assert by_node[0].model == "b/cls-liked" and by_node[0].reason == "liked by users"
     assert by_node[0].candidates == ["a/cls-popular", "b/cls-liked"]
     assert by_node[1].model == "d/sum" and by_node[1].reason == "the only runnable candidate"
     assert by_node[2].model == "a/cls-popular"
-    asked = llm.requests[0]["messages"][-1]["content"]
+    asked = model.calls[0].messages[-1]["content"]
     assert '"id": 0' in asked and '"id": 2' in asked and "d/sum" not in asked
     assert result.usage.calls == 1
 
 
-def test_no_llm_call_when_every_node_has_one_candidate(llm, tmp_path: Path) -> None:
-    result = select_models(NODES[1:2], _entries(tmp_path), llm=LLMClient(Settings()), request="r")
-    assert llm.calls["select"] == 0 and result.assignments[0].model == "d/sum"
+def test_no_llm_call_when_every_node_has_one_candidate(tmp_path: Path) -> None:
+    model = FunctionModel(scripted())
+    result = select_models(NODES[1:2], _entries(tmp_path), llm=model, request="r")
+    assert model.calls == [] and result.assignments[0].model == "d/sum"
 
 
-def test_choice_outside_candidates_and_llm_failure_take_top_ranked(llm, tmp_path: Path) -> None:
-    llm.set(select=json.dumps({"choices": [{"id": 0, "model": "https://evil.example/model", "reason": "x"}]}))
-    result = select_models(NODES[:1], _entries(tmp_path), llm=LLMClient(Settings()), request="r")
+def _fails(call: object) -> str:
+    raise LLMError("the LLM at http://127.0.0.1 answered HTTP 500: scripted failure")
+
+
+def test_choice_outside_candidates_and_llm_failure_take_top_ranked(tmp_path: Path) -> None:
+    stray = json.dumps({"choices": [{"id": 0, "model": "https://evil.example/model", "reason": "x"}]})
+    result = select_models(NODES[:1], _entries(tmp_path), llm=FunctionModel(scripted(select=stray)), request="r")
     assert result.assignments[0].model == "a/cls-popular"
     assert "not a candidate" in result.assignments[0].reason
-    llm.set(select=HTTPFault(500))
-    result = select_models(NODES[:1], _entries(tmp_path), llm=LLMClient(Settings()), request="r")
+    result = select_models(NODES[:1], _entries(tmp_path), llm=FunctionModel(_fails), request="r")
     assert result.assignments[0].model == "a/cls-popular"
-    assert "selection by the LLM failed" in result.assignments[0].reason
+    assert "selection by the LLM failed" in result.assignments[0].reason and "HTTP 500" in result.assignments[0].reason
 
 
 def test_pins(tmp_path: Path) -> None:
     catalog = _entries(tmp_path)
-    result = select_models(NODES, catalog, llm=None, request="r", pins=parse_pins(["Text_Classification=b/cls-liked"]))
+    model = FunctionModel(scripted())
+    result = select_models(NODES, catalog, llm=model, request="r", pins=parse_pins(["Text_Classification=b/cls-liked"]))
     assert {a.model for a in result.assignments if a.task == "text-classification"} == {"b/cls-liked"}
     assert result.assignments[0].reason == "pinned by the user"
     with pytest.raises(SelectionError, match="not in the catalog for task 'summarization'"):
-        select_models(NODES, catalog, llm=None, request="r", pins={"summarization": "nobody/x"})
+        select_models(NODES, catalog, llm=model, request="r", pins={"summarization": "nobody/x"})
     with pytest.raises(SelectionError, match="pins task\\(s\\) depth-estimation that the plan does not use"):
-        select_models(NODES, catalog, llm=None, request="r", pins={"depth-estimation": "x/y"})
+        select_models(NODES, catalog, llm=model, request="r", pins={"depth-estimation": "x/y"})
     with pytest.raises(SelectionError, match="TASK=MODEL_ID"):
         parse_pins(["image-to-text"])
 
@@ -150,6 +152,6 @@ def test_pins(tmp_path: Path) -> None:
 def test_task_without_runnable_model_is_left_unassigned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     node = PlanNode(id=0, task="translation", args={"text": "x"})
-    result = select_models([node], _entries(tmp_path), llm=None, request="r")
+    result = select_models([node], _entries(tmp_path), llm=FunctionModel(scripted()), request="r")
     assert result.assignments == []
     assert "no runnable model for task 'translation'" in result.unassigned[0]
