@@ -96,7 +96,8 @@ def describe_local(settings: Settings) -> str:
 # ---------------------------------------------------------------------------
 def bounded_schema(schema: dict[str, Any], *, max_items: int, max_length: int, max_int: int) -> dict[str, Any]:
     """``schema`` with a bound on every array (``maxItems``), string (``maxLength``), object with free keys
-    (``maxProperties``) and integer (``minimum``/``maximum``) that has none, so every reply closes."""
+    (``maxProperties``) and integer (``minimum``/``maximum``) that has none, and no keys beyond an object's
+    ``properties`` unless it says so, so every reply closes."""
     out = dict(schema)
     kind = out.get("type")
     if kind == "array":
@@ -114,13 +115,19 @@ def bounded_schema(schema: dict[str, Any], *, max_items: int, max_length: int, m
                 k: bounded_schema(v, max_items=max_items, max_length=max_length, max_int=max_int)
                 for k, v in out["properties"].items()
             }
-        extra = out.get("additionalProperties")
-        if isinstance(extra, dict):
-            out["additionalProperties"] = bounded_schema(
-                extra, max_items=max_items, max_length=max_length, max_int=max_int
-            )
+        extra = out.setdefault("additionalProperties", False)
+        if isinstance(extra, dict):  # free keys: names, as long as a string may be (llguidance has no propertyNames)
+            bounded = bounded_schema(extra, max_items=max_items, max_length=max_length, max_int=max_int)
+            out["patternProperties"] = {key_pattern(max_length): bounded}
+            out["additionalProperties"] = False
             out.setdefault("maxProperties", max_items)
     return out
+
+
+def key_pattern(max_length: int) -> str:
+    """What a free key of an object in a constrained reply looks like: a name of at most ``max_length``
+    characters."""
+    return f"^[A-Za-z_][A-Za-z0-9_-]{{0,{max(max_length - 1, 0)}}}$"
 
 
 class SchemaLogitsProcessor(LogitsProcessor):
