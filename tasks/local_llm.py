@@ -4,8 +4,9 @@ It answers the same :class:`~tasks.llm.ChatModel` calls as an OpenAI-compatible 
 JSON schema (planning, selection) is constrained to it while decoding: llguidance computes, at every step, the
 tokens that keep the text a prefix of some JSON value matching the schema, and every other token's logit is set
 to minus infinity, so even a small model returns a parsable plan (the stages still validate it and re-ask once).
-Arrays, strings and integers are bounded in the grammar (:func:`bounded_schema`) so that a reply always closes
-within the token budget. Decoding is greedy.
+Arrays, strings, integers and free keys are bounded in the grammar (:func:`bounded_schema`), so a reply cannot
+grow without end (a reply still cut by ``HUGGINGGPT_LOCAL_LLM_MAX_NEW_TOKENS`` is invalid, and the stage re-asks).
+Decoding is greedy, in float32 on a CPU.
 
 The model loads once per process, into the process-wide :class:`~tasks.experts.cache.ModelCache` the experts
 use, so it counts against the same ``HUGGINGGPT_MAX_MODELS`` budget.

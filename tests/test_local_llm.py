@@ -185,3 +185,19 @@ def test_a_configured_endpoint_wins(env: Path, llm, monkeypatch: pytest.MonkeyPa
     summary = run_request("Is 'Great!' positive?")
     assert summary.error is None and summary.answer == "Positive."
     assert llm.calls["plan"] == 1 and llm.calls["select"] == 1 and llm.calls["respond"] == 1
+
+
+def test_eval_llm_local_uses_the_embedded_controller_whatever_is_configured(
+    llm, controller_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HUGGINGGPT_LOCAL_LLM", str(controller_dir))
+    monkeypatch.setenv("HUGGINGGPT_LOCAL_LLM_MAX_NEW_TOKENS", str(MAX_NEW_TOKENS))
+    out = tmp_path / "report.json"
+    code = main(["eval", "--llm", "local", "--limit", "1", "--json", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    report = json.loads(captured.out)
+    assert report["llm_model"] == str(controller_dir) and report["llm_base_url"] == "in-process (transformers)"
+    assert report["overall"]["requests"] == 1 and report["usage"]["calls"] >= 1
+    assert sum(llm.calls.values()) == 0  # the configured endpoint was not asked
+    assert captured.err.count("controller: ") == 1
