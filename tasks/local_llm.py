@@ -8,8 +8,9 @@ Arrays, strings, integers and free keys are bounded in the grammar (:func:`bound
 grow without end (a reply still cut by ``HUGGINGGPT_LOCAL_LLM_MAX_NEW_TOKENS`` is invalid, and the stage re-asks).
 Decoding is greedy, in float32 on a CPU.
 
-The model loads once per process, into the process-wide :class:`~tasks.experts.cache.ModelCache` the experts
-use, so it counts against the same ``HUGGINGGPT_MAX_MODELS`` budget.
+The model loads once per process, into the :class:`~tasks.experts.cache.ModelCache` of the process-wide local
+experts backend (:func:`tasks.execute.backend_for`), so it counts against the same ``HUGGINGGPT_MAX_MODELS``
+budget as the models the plan runs.
 """
 
 from __future__ import annotations
@@ -216,11 +217,15 @@ class LocalChatModel:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalChatModel:
+        """The controller the settings name, loaded into the same cache as the local experts' models."""
+        from tasks.execute import backend_for
+
+        backend = backend_for(settings)
         return cls(
             settings.local_llm,
             device=settings.resolved_device(),
             max_new_tokens=settings.local_llm_max_new_tokens,
-            cache=default_cache(settings.max_models),
+            cache=getattr(backend, "cache", None),
         )
 
     def loaded(self) -> CacheEntry[LoadedController]:

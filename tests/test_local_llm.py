@@ -117,6 +117,15 @@ def test_loads_once_in_the_shared_model_cache(controller_dir: Path) -> None:
     assert ("controller", str(controller_dir), None, "cpu") not in cache
 
 
+def test_the_settings_controller_shares_the_experts_cache(controller_dir: Path) -> None:
+    from tasks.execute import backend_for
+
+    settings = Settings(local_llm=str(controller_dir), device="cpu", max_models=3)
+    model = LocalChatModel.from_settings(settings)
+    assert model.cache is backend_for(settings).cache and model.cache.max_models == 3
+    assert model.model == str(controller_dir) and model.max_new_tokens == settings.local_llm_max_new_tokens
+
+
 def test_missing_weights_say_what_to_set(tmp_path: Path) -> None:
     model = LocalChatModel(str(tmp_path / "nowhere"), cache=ModelCache(1))
     with pytest.raises(LocalLLMUnavailableError) as caught:
