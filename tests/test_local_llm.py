@@ -134,6 +134,24 @@ def test_missing_weights_say_what_to_set(tmp_path: Path) -> None:
     assert "OPENAI_API_KEY" in message and "OPENAI_BASE_URL" in message and "HUGGINGGPT_LOCAL_LLM" in message
 
 
+def test_cli_offline_without_the_weights_says_once_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Hub out of reach (HF_HUB_OFFLINE=1 for the suite), the default model not in an empty Hugging Face cache."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("HUGGINGGPT_LOCAL_LLM", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)  # no .env here
+    assert main(["run", "Describe photo.jpg"]) == 2
+    err = capsys.readouterr().err
+    problems = [line for line in err.splitlines() if line.startswith("hugginggpt: ")]
+    assert len(problems) == 1 and "Traceback" not in err
+    assert "Qwen/Qwen2.5-0.5B-Instruct cannot be loaded" in problems[0] and "Hub cannot be reached" in problems[0]
+    for setting in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HUGGINGGPT_LOCAL_LLM"):
+        assert setting in problems[0]
+
+
 @pytest.fixture
 def local_env(controller_dir: Path, tiny_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No LLM endpoint; the tiny controller, the tiny catalog and a fresh storage folder."""
