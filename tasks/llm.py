@@ -242,7 +242,6 @@ class FunctionModel:
         self.base_url = "in-process function"
         self.calls: list[ChatCall] = []
         self._lock = threading.Lock()
-        self.usage = LLMUsage()
 
     def chat(
         self,
@@ -261,8 +260,6 @@ class FunctionModel:
             prompt_tokens=sum(len(m.get("content", "").split()) for m in messages),
             completion_tokens=len(reply.split()),
         )
-        with self._lock:
-            self.usage = self.usage + usage
         return reply, usage
 
     def stage_calls(self, stage: str) -> list[ChatCall]:
