@@ -299,7 +299,7 @@ def api_retries() -> Iterator[Counter[str]]:
 
 def counting_llm() -> Any:
     """The scripted OpenAI-compatible server, also recording the token usage of every reply it sends."""
-    from tests.llm_server import ScriptedLLM, stage_of
+    from tests.llm_server import ScriptedLLM
 
     class CountingLLM(ScriptedLLM):
         def __init__(self) -> None:
@@ -311,12 +311,12 @@ def counting_llm() -> Any:
             with self._lock:
                 self.usage.clear()
 
-        def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-            status, payload = super()._answer(body)
+        def _answer(self, body: dict[str, Any], stage: str) -> tuple[int, dict[str, Any]]:
+            status, payload = super()._answer(body, stage)
             if status == 200:
                 used = payload["usage"]
                 with self._lock:
-                    self.usage.append((stage_of(body), used["prompt_tokens"], used["completion_tokens"]))
+                    self.usage.append((stage, used["prompt_tokens"], used["completion_tokens"]))
             return status, payload
 
         def tokens(self, stage: str | None = None) -> tuple[int, int]:

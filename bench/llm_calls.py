@@ -47,26 +47,26 @@ def pick_second_candidate(body: dict[str, Any]) -> str:
     return json.dumps({"choices": choices})
 
 
-def hugginggpt_selection(request: str, summary: Any, catalog_path: str) -> int:
-    """One selection call per node with several candidates (HuggingGPT's scheme), sent to the same server with
-    the same prompt template; returns the number of calls made."""
+def hugginggpt_selection(request: str, summary: Any, catalog_path: str) -> Any:
+    """One selection call per node with several candidates (HuggingGPT's scheme), with the same prompt template,
+    answered in process by a :class:`~tasks.llm.FunctionModel` that counts tokens as the scripted server does
+    (words); returns the calls' usage."""
     from models_catalog.catalog import load_catalog
-    from tasks.llm import LLMClient
+    from tasks.llm import FunctionModel
+    from tasks.schemas import LLMUsage
     from tasks.select import SELECT_SCHEMA, build_select_messages
-    from tasks.settings import load_settings
 
     catalog = load_catalog(catalog_path)
-    client = LLMClient(load_settings())
+    model = FunctionModel(lambda call: pick_second_candidate({"messages": call.messages}))
     nodes = {n.id: n for n in summary.plan}
-    calls = 0
+    usage = LLMUsage()
     for assignment in summary.assignments:
         if len(assignment.candidates) < 2:
             continue
         cands = [catalog.get(assignment.task, c) for c in assignment.candidates]
         messages = build_select_messages(request, [(nodes[assignment.node_id], [c for c in cands if c is not None])])
-        client.chat(messages, schema=SELECT_SCHEMA, schema_name="selection")
-        calls += 1
-    return calls
+        usage = usage + model.chat(messages, stage="select", schema=SELECT_SCHEMA)[1]
+    return usage
 
 
 def run(bench: Bench, *, sizes: tuple[int, ...] = (1, 5, 20)) -> dict[str, Any]:
@@ -97,11 +97,9 @@ def run(bench: Bench, *, sizes: tuple[int, ...] = (1, 5, 20)) -> dict[str, Any]:
         multi = sum(len(a.candidates) > 1 for a in summary.assignments)
         # HuggingGPT's scheme for the same plan: our planning and response calls, and one selection call per
         # node with several candidates instead of our one for the whole plan
-        bench.llm.reset()
-        bench.llm.set(select=pick_second_candidate)
-        hugginggpt_selection(request, summary, str(catalog))
-        hg_calls = calls.get("plan", 0) + calls.get("respond", 0) + bench.llm.calls["select"]
-        hg_prompt, hg_completion = bench.llm.tokens("select")
+        hg = hugginggpt_selection(request, summary, str(catalog))
+        hg_calls = calls.get("plan", 0) + calls.get("respond", 0) + hg.calls
+        hg_prompt, hg_completion = hg.prompt_tokens, hg.completion_tokens
         rows.append(
             {
                 "plan_nodes": size,

@@ -50,10 +50,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flows import progress as progress_events
 from flows.request import artifact_scope, hugginggpt_request, prefect_run_settings
 from flows.runners import shared_cluster
+from tasks.llm import prepare_controller
 from tasks.plan import PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key
 from tasks.schemas import PlanNode, PlanResult, RunSummary
-from tasks.settings import RunOptions, Settings, load_settings
+from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, read_uri, resolve_storage, store_for
 from tasks.task_types import TASK_TYPES
 
@@ -554,12 +555,18 @@ def hugginggpt_batch(
             last_update = now
 
     groups = {key: members for key, members in plan_groups(parsed).items() if len(members) > 1}
+    no_controller: str | None = None  # why lines without a plan cannot be planned, if they cannot
+    if any(p.valid and p.plan is None for p in parsed):
+        try:
+            prepare_controller(settings)
+        except LLMNotConfiguredError as exc:
+            no_controller = str(exc)
     summary.plan_groups = len(groups)
     with shared_cluster(settings) as cluster, ThreadPoolTaskRunner(max_workers=in_flight) as runner:
         line_options = (options or RunOptions()).model_copy(update={"dask_address": cluster} if cluster else {})
         plan_futures: dict[int, PrefectFuture[Any]] = {}  # first position of a group -> its planning task run
         group_of: dict[int, int] = {}  # position -> first position of its group
-        if settings.llm_configured:
+        if no_controller is None:
             for members in groups.values():
                 first = parsed[members[0]]
                 assert first.spec is not None
@@ -581,12 +588,9 @@ def hugginggpt_batch(
                 "catalog": catalog,
                 "options": line_options,
             }
-            if p.plan is None and not settings.llm_configured:
-                try:
-                    settings.require_llm()
-                except Exception as exc:
-                    records[pos] = _record(p.line, p.spec, status="failed", error=str(exc), plan_source="llm")
-                    done += 1
+            if p.plan is None and no_controller is not None:
+                records[pos] = _record(p.line, p.spec, status="failed", error=no_controller, plan_source="llm")
+                done += 1
                 continue
             if pos in group_of:
                 first = group_of[pos]

@@ -75,7 +75,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.llm import LLMClient, LLMError
+    from tasks.llm import LLMError, chat_model_for
     from tasks.plan import PlanningError, plan_request
 
     settings = llm_settings("plan", llm_model=args.llm_model)
@@ -85,7 +85,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         error("plan", "the request is empty: say what you want done")
         return EXIT_USAGE
     try:
-        result = plan_request(LLMClient(settings), args.request, inputs=args.inputs)
+        result = plan_request(chat_model_for(settings), args.request, inputs=args.inputs)
     except (PlanningError, LLMError) as exc:
         error("plan", str(exc))
         return EXIT_FAILED

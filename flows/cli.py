@@ -29,6 +29,7 @@ from flows.cli_options import (
     add_llm_model,
     add_storage,
     config_error,
+    controller_ready,
     error,
 )
 
@@ -147,8 +148,6 @@ def load_plan_file(path: str) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tasks.settings import LLMNotConfiguredError
-
     try:
         settings = _settings(args)
     except ValidationError as exc:
@@ -160,13 +159,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = None
     if problem is None and args.plan:
         plan, problem = validated_plan_file(args.plan, args.inputs, args.request)
-    if problem is None and plan is None:
-        try:
-            settings.require_llm()
-        except LLMNotConfiguredError as exc:
-            problem = str(exc)
     if problem is not None or pins is None:
         error(None, problem or "invalid --model")
+        return EXIT_USAGE
+    if plan is None and not controller_ready(None, settings):
         return EXIT_USAGE
     return _execute(args, settings, args.request, list(args.inputs), pins, plan=plan)
 
@@ -213,7 +209,6 @@ def validated_plan_file(path: str, inputs: Sequence[str], request: str) -> tuple
 def cmd_chat(args: argparse.Namespace) -> int:
     from flows.chat import ChatSession
     from tasks.schemas import RunSummary
-    from tasks.settings import LLMNotConfiguredError
 
     try:
         settings = _settings(args)
@@ -223,15 +218,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     pins = None
     if problem is None:
         pins, problem = validated_pins(settings, args.models)
-    if problem is None:
-        try:
-            settings.require_llm()
-        except LLMNotConfiguredError as exc:
-            problem = str(exc)
     if problem is None and args.history is not None and args.history < 0:
         problem = "--history must be 0 or more"
     if problem is not None or pins is None:
         error("chat", problem or "invalid --model")
+        return EXIT_USAGE
+    if not controller_ready("chat", settings):
         return EXIT_USAGE
 
     def run_turn(

@@ -23,23 +23,36 @@ def config_error(command: str | None, exc: Any) -> int:
     return EXIT_USAGE
 
 
-def llm_settings(command: str | None, **overrides: Any) -> Any:
-    """The settings, with an LLM configured; ``None`` after saying what is wrong (invalid values, or what to set
-    for the LLM), for the caller to exit with :data:`EXIT_USAGE`."""
+def llm_settings(command: str | None, *, local: bool = False, **overrides: Any) -> Any:
+    """The settings, with a controller ready (:func:`controller_ready`; ``local``: the embedded one whatever is
+    configured); ``None`` after saying what is wrong (invalid values, or what to set for the LLM), for the caller
+    to exit with :data:`EXIT_USAGE`."""
     from pydantic import ValidationError
 
-    from tasks.settings import LLMNotConfiguredError, load_settings
+    from tasks.settings import load_settings
 
     try:
         settings = load_settings(**overrides)
-        settings.require_llm()
     except ValidationError as exc:
         config_error(command, exc)
         return None
+    return settings if controller_ready(command, settings, local=local) else None
+
+
+def controller_ready(command: str | None, settings: Any, *, local: bool = False) -> bool:
+    """Whether the controller can answer; for the embedded one, says once on stderr which model it is and how to
+    switch, and downloads it (with progress) when it is not on this machine. Says what to set when it cannot."""
+    from tasks.llm import describe_controller, prepare_controller
+    from tasks.settings import LLMNotConfiguredError
+
+    if local or not settings.llm_configured:
+        print(describe_controller(settings, local=True), file=sys.stderr)
+    try:
+        prepare_controller(settings, local=local)
     except LLMNotConfiguredError as exc:
         error(command, str(exc))
-        return None
-    return settings
+        return False
+    return True
 
 
 def positive_int(text: str) -> int:

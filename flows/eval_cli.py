@@ -3,6 +3,7 @@
     hugginggpt eval                                   # the built-in gold set, our prompt
     hugginggpt eval --prompt hugginggpt               # the same with HuggingGPT's prompt style
     hugginggpt eval data.jsonl --format taskbench --limit 200 --out report.json
+    hugginggpt eval --llm local                       # the embedded controller, whatever LLM is configured
 
 A progress bar runs on stderr; the table of metrics goes to stdout (with ``--json``, the JSON report instead),
 and the full JSON report (every request, its gold and predicted plans, errors) is written to ``--out``.
@@ -72,18 +73,25 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", metavar="REPORT.json", help="where to write the JSON report (default: eval-<prompt>.json)")
     add_llm_model(p)
+    p.add_argument(
+        "--llm",
+        choices=("configured", "local"),
+        default="configured",
+        help="the controller: the configured one (an OpenAI-compatible endpoint, else the embedded model), or "
+        "the embedded model (HUGGINGGPT_LOCAL_LLM) whatever is configured",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
     p.set_defaults(func=cmd_eval)
     return p
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    settings = llm_settings("eval", llm_model=args.llm_model)
+    settings = llm_settings("eval", local=args.llm == "local", llm_model=args.llm_model)
     if settings is None:
         return EXIT_USAGE
 
     from tasks.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
-    from tasks.llm import LLMClient, LLMError
+    from tasks.llm import LLMError, chat_model_for
     from tasks.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
 
     path = Path(args.dataset) if args.dataset else builtin_gold_path()
@@ -130,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err_console = Console(stderr=True)
-    client = LLMClient(settings)
+    client = chat_model_for(settings, local=args.llm == "local")
     err_console.print(
         f"[dim]evaluating {len(dataset.items)} request(s) of {dataset.name} ({dataset.format} format) with prompt "
         f"{style.label!r} on {client.model} at {client.base_url}, {concurrency} at a time[/]"

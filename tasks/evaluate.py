@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, computed_field
 
-from tasks.llm import LLMClient, LLMError, LLMUnavailableError
+from tasks.llm import ChatModel, LLMError, LLMUnavailableError, chat_model_for
 from tasks.plan import GENERATED_RE, PlanningError, PlanValidationError, validate_plan
 from tasks.plan_styles import DemoSelector, PlanStyle, plan_with_style
 from tasks.schemas import ChatTurn, LLMUsage, PlanNode
@@ -583,7 +583,7 @@ ProgressCallback = Callable[[ItemResult, int, int], None]
 
 
 def _plan_item(
-    client: LLMClient,
+    client: ChatModel,
     item: EvalItem,
     style: PlanStyle,
     allowed: tuple[str, ...],
@@ -634,7 +634,7 @@ def _plan_item(
 
 def evaluate(
     dataset: EvalDataset,
-    llm: LLMClient | Settings,
+    llm: ChatModel | Settings,
     *,
     style: PlanStyle = PlanStyle(),  # noqa: B008 - frozen model
     concurrency: int = 4,
@@ -650,7 +650,7 @@ def evaluate(
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    client = llm if isinstance(llm, LLMClient) else LLMClient(llm)
+    client = chat_model_for(llm) if isinstance(llm, Settings) else llm
     allowed_t = tuple(allowed) if allowed is not None else tuple(TASK_TYPES)
     started_at = datetime.now(UTC)
     start = time.perf_counter()

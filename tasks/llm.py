@@ -1,8 +1,14 @@
-"""The LLM controller: the ``openai`` client against any OpenAI-compatible server.
+"""The LLM controller: the chat-model seam the stages call, and its implementations.
 
-Adds what every stage needs on top of the client: JSON-schema output where the
-server supports it (and plain text where it does not), tolerant JSON parsing,
-usage counting, and errors that say what to set.
+:class:`ChatModel` is what planning, selection and the answer call: messages (and a JSON schema for the reply)
+in, the reply text and the call's usage out. :func:`chat_model_for` builds the one the settings name:
+:class:`LLMClient`, the ``openai`` client against any OpenAI-compatible server, when ``OPENAI_API_KEY`` or
+``OPENAI_BASE_URL`` is set, else the embedded controller (:mod:`tasks.local_llm`). :class:`FunctionModel` is an
+in-process stand-in whose replies come from a function, for tests and benchmarks.
+
+The OpenAI implementation adds what every stage needs on top of the client: JSON-schema output where the server
+supports it (and plain text where it does not), tolerant JSON parsing, usage counting, and errors that say what
+to set.
 """
 
 from __future__ import annotations
@@ -12,17 +18,44 @@ import json
 import logging
 import re
 import threading
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import openai
 from openai import OpenAI
 
 from tasks.schemas import LLMUsage
-from tasks.settings import Settings, redact
+from tasks.settings import LLMNotConfiguredError, Settings, redact
 
 logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
+
+#: The header that tells an OpenAI-compatible server which stage is asking (``plan``, ``select``, ``respond``).
+STAGE_HEADER = "X-HuggingGPT-Stage"
+
+
+class ChatModel(Protocol):
+    """What the stages call: one chat completion per call, thread-safe.
+
+    ``stage`` names the caller (``plan``, ``select``, ``respond``); with ``schema``, the reply should be JSON
+    matching it (an implementation may only ask for it: the stages validate every reply). Failures raise
+    :class:`LLMError` (:class:`LLMUnavailableError` when the controller cannot answer at all).
+    """
+
+    #: the model that answers, and where it runs (for reports)
+    model: str
+    base_url: str
+
+    def chat(
+        self,
+        messages: list[Message],
+        *,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]: ...
 
 
 class LLMError(RuntimeError):
@@ -97,21 +130,26 @@ class LLMClient:
         self,
         messages: list[Message],
         *,
+        stage: str = "reply",
         schema: dict[str, Any] | None = None,
-        schema_name: str = "reply",
         temperature: float = 0.0,
     ) -> tuple[str, LLMUsage]:
         """Send one chat completion; return the reply text and this call's usage.
 
-        With ``schema``, asks for JSON-schema constrained output; a server that
-        rejects ``response_format`` is asked again without it, and not asked
-        with it again by this client.
+        With ``schema``, asks for JSON-schema constrained output (the schema named after ``stage``); a server
+        that rejects ``response_format`` is asked again without it, and not asked with it again by this client.
+        The stage also travels in the :data:`STAGE_HEADER` header.
         """
-        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature}
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": temperature,
+            "extra_headers": {STAGE_HEADER: stage},
+        }
         if schema is not None and self._schema_supported:
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": schema_name, "schema": schema, "strict": False},
+                "json_schema": {"name": stage, "schema": schema, "strict": False},
             }
         try:
             response = self._create(kwargs)
@@ -174,3 +212,114 @@ class LLMClient:
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------
+# an in-process stand-in
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChatCall:
+    """One call a :class:`FunctionModel` received."""
+
+    messages: list[Message]
+    stage: str
+    schema: dict[str, Any] | None
+    temperature: float
+
+
+class FunctionModel:
+    """A :class:`ChatModel` whose replies come from ``function(call) -> str``, in process.
+
+    Every call is kept in ``calls``; an exception the function raises (an :class:`LLMError` to stand for a failed
+    call) reaches the stage as it would from a server. Usage counts one call and whitespace-separated words.
+
+        model = FunctionModel(lambda call: '{"tasks": []}' if call.stage == "plan" else "Hello.")
+    """
+
+    def __init__(self, function: Callable[[ChatCall], str], *, model: str = "function") -> None:
+        self.function = function
+        self.model = model
+        self.base_url = "in-process function"
+        self.calls: list[ChatCall] = []
+        self._lock = threading.Lock()
+
+    def chat(
+        self,
+        messages: list[Message],
+        *,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        call = ChatCall(messages=list(messages), stage=stage, schema=schema, temperature=temperature)
+        with self._lock:
+            self.calls.append(call)
+        reply = self.function(call)
+        usage = LLMUsage(
+            calls=1,
+            prompt_tokens=sum(len(m.get("content", "").split()) for m in messages),
+            completion_tokens=len(reply.split()),
+        )
+        return reply, usage
+
+    def stage_calls(self, stage: str) -> list[ChatCall]:
+        return [c for c in self.calls if c.stage == stage]
+
+
+def scripted(**replies: str | list[str]) -> Callable[[ChatCall], str]:
+    """A :class:`FunctionModel` function answering per stage: ``scripted(plan='{"tasks": []}', respond="Hi")``.
+    A list is consumed in order, its last reply repeating; a stage without replies gets an empty JSON reply
+    (``{"tasks": []}``, ``{"choices": []}``) or ``Done.``."""
+    queues = {stage: list(r) if isinstance(r, list) else [r] for stage, r in replies.items()}
+    lock = threading.Lock()
+    defaults = {"plan": '{"tasks": []}', "select": '{"choices": []}'}
+
+    def reply(call: ChatCall) -> str:
+        with lock:
+            queue = queues.get(call.stage)
+            if not queue:
+                return defaults.get(call.stage, "Done.")
+            return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    return reply
+
+
+# ---------------------------------------------------------------------------
+# which controller
+# ---------------------------------------------------------------------------
+def chat_model_for(settings: Settings, *, local: bool = False) -> ChatModel:
+    """The controller the settings name: the OpenAI-compatible endpoint when ``OPENAI_API_KEY`` or
+    ``OPENAI_BASE_URL`` is set (and not ``local``), else the embedded model ``HUGGINGGPT_LOCAL_LLM`` (loaded on
+    its first call)."""
+    if settings.llm_configured and not local:
+        return LLMClient(settings)
+    from tasks.local_llm import LocalChatModel
+
+    return LocalChatModel.from_settings(settings)
+
+
+def describe_controller(settings: Settings, *, local: bool = False) -> str:
+    """One line: which controller answers (see :func:`chat_model_for`), and how to switch to a stronger one."""
+    if settings.llm_configured and not local:
+        where = settings.openai_base_url or "https://api.openai.com/v1"
+        return f"controller: {settings.llm_model} at {where}"
+    from tasks.local_llm import describe_local
+
+    return describe_local(settings)
+
+
+def prepare_controller(settings: Settings, *, local: bool = False) -> None:
+    """Make sure the controller can answer before a run starts: nothing to do for an endpoint; for the embedded
+    model, its weights on this machine, downloaded now (with progress bars) when they are not.
+
+    Raises :class:`~tasks.settings.LLMNotConfiguredError` saying what to set when the weights are neither here
+    nor downloadable.
+    """
+    if settings.llm_configured and not local:
+        return
+    from tasks.local_llm import LocalLLMUnavailableError, fetch_local_llm
+
+    try:
+        fetch_local_llm(settings.local_llm)
+    except LocalLLMUnavailableError as exc:
+        raise LLMNotConfiguredError(str(exc)) from None

@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.inputs import InputPolicy
-from tasks.llm import JSONExtractError, LLMClient, extract_json
+from tasks.llm import ChatModel, JSONExtractError, chat_model_for, extract_json
 from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
 from tasks.settings import Settings
 from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, normalize_task_name
@@ -363,7 +363,7 @@ def topological_order(nodes: Sequence[PlanNode]) -> list[PlanNode]:
 # the stage
 # ---------------------------------------------------------------------------
 def plan_request(
-    llm: LLMClient,
+    llm: ChatModel,
     request: str,
     *,
     inputs: Sequence[str] = (),
@@ -379,7 +379,7 @@ def plan_request(
 
 
 def ask_for_plan(
-    llm: LLMClient,
+    llm: ChatModel,
     messages: list[dict[str, str]],
     *,
     request: str,
@@ -395,7 +395,7 @@ def ask_for_plan(
     last_error: PlanValidationError | None = None
     reply = ""
     for attempt in (1, 2):
-        reply, call_usage = llm.chat(messages, schema=schema, schema_name="plan")
+        reply, call_usage = llm.chat(messages, stage="plan", schema=schema)
         usage = usage + call_usage
         try:
             raw = parse_plan(reply)
@@ -427,7 +427,7 @@ def plan_task(
     """Prefect task: stage 1. The planner is offered the task types that have a model able to run here; file
     arguments must be inputs the settings allow (:class:`~tasks.inputs.InputPolicy`)."""
     return plan_request(
-        LLMClient(settings),
+        chat_model_for(settings),
         request,
         inputs=inputs,
         history=history,

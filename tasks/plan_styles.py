@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.llm import LLMClient
+from tasks.llm import ChatModel
 from tasks.plan import PLAN_SCHEMA, ask_for_plan, build_plan_messages
 from tasks.schemas import ChatTurn, PlanResult
 from tasks.task_types import EXECUTABLE_TASKS
@@ -248,7 +248,7 @@ def build_style_messages(
 # planning
 # ---------------------------------------------------------------------------
 def plan_with_style(
-    llm: LLMClient,
+    llm: ChatModel,
     request: str,
     *,
     style: PlanStyle = PlanStyle(),  # noqa: B008 - frozen model

@@ -10,7 +10,7 @@ from importlib import resources
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.llm import LLMClient, LLMError
+from tasks.llm import ChatModel, LLMError, chat_model_for
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult
 from tasks.settings import Settings
 
@@ -75,7 +75,7 @@ def fallback_answer(request: str, digest: list[dict]) -> str:
 
 
 def respond(
-    llm: LLMClient | None,
+    llm: ChatModel,
     request: str,
     nodes: Sequence[PlanNode],
     assignments: Sequence[Assignment],
@@ -83,10 +83,8 @@ def respond(
     history: Sequence[ChatTurn] = (),
 ) -> ResponseResult:
     digest = results_digest(nodes, assignments, results)
-    if llm is None:
-        return ResponseResult(answer=fallback_answer(request, digest), source="fallback", error="no LLM configured")
     try:
-        answer, usage = llm.chat(build_response_messages(request, digest, history), temperature=0.2)
+        answer, usage = llm.chat(build_response_messages(request, digest, history), stage="respond", temperature=0.2)
     except LLMError as exc:
         return ResponseResult(answer=fallback_answer(request, digest), source="fallback", error=str(exc))
     if not answer.strip():
@@ -109,5 +107,4 @@ def respond_task(
     history: list[ChatTurn],
 ) -> ResponseResult:
     """Prefect task: stage 4."""
-    llm = LLMClient(settings) if settings.llm_configured else None
-    return respond(llm, request, nodes, assignments, results, history)
+    return respond(chat_model_for(settings), request, nodes, assignments, results, history)

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from models_catalog.catalog import Catalog, CatalogEntry
 from tasks.availability import Availability
 from tasks.experts.base import ModelSpec
-from tasks.llm import JSONExtractError, LLMClient, LLMError, extract_json
+from tasks.llm import ChatModel, JSONExtractError, LLMError, chat_model_for, extract_json
 from tasks.schemas import Assignment, CandidateCheck, LLMUsage, PlanNode, SelectionResult
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES, normalize_task_name
@@ -183,7 +183,7 @@ def select_models(
     nodes: Sequence[PlanNode],
     availability: Availability,
     *,
-    llm: LLMClient | None,
+    llm: ChatModel,
     request: str,
     pins: Mapping[str, str] | None = None,
     top_k: int = 5,
@@ -268,16 +268,11 @@ def select_models(
     if pending:
         choices: dict[int, tuple[str, str]] = {}
         failure: str | None = None
-        if llm is None:
-            failure = "no LLM configured"
-        else:
-            try:
-                reply, usage = llm.chat(
-                    build_select_messages(request, pending), schema=SELECT_SCHEMA, schema_name="selection"
-                )
-                choices = _parse_choices(reply)
-            except (LLMError, JSONExtractError) as exc:
-                failure = f"selection by the LLM failed ({exc})"
+        try:
+            reply, usage = llm.chat(build_select_messages(request, pending), stage="select", schema=SELECT_SCHEMA)
+            choices = _parse_choices(reply)
+        except (LLMError, JSONExtractError) as exc:
+            failure = f"selection by the LLM failed ({exc})"
         for node, cands in pending:
             by_id = {c.id: c for c in cands}
             chosen, reason = choices.get(node.id, ("", ""))
@@ -314,11 +309,10 @@ def select_task(
     pins: dict[str, str],
 ) -> SelectionResult:
     """Prefect task: stage 2."""
-    llm = LLMClient(settings) if settings.llm_configured else None
     return select_models(
         nodes,
         Availability(settings),
-        llm=llm,
+        llm=chat_model_for(settings),
         request=request,
         pins=pins,
         top_k=settings.top_k,

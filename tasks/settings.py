@@ -14,6 +14,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_LLM_MODEL = "gpt-4.1-mini"
+DEFAULT_LOCAL_LLM = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_STORAGE = "./hugginggpt-runs"
 
 
@@ -52,6 +53,13 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(default=120.0, gt=0, description="seconds before one LLM call is abandoned")
     llm_max_retries: int = Field(default=2, ge=0, description="retries on connection errors, 429 and 5xx")
     llm_json_schema: bool = Field(default=True, description="ask for JSON-schema constrained output")
+    local_llm: str = Field(
+        default=DEFAULT_LOCAL_LLM,
+        description="the embedded controller when no endpoint is set: a Hub id or a folder of an instruct model",
+    )
+    local_llm_max_new_tokens: int = Field(
+        default=768, ge=1, description="bound on one reply of the embedded controller, in tokens"
+    )
 
     # --- storage and catalog ----------------------------------------------------
     storage: str = Field(default=DEFAULT_STORAGE, description="fsspec URL of the artifact store")

@@ -1,7 +1,8 @@
 """An OpenAI-compatible chat-completions server on 127.0.0.1, scripted per test.
 
 Replies are chosen per stage (planning, selection, response), told apart by the
-system prompt each stage sends. A script entry is a reply string, a callable
+``X-HuggingGPT-Stage`` header the client sends with every call (a request without
+it is refused with 400). A script entry is a reply string, a callable
 taking the request body and returning one (or an :class:`HTTPFault`), or an
 :class:`HTTPFault` to answer with an error status. A list of entries is consumed
 in order, the last repeating.
@@ -17,6 +18,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tasks.llm import STAGE_HEADER
+
+STAGES = ("plan", "select", "respond")
+
 
 @dataclass
 class HTTPFault:
@@ -25,18 +30,11 @@ class HTTPFault:
     delay: float = 0.0
 
 
-def stage_of(body: dict[str, Any]) -> str:
-    system = next((m.get("content", "") for m in body.get("messages", []) if m.get("role") == "system"), "")
-    if "task planner" in system:
-        return "plan"
-    if "model selector" in system:
-        return "select"
-    return "respond"
-
-
 class ScriptedLLM:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        #: the stage of each request, in the same order
+        self.stages: list[str] = []
         self.calls: Counter[str] = Counter()
         self.script: dict[str, list[Any]] = {}
         self.reject_response_format = False
@@ -59,7 +57,11 @@ class ScriptedLLM:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                status, payload = outer._answer(body)
+                stage = self.headers.get(STAGE_HEADER, "")
+                if stage not in STAGES:
+                    self._send(400, {"error": {"message": f"no {STAGE_HEADER} header naming one of {STAGES}"}})
+                    return
+                status, payload = outer._answer(body, stage)
                 self._send(status, payload)
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
@@ -89,6 +91,7 @@ class ScriptedLLM:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.stages.clear()
             self.calls.clear()
             self.script.clear()
             self.reject_response_format = False
@@ -100,12 +103,13 @@ class ScriptedLLM:
                 self.script[stage] = list(entry) if isinstance(entry, list) else [entry]
 
     def stage_requests(self, stage: str) -> list[dict[str, Any]]:
-        return [r for r in self.requests if stage_of(r) == stage]
+        with self._lock:
+            return [r for r, s in zip(self.requests, self.stages, strict=True) if s == stage]
 
-    def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        stage = stage_of(body)
+    def _answer(self, body: dict[str, Any], stage: str) -> tuple[int, dict[str, Any]]:
         with self._lock:
             self.requests.append(body)
+            self.stages.append(stage)
             self.calls[stage] += 1
             if self.reject_response_format and "response_format" in body:
                 return 400, {"error": {"message": "response_format is not supported", "type": "invalid_request_error"}}

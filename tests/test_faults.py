@@ -93,10 +93,10 @@ def _arrivals(llm: Any, monkeypatch: pytest.MonkeyPatch) -> list[float]:
     times: list[float] = []
     real = llm._answer
 
-    def answer(body: dict[str, Any]) -> Any:
-        if "task planner" in str(body["messages"][0].get("content", "")):
+    def answer(body: dict[str, Any], stage: str) -> Any:
+        if stage == "plan":
             times.append(time.monotonic())
-        return real(body)
+        return real(body, stage)
 
     monkeypatch.setattr(llm, "_answer", answer)
     return times

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from tasks.llm import LLMClient, extract_json
+from tasks.llm import FunctionModel, LLMClient, extract_json, scripted
 from tasks.plan import (
+    PLAN_SCHEMA,
     PlanningError,
     PlanValidationError,
     build_plan_messages,
@@ -23,8 +24,8 @@ CHAIN = [
 ]
 
 
-def _client(llm) -> LLMClient:
-    return LLMClient(Settings())
+def _fake(*replies: str) -> FunctionModel:
+    return FunctionModel(scripted(plan=list(replies)))
 
 
 # --- tolerant parsing ---------------------------------------------------------
@@ -157,40 +158,42 @@ def test_embedded_generated_text_reference_allowed() -> None:
     assert nodes[1].dep == [0]
 
 
-# --- the stage against the scripted server -----------------------------------------
-def test_plan_request_uses_demos_history_and_schema(llm) -> None:
-    llm.set(plan=plan_json(*CHAIN))
+# --- the stage, with a stand-in model ----------------------------------------------
+def test_plan_request_uses_demos_history_and_schema() -> None:
+    model = _fake(plan_json(*CHAIN))
     history = [ChatTurn(role="user", content="earlier question"), ChatTurn(role="assistant", content="earlier answer")]
-    result = plan_request(_client(llm), "Describe photo.jpg and read it aloud", inputs=["photo.jpg"], history=history)
+    result = plan_request(model, "Describe photo.jpg and read it aloud", inputs=["photo.jpg"], history=history)
     assert [n.task for n in result.nodes] == ["image-to-text", "text-to-speech"]
     assert result.usage.calls == 1 and result.usage.prompt_tokens > 0
-    body = llm.requests[0]
-    assert body["response_format"]["type"] == "json_schema"
-    contents = "\n".join(m["content"] for m in body["messages"])
+    (call,) = model.calls
+    assert call.stage == "plan" and call.schema == PLAN_SCHEMA
+    contents = "\n".join(m["content"] for m in call.messages)
     assert "earlier question" in contents and "holiday.jpg" in contents  # history and a demo
-    assert body["messages"][-1]["content"].startswith("Request: Describe photo.jpg")
+    assert call.messages[-1]["content"].startswith("Request: Describe photo.jpg")
 
 
-def test_plan_request_reasks_once_with_the_error(llm) -> None:
+def test_plan_request_reasks_once_with_the_error() -> None:
     bad = plan_json({"id": 0, "task": "image-to-poem", "dep": [-1], "args": {"image": "photo.jpg"}})
-    llm.set(plan=[bad, plan_json(CHAIN[0])])
-    result = plan_request(_client(llm), "Describe photo.jpg", inputs=["photo.jpg"])
+    model = _fake(bad, plan_json(CHAIN[0]))
+    result = plan_request(model, "Describe photo.jpg", inputs=["photo.jpg"])
     assert result.attempts == 2 and result.usage.calls == 2
-    reask = llm.requests[1]["messages"][-1]["content"]
+    reask = model.calls[1].messages[-1]["content"]
     assert "unknown task type 'image-to-poem'" in reask
+    assert model.calls[1].messages[-2] == {"role": "assistant", "content": bad}
 
 
-def test_plan_request_fails_after_second_bad_plan(llm) -> None:
-    llm.set(plan="no plan today")
+def test_plan_request_fails_after_second_bad_plan() -> None:
+    model = _fake("no plan today")
     with pytest.raises(PlanningError, match="invalid twice; last error: the plan is not JSON"):
-        plan_request(_client(llm), "Describe photo.jpg", inputs=["photo.jpg"])
-    assert llm.calls["plan"] == 2
+        plan_request(model, "Describe photo.jpg", inputs=["photo.jpg"])
+    assert len(model.stage_calls("plan")) == 2
 
 
+# --- the OpenAI client against the scripted server ----------------------------------------
 def test_plan_request_without_json_schema_support(llm) -> None:
     llm.reject_response_format = True
     llm.set(plan="```json\n" + plan_json(CHAIN[0]) + "\n```")
-    client = _client(llm)
+    client = LLMClient(Settings())
     result = plan_request(client, "Describe photo.jpg", inputs=["photo.jpg"])
     assert len(result.nodes) == 1
     assert "response_format" not in llm.requests[-1]

@@ -16,12 +16,11 @@ from models_catalog.catalog import (
     read_catalog_file,
 )
 from tasks.availability import Availability
-from tasks.llm import LLMClient
+from tasks.llm import FunctionModel, LLMClient, LLMError, scripted
 from tasks.schemas import PlanNode
-from tasks.select import SelectionError, check_pins, parse_pins, select_models
+from tasks.select import SELECT_SCHEMA, SelectionError, check_pins, parse_pins, select_models
 from tasks.settings import Settings
 from tasks.task_types import NOT_SERVED_LOCALLY, TASK_TYPES
-from tests.llm_server import HTTPFault
 from tests.tiny_models import build_tiny_models
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "jarvis_p0_models.jsonl"
@@ -152,56 +151,60 @@ def test_hub_only_models_unavailable_offline(tmp_path: Path, monkeypatch: pytest
     assert checks[0].reason == "t5, 100,000,000 params, weights downloadable from the Hub"
 
 
-def test_one_llm_call_for_all_nodes_with_several_candidates(llm, tmp_path: Path) -> None:
-    llm.set(
-        select=json.dumps(
-            {
-                "choices": [
-                    {"id": 0, "model": "b/cls-liked", "reason": "liked by users"},
-                    {"id": 2, "model": "a/cls-popular", "reason": "most downloaded"},
-                ]
-            }
-        )
+def test_one_llm_call_for_all_nodes_with_several_candidates(tmp_path: Path) -> None:
+    reply = json.dumps(
+        {
+            "choices": [
+                {"id": 0, "model": "b/cls-liked", "reason": "liked by users"},
+                {"id": 2, "model": "a/cls-popular", "reason": "most downloaded"},
+            ]
+        }
     )
-    result = select_models(NODES, _available(tmp_path), llm=LLMClient(Settings()), request="r", top_k=5)
-    assert llm.calls["select"] == 1
+    model = FunctionModel(scripted(select=reply))
+    result = select_models(NODES, _available(tmp_path), llm=model, request="r", top_k=5)
+    assert [c.stage for c in model.calls] == ["select"] and model.calls[0].schema == SELECT_SCHEMA
     by_node = {a.node_id: a for a in result.assignments}
     assert by_node[0].model == "b/cls-liked" and by_node[0].reason == "liked by users"
     assert by_node[0].candidates == ["a/cls-popular", "b/cls-liked"]
     assert by_node[1].model == "d/sum" and by_node[1].reason == "the only runnable candidate"
     assert by_node[2].model == "a/cls-popular"
-    asked = llm.requests[0]["messages"][-1]["content"]
+    asked = model.calls[0].messages[-1]["content"]
     assert '"id": 0' in asked and '"id": 2' in asked and "d/sum" not in asked
     assert result.usage.calls == 1
 
 
-def test_no_llm_call_when_every_node_has_one_candidate(llm, tmp_path: Path) -> None:
-    result = select_models(NODES[1:2], _available(tmp_path), llm=LLMClient(Settings()), request="r")
-    assert llm.calls["select"] == 0 and result.assignments[0].model == "d/sum"
+def test_no_llm_call_when_every_node_has_one_candidate(tmp_path: Path) -> None:
+    model = FunctionModel(scripted())
+    result = select_models(NODES[1:2], _available(tmp_path), llm=model, request="r")
+    assert model.calls == [] and result.assignments[0].model == "d/sum"
 
 
-def test_choice_outside_candidates_and_llm_failure_take_top_ranked(llm, tmp_path: Path) -> None:
-    llm.set(select=json.dumps({"choices": [{"id": 0, "model": "https://evil.example/model", "reason": "x"}]}))
-    result = select_models(NODES[:1], _available(tmp_path), llm=LLMClient(Settings()), request="r")
+def _fails(call: object) -> str:
+    raise LLMError("the LLM at http://127.0.0.1 answered HTTP 500: scripted failure")
+
+
+def test_choice_outside_candidates_and_llm_failure_take_top_ranked(tmp_path: Path) -> None:
+    stray = json.dumps({"choices": [{"id": 0, "model": "https://evil.example/model", "reason": "x"}]})
+    result = select_models(NODES[:1], _available(tmp_path), llm=FunctionModel(scripted(select=stray)), request="r")
     assert result.assignments[0].model == "a/cls-popular"
     assert "not a candidate" in result.assignments[0].reason
-    llm.set(select=HTTPFault(500))
-    result = select_models(NODES[:1], _available(tmp_path), llm=LLMClient(Settings()), request="r")
+    result = select_models(NODES[:1], _available(tmp_path), llm=FunctionModel(_fails), request="r")
     assert result.assignments[0].model == "a/cls-popular"
-    assert "selection by the LLM failed" in result.assignments[0].reason
+    assert "selection by the LLM failed" in result.assignments[0].reason and "HTTP 500" in result.assignments[0].reason
 
 
 def test_pins(tmp_path: Path) -> None:
+    model = FunctionModel(scripted())
     available = _available(tmp_path)
     result = select_models(
-        NODES, available, llm=None, request="r", pins=parse_pins(["Text_Classification=b/cls-liked"])
+        NODES, available, llm=model, request="r", pins=parse_pins(["Text_Classification=b/cls-liked"])
     )
     assert {a.model for a in result.assignments if a.task == "text-classification"} == {"b/cls-liked"}
     assert result.assignments[0].reason == f"pinned by the user (bert, size unknown, weights in {tmp_path / 'weights'})"
     with pytest.raises(SelectionError, match="summarization=nobody/x: not in the catalog for task 'summarization'"):
-        select_models(NODES, available, llm=None, request="r", pins={"summarization": "nobody/x"})
+        select_models(NODES, available, llm=model, request="r", pins={"summarization": "nobody/x"})
     with pytest.raises(SelectionError, match="pins task\\(s\\) depth-estimation that the plan does not use"):
-        select_models(NODES, available, llm=None, request="r", pins={"depth-estimation": "x/y"})
+        select_models(NODES, available, llm=model, request="r", pins={"depth-estimation": "x/y"})
     with pytest.raises(SelectionError, match="TASK=MODEL_ID or TASK=FOLDER"):
         parse_pins(["image-to-text"])
 
@@ -274,7 +277,7 @@ def test_the_recommended_tier_is_offered_alone_when_it_can_run(llm, tmp_path: Pa
 
 def test_task_without_runnable_model_is_left_unassigned(tmp_path: Path) -> None:
     node = PlanNode(id=0, task="translation", args={"text": "x"})
-    result = select_models([node], _available(tmp_path), llm=None, request="r")
+    result = select_models([node], _available(tmp_path), llm=FunctionModel(scripted()), request="r")
     assert result.assignments == []
     assert "no runnable model for task 'translation'" in result.unassigned[0]
     assert "e/hub-only: local: no local weights and the Hub is offline" in result.unassigned[0]

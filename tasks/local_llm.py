@@ -1,0 +1,301 @@
+"""The embedded controller: a small instruct model run in process with transformers, when no LLM is configured.
+
+It answers the same :class:`~tasks.llm.ChatModel` calls as an OpenAI-compatible server. A reply asked for with a
+JSON schema (planning, selection) is constrained to it while decoding: llguidance computes, at every step, the
+tokens that keep the text a prefix of some JSON value matching the schema, and every other token's logit is set
+to minus infinity, so even a small model returns a parsable plan (the stages still validate it and re-ask once).
+Arrays, strings, integers and free keys are bounded in the grammar (:func:`bounded_schema`), so a reply cannot
+grow without end (a reply still cut by ``HUGGINGGPT_LOCAL_LLM_MAX_NEW_TOKENS`` is invalid, and the stage re-asks).
+Decoding is greedy, in float32 on a CPU.
+
+The model loads once per process, into the :class:`~tasks.experts.cache.ModelCache` of the process-wide local
+experts backend (:func:`tasks.execute.backend_for`), so it counts against the same ``HUGGINGGPT_MAX_MODELS``
+budget as the models the plan runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from tasks.experts.cache import CacheEntry, ModelCache, default_cache
+from tasks.llm import LLMError, LLMUnavailableError, Message
+from tasks.schemas import LLMUsage
+from tasks.settings import DEFAULT_LLM_MODEL, Settings
+
+logger = logging.getLogger(__name__)
+
+#: What a controller checkpoint needs from its repository (no other formats, no README or images).
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"]
+
+SWITCH_HINT = (
+    "for a stronger one set OPENAI_API_KEY (OpenAI), or OPENAI_BASE_URL (Ollama, vLLM, llama.cpp server) with "
+    f"HUGGINGGPT_LLM_MODEL (default {DEFAULT_LLM_MODEL}); HUGGINGGPT_LOCAL_LLM picks another local model"
+)
+
+
+class LocalLLMUnavailableError(LLMUnavailableError):
+    """The embedded controller's weights are not on this machine and cannot be downloaded (or do not load)."""
+
+
+def _what_to_set(source: str, cause: str) -> str:
+    return (
+        f"No LLM is configured, and the embedded controller {source} cannot be loaded ({cause}). "
+        "Set OPENAI_API_KEY to use OpenAI, or OPENAI_BASE_URL to use an OpenAI-compatible server "
+        "(e.g. http://localhost:11434/v1 for Ollama) with HUGGINGGPT_LLM_MODEL, or HUGGINGGPT_LOCAL_LLM to a "
+        "folder holding an instruct model with a chat template."
+    )
+
+
+def fetch_local_llm(source: str) -> Path:
+    """The folder of the controller ``source``: a local folder as it is, else the Hub repository's snapshot,
+    downloaded now when it is not in the Hugging Face cache (with huggingface_hub's progress bars on stderr).
+    Raises :class:`LocalLLMUnavailableError` saying what to set when neither works."""
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return folder
+    if source.startswith((".", "/", "~")):
+        raise LocalLLMUnavailableError(_what_to_set(source, "no such folder"))
+    import httpx
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=WEIGHT_PATTERNS))
+    except (OSError, ValueError, HfHubHTTPError, httpx.HTTPError) as exc:
+        cause = (
+            "its weights are not on this machine and the Hugging Face Hub cannot be reached"
+            if _offline(exc)
+            else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}"
+        )
+        raise LocalLLMUnavailableError(_what_to_set(source, cause)) from None
+
+
+def _offline(exc: BaseException) -> bool:
+    import httpx
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    return isinstance(exc, LocalEntryNotFoundError | OfflineModeIsEnabled | httpx.ConnectError | httpx.TimeoutException)
+
+
+def describe_local(settings: Settings) -> str:
+    """The line the CLI prints once: which model answers, where, and how to switch."""
+    return (
+        f"controller: {settings.local_llm}, embedded (transformers on {settings.resolved_device()}, no LLM "
+        f"configured); {SWITCH_HINT}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# the schema as a bounded grammar
+# ---------------------------------------------------------------------------
+def bounded_schema(schema: dict[str, Any], *, max_items: int, max_length: int, max_int: int) -> dict[str, Any]:
+    """``schema`` with a bound on every array (``maxItems``), string (``maxLength``), object with free keys
+    (``maxProperties``) and integer (``minimum``/``maximum``) that has none, and no keys beyond an object's
+    ``properties`` unless it says so, so every reply closes."""
+    out = dict(schema)
+    kind = out.get("type")
+    if kind == "array":
+        out.setdefault("maxItems", max_items)
+        if isinstance(out.get("items"), dict):
+            out["items"] = bounded_schema(out["items"], max_items=max_items, max_length=max_length, max_int=max_int)
+    elif kind == "string":
+        out.setdefault("maxLength", max_length)
+    elif kind == "integer":
+        out.setdefault("minimum", -1)
+        out.setdefault("maximum", max_int)
+    elif kind == "object":
+        if isinstance(out.get("properties"), dict):
+            out["properties"] = {
+                k: bounded_schema(v, max_items=max_items, max_length=max_length, max_int=max_int)
+                for k, v in out["properties"].items()
+            }
+        extra = out.setdefault("additionalProperties", False)
+        if isinstance(extra, dict):  # free keys: names, as long as a string may be (llguidance has no propertyNames)
+            bounded = bounded_schema(extra, max_items=max_items, max_length=max_length, max_int=max_int)
+            out["patternProperties"] = {key_pattern(max_length): bounded}
+            out["additionalProperties"] = False
+            out.setdefault("maxProperties", max_items)
+    return out
+
+
+def key_pattern(max_length: int) -> str:
+    """What a free key of an object in a constrained reply looks like: a name of at most ``max_length``
+    characters."""
+    return f"^[A-Za-z_][A-Za-z0-9_-]{{0,{max(max_length - 1, 0)}}}$"
+
+
+class SchemaLogitsProcessor(LogitsProcessor):
+    """Masks every token that would take the reply out of the grammar of ``matcher`` (llguidance)."""
+
+    def __init__(self, matcher: Any, prompt_length: int) -> None:
+        self.matcher = matcher
+        self.prompt_length = prompt_length
+        self.consumed = 0
+        self._bits = torch.arange(8, dtype=torch.uint8)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[0, self.prompt_length :].tolist()
+        for token in generated[self.consumed :]:
+            self.matcher.consume_token(token)
+        self.consumed = len(generated)
+        if self.matcher.is_error():
+            return scores
+        packed = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.uint8)
+        allowed = ((packed[:, None] >> self._bits) & 1).flatten().bool()
+        vocab = scores.shape[-1]
+        if allowed.numel() < vocab:
+            allowed = torch.cat([allowed, torch.zeros(vocab - allowed.numel(), dtype=torch.bool)])
+        return scores.masked_fill(~allowed[:vocab].to(scores.device), float("-inf"))
+
+
+# ---------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------
+@dataclass
+class LoadedController:
+    model: Any
+    tokenizer: Any
+    grammar_tokenizer: Any  # llguidance.LLTokenizer
+    eos_ids: list[int]
+
+
+def load_controller(source: str, device: str) -> LoadedController:
+    """Load the checkpoint at ``source`` (a folder or a Hub id) for generation on ``device``."""
+    import llguidance.hf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = fetch_local_llm(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        # float32 on a CPU: faster than the bfloat16 checkpoints ship in, there (measured: bench/controller.py)
+        dtype = torch.float32 if device == "cpu" else "auto"
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise LocalLLMUnavailableError(_what_to_set(source, f"it does not load: {exc}")) from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise LocalLLMUnavailableError(_what_to_set(source, "its tokenizer has no chat template"))
+    eos = model.generation_config.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id])
+    grammar_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=model.config.vocab_size, eos_token=eos_ids)
+    return LoadedController(model=model, tokenizer=tokenizer, grammar_tokenizer=grammar_tokenizer, eos_ids=eos_ids)
+
+
+class LocalChatModel:
+    """A :class:`~tasks.llm.ChatModel` answered by an instruct model in this process (see the module doc)."""
+
+    base_url = "in-process (transformers)"
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        device: str = "cpu",
+        max_new_tokens: int = 768,
+        cache: ModelCache | None = None,
+        max_items: int = 12,
+        max_length: int = 400,
+        max_int: int = 99,
+    ) -> None:
+        self.model = source
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.cache = cache if cache is not None else default_cache()
+        self.bounds = {"max_items": max_items, "max_length": max_length, "max_int": max_int}
+        self._lock = threading.Lock()
+        self.usage = LLMUsage()
+        #: seconds spent loading (0 when the model was already loaded) and generating, for the figures
+        self.load_seconds = 0.0
+        self.generate_seconds = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalChatModel:
+        """The controller the settings name, loaded into the same cache as the local experts' models."""
+        from tasks.execute import backend_for
+
+        backend = backend_for(settings)
+        return cls(
+            settings.local_llm,
+            device=settings.resolved_device(),
+            max_new_tokens=settings.local_llm_max_new_tokens,
+            cache=getattr(backend, "cache", None),
+        )
+
+    def loaded(self) -> CacheEntry[LoadedController]:
+        """The model, loaded on first use (once per process, whatever the number of callers)."""
+        start = time.perf_counter()
+        key = ("controller", self.model, None, self.device)
+        fresh = key not in self.cache
+        entry = self.cache.get_or_load(key, lambda: load_controller(self.model, self.device))
+        if fresh:
+            self.load_seconds += time.perf_counter() - start
+        return entry
+
+    def chat(
+        self,
+        messages: list[Message],
+        *,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """Generate the assistant's reply to ``messages`` (greedily; ``temperature`` is not used), constrained to
+        ``schema`` when one is given."""
+        entry = self.loaded()
+        ctl = entry.value
+        with entry.lock:
+            start = time.perf_counter()
+            try:
+                reply, prompt_tokens, completion_tokens = self._generate(ctl, messages, schema)
+            except (RuntimeError, ValueError) as exc:
+                raise LLMError(f"the embedded controller {self.model} failed on the {stage} call: {exc}") from None
+            elapsed = time.perf_counter() - start
+        usage = LLMUsage(calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        with self._lock:
+            self.usage = self.usage + usage
+            self.generate_seconds += elapsed
+        logger.debug("controller %s: %d tokens in %.2f s", stage, completion_tokens, elapsed)
+        return reply, usage
+
+    def _generate(
+        self, ctl: LoadedController, messages: list[Message], schema: dict[str, Any] | None
+    ) -> tuple[str, int, int]:
+        import llguidance
+
+        encoded = ctl.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        input_ids = encoded["input_ids"].to(self.device)
+        prompt_length = input_ids.shape[1]
+        processors = LogitsProcessorList()
+        if schema is not None:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                bounded_schema(schema, **self.bounds), defaults={"whitespace_flexible": False}
+            )
+            matcher = llguidance.LLMatcher(ctl.grammar_tokenizer, grammar, log_level=0)
+            if matcher.is_error():
+                raise ValueError(f"the reply schema cannot be decoded as a grammar: {matcher.get_error()}")
+            processors.append(SchemaLogitsProcessor(matcher, prompt_length))
+        with torch.inference_mode():
+            output = ctl.model.generate(
+                input_ids,
+                attention_mask=encoded["attention_mask"].to(self.device),
+                # a whole config: the checkpoint's sampling defaults would only be warned about and ignored
+                generation_config=GenerationConfig(
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=ctl.eos_ids,
+                    pad_token_id=ctl.eos_ids[0],
+                ),
+                logits_processor=processors,
+            )
+        generated = output[0, prompt_length:]
+        reply = ctl.tokenizer.decode(generated, skip_special_tokens=True)
+        return reply, prompt_length, int(generated.numel())
