@@ -213,7 +213,7 @@ def test_a_folder_of_weights_is_pinned_without_a_catalog_edit(tmp_path: Path, ti
     available = _available(tmp_path, Catalog())
     pins = check_pins(parse_pins([f"text-classification={tiny_classifier}"]), available)
     assert pins == {"text-classification": str(tiny_classifier)}
-    result = select_models(NODES[:1], available, llm=None, request="r", pins=pins)
+    result = select_models(NODES[:1], available, llm=FunctionModel(scripted()), request="r", pins=pins)
     (assignment,) = result.assignments
     assert (assignment.model, assignment.backend) == (str(tiny_classifier), "local")
     assert assignment.spec.local_path == str(tiny_classifier)
@@ -248,12 +248,14 @@ def test_run_refuses_a_bad_pin_before_any_llm_call(llm, tmp_path: Path) -> None:
 
 
 def test_every_candidate_check_is_recorded(tmp_path: Path) -> None:
-    result = select_models(NODES, _available(tmp_path), llm=None, request="r", top_k=1, max_fallbacks=0)
+    result = select_models(
+        NODES, _available(tmp_path), llm=FunctionModel(scripted()), request="r", top_k=1, max_fallbacks=0
+    )
     assert [(c.task, c.model, c.backend) for c in result.checks] == [
         ("summarization", "d/sum", "local"),
         ("text-classification", "a/cls-popular", "local"),
     ]
-    result = select_models(NODES, _available(tmp_path), llm=None, request="r")
+    result = select_models(NODES, _available(tmp_path), llm=FunctionModel(scripted()), request="r")
     gone = next(c for c in result.checks if c.model == "c/cls-gone")
     assert gone.backend is None and "does not exist" in gone.reason
 
