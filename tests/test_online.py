@@ -92,3 +92,37 @@ def test_readme_main_command_on_real_weights(
     assert caption["status"] == "completed" and len(caption["outputs"]["text"].split()) >= 2
     wav = Path(speech["outputs"]["audio"])
     assert speech["status"] == "completed" and wav.read_bytes()[:4] == b"RIFF" and wav.stat().st_size > 10_000
+
+
+def test_readme_main_command_with_the_embedded_controller(
+    hub_reachable: None, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """No LLM configured, as on a fresh machine: the embedded controller (downloaded on first use) plans, selects
+    and answers."""
+    from prefect.settings import PREFECT_API_URL
+
+    request.getfixturevalue("prefect_server")
+    photo = tmp_path / "photo.jpg"
+    shutil.copy(ROOT / "deployments" / "examples" / "photo.jpg", photo)
+    environment = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HUGGINGGPT_STORAGE": str(tmp_path / "runs"),
+    }
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HUGGINGGPT_CATALOG", "HUGGINGGPT_LOCAL_LLM"):
+        environment.pop(name, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", REQUEST, "--input", str(photo), "--json"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd=tmp_path,
+    )
+    assert "controller:" in proc.stderr, proc.stderr[-4000:]  # says once which controller it uses
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+    assert summary["answer"].strip() and summary["llm"]["calls"] >= 2
+    assert all(r["status"] == "completed" for r in summary["results"])
