@@ -22,7 +22,6 @@ a progress artifact follows it, and a table artifact lists every line at the end
 from __future__ import annotations
 
 import functools
-import json
 import mimetypes
 import posixpath
 import re
@@ -31,7 +30,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
-import yaml
 from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -47,8 +45,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flows.request import configured_flow, prefect_run_settings
+from flows.request import MAX_REQUEST_CHARS, configured_flow, prefect_run_settings
 from flows.runners import shared_task_runner
+from tasks.parsing import ParseError, loads_json, parse_plan_value, split_lines
 from tasks.plan import PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key
 from tasks.schemas import PlanNode, PlanResult, RunSummary
@@ -93,6 +92,8 @@ class BatchLine(BaseModel):
     def _not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("the request is empty")
+        if len(v) > MAX_REQUEST_CHARS:
+            raise ValueError(f"the request is {len(v)} characters long; the limit is {MAX_REQUEST_CHARS}")
         return v
 
 
@@ -187,32 +188,26 @@ def _pydantic_problems(exc: ValidationError) -> str:
 
 
 def _plan_nodes(raw: list[Any] | dict[str, Any] | str) -> list[Any]:
-    """The list of raw nodes of an explicit plan given as a list, an object with ``tasks``, or JSON/YAML text."""
-    data: Any = raw
-    if isinstance(data, str):
-        try:
-            data = yaml.safe_load(data)  # YAML is a superset of JSON
-        except yaml.YAMLError as exc:
-            raise PlanValidationError([f"the plan text is neither JSON nor YAML ({exc})"]) from None
-    if isinstance(data, dict):
-        data = next((data[k] for k in ("tasks", "plan", "nodes") if isinstance(data.get(k), list)), data)
-    if not isinstance(data, list):
-        raise PlanValidationError([f"the plan must be a list of tasks, not {type(data).__name__}"])
-    return data
+    """The list of raw nodes of an explicit plan given as a list, an object with ``tasks``, or JSON/YAML text
+    (:func:`tasks.parsing.parse_plan_value`)."""
+    try:
+        return parse_plan_value(raw)
+    except ParseError as exc:
+        raise PlanValidationError([str(exc)]) from None
 
 
 def parse_line(number: int, text: str) -> ParsedLine:
     """One line of the file: a valid request (with its explicit plan validated), or the reason it is invalid."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return ParsedLine(line=number, error=f"line {number}: not JSON ({exc.msg} at column {exc.colno})")
+        value = loads_json(text, f"line {number}")
+    except ParseError as exc:
+        return ParsedLine(line=number, error=str(exc))
     if not isinstance(value, dict):
         return ParsedLine(line=number, error=f"line {number}: expected a JSON object, got {type(value).__name__}")
     raw_id = value.get("id")
     known: dict[str, Any] = {
-        "id": str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None,
-        "request": value.get("request") if isinstance(value.get("request"), str) else None,
+        "id": str(raw_id)[:200] if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None,
+        "request": value["request"][:MAX_REQUEST_CHARS] if isinstance(value.get("request"), str) else None,
     }
     try:
         spec = BatchLine.model_validate(value)
@@ -231,7 +226,7 @@ def parse_line(number: int, text: str) -> ParsedLine:
 
 def parse_requests(text: str) -> list[ParsedLine]:
     """Every non-blank line of a requests file, in order."""
-    return [parse_line(n, raw) for n, raw in enumerate(text.splitlines(), start=1) if raw.strip()]
+    return [parse_line(n, raw) for n, raw in enumerate(split_lines(text), start=1) if raw.strip()]
 
 
 def _options_for(url: str, settings: Settings) -> dict[str, Any]:

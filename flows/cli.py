@@ -98,16 +98,15 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def load_plan_file(path: str) -> list[Any]:
-    """A plan from a JSON or YAML file: a list of nodes, or an object with a ``tasks`` list."""
-    import yaml
+    """A plan from a JSON or YAML file: a list of nodes, or an object with a ``tasks`` list (read by
+    :func:`tasks.parsing.parse_plan_text`: bounded, no YAML aliases or tags; errors are ``ValueError``)."""
+    from tasks.parsing import MAX_DOCUMENT_CHARS, ParseError, parse_plan_text
 
-    text = Path(path).read_text(encoding="utf-8")
-    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    if isinstance(data, dict):
-        data = data.get("tasks", data.get("plan", data.get("nodes")))
-    if not isinstance(data, list):
-        raise ValueError(f"{path} holds no list of tasks")
-    return data
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read(MAX_DOCUMENT_CHARS + 1)
+    if len(text) > MAX_DOCUMENT_CHARS:
+        raise ParseError(f"the plan file is larger than {MAX_DOCUMENT_CHARS} characters")
+    return parse_plan_text(text, "the plan file")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -156,23 +155,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from flows.request import RunRecord
+    from flows.request import RequestError, load_run_record
     from tasks.storage import StorageError, store_for
 
     try:
         settings = _settings(args)
     except ValidationError as exc:
         return config_error(None, exc)
-    store = store_for(settings, args.run_id)
     try:
-        raw = store.read_json("request.json")
-    except StorageError as exc:
-        error(None, f"cannot read run {args.run_id}: {exc}")
+        store = store_for(settings, args.run_id)
+        record = load_run_record(store)
+    except (StorageError, RequestError) as exc:
+        error(None, f"cannot resume: {exc}")
         return EXIT_USAGE
-    if raw is None:
+    if record is None:
         error(None, f"no run {args.run_id} in {settings.storage} ({store.uri('request.json')} does not exist)")
         return EXIT_USAGE
-    record = RunRecord.model_validate(raw)
     return _execute(
         args, settings, record.request, record.inputs, record.models, history=record.history, resume_from=args.run_id
     )

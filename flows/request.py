@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 from prefect.settings import temporary_settings
 from prefect.states import Failed, State
 from prefect.utilities.annotations import allow_failure
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from models_catalog.catalog import CatalogError
 from tasks.execute import node_folder, run_node
@@ -188,7 +188,14 @@ def hugginggpt_request(
     try:
         store = store_for(settings, run_id)
         summary.storage_uri = store.run_uri
-        prior = _load_prior(store, resume_from or run_id, explicit=resume_from is not None)
+        prior = _load_prior(
+            store,
+            resume_from or run_id,
+            explicit=resume_from is not None,
+            settings=settings,
+            request=request,
+            inputs=inputs,
+        )
         if prior is None:
             store.put_text(
                 "request.json",
@@ -233,8 +240,44 @@ class PriorRun(BaseModel):
     results: dict[int, NodeResult] = Field(default_factory=dict)
 
 
-def _load_prior(store: ArtifactStore, run_id: str, *, explicit: bool) -> PriorRun | None:
-    """The earlier attempt ``run_id`` (this run's own folder on a Prefect retry), or ``None`` when there is none."""
+def load_run_record(store: ArtifactStore) -> RunRecord | None:
+    """The ``request.json`` of ``store``'s run, validated like user input (``None`` when there is none); a damaged
+    or foreign record is a :class:`RequestError` naming the file."""
+    raw = store.read_json("request.json")  # StorageError when unreadable or not JSON
+    if raw is None:
+        return None
+    try:
+        record = RunRecord.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestError(f"{store.uri('request.json')} is not a run record: {_problems(exc)}") from None
+    if len(record.request) > MAX_REQUEST_CHARS:
+        raise RequestError(f"{store.uri('request.json')} holds a request longer than {MAX_REQUEST_CHARS} characters")
+    return record
+
+
+def _problems(exc: ValidationError, limit: int = 5) -> str:
+    found = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:limit]]
+    more = exc.error_count() - limit
+    return "; ".join(found) + (f"; and {more} more" if more > 0 else "")
+
+
+def _load_prior(
+    store: ArtifactStore,
+    run_id: str,
+    *,
+    explicit: bool,
+    settings: Settings,
+    request: str,
+    inputs: Sequence[str],
+) -> PriorRun | None:
+    """The earlier attempt ``run_id`` (this run's own folder on a Prefect retry), or ``None`` when there is none.
+
+    What it left is read as untrusted input: the run id must name a folder of this store; the plan is validated
+    again like a user's (file arguments through the input policy); model choices keep only the model ids, whose
+    specs (local folder, endpoint, provider) are looked up again in the catalog and settings, never taken from
+    storage; a finished node is reused only when it is this plan's node and every file it names lies inside the
+    earlier run's own folder. Anything else is a :class:`RequestError` naming the file.
+    """
     other = store.for_run(run_id)
     plan_raw = other.read_json("plan.json")
     selection_raw = other.read_json("assignments.json")
@@ -245,22 +288,100 @@ def _load_prior(store: ArtifactStore, run_id: str, *, explicit: bool) -> PriorRu
                 "(the run did not get past planning and model selection; run the request again instead)"
             )
         return None
-    nodes = [PlanNode.model_validate(n) for n in plan_raw]
-    earlier = other.read_json("summary.json") or {}
-    selection = SelectionResult.model_validate(selection_raw)
+    try:
+        nodes, _ = validate_plan(
+            plan_raw,
+            inputs=inputs,
+            request=request,
+            allowed=TASK_TYPES,
+            policy=InputPolicy.from_settings(settings),
+        )
+    except PlanValidationError as exc:
+        raise RequestError(f"cannot resume run {run_id}: {other.uri('plan.json')} is not a valid plan: {exc}") from None
+    try:
+        selection = SelectionResult.model_validate(selection_raw)
+        earlier = RunSummary.model_validate(other.read_json("summary.json") or {"request": request})
+    except ValidationError as exc:
+        raise RequestError(f"cannot resume run {run_id}: a record of the run is damaged: {_problems(exc)}") from None
+    assignments, unassigned = _rederive_assignments(settings, nodes, selection)
     results: dict[int, NodeResult] = {}
+    by_id = {n.id: n for n in nodes}
     for node in nodes:
-        raw = other.read_json(f"{node_folder(node)}/node.json")
-        if raw is not None:
-            results[node.id] = NodeResult.model_validate(raw)
+        rel = f"{node_folder(node)}/node.json"
+        try:
+            raw = other.read_json(rel)
+            result = None if raw is None else NodeResult.model_validate(raw)
+        except (StorageError, ValidationError) as exc:
+            get_run_logger().warning("not reusing %s: %s", other.uri(rel), _clip(str(exc)))
+            continue
+        if result is None:
+            continue
+        files = [uri for modality, uri in result.outputs.items() if modality != "text"]
+        outside = [uri for uri in files if not other.holds(uri, run_id)]
+        if result.id != node.id or result.task != by_id[node.id].task or outside:
+            why = f"it names {_clip(outside[0])}, outside the run's folder" if outside else "it is another node's"
+            get_run_logger().warning("not reusing %s: %s", other.uri(rel), why)
+            continue
+        results[node.id] = result.model_copy(update={"reused_from": result.reused_from or run_id})
     return PriorRun(
         run_id=run_id,
         nodes=nodes,
-        repairs=list(earlier.get("plan_repairs", [])),
-        assignments=selection.assignments,
-        unassigned=selection.unassigned,
+        repairs=[_clip(r) for r in earlier.plan_repairs],
+        assignments=assignments,
+        unassigned=unassigned,
         results=results,
     )
+
+
+def _rederive_assignments(
+    settings: Settings, nodes: Sequence[PlanNode], stored: SelectionResult
+) -> tuple[list[Assignment], dict[int, str]]:
+    """The model choices of an earlier attempt with nothing but the model ids taken from storage: each spec and
+    its fallbacks come from the catalog and the settings, as at selection. A node whose recorded model is no longer
+    in the catalog, or cannot run here, is left unassigned with the reason."""
+    from models_catalog.catalog import load_catalog
+    from tasks.availability import chooser_for
+    from tasks.select import runnable_candidates
+
+    catalog = load_catalog(settings.catalog)
+    choose = chooser_for(settings)
+    chosen = {a.node_id: a for a in stored.assignments}
+    assignments: list[Assignment] = []
+    unassigned: dict[int, str] = {}
+    for node in nodes:
+        recorded = chosen.get(node.id)
+        if recorded is None:
+            unassigned[node.id] = _clip(stored.unassigned.get(node.id) or "no model was assigned")
+            continue
+        entry = catalog.get(node.task, recorded.model)
+        if entry is None:
+            unassigned[node.id] = (
+                f"the model {_clip(recorded.model)} chosen earlier is not in the catalog for {node.task}"
+            )
+            continue
+        backend, why = choose(entry.spec())
+        if backend is None:
+            unassigned[node.id] = f"the model {entry.id} chosen earlier cannot run here: {why}"
+            continue
+        kept, _ = runnable_candidates(catalog, node.task, choose)
+        assignments.append(
+            Assignment(
+                node_id=node.id,
+                task=node.task,
+                model=entry.id,
+                backend=backend,  # type: ignore[arg-type]
+                candidates=[entry.id],
+                reason="chosen by the earlier attempt (resumed)",
+                spec=entry.spec(),
+                fallbacks=[e.spec() for e, _ in kept if e.id != entry.id][: settings.max_fallbacks],
+            )
+        )
+    return assignments, unassigned
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _run_stages(

@@ -8,17 +8,19 @@ usage counting, and errors that say what to set.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import re
 import threading
 from typing import Any
 
 import openai
 from openai import OpenAI
 
+from tasks import parsing, timebound
+from tasks.parsing import JSONExtractError
 from tasks.schemas import LLMUsage
 from tasks.settings import Settings, redact
+
+__all__ = ["JSONExtractError", "LLMClient", "LLMError", "LLMUnavailableError", "extract_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,35 +35,10 @@ class LLMUnavailableError(LLMError):
     """The LLM endpoint could not be reached or refused the credentials."""
 
 
-class JSONExtractError(ValueError):
-    """No JSON value could be read from a reply."""
-
-
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-
-
 def extract_json(text: str) -> Any:
-    """Read the first JSON value from an LLM reply.
-
-    Accepts a bare value, a value inside a code fence, and a value surrounded
-    by prose ("Here is the plan: [...] Hope it helps").
-    """
-    if text is None:
-        raise JSONExtractError("the reply was empty")
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    decoder = json.JSONDecoder()
-    for chunk in candidates:
-        chunk = chunk.strip()
-        for i, ch in enumerate(chunk):
-            if ch not in "[{":
-                continue
-            try:
-                value, _ = decoder.raw_decode(chunk, i)
-            except json.JSONDecodeError:
-                continue
-            return value
-    snippet = text.strip().replace("\n", " ")[:200]
-    raise JSONExtractError(f"no JSON object or list found in the reply: {snippet!r}")
+    """Read the first JSON value from an LLM reply (see :func:`tasks.parsing.extract_json`: bounded in size and
+    nesting; a bare value, a value inside a code fence, or a value surrounded by prose)."""
+    return parsing.extract_json(text)
 
 
 @functools.lru_cache(maxsize=8)
@@ -139,11 +116,41 @@ class LLMClient:
             self.usage = self.usage + usage
         if not response.choices:
             raise LLMError(f"the LLM at {self.base_url} returned no choices")
-        content = response.choices[0].message.content or ""
+        content = getattr(getattr(response.choices[0], "message", None), "content", None) or ""
+        if not isinstance(content, str):
+            raise LLMError(f"the LLM at {self.base_url} returned a message whose content is not text")
         return content, usage
 
     def _create(self, kwargs: dict[str, Any]) -> Any:
-        return self._client.chat.completions.create(**kwargs)
+        """One completion within ``HUGGINGGPT_LLM_TIMEOUT`` per attempt in all (the client's own timeout bounds
+        each read, so a server sending a byte a second would hold it for ever); a reply that is not a chat
+        completion (an HTML page from a proxy or a web UI, a JSON error document) is an :class:`LLMError`."""
+        attempts = 1 + self.settings.llm_max_retries
+        seconds = self.settings.llm_timeout * attempts
+        try:
+            response = timebound.within(
+                seconds,
+                lambda: self._client.chat.completions.create(**kwargs),
+                f"LLM call to {self.base_url}",
+                lambda: LLMUnavailableError(
+                    f"the LLM at {self.base_url} (model {self.model!r}) did not finish answering within {seconds:g} s "
+                    f"(HUGGINGGPT_LLM_TIMEOUT={self.settings.llm_timeout:g} s for each of {attempts} attempt(s)); "
+                    "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT"
+                ),
+            )
+        except (ValueError, RecursionError) as exc:  # a JSON content type over a body that is not JSON
+            raise LLMError(
+                f"the LLM at {self.base_url} answered with a body that is not JSON ({type(exc).__name__}); "
+                "check OPENAI_BASE_URL: it must be an OpenAI-compatible API (usually ending in /v1)"
+            ) from None
+        if isinstance(response, str | bytes) or not isinstance(getattr(response, "choices", None), list):
+            body = response if isinstance(response, str | bytes) else response.model_dump_json()
+            raise LLMError(
+                f"the LLM at {self.base_url} answered with something that is not a chat completion: "
+                f"{redact(parsing.quote(str(body)), self._secrets)}; check OPENAI_BASE_URL: it must be an "
+                "OpenAI-compatible API (usually ending in /v1)"
+            )
+        return response
 
     def _short(self, exc: BaseException) -> str:
         return redact(_short(exc), self._secrets)
