@@ -45,7 +45,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flows.request import MAX_REQUEST_CHARS, configured_flow, prefect_run_settings
+from flows.request import MAX_REQUEST_CHARS, RequestError, check_request, configured_flow, prefect_run_settings
 from flows.runners import shared_task_runner
 from tasks.parsing import ParseError, loads_json, parse_plan_value, split_lines
 from tasks.plan import PlanValidationError, plan_task, validate_plan
@@ -90,11 +90,10 @@ class BatchLine(BaseModel):
     @field_validator("request")
     @classmethod
     def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("the request is empty")
-        if len(v) > MAX_REQUEST_CHARS:
-            raise ValueError(f"the request is {len(v)} characters long; the limit is {MAX_REQUEST_CHARS}")
-        return v
+        try:
+            return check_request(v)
+        except RequestError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ParsedLine(BaseModel):

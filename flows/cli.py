@@ -110,6 +110,7 @@ def load_plan_file(path: str) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.request import RequestError, check_request
     from tasks.plan import validate_plan
     from tasks.schemas import PlanNode
     from tasks.select import SelectionError, parse_pins
@@ -119,6 +120,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _settings(args)
     except ValidationError as exc:
         return config_error(None, exc)
+    try:
+        check_request(args.request)
+    except RequestError as exc:
+        error(None, str(exc))
+        return EXIT_USAGE
     plan: list[PlanNode] | None = None
     if args.plan:
         try:

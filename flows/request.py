@@ -47,6 +47,16 @@ class RequestError(ValueError):
     """The request itself is unusable (empty, too long)."""
 
 
+def check_request(request: str) -> str:
+    """``request`` when it is one the pipeline takes: not blank, at most :data:`MAX_REQUEST_CHARS` characters (the
+    one rule for the CLI, the batch and the flow, checked before anything is sent to the LLM or to Prefect)."""
+    if not request.strip():
+        raise RequestError("the request is empty: say what you want done")
+    if len(request) > MAX_REQUEST_CHARS:
+        raise RequestError(f"the request is {len(request)} characters long; the limit is {MAX_REQUEST_CHARS}")
+    return request
+
+
 class RequestFailed(RuntimeError):
     """The data of a failed request run: the message says what failed, ``summary`` is the whole run summary.
 
@@ -397,10 +407,7 @@ def _run_stages(
     prior: PriorRun | None = None,
 ) -> ResponseResult:
     log = get_run_logger()
-    if not request.strip():
-        raise RequestError("the request is empty: say what you want done")
-    if len(request) > MAX_REQUEST_CHARS:
-        raise RequestError(f"the request is {len(request)} characters long; the limit is {MAX_REQUEST_CHARS}")
+    check_request(request)
 
     t0 = time.perf_counter()
     if prior is not None:

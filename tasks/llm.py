@@ -18,7 +18,7 @@ from openai import OpenAI
 from tasks import parsing, timebound
 from tasks.parsing import JSONExtractError
 from tasks.schemas import LLMUsage
-from tasks.settings import Settings, redact
+from tasks.settings import Settings, redact, redact_url
 
 __all__ = ["JSONExtractError", "LLMClient", "LLMError", "LLMUnavailableError", "extract_json"]
 
@@ -60,7 +60,7 @@ class LLMClient:
         self.settings = settings
         self.model = settings.llm_model
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
-        self.base_url = settings.openai_base_url or "https://api.openai.com/v1"
+        self.base_url = redact_url(settings.openai_base_url) or "https://api.openai.com/v1"
         self._client = client or shared_openai_client(
             api_key, settings.openai_base_url, settings.llm_timeout, settings.llm_max_retries
         )

@@ -6,6 +6,7 @@ Each test drives the real code against a real adversary (a folder written by som
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
@@ -103,7 +104,7 @@ def _serve(servers: list[HostileServer], answer: Callable[[BaseHTTPRequestHandle
     return server
 
 
-# --- 1. resume trusts nothing read back from storage ------------------------------------------------------------------
+# --- 1. resume trusts nothing read back from storage --------------------------------------------------------------
 
 
 def test_resume_refuses_a_run_id_outside_the_store(env: Path, llm, tmp_path: Path, capsys) -> None:
@@ -186,7 +187,7 @@ def test_resume_of_a_damaged_request_record_says_so(env: Path, llm, capsys) -> N
     assert "is not a run record: request: Input should be a valid string" in capsys.readouterr().err
 
 
-# --- 2. odd plan ids ------------------------------------------------------------------------------------------------
+# --- 2. odd plan ids ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("odd", ["²", "٣", "1" * 40, "١٢", True, 1.5, "0x1"])
@@ -206,7 +207,7 @@ def test_an_odd_plan_id_is_asked_again(llm) -> None:
     assert "invalid id '²'" in llm.stage_requests("plan")[1]["messages"][-1]["content"]
 
 
-# --- 3. an HTTP 200 whose body is not JSON ---------------------------------------------------------------------------
+# --- 3. an HTTP 200 whose body is not JSON ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -242,7 +243,7 @@ def test_a_run_against_a_web_page_ends_with_a_summary(env: Path, hostile, monkey
     assert (env / explicit.flow_run_id / "summary.json").is_file()
 
 
-# --- 5. the LLM timeout bounds a whole call ---------------------------------------------------------------------------
+# --- 5. the LLM timeout bounds a whole call -----------------------------------------------------------------------
 
 
 def test_a_server_dripping_one_byte_a_second_is_cut_off(hostile) -> None:
@@ -256,7 +257,7 @@ def test_a_server_dripping_one_byte_a_second_is_cut_off(hostile) -> None:
     assert "within 1.5 s" in str(caught.value)
 
 
-# --- 6 and 7. deep nesting and YAML bombs -----------------------------------------------------------------------------
+# --- 6 and 7. deep nesting and YAML bombs -------------------------------------------------------------------------
 
 ALIAS_BOMB = "\n".join(
     ["a: &a [x, x, x, x, x, x, x, x, x]"]
@@ -331,7 +332,7 @@ def test_tampered_storage_json_is_refused_with_its_name(env: Path, tmp_path: Pat
         store.read_json("plan.json")
 
 
-# --- 9. a corrupt cache entry is a miss -------------------------------------------------------------------------------
+# --- 9. a corrupt cache entry is a miss ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("damage", [b"{not json", b"\xff\xfe", b'{"key": 1}', b"[" * 10_000])
@@ -377,3 +378,128 @@ def _write_entry(cache: Any, key: str, result: Any) -> None:
 
     entry = CacheEntry(key=key, created=time.time(), run_id="run-0", result=result)
     cache.store.put_root_bytes(cache._rel(key), entry.model_dump_json().encode())
+
+
+# --- 8. JSON lines split on \n only -------------------------------------------------------------------------------
+
+
+def test_batch_lines_are_split_on_newlines_only() -> None:
+    from flows.batch import parse_requests
+
+    odd = ["\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+    lines = [json.dumps({"request": f"Rate: a{c}b", "id": str(i)}, ensure_ascii=False) for i, c in enumerate(odd)]
+    text = "\n".join(lines[:4]) + "\r\n\n" + "\n".join(lines[4:]) + "\n"
+    parsed = parse_requests(text)
+    assert [p.error for p in parsed] == [None] * len(odd)
+    assert [p.line for p in parsed] == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert [p.spec.request for p in parsed if p.spec] == [f"Rate: a{c}b" for c in odd]
+
+
+# --- 12. the request-length limit holds everywhere --------------------------------------------------------------------
+
+
+def test_the_request_limit_holds_before_the_llm_and_prefect(env: Path, llm, capsys) -> None:
+    from flows.batch import parse_requests
+    from flows.request import MAX_REQUEST_CHARS
+
+    long = "Rate: " + "x" * MAX_REQUEST_CHARS
+    assert main(["plan", long]) == 2
+    assert f"the limit is {MAX_REQUEST_CHARS}" in capsys.readouterr().err
+    assert main(["run", "Rate: " + "x" * 600_000]) == 2
+    err = capsys.readouterr().err
+    assert f"the limit is {MAX_REQUEST_CHARS}" in err and "422" not in err
+    assert llm.calls["plan"] == 0
+    (parsed,) = parse_requests(json.dumps({"request": long}))
+    assert not parsed.valid and f"the limit is {MAX_REQUEST_CHARS}" in (parsed.error or "")
+    assert len(parsed.error or "") < 500
+
+
+# --- 13. messages, not tracebacks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("HUGGINGGPT_STORAGE_OPTIONS", "{endpoint_url: x}", "HUGGINGGPT_STORAGE_OPTIONS is not JSON"),
+        ("HUGGINGGPT_STORAGE_OPTIONS", "[" * 10_000, "more than 64 deep"),
+    ],
+)
+def test_bad_settings_are_messages(
+    env: Path, llm, capsys, monkeypatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["run", "Rate: what a lovely day"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+# --- 14. credentials inside URLs ----------------------------------------------------------------------------------
+
+
+def test_credentials_in_openai_base_url_are_never_stored(env: Path, hostile, monkeypatch) -> None:
+    server = _serve(hostile, _reply(200, b"<html>proxy login</html>", "text/html"))
+    url = server.base_url.replace("http://", "http://alice:s3cr3t-pa55@")
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    monkeypatch.setenv("HUGGINGGPT_LLM_MAX_RETRIES", "0")
+    summary = run_request("Rate: what a lovely day")
+    assert summary.status == "failed" and "http://***@127.0.0.1" in (summary.error or "")
+    stored = (env / summary.flow_run_id / "summary.json").read_text()
+    assert "s3cr3t-pa55" not in stored and "alice" not in stored
+
+    recorded = asyncio.run(_recorded_text(summary.flow_run_id, "request failed"))
+    assert "http://***@127.0.0.1" in recorded and "s3cr3t-pa55" not in recorded
+
+
+async def _recorded_text(flow_run_id: str, wait_for: str, timeout: float = 30.0) -> str:
+    """The flow run's state message and every log line the Prefect API recorded for it, once ``wait_for`` is in."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while True:
+            run = await client.read_flow_run(flow_run_id)
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            text = "\n".join([run.state.message or "" if run.state else "", *(log.message for log in logs)])
+            if wait_for in text or time.monotonic() > deadline:
+                return text
+            await asyncio.sleep(0.2)
+
+
+# --- 16. minor ----------------------------------------------------------------------------------------------------
+
+
+def test_an_empty_catalog_setting_means_none(monkeypatch) -> None:
+    monkeypatch.setenv("HUGGINGGPT_CATALOG", "")
+    assert Settings().catalog is None
+
+
+def test_run_of_an_empty_request_is_a_usage_error(env: Path, llm, capsys) -> None:
+    assert main(["run", "   "]) == 2
+    assert "the request is empty" in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    from tasks.storage import ArtifactStore, StorageError
+
+    store = ArtifactStore(str(tmp_path / "runs"), "run-1", retries=0)
+    real_open = store.fs.open
+
+    class FullDisk:
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.fh.close()
+
+        def write(self, data: bytes) -> None:
+            self.fh.write(data[:10])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.fs, "open", lambda path, mode="rb", **kw: FullDisk(real_open(path, mode, **kw)))
+    with pytest.raises(StorageError, match="No space left"):
+        store.put_text("summary.json", "x" * 100)
+    assert [p.name for p in (tmp_path / "runs" / "run-1").iterdir()] == []
