@@ -14,20 +14,25 @@ record with its error; neither stops the batch. Lines that share a request text 
 abstracted (``Caption photo1.jpg`` and ``Caption photo2.jpg``, both given one image) are planned once, by a
 ``plan`` task run of the batch, and the others reuse that plan with their own inputs.
 
-The results JSONL (one record per line, in input order) is written to ``{storage}/batches/{batch run id}/``
-(or ``results_url``) in one atomic write when the batch ends, with ``summary.json`` beside it; while it runs,
-a progress artifact follows it, and a table artifact lists every line at the end.
+Each line's record is kept as it finishes, one file per line under ``{storage}/batches/lines-{key}/``, where
+``key`` is a hash of the requests file's content and the storage: a batch interrupted (Ctrl-C, a crash, a
+restart) and run again on the same file and storage skips the lines that completed and runs the others. The
+results JSONL (one record per line, in input order, earlier attempts' records included) is written to
+``{storage}/batches/{batch run id}/`` (or ``results_url``) in one atomic write when the batch ends, with
+``summary.json`` beside it; while it runs, a progress artifact follows it, and a table artifact lists every line
+at the end. A child run that the Prefect API refuses with 503 (a busy database) is started again.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import mimetypes
 import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 from prefect import Flow, flow, get_run_logger, task
@@ -152,6 +157,12 @@ class BatchSummary(BaseModel):
     plan_groups: int = Field(default=0, description="request texts shared by several lines, each planned once")
     planning_calls: int = Field(default=0, description="LLM calls made to plan those shared requests")
     plans_cached: int = Field(default=0, description="lines that reused a plan made for an earlier line")
+    batch_key: str | None = Field(
+        default=None, description="hash of the requests file's content and the storage: what a rerun resumes by"
+    )
+    resumed: int = Field(
+        default=0, description="lines completed by an earlier attempt of the same batch, not run again"
+    )
     seconds: float = 0.0
     records: list[LineResult] = Field(default_factory=list)
 
@@ -247,6 +258,60 @@ def read_requests(url: str, settings: Settings) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BatchError(f"{url} is not UTF-8 text: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# finished lines, recorded as they finish
+# ---------------------------------------------------------------------------
+_PART = re.compile(r"([0-9]{1,9})\.json", re.ASCII)
+
+
+def batch_key(text: str, settings: Settings) -> str:
+    """What identifies a batch for resuming: its requests file's content and the storage it runs against."""
+    root, _ = resolve_storage(settings.storage, settings.storage_options)
+    return hashlib.sha256(f"{root}\0{text}".encode()).hexdigest()[:16]
+
+
+class LineParts:
+    """One file per finished line, ``{storage}/batches/lines-{key}/{line}.json``, written (atomically) as the line
+    finishes, so an interrupted batch keeps every finished line's record and a rerun of the same file against the
+    same storage skips the lines that completed. Parts are read back as untrusted input."""
+
+    def __init__(self, store: ArtifactStore, key: str) -> None:
+        self.store = store
+        self.folder = f"batches/lines-{key}"
+
+    def record(self, result: LineResult) -> None:
+        self.store.put_root_bytes(f"{self.folder}/{result.line:07d}.json", result.model_dump_json().encode("utf-8"))
+
+    def completed(self, parsed: Sequence[ParsedLine]) -> dict[int, LineResult]:
+        """Positions in ``parsed`` of the lines an earlier attempt completed, with their records. A part that is
+        damaged, or does not match its line of the file (number, id, request), is ignored: that line runs again."""
+        log = get_run_logger()
+        position = {p.line: pos for pos, p in enumerate(parsed) if p.valid and p.spec is not None}
+        done: dict[int, LineResult] = {}
+        for name in self.store.list_root(self.folder):
+            match = _PART.fullmatch(name)
+            if match is None or int(match.group(1)) not in position:
+                continue
+            pos = position[int(match.group(1))]
+            spec = parsed[pos].spec
+            assert spec is not None
+            try:
+                record = LineResult.model_validate(self.store.read_root_json(f"{self.folder}/{name}"))
+            except (StorageError, ValidationError) as exc:
+                log.warning("line %d runs again: its earlier record is damaged (%s)", parsed[pos].line, str(exc)[:300])
+                continue
+            if (
+                record.status != "completed"
+                or record.line != parsed[pos].line
+                or record.request != spec.request
+                or record.id != spec.id
+                or (record.storage_uri is not None and not self.store.holds(record.storage_uri))
+            ):
+                continue
+            done[pos] = record.model_copy(update={"meta": spec.meta})
+        return done
 
 
 # ---------------------------------------------------------------------------
@@ -373,15 +438,18 @@ def run_line(
             return failed(f"the shared plan does not fit this line's inputs: {exc}")
     child = request_flow.with_options(flow_run_name=functools.partial(str, _child_name(line, spec)))
     try:
-        state = child(
-            spec.request,
-            inputs=list(spec.inputs),
-            models=dict(spec.models),
-            storage=storage,
-            catalog=catalog,
-            plan=plan,
-            plan_source=plan_source,
-            return_state=True,
+        state = _start_child(
+            lambda: child(
+                spec.request,
+                inputs=list(spec.inputs),
+                models=dict(spec.models),
+                storage=storage,
+                catalog=catalog,
+                plan=plan,
+                plan_source=plan_source,
+                return_state=True,
+            ),
+            line,
         )
         value = state.result(raise_on_failure=False)
     except Exception as exc:  # the child could not even start (e.g. its parameters were rejected)
@@ -407,6 +475,32 @@ def run_line(
     if record.status == "failed":
         return Failed(message=f"line {line}: {record.error}", data=record)
     return Completed(data=record, message=f"line {line} completed")
+
+
+CHILD_START_ATTEMPTS = 4
+CHILD_START_WAIT = 2.0  # seconds before the first new attempt (doubles)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether the Prefect API answered 503 (its database busy: SQLite's "database is locked") after the client's own
+    retries."""
+    import httpx
+
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 503
+
+
+def _start_child(start: Callable[[], State], line: int) -> State:
+    """``start()`` (a child flow run of the request flow), again after a wait when the Prefect API answers 503."""
+    for attempt in range(CHILD_START_ATTEMPTS):
+        try:
+            return start()
+        except Exception as exc:
+            if not _unavailable(exc) or attempt == CHILD_START_ATTEMPTS - 1:
+                raise
+            delay = CHILD_START_WAIT * 2**attempt
+            get_run_logger().warning("line %d: the Prefect API answered 503; starting again in %.0f s", line, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _collect_line(parsed: ParsedLine, future: PrefectFuture[Any]) -> LineResult:
@@ -518,15 +612,31 @@ def hugginggpt_batch(
     settings = load_settings(storage=storage, catalog=catalog)
     run_id = str(flow_run.id or uuid.uuid4())
     in_flight = max_in_flight or settings.batch_max_in_flight
-    parsed = parse_requests(read_requests(requests_url, settings))
-    summary = BatchSummary(flow_run_id=run_id, requests_url=requests_url, lines=len(parsed), max_in_flight=in_flight)
+    text = read_requests(requests_url, settings)
+    parsed = parse_requests(text)
+    key = batch_key(text, settings)
+    parts = LineParts(store_for(settings, run_id), key)
+    summary = BatchSummary(
+        flow_run_id=run_id, requests_url=requests_url, lines=len(parsed), max_in_flight=in_flight, batch_key=key
+    )
     records: list[LineResult | None] = [None] * len(parsed)
     for pos, p in enumerate(parsed):
         if not p.valid:
             records[pos] = p.invalid_record()
             log.warning("invalid %s", p.error)
+    earlier = parts.completed(parsed)
+    for pos, record in earlier.items():
+        records[pos] = record
+    summary.resumed = len(earlier)
     invalid = sum(not p.valid for p in parsed)
-    log.info("%d line(s), %d invalid; at most %d in flight", len(parsed), invalid, in_flight)
+    log.info(
+        "%d line(s), %d invalid, %d completed by an earlier attempt (batch %s); at most %d in flight",
+        len(parsed),
+        invalid,
+        len(earlier),
+        key,
+        in_flight,
+    )
 
     progress_id = create_progress_artifact(
         progress=0.0,
@@ -543,7 +653,11 @@ def hugginggpt_batch(
             update_progress_artifact(progress_id, progress=round(100.0 * done / len(parsed), 1))
             last_update = now
 
-    groups = {key: members for key, members in plan_groups(parsed).items() if len(members) > 1}
+    groups = {
+        shared: todo
+        for shared, members in plan_groups(parsed).items()
+        if len(todo := [m for m in members if m not in earlier]) > 1
+    }
     summary.plan_groups = len(groups)
     with shared_task_runner(settings) as node_runner, ThreadPoolTaskRunner(max_workers=in_flight) as runner:
         request_flow = configured_flow(settings, task_runner=node_runner)
@@ -560,7 +674,7 @@ def hugginggpt_batch(
                 group_of.update({m: members[0] for m in members})
         futures: dict[int, PrefectFuture[Any]] = {}
         for pos, p in enumerate(parsed):
-            if not p.valid or p.spec is None:
+            if not p.valid or p.spec is None or pos in earlier:
                 continue
             params: dict[str, Any] = {
                 "request_flow": request_flow,
@@ -594,6 +708,10 @@ def hugginggpt_batch(
             record = _collect_line(parsed[pos], future)
             records[pos] = record
             done += 1
+            try:
+                parts.record(record)
+            except StorageError as exc:
+                log.warning("line %d: its record could not be kept for a resume: %s", record.line, exc)
             log.info(
                 "line %d%s %s in %.1f s",
                 record.line,

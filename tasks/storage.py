@@ -175,6 +175,19 @@ class ArtifactStore:
         except Exception:
             return False
 
+    def list_root(self, rel: str) -> list[str]:
+        """The names of the files in the folder ``rel`` under the root (none when it does not exist)."""
+        path = posixpath.join(self._root_path, rel)
+        try:
+            if not _is_local(self.fs):
+                self.fs.invalidate_cache(path)
+            entries = self.fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except Exception as exc:
+            raise StorageError(f"could not list {self._uri_of(path)}: {_cause(exc)}") from exc
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
+
     def read_root_json(self, rel: str) -> Any:
         """JSON stored at ``rel`` under the root, or ``None`` when there is no such file."""
         uri = self.root_uri(rel)
