@@ -49,32 +49,27 @@ def check_size(text: str, what: str, limit: int = MAX_DOCUMENT_CHARS) -> None:
         raise ParseError(f"{what} is {len(text)} characters long; the limit is {limit}")
 
 
+_BRACKET_OR_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
 def nesting_depth(text: str, stop_at: int = MAX_DEPTH) -> int:
     """The deepest nesting of ``[``/``{`` outside JSON strings in ``text`` (counting stops past ``stop_at``).
 
     A linear scan with no recursion, run before a parser that recurses. Brackets inside double-quoted strings are
-    not counted; YAML's single-quoted strings and block nesting are bounded by the YAML loader instead.
+    not counted (an unterminated string's are: the count errs on the high side); YAML's single-quoted strings and
+    block nesting are bounded by the YAML loader instead.
     """
     depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+    for match in _BRACKET_OR_STRING.finditer(text):
+        token = match.group()
+        if token in "[{":
             depth += 1
             if depth > deepest:
                 deepest = depth
                 if deepest > stop_at:
                     return deepest
-        elif ch in "]}" and depth:
-            depth -= 1
+        elif token in "]}":
+            depth = max(depth - 1, 0)
     return deepest
 
 
@@ -106,14 +101,14 @@ def extract_json(text: str | None, what: str = "the reply") -> Any:
     tried = 0
     for chunk in candidates:
         chunk = chunk.strip()
+        if nesting_depth(chunk, MAX_DEPTH) > MAX_DEPTH:
+            raise JSONExtractError(f"{what} nests lists or objects more than {MAX_DEPTH} deep")
         start = -1
         while tried < _MAX_JSON_STARTS:
             start = _next_start(chunk, start + 1)
             if start < 0:
                 break
             tried += 1
-            if nesting_depth(chunk[start:], MAX_DEPTH) > MAX_DEPTH:
-                raise JSONExtractError(f"{what} nests lists or objects more than {MAX_DEPTH} deep")
             try:
                 value, _ = decoder.raw_decode(chunk, start)
             except ValueError:

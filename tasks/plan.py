@@ -27,6 +27,7 @@ from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, norm
 
 GENERATED_RE = re.compile(r"<GENERATED>-(-?[0-9]{1,9})", re.ASCII)
 MAX_PLAN_NODES = 200
+MAX_PROBLEMS_SHOWN = 10
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -35,7 +36,9 @@ class PlanValidationError(ValueError):
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
-        super().__init__("invalid plan: " + "; ".join(self.problems))
+        shown = "; ".join(self.problems[:MAX_PROBLEMS_SHOWN])
+        more = len(self.problems) - MAX_PROBLEMS_SHOWN
+        super().__init__("invalid plan: " + shown + (f"; and {more} more problem(s)" if more > 0 else ""))
 
 
 class PlanningError(RuntimeError):
@@ -396,7 +399,7 @@ def ask_for_plan(
         return PlanResult(nodes=nodes, repairs=repairs, attempts=attempt, usage=usage)
     assert last_error is not None
     raise PlanningError(
-        f"the LLM's plan was invalid twice; last error: {'; '.join(last_error.problems)}",
+        f"the LLM's plan was invalid twice; last error: {str(last_error).removeprefix('invalid plan: ')}",
         usage=usage,
         last_reply=reply,
     )
