@@ -525,8 +525,31 @@ def prefect_run_settings(*, heartbeats: bool = False, quiet: bool = False) -> It
         updates["server.ephemeral.startup_timeout_seconds"] = EPHEMERAL_STARTUP_SECONDS
     if quiet:
         updates["logging.level"] = "WARNING"
-    with temporary_settings(updates=updates):
+    with temporary_settings(updates=updates), _console_quiet(quiet):
         yield
+
+
+@contextlib.contextmanager
+def _console_quiet(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, Prefect's console handlers show warnings and errors only (``logging.level`` is read once, when
+    Prefect configures logging; the handlers that send logs to the Prefect API keep every level)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if not quiet:
+        yield
+        return
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    handlers = {h for lg in loggers for h in getattr(lg, "handlers", []) if isinstance(h, PrefectConsoleHandler)}
+    levels = {h: h.level for h in handlers}
+    for handler in handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in levels.items():
+            handler.setLevel(level)
 
 
 def results_storage_url(settings: Settings) -> str:
