@@ -193,10 +193,13 @@ def _execute(
     plan: list[Any] | None = None,
     resume_from: str | None = None,
 ) -> int:
-    from flows.request import configured_flow, prefect_run_settings, summary_of
+    import time
+
+    from flows.request import configured_flow, prefect_run_settings, stored_summary, summary_of
     from flows.runners import task_runner_for
     from tasks.schemas import RunSummary
 
+    started = time.time()
     try:
         with prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json):
             request_flow = configured_flow(settings, task_runner=task_runner_for(settings))
@@ -215,8 +218,11 @@ def _execute(
         if not _is_prefect_api_error(exc):
             raise
         error(None, prefect_api_hint(exc))
-        return EXIT_USAGE
-    summary = summary_of(state)
+        summary = stored_summary(settings, request, started)  # the run may have finished before the API went
+        if summary is None:
+            return EXIT_USAGE
+    else:
+        summary = summary_of(state)
     if not isinstance(summary, RunSummary):
         error(None, f"the run ended {state.name} without a summary: {summary}")
         return EXIT_FAILED
@@ -297,13 +303,15 @@ def print_summary(summary: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from flows.request import drain_prefect_queues
+
     try:
         if args.command == "run":
-            return cmd_run(args)
+            return drain_prefect_queues(cmd_run(args))
         if args.command == "resume":
-            return cmd_resume(args)
+            return drain_prefect_queues(cmd_resume(args))
         if args.command in ("eval", "batch", "plan"):
-            return args.func(args)
+            return drain_prefect_queues(args.func(args))
     except KeyboardInterrupt:
         error(None, "interrupted")
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import posixpath
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ from tasks.task_types import TASK_TYPES
 
 MAX_REQUEST_CHARS = 20_000
 EPHEMERAL_STARTUP_SECONDS = 90
+PREFECT_DRAIN_SECONDS = 10.0
 
 
 class RequestError(ValueError):
@@ -109,6 +111,13 @@ def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
         except StorageError as exc:
             log.error("could not store summary.json: %s", exc)
             summary.error = (summary.error + "; " if summary.error else "") + str(exc)
+    try:
+        _create_artifacts(summary)
+    except Exception as exc:  # the Prefect API went away: summary.json holds everything, the run goes on
+        log.warning("could not create the run's artifacts (%s: %s)", type(exc).__name__, _clip(str(exc)))
+
+
+def _create_artifacts(summary: RunSummary) -> None:
     run = summary.flow_run_id or "local"
     create_markdown_artifact(
         key=artifact_key("hugginggpt", run, "summary"),
@@ -131,6 +140,31 @@ def _publish(summary: RunSummary, store: ArtifactStore | None) -> None:
                     link_text=f"{result.task}#{result.id} {modality}",
                     description=f"{modality} output of {result.task}#{result.id}",
                 )
+
+
+def stored_summary(settings: Settings, request: str, since: float) -> RunSummary | None:
+    """The newest summary stored for ``request`` by a run that finished after ``since`` (a ``time.time()``): what a
+    caller prints when the Prefect API went away before the run's final state could be read back. Read as untrusted
+    input: a damaged summary is skipped."""
+    try:
+        store = store_for(settings, "lookup")
+        found: list[tuple[float, str]] = []
+        for path in store.fs.glob(posixpath.join(store.root_uri(""), "*", "summary.json")):
+            info = store.fs.info(path)
+            modified = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+            stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+            if stamp >= since:
+                found.append((stamp, posixpath.basename(posixpath.dirname(path))))
+        for _, run_id in sorted(found, reverse=True):
+            try:
+                summary = RunSummary.model_validate(store.for_run(run_id).read_json("summary.json"))
+            except (StorageError, ValidationError):
+                continue
+            if summary.request == request and summary.flow_run_id == run_id:
+                return summary
+    except (OSError, StorageError, ValueError):
+        return None
+    return None
 
 
 def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float) -> RunSummary | State:
@@ -527,6 +561,29 @@ def prefect_run_settings(*, heartbeats: bool = False, quiet: bool = False) -> It
         updates["logging.level"] = "WARNING"
     with temporary_settings(updates=updates), _console_quiet(quiet):
         yield
+
+
+def drain_prefect_queues(code: int, timeout: float = PREFECT_DRAIN_SECONDS) -> int:
+    """Send the events and logs Prefect still queues, for at most ``timeout`` seconds, then return ``code``. When the
+    Prefect API is gone they cannot be sent, and Prefect's own drain at interpreter exit waits for them without a
+    bound (an hour and more): then this process exits at once with ``code``, its output flushed."""
+    import os
+    import sys
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    deadline = time.monotonic() + timeout
+    pending = False
+    for service in (EventsWorker, APILogWorker):
+        outcome = service.drain_all(timeout=max(deadline - time.monotonic(), 0.1))
+        if isinstance(outcome, tuple) and outcome[1]:
+            pending = True
+    if pending:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 @contextlib.contextmanager
