@@ -344,9 +344,12 @@ def _load_prior(
         raise RequestError(f"cannot resume run {run_id}: {other.uri('plan.json')} is not a valid plan: {exc}") from None
     try:
         selection = SelectionResult.model_validate(selection_raw)
-        earlier = RunSummary.model_validate(other.read_json("summary.json") or {"request": request})
     except ValidationError as exc:
-        raise RequestError(f"cannot resume run {run_id}: a record of the run is damaged: {_problems(exc)}") from None
+        raise RequestError(f"cannot resume run {run_id}: assignments.json is damaged: {_problems(exc)}") from None
+    try:  # only the plan's repairs are read from it
+        repairs = RunSummary.model_validate(other.read_json("summary.json") or {"request": request}).plan_repairs
+    except (StorageError, ValidationError):
+        repairs = []
     assignments, unassigned = _rederive_assignments(settings, nodes, selection)
     results: dict[int, NodeResult] = {}
     by_id = {n.id: n for n in nodes}
@@ -370,7 +373,7 @@ def _load_prior(
     return PriorRun(
         run_id=run_id,
         nodes=nodes,
-        repairs=[_clip(r) for r in earlier.plan_repairs],
+        repairs=[_clip(r) for r in repairs],
         assignments=assignments,
         unassigned=unassigned,
         results=results,
