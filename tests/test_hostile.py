@@ -562,11 +562,3 @@ def test_s3_inputs_use_the_store_options_and_the_input_timeout(tmp_path: Path, h
     with pytest.raises(InputError, match=r"within 1 s \(HUGGINGGPT_INPUT_TIMEOUT\)"):
         read_input_bytes("s3://inputs/note.txt", policy=slow)
     assert time.perf_counter() - t0 < 6
-
-
-def test_json_output_quiets_info_logs(env: Path, llm, capfd) -> None:
-    llm.set(plan=CLASSIFY, respond="ok")
-    assert main(["run", "Rate: what a lovely day", "--json"]) == 0
-    out, err = capfd.readouterr()
-    assert json.loads(out)["answer"] == "ok"
-    assert "INFO" not in err and "text-classification#0" not in err, err[-2000:]
