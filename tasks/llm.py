@@ -133,9 +133,9 @@ class LLMClient:
                 lambda: self._client.chat.completions.create(**kwargs),
                 f"LLM call to {self.base_url}",
                 lambda: LLMUnavailableError(
-                    f"the LLM at {self.base_url} (model {self.model!r}) did not finish answering within {seconds:g} s "
-                    f"(HUGGINGGPT_LLM_TIMEOUT={self.settings.llm_timeout:g} s for each of {attempts} attempt(s)); "
-                    "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT"
+                    f"the LLM at {self.base_url} (model {self.model!r}) did not answer within {seconds:g} s; "
+                    "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT "
+                    f"({self.settings.llm_timeout:g} s for each of {attempts} attempt(s), however slowly it sends)"
                 ),
             )
         except (ValueError, RecursionError) as exc:  # a JSON content type over a body that is not JSON

@@ -182,8 +182,8 @@ def plan_nodes(value: Any, what: str = "the plan") -> list[Any]:
                 return value[key]
         if "task" in value:
             return [value]
-        keys = ", ".join(quote(str(k), 40) for k in list(value)[:10]) or "none"
-        raise ParseError(f"{what} is an object without a 'tasks' list (keys: {keys})")
+        keys = ", ".join(_clip(str(k), 40) for k in list(value)[:10]) or "none"
+        raise ParseError(f"{what} is a JSON object without a 'tasks' list (keys: {keys})")
     if isinstance(value, list):
         return value
     raise ParseError(f"{what} must be a list of tasks, not {type(value).__name__}")
