@@ -14,24 +14,27 @@ record with its error; neither stops the batch. Lines that share a request text 
 abstracted (``Caption photo1.jpg`` and ``Caption photo2.jpg``, both given one image) are planned once, by a
 ``plan`` task run of the batch, and the others reuse that plan with their own inputs.
 
-The results JSONL (one record per line, in input order) is written to ``{storage}/batches/{batch run id}/``
-(or ``results_url``) in one atomic write when the batch ends, with ``summary.json`` beside it; while it runs,
-a progress artifact follows it, and a table artifact lists every line at the end.
+Each line's record is kept as it finishes, one file per line under ``{storage}/batches/lines-{key}/``, where
+``key`` is a hash of the requests file's content and the storage: a batch interrupted (Ctrl-C, a crash, a
+restart) and run again on the same file and storage skips the lines that completed and runs the others. The
+results JSONL (one record per line, in input order, earlier attempts' records included) is written to
+``{storage}/batches/{batch run id}/`` (or ``results_url``) in one atomic write when the batch ends, with
+``summary.json`` beside it; while it runs, a progress artifact follows it, and a table artifact lists every line
+at the end. A child run that the Prefect API refuses with 503 (a busy database) is started again.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import hashlib
 import mimetypes
 import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, Literal
 
-import yaml
 from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -48,9 +51,17 @@ from prefect.utilities.annotations import allow_failure
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flows import progress as progress_events
-from flows.request import artifact_scope, hugginggpt_request, prefect_run_settings
+from flows.request import (
+    MAX_REQUEST_CHARS,
+    RequestError,
+    artifact_scope,
+    check_request,
+    hugginggpt_request,
+    prefect_run_settings,
+)
 from flows.runners import shared_cluster
 from tasks.llm import prepare_controller
+from tasks.parsing import ParseError, loads_json, parse_plan_value, split_lines
 from tasks.plan import PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key
 from tasks.schemas import PlanNode, PlanResult, RunSummary
@@ -93,9 +104,10 @@ class BatchLine(BaseModel):
     @field_validator("request")
     @classmethod
     def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("the request is empty")
-        return v
+        try:
+            return check_request(v)
+        except RequestError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ParsedLine(BaseModel):
@@ -154,6 +166,12 @@ class BatchSummary(BaseModel):
     plan_groups: int = Field(default=0, description="request texts shared by several lines, each planned once")
     planning_calls: int = Field(default=0, description="LLM calls made to plan those shared requests")
     plans_cached: int = Field(default=0, description="lines that reused a plan made for an earlier line")
+    batch_key: str | None = Field(
+        default=None, description="hash of the requests file's content and the storage: what a rerun resumes by"
+    )
+    resumed: int = Field(
+        default=0, description="lines completed by an earlier attempt of the same batch, not run again"
+    )
     seconds: float = 0.0
     records: list[LineResult] = Field(default_factory=list)
 
@@ -189,32 +207,26 @@ def _pydantic_problems(exc: ValidationError) -> str:
 
 
 def _plan_nodes(raw: list[Any] | dict[str, Any] | str) -> list[Any]:
-    """The list of raw nodes of an explicit plan given as a list, an object with ``tasks``, or JSON/YAML text."""
-    data: Any = raw
-    if isinstance(data, str):
-        try:
-            data = yaml.safe_load(data)  # YAML is a superset of JSON
-        except yaml.YAMLError as exc:
-            raise PlanValidationError([f"the plan text is neither JSON nor YAML ({exc})"]) from None
-    if isinstance(data, dict):
-        data = next((data[k] for k in ("tasks", "plan", "nodes") if isinstance(data.get(k), list)), data)
-    if not isinstance(data, list):
-        raise PlanValidationError([f"the plan must be a list of tasks, not {type(data).__name__}"])
-    return data
+    """The list of raw nodes of an explicit plan given as a list, an object with ``tasks``, or JSON/YAML text
+    (:func:`tasks.parsing.parse_plan_value`)."""
+    try:
+        return parse_plan_value(raw)
+    except ParseError as exc:
+        raise PlanValidationError([str(exc)]) from None
 
 
 def parse_line(number: int, text: str) -> ParsedLine:
     """One line of the file: a valid request (with its explicit plan validated), or the reason it is invalid."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return ParsedLine(line=number, error=f"line {number}: not JSON ({exc.msg} at column {exc.colno})")
+        value = loads_json(text, f"line {number}")
+    except ParseError as exc:
+        return ParsedLine(line=number, error=str(exc))
     if not isinstance(value, dict):
         return ParsedLine(line=number, error=f"line {number}: expected a JSON object, got {type(value).__name__}")
     raw_id = value.get("id")
     known: dict[str, Any] = {
-        "id": str(raw_id) if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None,
-        "request": value.get("request") if isinstance(value.get("request"), str) else None,
+        "id": str(raw_id)[:200] if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None,
+        "request": value["request"][:MAX_REQUEST_CHARS] if isinstance(value.get("request"), str) else None,
     }
     try:
         spec = BatchLine.model_validate(value)
@@ -233,7 +245,7 @@ def parse_line(number: int, text: str) -> ParsedLine:
 
 def parse_requests(text: str) -> list[ParsedLine]:
     """Every non-blank line of a requests file, in order."""
-    return [parse_line(n, raw) for n, raw in enumerate(text.splitlines(), start=1) if raw.strip()]
+    return [parse_line(n, raw) for n, raw in enumerate(split_lines(text), start=1) if raw.strip()]
 
 
 def _options_for(url: str, settings: Settings) -> dict[str, Any]:
@@ -255,6 +267,60 @@ def read_requests(url: str, settings: Settings) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BatchError(f"{url} is not UTF-8 text: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# finished lines, recorded as they finish
+# ---------------------------------------------------------------------------
+_PART = re.compile(r"([0-9]{1,9})\.json", re.ASCII)
+
+
+def batch_key(text: str, settings: Settings) -> str:
+    """What identifies a batch for resuming: its requests file's content and the storage it runs against."""
+    root, _ = resolve_storage(settings.storage, settings.storage_options)
+    return hashlib.sha256(f"{root}\0{text}".encode()).hexdigest()[:16]
+
+
+class LineParts:
+    """One file per finished line, ``{storage}/batches/lines-{key}/{line}.json``, written (atomically) as the line
+    finishes, so an interrupted batch keeps every finished line's record and a rerun of the same file against the
+    same storage skips the lines that completed. Parts are read back as untrusted input."""
+
+    def __init__(self, store: ArtifactStore, key: str) -> None:
+        self.store = store
+        self.folder = f"batches/lines-{key}"
+
+    def record(self, result: LineResult) -> None:
+        self.store.put_root_bytes(f"{self.folder}/{result.line:07d}.json", result.model_dump_json().encode("utf-8"))
+
+    def completed(self, parsed: Sequence[ParsedLine]) -> dict[int, LineResult]:
+        """Positions in ``parsed`` of the lines an earlier attempt completed, with their records. A part that is
+        damaged, or does not match its line of the file (number, id, request), is ignored: that line runs again."""
+        log = get_run_logger()
+        position = {p.line: pos for pos, p in enumerate(parsed) if p.valid and p.spec is not None}
+        done: dict[int, LineResult] = {}
+        for name in self.store.list_root(self.folder):
+            match = _PART.fullmatch(name)
+            if match is None or int(match.group(1)) not in position:
+                continue
+            pos = position[int(match.group(1))]
+            spec = parsed[pos].spec
+            assert spec is not None
+            try:
+                record = LineResult.model_validate(self.store.read_root_json(f"{self.folder}/{name}"))
+            except (StorageError, ValidationError) as exc:
+                log.warning("line %d runs again: its earlier record is damaged (%s)", parsed[pos].line, str(exc)[:300])
+                continue
+            if (
+                record.status != "completed"
+                or record.line != parsed[pos].line
+                or record.request != spec.request
+                or record.id != spec.id
+                or (record.storage_uri is not None and not self.store.holds(record.storage_uri))
+            ):
+                continue
+            done[pos] = record.model_copy(update={"meta": spec.meta})
+        return done
 
 
 # ---------------------------------------------------------------------------
@@ -381,16 +447,19 @@ def run_line(
             return failed(f"the shared plan does not fit this line's inputs: {exc}")
     child = hugginggpt_request.with_options(flow_run_name=functools.partial(str, _child_name(line, spec)))
     try:
-        state = child(
-            spec.request,
-            inputs=list(spec.inputs),
-            models=dict(spec.models),
-            storage=storage,
-            catalog=catalog,
-            plan=plan,
-            plan_source=plan_source,
-            options=options,
-            return_state=True,
+        state = _start_child(
+            lambda: child(
+                spec.request,
+                inputs=list(spec.inputs),
+                models=dict(spec.models),
+                storage=storage,
+                catalog=catalog,
+                plan=plan,
+                plan_source=plan_source,
+                options=options,
+                return_state=True,
+            ),
+            line,
         )
         value = state.result(raise_on_failure=False)
     except Exception as exc:  # the child could not even start (e.g. its parameters were rejected)
@@ -416,6 +485,32 @@ def run_line(
     if record.status == "failed":
         return Failed(message=f"line {line}: {record.error}", data=record)
     return Completed(data=record, message=f"line {line} completed")
+
+
+CHILD_START_ATTEMPTS = 4
+CHILD_START_WAIT = 2.0  # seconds before the first new attempt (doubles)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether the Prefect API answered 503 (its database busy: SQLite's "database is locked") after the client's own
+    retries."""
+    import httpx
+
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 503
+
+
+def _start_child(start: Callable[[], State], line: int) -> State:
+    """``start()`` (a child flow run of the request flow), again after a wait when the Prefect API answers 503."""
+    for attempt in range(CHILD_START_ATTEMPTS):
+        try:
+            return start()
+        except Exception as exc:
+            if not _unavailable(exc) or attempt == CHILD_START_ATTEMPTS - 1:
+                raise
+            delay = CHILD_START_WAIT * 2**attempt
+            get_run_logger().warning("line %d: the Prefect API answered 503; starting again in %.0f s", line, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _collect_line(parsed: ParsedLine, future: PrefectFuture[Any]) -> LineResult:
@@ -529,15 +624,31 @@ def hugginggpt_batch(
     settings = load_settings(options, storage=storage, catalog=catalog)
     run_id = str(flow_run.id or uuid.uuid4())
     in_flight = max_in_flight or settings.batch_max_in_flight
-    parsed = parse_requests(read_requests(requests_url, settings))
-    summary = BatchSummary(flow_run_id=run_id, requests_url=requests_url, lines=len(parsed), max_in_flight=in_flight)
+    text = read_requests(requests_url, settings)
+    parsed = parse_requests(text)
+    key = batch_key(text, settings)
+    parts = LineParts(store_for(settings, run_id), key)
+    summary = BatchSummary(
+        flow_run_id=run_id, requests_url=requests_url, lines=len(parsed), max_in_flight=in_flight, batch_key=key
+    )
     records: list[LineResult | None] = [None] * len(parsed)
     for pos, p in enumerate(parsed):
         if not p.valid:
             records[pos] = p.invalid_record()
             log.warning("invalid %s", p.error)
+    earlier = parts.completed(parsed)
+    for pos, record in earlier.items():
+        records[pos] = record
+    summary.resumed = len(earlier)
     invalid = sum(not p.valid for p in parsed)
-    log.info("%d line(s), %d invalid; at most %d in flight", len(parsed), invalid, in_flight)
+    log.info(
+        "%d line(s), %d invalid, %d completed by an earlier attempt (batch %s); at most %d in flight",
+        len(parsed),
+        invalid,
+        len(earlier),
+        key,
+        in_flight,
+    )
 
     progress_id = create_progress_artifact(
         progress=0.0,
@@ -554,7 +665,11 @@ def hugginggpt_batch(
             update_progress_artifact(progress_id, progress=round(100.0 * done / len(parsed), 1))
             last_update = now
 
-    groups = {key: members for key, members in plan_groups(parsed).items() if len(members) > 1}
+    groups = {
+        shared: todo
+        for shared, members in plan_groups(parsed).items()
+        if len(todo := [m for m in members if m not in earlier]) > 1
+    }
     no_controller: str | None = None  # why lines without a plan cannot be planned, if they cannot
     if any(p.valid and p.plan is None for p in parsed):
         try:
@@ -577,7 +692,7 @@ def hugginggpt_batch(
                 group_of.update({m: members[0] for m in members})
         futures: dict[int, PrefectFuture[Any]] = {}
         for pos, p in enumerate(parsed):
-            if not p.valid or p.spec is None:
+            if not p.valid or p.spec is None or pos in earlier:
                 continue
             params: dict[str, Any] = {
                 "line": p.line,
@@ -612,6 +727,10 @@ def hugginggpt_batch(
             progress_events.emit(
                 progress_events.LineEvent(record.line, record.status, done, len(parsed), record.id or "")
             )
+            try:
+                parts.record(record)
+            except StorageError as exc:
+                log.warning("line %d: its record could not be kept for a resume: %s", record.line, exc)
             log.info(
                 "line %d%s %s in %.1f s",
                 record.line,

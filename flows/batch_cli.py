@@ -81,8 +81,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     settings = llm_settings("plan", llm_model=args.llm_model)
     if settings is None:
         return EXIT_USAGE
-    if not args.request.strip():
-        error("plan", "the request is empty: say what you want done")
+    from flows.request import RequestError, check_request
+
+    try:
+        check_request(args.request)
+    except RequestError as exc:
+        error("plan", str(exc))
         return EXIT_USAGE
     try:
         result = plan_request(chat_model_for(settings), args.request, inputs=args.inputs)

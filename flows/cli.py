@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -135,23 +136,29 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def load_plan_file(path: str) -> list[Any]:
-    """A plan from a JSON or YAML file: a list of nodes, or an object with a ``tasks`` list."""
-    import yaml
+    """A plan from a JSON or YAML file: a list of nodes, or an object with a ``tasks`` list (read by
+    :func:`tasks.parsing.parse_plan_text`: bounded, no YAML aliases or tags; errors are ``ValueError``)."""
+    from tasks.parsing import MAX_DOCUMENT_CHARS, ParseError, parse_plan_text
 
-    text = Path(path).read_text(encoding="utf-8")
-    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    if isinstance(data, dict):
-        data = data.get("tasks", data.get("plan", data.get("nodes")))
-    if not isinstance(data, list):
-        raise ValueError(f"{path} holds no list of tasks")
-    return data
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read(MAX_DOCUMENT_CHARS + 1)
+    if len(text) > MAX_DOCUMENT_CHARS:
+        raise ParseError(f"the plan file is larger than {MAX_DOCUMENT_CHARS} characters")
+    return parse_plan_text(text, "the plan file")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.request import RequestError, check_request
+
     try:
         settings = _settings(args)
     except ValidationError as exc:
         return config_error(None, exc)
+    try:
+        check_request(args.request)
+    except RequestError as exc:
+        error(None, str(exc))
+        return EXIT_USAGE
     problem = validate_request_options(settings, args.inputs)
     pins = None
     if problem is None:
@@ -292,23 +299,22 @@ def escape_json_line(document: Any) -> str:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from flows.request import RunRecord
+    from flows.request import RequestError, load_run_record
     from tasks.storage import StorageError, store_for
 
     try:
         settings = _settings(args)
     except ValidationError as exc:
         return config_error(None, exc)
-    store = store_for(settings, args.run_id)
     try:
-        raw = store.read_json("request.json")
-    except StorageError as exc:
-        error(None, f"cannot read run {args.run_id}: {exc}")
+        store = store_for(settings, args.run_id)
+        record = load_run_record(store)
+    except (StorageError, RequestError) as exc:
+        error(None, f"cannot resume: {exc}")
         return EXIT_USAGE
-    if raw is None:
+    if record is None:
         error(None, f"no run {args.run_id} in {settings.storage} ({store.uri('request.json')} does not exist)")
         return EXIT_USAGE
-    record = RunRecord.model_validate(raw)
     return _execute(
         args, settings, record.request, record.inputs, record.models, history=record.history, resume_from=args.run_id
     )
@@ -380,9 +386,10 @@ def run_flow(
     from prefect import tags as prefect_tags
 
     from flows.progress import progress_view
-    from flows.request import hugginggpt_request, prefect_run_settings, summary_of
+    from flows.request import hugginggpt_request, prefect_run_settings, stored_summary, summary_of
     from flows.temporary_server import start_temporary_server, temporary_server_notice
 
+    began = time.time()
     try:
         with (
             prefect_run_settings(heartbeats=settings.heartbeats, quiet=quiet_logs),
@@ -406,7 +413,11 @@ def run_flow(
     except Exception as exc:
         if not _is_prefect_api_error(exc):
             raise
-        raise PrefectUnreachableError(prefect_api_hint(exc)) from None
+        summary = stored_summary(settings, request, began)  # the run may have finished before the API went
+        if summary is None:
+            raise PrefectUnreachableError(prefect_api_hint(exc)) from None
+        error(None, prefect_api_hint(exc))
+        return summary
     summary = summary_of(state)
     if summary is None:
         return f"the run ended {state.name} without a summary: {state.message}"
@@ -502,15 +513,17 @@ def print_summary(summary: Any, console: Any = None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from flows.request import drain_prefect_queues
+
     try:
         if args.command == "run":
-            return cmd_run(args)
+            return drain_prefect_queues(cmd_run(args))
         if args.command == "resume":
-            return cmd_resume(args)
+            return drain_prefect_queues(cmd_resume(args))
         if args.command == "chat":
-            return cmd_chat(args)
+            return drain_prefect_queues(cmd_chat(args))
         if args.command in ("eval", "batch", "plan", "models", "catalog"):
-            return args.func(args)
+            return drain_prefect_queues(args.func(args))
     except KeyboardInterrupt:
         error(None, "interrupted")
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import posixpath
 import threading
 import time
 import uuid
@@ -24,7 +25,7 @@ from prefect.runtime import flow_run
 from prefect.settings import temporary_settings
 from prefect.states import Failed, State
 from prefect.utilities.annotations import allow_failure
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from flows import progress
 from models_catalog.catalog import CatalogError
@@ -46,10 +47,21 @@ progress.tidy_run_logs()
 
 MAX_REQUEST_CHARS = 20_000
 EPHEMERAL_STARTUP_SECONDS = 90
+PREFECT_DRAIN_SECONDS = 10.0
 
 
 class RequestError(ValueError):
     """The request itself is unusable (empty, too long)."""
+
+
+def check_request(request: str) -> str:
+    """``request`` when it is one the pipeline takes: not blank, at most :data:`MAX_REQUEST_CHARS` characters (the
+    one rule for the CLI, the batch and the flow, checked before anything is sent to the LLM or to Prefect)."""
+    if not request.strip():
+        raise RequestError("the request is empty: say what you want done")
+    if len(request) > MAX_REQUEST_CHARS:
+        raise RequestError(f"the request is {len(request)} characters long; the limit is {MAX_REQUEST_CHARS}")
+    return request
 
 
 class RequestFailed(RuntimeError):
@@ -132,6 +144,13 @@ def _publish(summary: RunSummary, store: ArtifactStore | None, *, presign_second
         except StorageError as exc:
             log.error("could not store summary.json: %s", exc)
             summary.error = (summary.error + "; " if summary.error else "") + str(exc)
+    try:
+        _create_artifacts(summary, store, presign_seconds)
+    except Exception as exc:  # the Prefect API went away: summary.json holds everything, the run goes on
+        log.warning("could not create the run's artifacts (%s: %s)", type(exc).__name__, _clip(str(exc)))
+
+
+def _create_artifacts(summary: RunSummary, store: ArtifactStore | None, presign_seconds: int) -> None:
     run = summary.flow_run_id or "local"
     scope = artifact_scope()
     about = f"run {run}: {summary.request[:80]}"
@@ -164,6 +183,31 @@ def _publish(summary: RunSummary, store: ArtifactStore | None, *, presign_second
                     link_text=f"{result.task}#{result.id} {modality}",
                     description=f"{modality} output of {result.task}#{result.id}, {about}",
                 )
+
+
+def stored_summary(settings: Settings, request: str, since: float) -> RunSummary | None:
+    """The newest summary stored for ``request`` by a run that finished after ``since`` (a ``time.time()``): what a
+    caller prints when the Prefect API went away before the run's final state could be read back. Read as untrusted
+    input: a damaged summary is skipped."""
+    try:
+        store = store_for(settings, "lookup")
+        found: list[tuple[float, str]] = []
+        for path in store.fs.glob(posixpath.join(store.root_uri(""), "*", "summary.json")):
+            info = store.fs.info(path)
+            modified = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+            stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+            if stamp >= since:
+                found.append((stamp, posixpath.basename(posixpath.dirname(path))))
+        for _, run_id in sorted(found, reverse=True):
+            try:
+                summary = RunSummary.model_validate(store.for_run(run_id).read_json("summary.json"))
+            except (StorageError, ValidationError):
+                continue
+            if summary.request == request and summary.flow_run_id == run_id:
+                return summary
+    except (OSError, StorageError, ValueError):
+        return None
+    return None
 
 
 def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float, settings: Settings) -> RunSummary | State:
@@ -237,7 +281,14 @@ def hugginggpt_request(
     try:
         store = store_for(settings, run_id)
         summary.storage_uri = store.run_uri
-        prior = _load_prior(store, resume_from or run_id, explicit=resume_from is not None)
+        prior = _load_prior(
+            store,
+            resume_from or run_id,
+            explicit=resume_from is not None,
+            settings=settings,
+            request=request,
+            inputs=inputs,
+        )
         if prior is None:
             store.put_text(
                 "request.json",
@@ -288,8 +339,44 @@ class PriorRun(BaseModel):
     results: dict[int, NodeResult] = Field(default_factory=dict)
 
 
-def _load_prior(store: ArtifactStore, run_id: str, *, explicit: bool) -> PriorRun | None:
-    """The earlier attempt ``run_id`` (this run's own folder on a Prefect retry), or ``None`` when there is none."""
+def load_run_record(store: ArtifactStore) -> RunRecord | None:
+    """The ``request.json`` of ``store``'s run, validated like user input (``None`` when there is none); a damaged
+    or foreign record is a :class:`RequestError` naming the file."""
+    raw = store.read_json("request.json")  # StorageError when unreadable or not JSON
+    if raw is None:
+        return None
+    try:
+        record = RunRecord.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestError(f"{store.uri('request.json')} is not a run record: {_problems(exc)}") from None
+    if len(record.request) > MAX_REQUEST_CHARS:
+        raise RequestError(f"{store.uri('request.json')} holds a request longer than {MAX_REQUEST_CHARS} characters")
+    return record
+
+
+def _problems(exc: ValidationError, limit: int = 5) -> str:
+    found = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:limit]]
+    more = exc.error_count() - limit
+    return "; ".join(found) + (f"; and {more} more" if more > 0 else "")
+
+
+def _load_prior(
+    store: ArtifactStore,
+    run_id: str,
+    *,
+    explicit: bool,
+    settings: Settings,
+    request: str,
+    inputs: Sequence[str],
+) -> PriorRun | None:
+    """The earlier attempt ``run_id`` (this run's own folder on a Prefect retry), or ``None`` when there is none.
+
+    What it left is read as untrusted input: the run id must name a folder of this store; the plan is validated
+    again like a user's (file arguments through the input policy); model choices keep only the model ids, whose
+    specs (local folder, endpoint, provider) are looked up again in the catalog and settings, never taken from
+    storage; a finished node is reused only when it is this plan's node and every file it names lies inside the
+    earlier run's own folder. Anything else is a :class:`RequestError` naming the file.
+    """
     other = store.for_run(run_id)
     plan_raw = other.read_json("plan.json")
     selection_raw = other.read_json("assignments.json")
@@ -300,22 +387,103 @@ def _load_prior(store: ArtifactStore, run_id: str, *, explicit: bool) -> PriorRu
                 "(the run did not get past planning and model selection; run the request again instead)"
             )
         return None
-    nodes = [PlanNode.model_validate(n) for n in plan_raw]
-    earlier = other.read_json("summary.json") or {}
-    selection = SelectionResult.model_validate(selection_raw)
+    try:
+        nodes, _ = validate_plan(
+            plan_raw,
+            inputs=inputs,
+            request=request,
+            allowed=TASK_TYPES,
+            policy=InputPolicy.from_settings(settings),
+        )
+    except PlanValidationError as exc:
+        raise RequestError(f"cannot resume run {run_id}: {other.uri('plan.json')} is not a valid plan: {exc}") from None
+    try:
+        selection = SelectionResult.model_validate(selection_raw)
+    except ValidationError as exc:
+        raise RequestError(f"cannot resume run {run_id}: assignments.json is damaged: {_problems(exc)}") from None
+    try:  # only the plan's repairs are read from it
+        repairs = RunSummary.model_validate(other.read_json("summary.json") or {"request": request}).plan_repairs
+    except (StorageError, ValidationError):
+        repairs = []
+    assignments, unassigned = _rederive_assignments(settings, nodes, selection)
     results: dict[int, NodeResult] = {}
+    by_id = {n.id: n for n in nodes}
     for node in nodes:
-        raw = other.read_json(f"{node_folder(node)}/node.json")
-        if raw is not None:
-            results[node.id] = NodeResult.model_validate(raw)
+        rel = f"{node_folder(node)}/node.json"
+        try:
+            raw = other.read_json(rel)
+            result = None if raw is None else NodeResult.model_validate(raw)
+        except (StorageError, ValidationError) as exc:
+            get_run_logger().warning("not reusing %s: %s", other.uri(rel), _clip(str(exc)))
+            continue
+        if result is None:
+            continue
+        files = [uri for modality, uri in result.outputs.items() if modality != "text"]
+        outside = [uri for uri in files if not other.holds(uri, run_id)]
+        if result.id != node.id or result.task != by_id[node.id].task or outside:
+            why = f"it names {_clip(outside[0])}, outside the run's folder" if outside else "it is another node's"
+            get_run_logger().warning("not reusing %s: %s", other.uri(rel), why)
+            continue
+        results[node.id] = result.model_copy(update={"reused_from": result.reused_from or run_id})
     return PriorRun(
         run_id=run_id,
         nodes=nodes,
-        repairs=list(earlier.get("plan_repairs", [])),
-        assignments=selection.assignments,
-        unassigned=selection.unassigned,
+        repairs=[_clip(r) for r in repairs],
+        assignments=assignments,
+        unassigned=unassigned,
         results=results,
     )
+
+
+def _rederive_assignments(
+    settings: Settings, nodes: Sequence[PlanNode], stored: SelectionResult
+) -> tuple[list[Assignment], dict[int, str]]:
+    """The model choices of an earlier attempt with nothing but the model ids taken from storage: each spec and
+    its fallbacks come from the catalog and the settings, as at selection. A node whose recorded model is no longer
+    in the catalog, or cannot run here, is left unassigned with the reason."""
+    from models_catalog.catalog import load_catalog
+    from tasks.availability import chooser_for
+    from tasks.select import runnable_candidates
+
+    catalog = load_catalog(settings.catalog)
+    choose = chooser_for(settings)
+    chosen = {a.node_id: a for a in stored.assignments}
+    assignments: list[Assignment] = []
+    unassigned: dict[int, str] = {}
+    for node in nodes:
+        recorded = chosen.get(node.id)
+        if recorded is None:
+            unassigned[node.id] = _clip(stored.unassigned.get(node.id) or "no model was assigned")
+            continue
+        entry = catalog.get(node.task, recorded.model)
+        if entry is None:
+            unassigned[node.id] = (
+                f"the model {_clip(recorded.model)} chosen earlier is not in the catalog for {node.task}"
+            )
+            continue
+        backend, why = choose(entry.spec())
+        if backend is None:
+            unassigned[node.id] = f"the model {entry.id} chosen earlier cannot run here: {why}"
+            continue
+        kept, _ = runnable_candidates(catalog, node.task, choose)
+        assignments.append(
+            Assignment(
+                node_id=node.id,
+                task=node.task,
+                model=entry.id,
+                backend=backend,  # type: ignore[arg-type]
+                candidates=[entry.id],
+                reason="chosen by the earlier attempt (resumed)",
+                spec=entry.spec(),
+                fallbacks=[e.spec() for e, _ in kept if e.id != entry.id][: settings.max_fallbacks],
+            )
+        )
+    return assignments, unassigned
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _run_stages(
@@ -331,10 +499,7 @@ def _run_stages(
     prior: PriorRun | None = None,
 ) -> ResponseResult:
     log = get_run_logger()
-    if not request.strip():
-        raise RequestError("the request is empty: say what you want done")
-    if len(request) > MAX_REQUEST_CHARS:
-        raise RequestError(f"the request is {len(request)} characters long; the limit is {MAX_REQUEST_CHARS}")
+    check_request(request)
 
     t0 = time.perf_counter()
     if prior is not None:
@@ -485,8 +650,54 @@ def prefect_run_settings(*, heartbeats: bool = False, quiet: bool = False) -> It
     if not get_current_settings().api.url:
         # the embedded server's telemetry task prints a traceback to the terminal when it cannot send (offline)
         updates["server.analytics_enabled"] = False
-    with temporary_settings(updates=updates):
+    with temporary_settings(updates=updates), _console_quiet(quiet):
         yield
+
+
+def drain_prefect_queues(code: int, timeout: float = PREFECT_DRAIN_SECONDS) -> int:
+    """Send the events and logs Prefect still queues, for at most ``timeout`` seconds, then return ``code``. When the
+    Prefect API is gone they cannot be sent, and Prefect's own drain at interpreter exit waits for them without a
+    bound (an hour and more): then this process exits at once with ``code``, its output flushed."""
+    import os
+    import sys
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    deadline = time.monotonic() + timeout
+    pending = False
+    for service in (EventsWorker, APILogWorker):
+        outcome = service.drain_all(timeout=max(deadline - time.monotonic(), 0.1))
+        if isinstance(outcome, tuple) and outcome[1]:
+            pending = True
+    if pending:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+@contextlib.contextmanager
+def _console_quiet(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, Prefect's console handlers show warnings and errors only (``logging.level`` is read once, when
+    Prefect configures logging; the handlers that send logs to the Prefect API keep every level)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if not quiet:
+        yield
+        return
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    handlers = {h for lg in loggers for h in getattr(lg, "handlers", []) if isinstance(h, PrefectConsoleHandler)}
+    levels = {h: h.level for h in handlers}
+    for handler in handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in levels.items():
+            handler.setLevel(level)
 
 
 def results_storage_url(settings: Settings) -> str:

@@ -170,6 +170,7 @@ def execute_node(
     cache_params: Mapping[str, Any] | None = None,
     choose: Chooser | None = None,
     max_attempts: int = 1,
+    model_timeout: float | None = None,
 ) -> NodeResult:
     """Run one node; never raises for the node's own failures: they come back as a failed result.
 
@@ -218,6 +219,7 @@ def execute_node(
             backends=backends,
             choose=choose or (lambda spec: (assignment.backend, "as assigned")),
             max_attempts=max(1, max_attempts),
+            local_timeout=model_timeout,
         )
         ran = next(a for a in reversed(attempts) if a.ok)
         base.update(model=ran.model, backend=ran.backend, attempts=attempts)
@@ -380,6 +382,7 @@ def run_node(
             cache_params=cache_params(settings),
             choose=chooser_for(settings),
             max_attempts=1 + settings.max_fallbacks,
+            model_timeout=settings.model_timeout,
         )
         result.model_wait_seconds = model_wait.seconds
     if result.status == "completed":

@@ -40,6 +40,7 @@ from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 
+from tasks import timebound
 from tasks.experts.base import Audio
 from tasks.task_types import Modality
 
@@ -115,6 +116,10 @@ class InputPolicy:
     allow_private_urls: bool = False
     max_bytes: int = MAX_INPUT_BYTES
     timeout: float = 30.0
+    #: the artifact store's URL scheme and fsspec options: inputs on the store's own filesystem (``s3://`` on a MinIO
+    #: or R2 endpoint) are opened with them
+    storage_scheme: str | None = None
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roots", tuple(Path(os.path.realpath(Path(r).expanduser())) for r in self.roots))
@@ -134,6 +139,8 @@ class InputPolicy:
             allow_private_urls=settings.allow_private_urls,
             max_bytes=settings.max_input_bytes,
             timeout=settings.input_timeout,
+            storage_scheme=storage_scheme or None,
+            storage_options=dict(settings.storage_options),
         )
 
     def replace(self, **changes: Any) -> InputPolicy:
@@ -279,11 +286,25 @@ def _read_local(ref: str, policy: InputPolicy) -> bytes:
 
 
 def _read_fsspec(ref: str, policy: InputPolicy) -> bytes:
+    """An fsspec URL, with the store's options when it is on the store's filesystem, within the input timeout (the
+    filesystems have no total-time bound of their own)."""
     import fsspec
 
+    options = policy.storage_options if url_scheme(ref) == policy.storage_scheme else {}
+
+    def read() -> bytes:
+        with fsspec.open(ref, "rb", **options) as fh:
+            return fh.read(policy.max_bytes + 1)
+
     try:
-        with fsspec.open(ref, "rb") as fh:
-            data = fh.read(policy.max_bytes + 1)
+        data = timebound.within(
+            policy.timeout,
+            read,
+            f"reading {ref}",
+            lambda: InputError(f"input {ref} could not be read within {policy.timeout:g} s (HUGGINGGPT_INPUT_TIMEOUT)"),
+        )
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(f"input {ref} does not exist") from None
     except Exception as exc:

@@ -14,9 +14,7 @@ to set.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +23,21 @@ from typing import Any, Protocol
 import openai
 from openai import OpenAI
 
+from tasks import parsing, timebound
+from tasks.parsing import JSONExtractError
 from tasks.schemas import LLMUsage
-from tasks.settings import LLMNotConfiguredError, Settings, redact
+from tasks.settings import LLMNotConfiguredError, Settings, redact, redact_url
+
+__all__ = [
+    "ChatModel",
+    "FunctionModel",
+    "JSONExtractError",
+    "LLMClient",
+    "LLMError",
+    "LLMUnavailableError",
+    "chat_model_for",
+    "extract_json",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,35 +77,10 @@ class LLMUnavailableError(LLMError):
     """The LLM endpoint could not be reached or refused the credentials."""
 
 
-class JSONExtractError(ValueError):
-    """No JSON value could be read from a reply."""
-
-
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-
-
 def extract_json(text: str) -> Any:
-    """Read the first JSON value from an LLM reply.
-
-    Accepts a bare value, a value inside a code fence, and a value surrounded
-    by prose ("Here is the plan: [...] Hope it helps").
-    """
-    if text is None:
-        raise JSONExtractError("the reply was empty")
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    decoder = json.JSONDecoder()
-    for chunk in candidates:
-        chunk = chunk.strip()
-        for i, ch in enumerate(chunk):
-            if ch not in "[{":
-                continue
-            try:
-                value, _ = decoder.raw_decode(chunk, i)
-            except json.JSONDecodeError:
-                continue
-            return value
-    snippet = text.strip().replace("\n", " ")[:200]
-    raise JSONExtractError(f"no JSON object or list found in the reply: {snippet!r}")
+    """Read the first JSON value from an LLM reply (see :func:`tasks.parsing.extract_json`: bounded in size and
+    nesting; a bare value, a value inside a code fence, or a value surrounded by prose)."""
+    return parsing.extract_json(text)
 
 
 @functools.lru_cache(maxsize=8)
@@ -116,7 +102,7 @@ class LLMClient:
         self.settings = settings
         self.model = settings.llm_model
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
-        self.base_url = settings.openai_base_url or "https://api.openai.com/v1"
+        self.base_url = redact_url(settings.openai_base_url) or "https://api.openai.com/v1"
         self._client = client or shared_openai_client(
             api_key, settings.openai_base_url, settings.llm_timeout, settings.llm_max_retries
         )
@@ -177,11 +163,41 @@ class LLMClient:
             self.usage = self.usage + usage
         if not response.choices:
             raise LLMError(f"the LLM at {self.base_url} returned no choices")
-        content = response.choices[0].message.content or ""
+        content = getattr(getattr(response.choices[0], "message", None), "content", None) or ""
+        if not isinstance(content, str):
+            raise LLMError(f"the LLM at {self.base_url} returned a message whose content is not text")
         return content, usage
 
     def _create(self, kwargs: dict[str, Any]) -> Any:
-        return self._client.chat.completions.create(**kwargs)
+        """One completion within ``HUGGINGGPT_LLM_TIMEOUT`` per attempt in all (the client's own timeout bounds
+        each read, so a server sending a byte a second would hold it for ever); a reply that is not a chat
+        completion (an HTML page from a proxy or a web UI, a JSON error document) is an :class:`LLMError`."""
+        attempts = 1 + self.settings.llm_max_retries
+        seconds = self.settings.llm_timeout * attempts
+        try:
+            response = timebound.within(
+                seconds,
+                lambda: self._client.chat.completions.create(**kwargs),
+                f"LLM call to {self.base_url}",
+                lambda: LLMUnavailableError(
+                    f"the LLM at {self.base_url} (model {self.model!r}) did not answer within {seconds:g} s; "
+                    "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT "
+                    f"({self.settings.llm_timeout:g} s for each of {attempts} attempt(s), however slowly it sends)"
+                ),
+            )
+        except (ValueError, RecursionError) as exc:  # a JSON content type over a body that is not JSON
+            raise LLMError(
+                f"the LLM at {self.base_url} answered with a body that is not JSON ({type(exc).__name__}); "
+                "check OPENAI_BASE_URL: it must be an OpenAI-compatible API (usually ending in /v1)"
+            ) from None
+        if isinstance(response, str | bytes) or not isinstance(getattr(response, "choices", None), list):
+            body = response if isinstance(response, str | bytes) else response.model_dump_json()
+            raise LLMError(
+                f"the LLM at {self.base_url} answered with something that is not a chat completion: "
+                f"{redact(parsing.quote(str(body)), self._secrets)}; check OPENAI_BASE_URL: it must be an "
+                "OpenAI-compatible API (usually ending in /v1)"
+            )
+        return response
 
     def _short(self, exc: BaseException) -> str:
         return redact(_short(exc), self._secrets)

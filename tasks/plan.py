@@ -19,11 +19,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.inputs import InputPolicy
-from tasks.llm import ChatModel, JSONExtractError, chat_model_for, extract_json
+from tasks.llm import ChatModel, chat_model_for
+from tasks.parsing import ParseError, coerce_id, parse_plan_reply, quote
 from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
 from tasks.settings import Settings
 from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, normalize_task_name
 
+MAX_PLAN_NODES = 200
+MAX_PROBLEMS_SHOWN = 10
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -32,7 +35,9 @@ class PlanValidationError(ValueError):
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
-        super().__init__("invalid plan: " + "; ".join(self.problems))
+        shown = "; ".join(self.problems[:MAX_PROBLEMS_SHOWN])
+        more = len(self.problems) - MAX_PROBLEMS_SHOWN
+        super().__init__("invalid plan: " + shown + (f"; and {more} more problem(s)" if more > 0 else ""))
 
 
 class PlanningError(RuntimeError):
@@ -129,21 +134,9 @@ PLAN_SCHEMA: dict[str, Any] = {
 def parse_plan(text: str) -> list[Any]:
     """Read the list of raw nodes from a reply: a list, ``{"tasks": [...]}`` (or plan/nodes), or one bare node."""
     try:
-        value = extract_json(text)
-    except JSONExtractError as exc:
-        raise PlanValidationError([f"the plan is not JSON ({exc})"]) from None
-    if isinstance(value, dict):
-        for key in ("tasks", "plan", "nodes", "task_nodes"):
-            if isinstance(value.get(key), list):
-                return value[key]
-        if "task" in value:
-            return [value]
-        raise PlanValidationError(
-            [f"the plan is a JSON object without a 'tasks' list (keys: {', '.join(map(str, value)) or 'none'})"]
-        )
-    if isinstance(value, list):
-        return value
-    raise PlanValidationError([f"the plan must be a JSON list of tasks, not {type(value).__name__}"])
+        return parse_plan_reply(text)
+    except ParseError as exc:
+        raise PlanValidationError([str(exc)]) from None
 
 
 def _is_url(value: str) -> bool:
@@ -160,18 +153,6 @@ def _match_input(value: str, inputs: Sequence[str], request: str) -> str | None:
             return given
     if value and value in request:
         return value
-    return None
-
-
-def _coerce_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
     return None
 
 
@@ -204,15 +185,17 @@ def validate_plan(
 
     if not isinstance(raw_nodes, Sequence) or isinstance(raw_nodes, str):
         raise PlanValidationError([f"the plan must be a list of tasks, not {type(raw_nodes).__name__}"])
+    if len(raw_nodes) > MAX_PLAN_NODES:
+        raise PlanValidationError([f"the plan has {len(raw_nodes)} tasks; the limit is {MAX_PLAN_NODES}"])
 
     for pos, raw in enumerate(raw_nodes):
         where = f"task at position {pos}"
         if not isinstance(raw, dict):
             problems.append(f"{where} is not a JSON object ({type(raw).__name__})")
             continue
-        node_id = _coerce_int(raw.get("id", pos))
+        node_id = coerce_id(raw.get("id", pos))
         if node_id is None or node_id < 0:
-            problems.append(f"{where} has an invalid id {raw.get('id')!r} (ids are integers from 0)")
+            problems.append(f"{where} has an invalid id {quote(raw.get('id'), 40)} (ids are integers from 0)")
             continue
         where = f"task {node_id}"
         name = raw.get("task")
@@ -221,7 +204,7 @@ def validate_plan(
             continue
         key = normalize_task_name(name)
         if key not in TASK_TYPES:
-            problems.append(f"{where}: unknown task type {name!r}")
+            problems.append(f"{where}: unknown task type {quote(name, 60)}")
             continue
         if key not in allowed_set:
             problems.append(
@@ -229,7 +212,7 @@ def validate_plan(
             )
             continue
         if key != name:
-            repairs.append(f"task {node_id}: task type {name!r} read as {key!r}")
+            repairs.append(f"task {node_id}: task type {quote(name, 60)} read as {key!r}")
         dep_raw = raw.get("dep", [])
         if dep_raw is None:
             dep_raw = []
@@ -237,9 +220,9 @@ def validate_plan(
             dep_raw = [dep_raw]
         deps: list[int] = []
         for d in dep_raw:
-            di = _coerce_int(d)
+            di = coerce_id(d)
             if di is None:
-                problems.append(f"{where}: dependency {d!r} is not a task id")
+                problems.append(f"{where}: dependency {quote(d, 40)} is not a task id")
             elif di >= 0 and di not in deps:
                 deps.append(di)
         args_raw = raw.get("args", {})
@@ -249,10 +232,10 @@ def validate_plan(
         args: dict[str, str] = {}
         for arg_name, value in args_raw.items():
             if isinstance(value, bool) or not isinstance(value, str | int | float):
-                problems.append(f"{where}: argument {arg_name!r} must be a string, not {type(value).__name__}")
+                problems.append(f"{where}: argument {quote(arg_name, 60)} must be a string, not {type(value).__name__}")
                 continue
             if not isinstance(value, str):
-                repairs.append(f"{where}: argument {arg_name!r} converted to text")
+                repairs.append(f"{where}: argument {quote(arg_name, 60)} converted to text")
             args[str(arg_name)] = str(value)
         nodes.append(PlanNode(id=node_id, task=key, dep=deps, args=args))
 
@@ -275,7 +258,7 @@ def validate_plan(
         for arg_name in node.args:
             if tt.arg(arg_name) is None:
                 problems.append(
-                    f"{where}: unknown argument {arg_name!r} (it takes {', '.join(a.name for a in tt.args)})"
+                    f"{where}: unknown argument {quote(arg_name, 60)} (it takes {', '.join(a.name for a in tt.args)})"
                 )
         for spec in tt.required_args:
             if not node.args.get(spec.name, "").strip():
@@ -290,7 +273,7 @@ def validate_plan(
                 if spec.modality in FILE_MODALITIES and not (whole and len(refs) == 1):
                     problems.append(
                         f"{where}: argument {arg_name!r} ({spec.modality}) must be exactly one <GENERATED>-k, "
-                        f"not {value!r}"
+                        f"not {quote(value, 100)}"
                     )
                     continue
                 for k in refs:
@@ -317,7 +300,8 @@ def validate_plan(
                 if match is None:
                     given = ", ".join(inputs) if inputs else "no files"
                     problems.append(
-                        f"{where}: argument {arg_name!r} names {value!r}, which is not among the inputs given ({given})"
+                        f"{where}: argument {arg_name!r} names {quote(value, 100)}, "
+                        f"which is not among the inputs given ({given})"
                     )
                     continue
                 refusal = policy.refusal(match) if policy is not None else None
@@ -325,7 +309,10 @@ def validate_plan(
                     problems.append(f"{where}: argument {arg_name!r}: {refusal}")
                 elif match != value:
                     node.args[arg_name] = match
-                    repairs.append(f"{where}: argument {arg_name!r} {value!r} read as the given input {match!r}")
+                    repairs.append(
+                        f"{where}: argument {arg_name!r} {quote(value, 100)} "
+                        f"read as the given input {quote(match, 100)}"
+                    )
         # a dependency whose output is not consumed is allowed (ordering only)
     if problems:
         raise PlanValidationError(problems)
@@ -411,7 +398,7 @@ def ask_for_plan(
         return PlanResult(nodes=nodes, repairs=repairs, attempts=attempt, usage=usage)
     assert last_error is not None
     raise PlanningError(
-        f"the LLM's plan was invalid twice; last error: {'; '.join(last_error.problems)}",
+        f"the LLM's plan was invalid twice; last error: {str(last_error).removeprefix('invalid plan: ')}",
         usage=usage,
         last_reply=reply,
     )

@@ -1,7 +1,8 @@
 """Reuse of expert outputs: a node with the same task, model, revision and input contents as an earlier
 completed node takes that node's outputs instead of running its model again.
 
-Keys are content hashes (of input bytes, never of paths), so the same photo under another name hits, and a
+Entries are read back as untrusted input: a damaged or foreign entry, or one naming files outside the store, is a
+miss. Keys are content hashes (of input bytes, never of paths), so the same photo under another name hits, and a
 changed file under the same name misses. Entries live in the artifact store under ``cache/{key}.json``
 and point at the earlier run's files, which are never overwritten; an entry whose files are gone, or older
 than the configured time to live, is a miss.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,9 +20,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from tasks.schemas import Assignment, NodeResult, PlanNode
-from tasks.storage import ArtifactStore, StorageError
+from tasks.storage import ArtifactStore, StorageError, check_run_id
 
+logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
+
+
+def _is_run_id(run_id: str) -> bool:
+    try:
+        check_run_id(run_id)
+    except StorageError:
+        return False
+    return True
 
 
 def digest_bytes(data: bytes) -> str:
@@ -68,17 +79,25 @@ class ResultCache:
     def lookup(self, key: str) -> CacheEntry | None:
         try:
             raw = self.store.read_root_json(self._rel(key))
-        except StorageError:
+        except StorageError as exc:  # unreadable or damaged: a miss, and the run that follows rewrites it
+            logger.warning("cache entry %s not used: %s", key[:12], exc)
             return None
         if raw is None:
             return None
         try:
             entry = CacheEntry.model_validate(raw)
         except ValueError:
+            logger.warning("cache entry %s not used: it is not a cache entry", key[:12])
+            return None
+        if entry.key != key or entry.result.status != "completed" or not _is_run_id(entry.run_id):
             return None
         if self.ttl and time.time() - entry.created > self.ttl:
             return None
         files = [v for k, v in entry.result.outputs.items() if k != "text"]
+        outside = [uri for uri in files if not self.store.holds(uri)]
+        if outside:
+            logger.warning("cache entry %s not used: it names files outside the store (%s)", key[:12], outside[0])
+            return None
         if not all(self.store.exists(uri) for uri in files):
             return None
         return entry

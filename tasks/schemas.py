@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 GENERATED_PREFIX = "<GENERATED>-"
-GENERATED_RE = re.compile(r"<GENERATED>-(-?\d+)")  # a reference to node k's output, inside an argument
+GENERATED_RE = re.compile(r"<GENERATED>-(-?[0-9]{1,9})", re.ASCII)  # a reference to node k's output, inside an argument
 
 
 class ModelSpec(BaseModel):

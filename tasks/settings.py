@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
 
     # --- storage and catalog ----------------------------------------------------
     storage: str = Field(default=DEFAULT_STORAGE, description="fsspec URL of the artifact store")
-    storage_options: dict[str, Any] = Field(
+    storage_options: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, description="fsspec options for the store, as JSON (e.g. endpoint_url, key, secret)"
     )
     storage_retries: int = Field(default=3, ge=0, description="retries of a failed storage write or read")
@@ -121,6 +122,9 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(default=48, ge=1, description="generation bound for text outputs")
     max_workers: int = Field(default=4, ge=1, description="nodes run at the same time")
     input_timeout: float = Field(default=30.0, gt=0, description="seconds to fetch one input URL, redirects included")
+    model_timeout: float = Field(
+        default=900.0, gt=0, description="seconds a local model may take to load and run for one node"
+    )
 
     # --- what a request may read ------------------------------------------------------
     input_roots: Annotated[list[Path], NoDecode] = Field(
@@ -155,10 +159,22 @@ class Settings(BaseSettings):
     # --- Prefect --------------------------------------------------------------------
     heartbeats: bool = Field(default=False, description="emit flow-run heartbeats (crash detection on long runs)")
 
-    @field_validator("openai_base_url", mode="before")
+    @field_validator("openai_base_url", "catalog", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
-        return v or None
+        return None if isinstance(v, str) and not v.strip() else v or None
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options_json(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        from tasks.parsing import ParseError, loads_json
+
+        try:
+            return loads_json(v, "HUGGINGGPT_STORAGE_OPTIONS", limit=100_000) if v.strip() else {}
+        except ParseError as exc:
+            raise ValueError(f'{exc}; give a JSON object such as {{"endpoint_url": "http://..."}}') from None
 
     @field_validator("input_roots", mode="before")
     @classmethod
@@ -199,6 +215,8 @@ class Settings(BaseSettings):
 
         values = [s.get_secret_value() for s in (self.openai_api_key, self.hf_token) if s is not None]
         values += credential_values(self.storage_options)
+        for url in (self.openai_base_url, self.hf_inference_url, self.storage, self.results_storage, self.dask_address):
+            values += url_credentials(url)
         return [v for v in values if len(v) >= 4]
 
     @property
@@ -251,6 +269,29 @@ class RunOptions(BaseModel):
     def overrides(self) -> dict[str, Any]:
         """The options that are set, as settings fields."""
         return self.model_dump(exclude_none=True)
+
+
+def url_credentials(url: str | None) -> list[str]:
+    """The ``user:password`` part of a URL, and the password alone (what :func:`redact_url` hides)."""
+    if not url or "@" not in url:
+        return []
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    if "@" not in parts.netloc:
+        return []
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    return [userinfo, *([parts.password] if parts.password else [])]
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with its credentials (``user:password@``) replaced by ``***@``: what may be stored or logged."""
+    if not url:
+        return url
+    for secret in url_credentials(url):
+        url = url.replace(secret + "@", "***@")
+    return url
 
 
 def redact(text: str, secrets: list[str] | tuple[str, ...]) -> str:

@@ -8,6 +8,7 @@ stores), so a reader never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import posixpath
@@ -21,12 +22,28 @@ from typing import Any, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from tasks import parsing
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
     """A write or read failed; the message names the URL and the cause."""
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` when it names one folder directly under the storage root (letters, digits, ``_.-``, no ``..``);
+    else a :class:`StorageError`: a run id read from the command line or from storage never leaves the store."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise StorageError(
+            f"invalid run id {parsing.quote(run_id, 80)}: a run id is a flow run id such as "
+            "0f8fad5b-d9cb-469f-a165-70867728950e (letters, digits, '-', '_' and '.', no '..')"
+        )
+    return run_id
 
 
 def with_retries(what: str, fn: Callable[[], T], *, retries: int, wait: float) -> T:
@@ -61,7 +78,7 @@ class ArtifactStore:
         retry_wait: float = 0.5,
     ) -> None:
         self.root = root
-        self.run_id = run_id
+        self.run_id = check_run_id(run_id)
         self.retries = retries
         self.retry_wait = retry_wait
         try:
@@ -90,9 +107,27 @@ class ArtifactStore:
         """The same storage, another run's folder."""
         other = object.__new__(ArtifactStore)
         other.__dict__.update(self.__dict__)
-        other.run_id = run_id
+        other.run_id = check_run_id(run_id)
         other.run_path = posixpath.join(self._root_path, run_id)
         return other
+
+    def holds(self, uri: str, folder: str | None = None) -> bool:
+        """Whether ``uri`` names a file inside this store's root (or inside ``folder`` under the root, e.g. a run
+        id): what a URI read back from storage must satisfy before it is read."""
+        base = posixpath.join(self._root_path, folder) if folder else self._root_path
+        try:
+            if _is_local(self.fs):
+                if "://" in uri and not uri.startswith("file://"):
+                    return False
+                path = Path(uri.removeprefix("file://")).expanduser().resolve()
+                return path.is_relative_to(Path(base).resolve())
+            protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple | list) else (self.fs.protocol,)
+            if uri.split("://", 1)[0] not in protocols:
+                return False
+            path = posixpath.normpath(self.fs._strip_protocol(uri))
+        except (OSError, ValueError, RuntimeError):
+            return False
+        return path == base or path.startswith(base.rstrip("/") + "/")
 
     @property
     def run_uri(self) -> str:
@@ -113,9 +148,14 @@ class ArtifactStore:
             if _is_local(self.fs):
                 self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
                 tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-                with self.fs.open(tmp, "wb") as fh:
-                    fh.write(data)
-                self.fs.mv(tmp, path)
+                try:
+                    with self.fs.open(tmp, "wb") as fh:
+                        fh.write(data)
+                    self.fs.mv(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        self.fs.rm_file(tmp)  # a full disk leaves no half-written file behind
+                    raise
             else:  # one PUT: the object appears whole or not at all
                 self.fs.pipe_file(path, data)
 
@@ -135,15 +175,34 @@ class ArtifactStore:
         except Exception:
             return False
 
+    def list_root(self, rel: str) -> list[str]:
+        """The names of the files in the folder ``rel`` under the root (none when it does not exist)."""
+        path = posixpath.join(self._root_path, rel)
+        try:
+            if not _is_local(self.fs):
+                self.fs.invalidate_cache(path)
+            entries = self.fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except Exception as exc:
+            raise StorageError(f"could not list {self._uri_of(path)}: {_cause(exc)}") from exc
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
+
     def read_root_json(self, rel: str) -> Any:
         """JSON stored at ``rel`` under the root, or ``None`` when there is no such file."""
         uri = self.root_uri(rel)
         try:
-            return json.loads(self.read_bytes(uri))
+            data = self.read_bytes(uri)
         except StorageError as exc:
             if isinstance(exc.__cause__, FileNotFoundError) or "does not exist" in str(exc):
                 return None
             raise
+        try:
+            return parsing.loads_json(data.decode("utf-8"), "it")
+        except UnicodeDecodeError:
+            raise StorageError(f"{uri} is not UTF-8 text: the file is damaged") from None
+        except parsing.ParseError as exc:
+            raise StorageError(f"{uri} is damaged: {exc}") from None
 
     def read_json(self, rel: str) -> Any:
         """JSON stored at ``rel`` in the run folder, or ``None`` when there is no such file."""

@@ -205,7 +205,7 @@ def test_plan_cache_key_and_adaptation() -> None:
     adapted = adapt_plan(nodes, ["/data/a.jpg"], ["s3://b/x/b.png"], "Caption b.png")
     assert adapted[0].args == {"image": "s3://b/x/b.png"} and adapted[1].dep == [0]
     assert parse_line(3, '{"request": "x", "id": 7}').spec.id == "7"
-    assert "line 4: not JSON" in parse_line(4, "{").error
+    assert "line 4 is not JSON" in parse_line(4, "{").error
 
 
 def test_explicit_plan_with_no_llm_configured_at_all(

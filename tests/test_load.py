@@ -112,7 +112,7 @@ def _lines(files: dict[str, str], urls: dict[str, str]) -> list[Line]:
         Line(
             "request too long",
             {"id": "long", "request": "x" * (MAX_REQUEST_CHARS + 1), "plan": SUMMARY_PLAN},
-            "failed",
+            "invalid",
             "characters long",
         ),
     ]

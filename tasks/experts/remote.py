@@ -63,6 +63,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from tasks import timebound
 from tasks.experts.arguments import (
     audio_input,
     image_input,
@@ -634,28 +635,16 @@ def within(seconds: float, call: Callable[[], ExpertOutput], what: str) -> Exper
     """``call()``, or an :class:`ExpertError` once ``seconds`` have passed without its result.
 
     For calls with no bound of their own: huggingface_hub polls a provider's job queue (fal-ai's text-to-video,
-    image-to-image and image-segmentation) until the job says it is complete, however long that takes. The call
-    runs in a daemon thread; when the time is up the node moves on and the thread is left to end with its request.
+    image-to-image and image-segmentation) until the job says it is complete, however long that takes.
     """
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # handed to the caller below
-            outcome["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name=f"remote call: {what}", daemon=True).start()
-    if not done.wait(seconds):
-        raise ExpertError(
+    return timebound.within(
+        seconds,
+        call,
+        f"remote call: {what}",
+        lambda: ExpertError(
             f"no result after {seconds:g} s (HUGGINGGPT_REMOTE_JOB_TIMEOUT); the provider's job may still be running"
-        )
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+        ),
+    )
 
 
 def _cannot_honour(task: str, model: ModelSpec, inputs: ExpertInputs) -> str | None:

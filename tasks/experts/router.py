@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from tasks import timebound
 from tasks.experts.base import CannotRunHereError, ExpertBackend, ExpertError, ExpertInputs, ExpertOutput
 from tasks.schemas import Attempt, ModelSpec
 
@@ -49,8 +50,12 @@ def run_with_fallback(
     backends: Mapping[str, ExpertBackend],
     choose: Chooser,
     max_attempts: int,
+    local_timeout: float | None = None,
 ) -> tuple[ExpertOutput, list[Attempt]]:
     """Run ``task`` with the first candidate that works, in order; return its output and every attempt.
+
+    With ``local_timeout``, a candidate run by the local backend (loading its model included) that has no result
+    after that many seconds fails with an error naming ``HUGGINGGPT_MODEL_TIMEOUT``, and the next one is tried.
 
     A candidate ``choose`` rejects is recorded as skipped (not counted against ``max_attempts``); one whose backend
     raises is recorded with the error and the next is tried, until ``max_attempts`` candidates have been run.
@@ -78,7 +83,7 @@ def run_with_fallback(
         tried += 1
         start = time.perf_counter()
         try:
-            output = backend.run(task, spec, inputs)
+            output = _run_bounded(backend, backend_name, task, spec, inputs, local_timeout)
         except CannotRunHereError as exc:  # e.g. out of memory while loading: as if ``choose`` had said no
             tried -= 1
             attempts.append(
@@ -103,3 +108,23 @@ def run_with_fallback(
         output.extra["attempts"] = [a.model_dump() for a in attempts]
         return output, attempts
     raise AllCandidatesFailed(task, attempts)
+
+
+def _run_bounded(
+    backend: ExpertBackend,
+    backend_name: str,
+    task: str,
+    spec: ModelSpec,
+    inputs: ExpertInputs,
+    local_timeout: float | None,
+) -> ExpertOutput:
+    if local_timeout is None or backend_name != "local":
+        return backend.run(task, spec, inputs)
+    return timebound.within(
+        local_timeout,
+        lambda: backend.run(task, spec, inputs),
+        f"{task} with {spec.id}",
+        lambda: ExpertError(
+            f"{spec.id} did not load and run {task} within {local_timeout:g} s (HUGGINGGPT_MODEL_TIMEOUT)"
+        ),
+    )
