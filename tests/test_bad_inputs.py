@@ -248,9 +248,9 @@ def test_model_id_not_in_the_catalog(env: Path, llm: Any) -> None:
     llm.set(plan=plan_json(LOVELY))
     summary = run_request("Rate 'what a lovely day'", models={"text-classification": "acme/not-in-catalog"})
     assert summary.status == "failed"
-    assert "pinned model 'acme/not-in-catalog' is not in the catalog for task 'text-classification'" in summary.error
-    assert "tiny/text-classification" in summary.error  # it says what the catalog has
-    assert json.loads(Path(summary.storage_uri, "plan.json").read_text())[0]["task"] == "text-classification"
+    assert "text-classification=acme/not-in-catalog: not in the catalog for task 'text-classification'" in summary.error
+    assert "distilbert" in summary.error  # it says what the catalog has
+    assert llm.calls["plan"] == 0  # refused before the planning call
 
 
 def test_model_pin_for_a_task_not_in_the_plan(env: Path, llm: Any, capsys: pytest.CaptureFixture[str]) -> None:
