@@ -36,12 +36,12 @@ def new_llm_client_per_stage() -> Iterator[None]:
 @contextlib.contextmanager
 def result_storage_by_slug() -> Iterator[None]:
     import flows.request as request
+    from tasks.shared import clear
 
     saved_once = request.results_block
 
     def save_every_time(settings: Any) -> Any:
-        with request._SAVED_RESULT_BLOCKS_LOCK:
-            request._SAVED_RESULT_BLOCKS.clear()
+        clear("results-block")
         block = saved_once(settings)
         return type(block).load(block._block_document_name)  # what Prefect did with the slug on every run
 

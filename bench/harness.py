@@ -101,14 +101,13 @@ def reset_local_backends() -> None:
     """Drop the process-wide local backends (and the models their caches hold)."""
     import gc
 
-    import tasks.execute as execute
+    from tasks.shared import built, clear
 
-    with execute._backend_lock:
-        for backend in execute._backends.values():
-            cache = getattr(backend, "cache", None)
-            if cache is not None:
-                cache.clear()
-        execute._backends.clear()
+    for backend in built("local-backend"):
+        cache = getattr(backend, "cache", None)
+        if cache is not None:
+            cache.clear()
+    clear("local-backend")
     gc.collect()
 
 

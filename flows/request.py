@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import posixpath
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +39,7 @@ from tasks.respond import respond_task
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
+from tasks.shared import shared
 from tasks.storage import ArtifactStore, StorageError, resolve_storage, store_for, without_credentials
 from tasks.task_types import TASK_TYPES
 
@@ -708,10 +708,6 @@ def results_storage_url(settings: Settings) -> str:
     return f"{root.rstrip('/')}/prefect-results"
 
 
-_SAVED_RESULT_BLOCKS: dict[tuple[str, str, str], Any] = {}
-_SAVED_RESULT_BLOCKS_LOCK = threading.Lock()
-
-
 def results_block(settings: Settings) -> Any:
     """The saved block Prefect persists task results to, saved once per process, Prefect API and location.
 
@@ -729,12 +725,12 @@ def results_block(settings: Settings) -> Any:
         block = RemoteFileSystem(basepath=url, settings=without_credentials(settings.storage_options))
     content = block.model_dump_json()
     key = (str(PREFECT_API_URL.value() or ""), str(PREFECT_HOME.value()), content)
-    with _SAVED_RESULT_BLOCKS_LOCK:
-        saved = _SAVED_RESULT_BLOCKS.get(key)
-        if saved is None:
-            block.save("hugginggpt-results-" + hashlib.sha256(content.encode()).hexdigest()[:12], overwrite=True)
-            saved = _SAVED_RESULT_BLOCKS[key] = block
-        return saved
+
+    def save() -> Any:
+        block.save("hugginggpt-results-" + hashlib.sha256(content.encode()).hexdigest()[:12], overwrite=True)
+        return block
+
+    return shared("results-block", key, save)
 
 
 def use_result_storage(settings: Settings) -> None:

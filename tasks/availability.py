@@ -48,6 +48,7 @@ from tasks.experts.remote import RemoteBackend
 from tasks.experts.router import Chooser
 from tasks.schemas import CandidateCheck
 from tasks.settings import Settings
+from tasks.shared import shared
 from tasks.task_types import normalize_task_name
 
 InferenceMode = Literal["local", "remote", "hybrid"]
@@ -224,19 +225,11 @@ class HubInfo:
         return facts_of_model_info(info), None
 
 
-_hub_infos: dict[tuple[Path, float, float], HubInfo] = {}
-_hub_lock = threading.Lock()
-
-
 def hub_info_for(settings: Settings) -> HubInfo:
     """The process-wide :class:`HubInfo` for these settings (its in-memory answers are shared)."""
     folder = settings.hub_info_cache or _default_hub_info_folder()
     key = (Path(folder), settings.hub_info_ttl, settings.hub_info_timeout)
-    with _hub_lock:
-        found = _hub_infos.get(key)
-        if found is None:
-            found = _hub_infos[key] = HubInfo(Path(folder), settings.hub_info_ttl, settings.hub_info_timeout)
-        return found
+    return shared("hub-info", key, lambda: HubInfo(*key))
 
 
 def _default_hub_info_folder() -> Path:
@@ -649,9 +642,6 @@ def _safetensors_params(path: Path) -> int | None:
 
 # --- the remote backend ---------------------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_remote: dict[tuple[Any, ...], RemoteBackend] = {}
-
 
 def remote_backend_for(settings: Settings) -> RemoteBackend:
     """The process-wide remote backend for these settings."""
@@ -667,18 +657,17 @@ def remote_backend_for(settings: Settings) -> RemoteBackend:
         settings.remote_retry_wait,
         settings.max_new_tokens,
     )
-    with _lock:
-        backend = _remote.get(key)
-        if backend is None:
-            backend = RemoteBackend(
-                token=token,
-                timeout=settings.remote_timeout,
-                job_timeout=settings.remote_job_timeout,
-                base_url=settings.hf_inference_url,
-                provider=settings.hf_provider,
-                max_retries=settings.remote_retries,
-                retry_wait=settings.remote_retry_wait,
-                max_new_tokens=settings.max_new_tokens,
-            )
-            _remote[key] = backend
-        return backend
+    return shared(
+        "remote-backend",
+        key,
+        lambda: RemoteBackend(
+            token=token,
+            timeout=settings.remote_timeout,
+            job_timeout=settings.remote_job_timeout,
+            base_url=settings.hf_inference_url,
+            provider=settings.hf_provider,
+            max_retries=settings.remote_retries,
+            retry_wait=settings.remote_retry_wait,
+            max_new_tokens=settings.max_new_tokens,
+        ),
+    )

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from tasks.inputs import InputError, InputPolicy, decode_audio, decode_image, de
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
 from tasks.schemas import GENERATED_RE, Assignment, NodeResult, PlanNode
 from tasks.settings import Settings
+from tasks.shared import shared
 from tasks.storage import ArtifactStore, StorageError, read_uri, store_for
 from tasks.task_types import FILE_MODALITIES, TASK_TYPES, Modality
 
@@ -279,29 +279,35 @@ def reuse_prior(node: PlanNode, prior: NodeResult | None, store: ArtifactStore, 
 # ---------------------------------------------------------------------------
 # backends, one set per process
 # ---------------------------------------------------------------------------
-_backend_lock = threading.Lock()
-_backends: dict[tuple[Any, ...], ExpertBackend] = {}
-
-
 def backend_for(settings: Settings) -> ExpertBackend:
     """The process-wide local backend for these settings (models stay loaded across nodes and requests)."""
     from tasks.experts.cache import ModelCache
     from tasks.experts.local import LocalBackend
 
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
-    key = (settings.resolved_device(), settings.max_models, settings.max_new_tokens, token, settings.trust_remote_code)
-    with _backend_lock:
-        backend = _backends.get(key)
-        if backend is None:
-            backend = LocalBackend(
-                cache=ModelCache(max_models=settings.max_models),
-                device=key[0],
-                max_new_tokens=settings.max_new_tokens,
-                token=token,
-                trust_remote_code=settings.trust_remote_code,
-            )
-            _backends[key] = backend
-        return backend
+    device = settings.resolved_device()
+    key = (
+        device,
+        settings.max_models,
+        settings.max_new_tokens,
+        token,
+        settings.trust_remote_code,
+        settings.speecht5_vocoder,
+        settings.speaker_embeddings,
+    )
+    return shared(
+        "local-backend",
+        key,
+        lambda: LocalBackend(
+            cache=ModelCache(max_models=settings.max_models),
+            device=device,
+            max_new_tokens=settings.max_new_tokens,
+            token=token,
+            trust_remote_code=settings.trust_remote_code,
+            speecht5_vocoder=settings.speecht5_vocoder,
+            speaker_embeddings=str(settings.speaker_embeddings) if settings.speaker_embeddings else None,
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------

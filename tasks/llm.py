@@ -13,7 +13,6 @@ to set.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from tasks import parsing, timebound
 from tasks.parsing import JSONExtractError
 from tasks.schemas import LLMUsage
 from tasks.settings import LLMNotConfiguredError, Settings, redact, redact_url
+from tasks.shared import shared
 
 __all__ = [
     "ChatModel",
@@ -83,7 +83,6 @@ def extract_json(text: str) -> Any:
     return parsing.extract_json(text)
 
 
-@functools.lru_cache(maxsize=8)
 def shared_openai_client(api_key: str, base_url: str | None, timeout: float, max_retries: int) -> OpenAI:
     """One ``openai`` client per process for the same endpoint and options.
 
@@ -91,7 +90,9 @@ def shared_openai_client(api_key: str, base_url: str | None, timeout: float, max
     even for a plain ``http://`` server) and opens new connections; the client is thread-safe, so the stages of
     every request share it and reuse its connection pool.
     """
-    return OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+    key = (api_key, base_url, timeout, max_retries)
+    retries = {"max_retries": max_retries}
+    return shared("openai-client", key, lambda: OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, **retries))
 
 
 class LLMClient:

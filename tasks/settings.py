@@ -120,6 +120,13 @@ class Settings(BaseSettings):
     top_k: int = Field(default=5, ge=1, description="candidates per task offered to the LLM")
     max_models: int = Field(default=4, ge=1, description="loaded models kept in memory per process")
     max_new_tokens: int = Field(default=48, ge=1, description="generation bound for text outputs")
+    speecht5_vocoder: str = Field(
+        default="microsoft/speecht5_hifigan",
+        description="the vocoder SpeechT5 text-to-speech speaks through (a Hub id or a folder)",
+    )
+    speaker_embeddings: Path | None = Field(
+        default=None, description="a .npy file of 512 floats: the x-vector SpeechT5 speaks with (default: zeros)"
+    )
     max_workers: int = Field(default=4, ge=1, description="nodes run at the same time")
     input_timeout: float = Field(default=30.0, gt=0, description="seconds to fetch one input URL, redirects included")
     model_timeout: float = Field(

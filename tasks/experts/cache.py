@@ -246,14 +246,8 @@ def loaded_keys() -> list[Hashable]:
     return found
 
 
-_default_cache: ModelCache | None = None
-_default_cache_lock = threading.Lock()
-
-
 def default_cache(max_models: int = 4) -> ModelCache:
     """The process-wide cache, created on first call with ``max_models`` (later calls return the same one)."""
-    global _default_cache
-    with _default_cache_lock:
-        if _default_cache is None:
-            _default_cache = ModelCache(max_models=max_models)
-        return _default_cache
+    from tasks.shared import shared
+
+    return shared("model-cache", "default", lambda: ModelCache(max_models=max_models))
