@@ -1,18 +1,14 @@
-"""``hugginggpt batch`` and ``hugginggpt plan``.
+"""``hugginggpt batch``.
 
     hugginggpt batch requests.jsonl --max-in-flight 8         # one child flow run per line, results JSONL
-    hugginggpt plan "Caption photo.jpg, then read it aloud" -i photo.jpg --yaml > plan.yaml
-    hugginggpt run "Caption photo.jpg, then read it aloud" -i photo.jpg --plan plan.yaml
 
-``batch`` prints a table of the lines (or, with ``--json``, the batch summary) and exits 0 when every line
-completed, 1 when one failed or was invalid, 2 on a usage error. ``plan`` prints the plan the LLM makes for a
-request, without running it: review or edit it, then run it with ``run --plan``.
+It prints a table of the lines (or, with ``--json``, the batch summary) and exits 0 when every line completed, 1
+when one failed or was invalid, 2 on a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +17,15 @@ from flows.cli_options import (
     EXIT_OK,
     EXIT_USAGE,
     add_catalog,
-    add_inputs,
-    add_llm_model,
     add_storage,
     config_error,
     error,
-    llm_settings,
     positive_int,
 )
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``batch`` and ``plan`` subcommands; their handler is ``args.func``."""
+    """Add the ``batch`` subcommand; its handler is ``args.func``."""
     batch = subparsers.add_parser(
         "batch",
         help="run every request of a JSONL file",
@@ -58,53 +51,6 @@ def register(subparsers: Any) -> None:
 
     add_output_options(batch)
     batch.set_defaults(func=cmd_batch)
-
-    plan = subparsers.add_parser(
-        "plan",
-        help="print the plan the LLM makes for a request, without running it",
-        description="Ask the LLM for the plan of a request and print it (HuggingGPT format) for review; "
-        "run it later with 'hugginggpt run REQUEST --plan FILE'.",
-    )
-    plan.add_argument("request", help="what you want done, in plain language")
-    add_inputs(plan)
-    add_llm_model(plan)
-    style = plan.add_mutually_exclusive_group()
-    style.add_argument("--json", action="store_const", const="json", dest="format", help="print JSON (the default)")
-    style.add_argument("--yaml", action="store_const", const="yaml", dest="format", help="print YAML")
-    plan.set_defaults(func=cmd_plan, format="json")
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.llm import LLMError, chat_model_for
-    from tasks.plan import PlanningError, plan_request
-
-    settings = llm_settings("plan", llm_model=args.llm_model)
-    if settings is None:
-        return EXIT_USAGE
-    from flows.request import RequestError, check_request
-
-    try:
-        check_request(args.request)
-    except RequestError as exc:
-        error("plan", str(exc))
-        return EXIT_USAGE
-    try:
-        result = plan_request(chat_model_for(settings), args.request, inputs=args.inputs)
-    except (PlanningError, LLMError) as exc:
-        error("plan", str(exc))
-        return EXIT_FAILED
-    for repair in result.repairs:
-        error("plan", f"repaired: {repair}")
-    nodes = [{"id": n.id, "task": n.task, "dep": n.dep or [-1], "args": n.args} for n in result.nodes]
-    if args.format == "yaml":
-        import yaml
-
-        print(yaml.safe_dump(nodes, sort_keys=False, allow_unicode=True), end="")
-    else:
-        print(json.dumps(nodes, indent=2, ensure_ascii=False))
-    if not nodes:
-        error("plan", "the plan is empty: the LLM would answer directly")
-    return EXIT_OK
 
 
 def cmd_batch(args: argparse.Namespace) -> int:

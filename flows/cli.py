@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.batch_cli import register as register_batch
     from flows.eval_cli import register as register_eval
     from flows.models_cli import register as register_models
+    from flows.plan_cli import register as register_plan
 
     register_eval(sub)
     register_batch(sub)
+    register_plan(sub)
     register_models(sub)
 
     chat = sub.add_parser(

@@ -41,11 +41,11 @@ from pydantic import BaseModel, Field
 
 from models_catalog.catalog import Catalog, CatalogEntry, load_catalog
 from tasks.experts.base import ModelSpec
+from tasks.experts.fallback import Chooser
 from tasks.experts.local import PROVEN_ARCHITECTURES, requirement_refusal
 from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
 from tasks.experts.remote import SUPPORTED_TASKS as REMOTE_TASKS
 from tasks.experts.remote import RemoteBackend
-from tasks.experts.router import Chooser
 from tasks.schemas import CandidateCheck
 from tasks.settings import Settings
 from tasks.shared import shared

@@ -21,8 +21,8 @@ from prefect.states import Cancelled, Completed, Failed, State
 from tasks.availability import chooser_for, remote_backend_for
 from tasks.experts.base import Audio, ExpertBackend, ExpertError, ExpertOutput
 from tasks.experts.cache import track_model_wait
-from tasks.experts.router import AllCandidatesFailed, Chooser, run_with_fallback
-from tasks.inputs import InputError, InputPolicy, decode_audio, decode_image, decode_text, read_input_bytes
+from tasks.experts.fallback import AllCandidatesFailed, Chooser, run_with_fallback
+from tasks.inputs import InputError, InputPolicy, decode, read_input_bytes
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
 from tasks.schemas import GENERATED_RE, Assignment, NodeResult, PlanNode
 from tasks.settings import Settings
@@ -48,16 +48,6 @@ class UpstreamMissingError(RuntimeError):
 # ---------------------------------------------------------------------------
 # resolving inputs
 # ---------------------------------------------------------------------------
-def _decode(data: bytes, modality: Modality, ref: str) -> Any:
-    if modality == Modality.IMAGE:
-        return decode_image(data, ref)
-    if modality == Modality.AUDIO:
-        return decode_audio(data, ref)
-    if modality == Modality.TEXT:
-        return decode_text(data, ref)
-    return data
-
-
 def _upstream_output(result: NodeResult, modality: Modality) -> str:
     value = result.outputs.get(str(modality))
     if value is None:
@@ -93,7 +83,7 @@ def resolve_args(
             else:
                 ref = raw
                 data = read_input_bytes(raw, timeout=input_timeout, policy=input_policy)
-            values[name] = _decode(data, modality, ref)
+            values[name] = decode(data, modality, ref)
             digests[name] = digest_bytes(data)
         else:
             text = GENERATED_RE.sub(lambda m: _upstream_output(upstream[int(m.group(1))], Modality.TEXT), raw)

@@ -485,9 +485,9 @@ def decode_text(data: bytes, ref: str) -> str:
         raise InputError(f"input {ref} is not UTF-8 text") from None
 
 
-def load_input(ref: str, modality: Modality, *, timeout: float | None = None, policy: InputPolicy | None = None) -> Any:
-    """Read ``ref`` and decode it as ``modality`` (images -> PIL, audio -> :class:`Audio`, text -> str, else bytes)."""
-    data = read_input_bytes(ref, timeout=timeout, policy=policy)
+def decode(data: bytes, modality: Modality, ref: str) -> Any:
+    """``data`` read from ``ref`` as the value a model takes for ``modality`` (images -> PIL, audio ->
+    :class:`Audio`, text -> str, else the bytes); an :class:`InputError` naming ``ref`` when it is not one."""
     if modality == Modality.IMAGE:
         return decode_image(data, ref)
     if modality == Modality.AUDIO:

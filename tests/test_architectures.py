@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from models_catalog.catalog import CatalogEntry, load_catalog
 from tasks.experts.base import Audio, CannotRunHereError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache
+from tasks.experts.fallback import run_with_fallback
 from tasks.experts.local import (
     PROVEN_ARCHITECTURES,
     SUPPORTED_TASKS,
@@ -35,7 +36,6 @@ from tasks.experts.local import (
     local_refusal,
 )
 from tasks.experts.local.audio import DEFAULT_SPEAKER_EMBEDDING
-from tasks.experts.router import run_with_fallback
 from tests.tiny_models import (
     AUDIO_LABELS,
     DETECTION_LABELS,

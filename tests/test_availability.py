@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 import models_catalog.catalog as catalog_module
+import tasks.experts.fallback as fallback_module
 import tasks.experts.remote as remote_module
-import tasks.experts.router as router_module
 from models_catalog.catalog import Catalog, CatalogEntry
 from tasks import availability
 from tasks.availability import Availability, default_max_local_params, estimate_params, size_hint
@@ -60,14 +60,14 @@ def available(tmp_path: pathlib.Path, *entries: CatalogEntry, **settings: Any) -
 
 
 def test_one_home_for_every_can_run_decision() -> None:
-    """The duplicates are gone: the catalog, the router and the remote backend no longer decide."""
+    """The duplicates are gone: the catalog, the fallback and the remote backend no longer decide."""
     for module, name in [
         (catalog_module, "is_available"),
         (catalog_module, "hub_offline"),
         (catalog_module, "has_local_weights"),
-        (router_module, "can_run"),
-        (router_module, "make_chooser"),
-        (router_module, "in_hf_cache"),
+        (fallback_module, "can_run"),
+        (fallback_module, "make_chooser"),
+        (fallback_module, "in_hf_cache"),
         (remote_module, "_hub_offline"),
     ]:
         assert not hasattr(module, name), f"{module.__name__}.{name} still decides availability"

@@ -334,7 +334,7 @@ def test_image_to_image_refuses_an_edit_it_cannot_make(
     backend: LocalBackend, tiny_models: dict[str, pathlib.Path], instruction: str
 ) -> None:
     """Super-resolution cannot follow an editing instruction: the node must not report an upscaled image as the
-    edit, but refuse (CannotRunHereError: the router tries the next, remote, candidate) before loading anything."""
+    edit, but refuse (CannotRunHereError: the fallback tries the next, remote, candidate) before loading anything."""
     with pytest.raises(CannotRunHereError, match="only upscale") as info:
         backend.run("image-to-image", spec(tiny_models, "image-to-image"), {"image": picture(), "text": instruction})
     assert instruction in str(info.value) and "tiny/image-to-image" in str(info.value)

@@ -32,11 +32,11 @@ from models_catalog.catalog import Catalog
 from tasks.availability import Availability
 from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache
+from tasks.experts.fallback import AllCandidatesFailed, Attempt, run_with_fallback
 from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
 from tasks.experts.local import LocalBackend
 from tasks.experts.remote import SUPPORTED_TASKS as REMOTE_TASKS
 from tasks.experts.remote import RemoteBackend
-from tasks.experts.router import AllCandidatesFailed, Attempt, run_with_fallback
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES
 from tests.tiny_models import build_tiny_models

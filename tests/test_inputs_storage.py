@@ -11,7 +11,7 @@ import fsspec
 import pytest
 
 from tasks.experts.base import Audio
-from tasks.inputs import InputError, load_input
+from tasks.inputs import InputError, decode, read_input_bytes
 from tasks.settings import LLMNotConfiguredError, Settings
 from tasks.storage import ArtifactStore, StorageError
 from tasks.task_types import Modality
@@ -34,6 +34,10 @@ def http_root(tmp_path: Path, sample_files) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+def load_input(ref: str, modality: Modality) -> object:
+    return decode(read_input_bytes(ref), modality, ref)
 
 
 def test_inputs_from_path_http_and_fsspec(http_root: str, sample_files) -> None:

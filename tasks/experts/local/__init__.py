@@ -23,7 +23,7 @@ remote backend lives in :mod:`tasks.experts.outputs`, argument reading in :mod:`
 
 A node never reports success for work it did not do: a request a local model cannot honour (an image edit asked of
 a super-resolution model, a translation into a language the model does not produce) raises
-:class:`~tasks.experts.base.CannotRunHereError`, so the router tries the next candidate.
+:class:`~tasks.experts.base.CannotRunHereError`, so the fallback tries the next candidate.
 """
 
 from __future__ import annotations

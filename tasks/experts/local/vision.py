@@ -12,7 +12,7 @@ image-to-image                  ``AutoImageProcessor`` + ``AutoModelForImageToIm
 Image-to-image: transformers' only image-to-image family is super-resolution, which takes no instruction. A request
 is served locally only when it has no ``text`` or its text asks for what the model does (upscaling, a sharper or
 higher-resolution image); any other instruction ("make it look like winter") is refused before the model is loaded,
-with :class:`~tasks.experts.base.CannotRunHereError`, so the router tries the next candidate (a remote
+with :class:`~tasks.experts.base.CannotRunHereError`, so the fallback tries the next candidate (a remote
 image-editing model) instead of reporting an upscaled image as the edit.
 """
 
