@@ -7,7 +7,8 @@ process only, so the bench measures what each change saves against the code as i
   one client per process for the same key, base URL, timeout and retries.
 * ``result_storage_by_slug``: the results block was saved on every call and passed as its slug
   (``local-file-system/hugginggpt-results-...``), which Prefect loads from its API at the start of every flow
-  run. Now: ``flows.request.results_block`` saves it once per process and API, and the run uses the saved instance.
+  run. Now: ``flows.prefect_setup.results_block`` saves it once per process and API, and the run uses the saved
+  instance.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def new_llm_client_per_stage() -> Iterator[None]:
 
 @contextlib.contextmanager
 def result_storage_by_slug() -> Iterator[None]:
-    import flows.request as request
+    import flows.prefect_setup as request
     from tasks.shared import clear
 
     saved_once = request.results_block

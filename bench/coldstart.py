@@ -109,18 +109,22 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     del BertForSequenceClassification, T5ForConditionalGeneration, T5Tokenizer
 
-    import flows.request as request_flow
-    from flows.request import prefect_run_settings, run_request
-    from tasks.prefetch import Prefetch
+    from flows.prefect_setup import prefect_run_settings
+    from flows.request import run_request
     from tasks.schemas import PlanNode
+    from tasks.settings import RunOptions
 
-    if not spec["prefetch"]:
-        request_flow.prefetch_models = lambda *a, **k: Prefetch()  # type: ignore[assignment]
-        request_flow.start_candidate_downloads = lambda *a, **k: Prefetch()  # type: ignore[assignment]
     plan = [PlanNode.model_validate(n) for n in spec["plan"]]
     with prefect_run_settings(quiet=True):
         t0 = time.perf_counter()
-        summary = run_request(REQUEST, plan=plan, models=spec["pins"], storage=spec["storage"], catalog=spec["catalog"])
+        summary = run_request(
+            REQUEST,
+            plan=plan,
+            models=spec["pins"],
+            storage=spec["storage"],
+            catalog=spec["catalog"],
+            options=RunOptions(prefetch=spec["prefetch"]),
+        )
         wall = time.perf_counter() - t0
     return {
         "status": summary.status,

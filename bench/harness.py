@@ -332,7 +332,7 @@ def bench_environment(*, quick: bool = False, postgres: bool = True, keep: bool 
     """Prefect's API for this process, the scripted LLM, a temporary root, and the environment pointing at them."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.request import prefect_run_settings
+    from flows.prefect_setup import prefect_run_settings
 
     root = Path(tempfile.mkdtemp(prefix="hugginggpt-bench-"))
     saved = {k: os.environ.get(k) for k in _ENV_KEYS}

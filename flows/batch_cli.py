@@ -74,8 +74,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from flows.batch import sqlite_concurrency_warning
     from flows.cli import progress_mode
+    from flows.prefect_setup import prefect_run_settings
     from flows.progress import progress_view
-    from flows.request import prefect_run_settings
 
     warning = sqlite_concurrency_warning(args.max_in_flight or settings.batch_max_in_flight)
     if warning:

@@ -150,7 +150,7 @@ def load_plan_file(path: str) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.request import RequestError, check_request
+    from tasks.runs import RequestError, check_request
 
     try:
         settings = _settings(args)
@@ -301,7 +301,7 @@ def escape_json_line(document: Any) -> str:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from flows.request import RequestError, load_run_record
+    from tasks.runs import RequestError, load_run_record
     from tasks.storage import StorageError, store_for
 
     try:
@@ -387,9 +387,11 @@ def run_flow(
     message saying why the run has none. Raises :class:`PrefectUnreachableError`."""
     from prefect import tags as prefect_tags
 
+    from flows.prefect_setup import prefect_run_settings
     from flows.progress import progress_view
-    from flows.request import hugginggpt_request, prefect_run_settings, stored_summary, summary_of
+    from flows.request import hugginggpt_request, summary_of
     from flows.temporary_server import start_temporary_server, temporary_server_notice
+    from tasks.runs import stored_summary
 
     began = time.time()
     try:
@@ -515,7 +517,7 @@ def print_summary(summary: Any, console: Any = None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from flows.request import drain_prefect_queues
+    from flows.prefect_setup import drain_prefect_queues
 
     try:
         if args.command == "run":

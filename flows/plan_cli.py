@@ -39,7 +39,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     settings = llm_settings("plan", llm_model=args.llm_model)
     if settings is None:
         return EXIT_USAGE
-    from flows.request import RequestError, check_request
+    from tasks.runs import RequestError, check_request
 
     try:
         check_request(args.request)

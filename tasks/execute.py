@@ -23,6 +23,7 @@ from tasks.experts.base import Audio, ExpertBackend, ExpertError, ExpertOutput
 from tasks.experts.cache import track_model_wait
 from tasks.experts.fallback import AllCandidatesFailed, Chooser, run_with_fallback
 from tasks.inputs import InputError, InputPolicy, decode, read_input_bytes
+from tasks.parsing import clip
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
 from tasks.schemas import GENERATED_RE, Assignment, NodeResult, PlanNode
 from tasks.settings import Settings
@@ -382,7 +383,7 @@ def run_node(
         )
         result.model_wait_seconds = model_wait.seconds
     if result.status == "completed":
-        shown = ", ".join(f"{k}={_clip(v)}" for k, v in result.outputs.items())
+        shown = ", ".join(f"{k}={clip(v, 80)}" for k, v in result.outputs.items())
         if result.cached:
             log.info("%s reused the outputs of run %s: %s", node.name, result.reused_from, shown)
             return Completed(data=result, name="Cached", message=f"{node.name} reused run {result.reused_from}")
@@ -402,8 +403,3 @@ def run_node(
 def cache_params(settings: Settings) -> dict[str, Any]:
     """Settings that change what a model produces, so part of the cache key."""
     return {"max_new_tokens": settings.max_new_tokens}
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    text = text.replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."

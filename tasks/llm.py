@@ -23,7 +23,7 @@ import openai
 from openai import OpenAI
 
 from tasks import parsing, timebound
-from tasks.parsing import JSONExtractError
+from tasks.parsing import JSONExtractError, clip
 from tasks.schemas import LLMUsage
 from tasks.settings import LLMNotConfiguredError, Settings, redact, redact_url
 from tasks.shared import shared
@@ -227,8 +227,7 @@ class LLMClient:
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clip(str(exc), limit)
 
 
 # ---------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def loads_json(text: str, what: str = "the document", *, limit: int = MAX_DOCUME
     except json.JSONDecodeError as exc:
         raise ParseError(f"{what} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except ValueError as exc:  # e.g. an integer longer than Python converts
-        raise ParseError(f"{what} is not usable JSON ({_clip(str(exc))})") from None
+        raise ParseError(f"{what} is not usable JSON ({clip(str(exc))})") from None
 
 
 def extract_json(text: str | None, what: str = "the reply") -> Any:
@@ -134,13 +134,13 @@ class BoundedSafeLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise ParseError(f"YAML aliases are not accepted (alias *{_clip(str(event.anchor), 40)} at {_mark(event)})")
+            raise ParseError(f"YAML aliases are not accepted (alias *{clip(str(event.anchor), 40)} at {_mark(event)})")
         event = self.peek_event()
         if getattr(event, "anchor", None) is not None:
-            raise ParseError(f"YAML anchors are not accepted (&{_clip(str(event.anchor), 40)} at {_mark(event)})")
+            raise ParseError(f"YAML anchors are not accepted (&{clip(str(event.anchor), 40)} at {_mark(event)})")
         tag = getattr(event, "tag", None)
         if tag is not None and tag != "!":
-            raise ParseError(f"YAML tags are not accepted ({_clip(str(tag), 60)} at {_mark(event)})")
+            raise ParseError(f"YAML tags are not accepted ({clip(str(tag), 60)} at {_mark(event)})")
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -165,9 +165,9 @@ def loads_yaml(text: str, what: str = "the document", *, limit: int = MAX_DOCUME
         raise ParseError(f"{what}: {exc}") from None
     except yaml.MarkedYAMLError as exc:
         where = f" at line {exc.problem_mark.line + 1} column {exc.problem_mark.column + 1}" if exc.problem_mark else ""
-        raise ParseError(f"{what} is neither JSON nor YAML ({_clip(str(exc.problem or exc))}{where})") from None
+        raise ParseError(f"{what} is neither JSON nor YAML ({clip(str(exc.problem or exc))}{where})") from None
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        raise ParseError(f"{what} is neither JSON nor YAML ({_clip(str(exc))})") from None
+        raise ParseError(f"{what} is neither JSON nor YAML ({clip(str(exc))})") from None
 
 
 # ---------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def plan_nodes(value: Any, what: str = "the plan") -> list[Any]:
                 return value[key]
         if "task" in value:
             return [value]
-        keys = ", ".join(_clip(str(k), 40) for k in list(value)[:10]) or "none"
+        keys = ", ".join(clip(str(k), 40) for k in list(value)[:10]) or "none"
         raise ParseError(f"{what} is a JSON object without a 'tasks' list (keys: {keys})")
     if isinstance(value, list):
         return value
@@ -246,6 +246,7 @@ def split_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def _clip(text: str, limit: int = QUOTE_CHARS) -> str:
-    text = text.replace("\n", " ")
+def clip(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` on one line, at most ``limit`` characters (``...`` where cut): what a message quotes."""
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

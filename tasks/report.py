@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tasks.parsing import clip
 from tasks.schemas import RunSummary
 
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
@@ -46,11 +47,6 @@ def _link_text(text: str) -> str:
     return re.sub(r"([\[\]()\\`*_|<>])", r"\\\1", text)
 
 
-def _clip(text: str, limit: int = _CELL_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def node_rows(
     summary: RunSummary, *, short_files: bool = False, links: Mapping[str, str] | None = None
 ) -> list[dict[str, str]]:
@@ -67,7 +63,7 @@ def node_rows(
                 shown = []
                 for k, v in r.outputs.items():
                     if k == "text":
-                        shown.append(f"{k}: {_clip(v) if links is not None else v}")
+                        shown.append(f"{k}: {clip(v, _CELL_CHARS) if links is not None else v}")
                     elif links is not None:
                         shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links.get(v, v)})")
                     else:
@@ -77,7 +73,7 @@ def node_rows(
                     run = r.reused_from or ""
                     output += f" (reused from run {run[:8] if links is not None else run})"
             else:
-                output = _clip(r.error or "") if links is not None else r.error or ""
+                output = clip(r.error or "", _CELL_CHARS) if links is not None else r.error or ""
         rows.append(
             {
                 "node": node.name,

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     )
     remote_retry_wait: float = Field(default=1.0, ge=0, description="first wait before a remote retry (doubles)")
     top_k: int = Field(default=5, ge=1, description="candidates per task offered to the LLM")
+    prefetch: bool = Field(
+        default=True, description="download and load the plan's local models ahead of their nodes, once chosen"
+    )
     max_models: int = Field(default=4, ge=1, description="loaded models kept in memory per process")
     max_new_tokens: int = Field(default=48, ge=1, description="generation bound for text outputs")
     speecht5_vocoder: str = Field(
@@ -267,6 +270,7 @@ class RunOptions(BaseModel):
     cache: bool | None = Field(default=None, description="reuse outputs of identical earlier nodes")
     cache_ttl: float | None = Field(default=None, ge=0, description="seconds a cached output stays usable")
     max_workers: int | None = Field(default=None, ge=1, description="nodes run at the same time")
+    prefetch: bool | None = Field(default=None, description="load the plan's models ahead of their nodes")
     task_runner: Literal["threads", "dask"] | None = None
     dask_address: str | None = Field(default=None, description="scheduler of an existing Dask cluster")
     persist_results: bool | None = None

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from flows.cli import main
-from flows.request import MAX_REQUEST_CHARS, run_request
+from flows.request import run_request
+from tasks.runs import MAX_REQUEST_CHARS
 from tasks.schemas import RunSummary
 from tests.llm_server import plan_json
 from tests.web_server import WebServer

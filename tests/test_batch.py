@@ -16,7 +16,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.batch import BatchFailed, abstract_inputs, adapt_plan, hugginggpt_batch, parse_line, run_batch
 from flows.cli import main
-from flows.request import hugginggpt_request, prefect_run_settings, summary_of
+from flows.prefect_setup import prefect_run_settings
+from flows.request import hugginggpt_request, summary_of
 from flows.runners import task_runner_for
 from tasks.schemas import PlanNode, RunSummary
 from tasks.settings import load_settings

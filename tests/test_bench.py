@@ -36,7 +36,7 @@ TINY_BERT: dict[str, int] = {
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Bench]:
-    from flows.request import prefect_run_settings
+    from flows.prefect_setup import prefect_run_settings
 
     llm = counting_llm().start()
     mp = pytest.MonkeyPatch()

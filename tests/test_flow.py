@@ -14,7 +14,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from flows.request import hugginggpt_request, prefect_run_settings, run_request, summary_of
+from flows.prefect_setup import prefect_run_settings
+from flows.request import hugginggpt_request, run_request, summary_of
 from tasks.experts.local import LocalBackend
 from tasks.schemas import RunSummary
 from tests.llm_server import HTTPFault, plan_json

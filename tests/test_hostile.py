@@ -400,7 +400,7 @@ def test_batch_lines_are_split_on_newlines_only() -> None:
 
 def test_the_request_limit_holds_before_the_llm_and_prefect(env: Path, llm, capsys) -> None:
     from flows.batch import parse_requests
-    from flows.request import MAX_REQUEST_CHARS
+    from tasks.runs import MAX_REQUEST_CHARS
 
     long = "Rate: " + "x" * MAX_REQUEST_CHARS
     assert main(["plan", long]) == 2

@@ -23,10 +23,10 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from flows.batch import BatchSummary, run_batch
-from flows.request import MAX_REQUEST_CHARS
 from tasks.experts.base import ModelSpec
 from tasks.experts.local import LocalBackend
 from tasks.experts.local import loading as local_loading
+from tasks.runs import MAX_REQUEST_CHARS
 from tests.llm_server import HTTPFault, plan_json
 from tests.test_experts_remote import InferenceServer, Reply
 from tests.web_server import WebServer

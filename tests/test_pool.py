@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from flows.request import hugginggpt_request, prefect_run_settings, summary_of
+from flows.prefect_setup import prefect_run_settings
+from flows.request import hugginggpt_request, summary_of
 from flows.runners import node_model, workers_holding
 from tasks.experts.base import ModelSpec
 from tasks.schemas import Assignment, PlanNode, RunSummary

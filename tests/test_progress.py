@@ -16,7 +16,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
 from flows import progress
-from flows.request import prefect_run_settings, request_run_name, run_request
+from flows.prefect_setup import prefect_run_settings
+from flows.request import request_run_name, run_request
 from tasks.execute import is_transient
 from tasks.report import browser_link, node_rows
 from tasks.schemas import NodeResult

@@ -235,7 +235,8 @@ def test_resume_of_unknown_run_says_so(env: Path, llm, capsys) -> None:
 
 
 def test_prefect_retry_of_the_flow_run_resumes_it(env: Path, llm, model_calls, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.request import hugginggpt_request, prefect_run_settings
+    from flows.prefect_setup import prefect_run_settings
+    from flows.request import hugginggpt_request
 
     real_run = LocalBackend.run
     failures = {"summarization": 1}

@@ -1,0 +1,74 @@
+"""What a request run shows in the Prefect UI: ``summary.json`` beside its files, and its artifacts (the summary,
+the nodes table, a link per stored file) under keys that stay the same from run to run, so the UI keeps history."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from tasks.parsing import clip
+from tasks.report import artifact_key, browser_link, node_rows, summary_markdown
+from tasks.schemas import RunSummary
+from tasks.storage import ArtifactStore, StorageError
+
+
+def artifact_scope(flow_kind: str = "request") -> str:
+    """The stem of this run's artifact keys: one per flow (``hugginggpt-request``, ``hugginggpt-batch``), or per
+    deployment when deployed, never per run, so the UI keeps each key's history (every run's artifact under the
+    same key, the run named in its description)."""
+    from prefect.runtime import deployment
+
+    name = deployment.name
+    return artifact_key("hugginggpt", str(name) if name else flow_kind)
+
+
+def publish(summary: RunSummary, store: ArtifactStore | None, *, presign_seconds: int = 0) -> None:
+    """summary.json beside the run's files, and the markdown, table and link artifacts. With ``presign_seconds``,
+    files on object storage that can sign (S3) are linked by presigned URLs valid that long, which the browser
+    can open and show; a presigned URL holds the storage's access key id and grants read access to that file."""
+    log = get_run_logger()
+    if store is not None:
+        try:
+            store.put_text("summary.json", summary.model_dump_json(indent=2))
+        except StorageError as exc:
+            log.error("could not store summary.json: %s", exc)
+            summary.error = (summary.error + "; " if summary.error else "") + str(exc)
+    try:
+        _create_artifacts(summary, store, presign_seconds)
+    except Exception as exc:  # the Prefect API went away: summary.json holds everything, the run goes on
+        log.warning("could not create the run's artifacts (%s: %s)", type(exc).__name__, clip(str(exc)))
+
+
+def _create_artifacts(summary: RunSummary, store: ArtifactStore | None, presign_seconds: int) -> None:
+    run = summary.flow_run_id or "local"
+    scope = artifact_scope()
+    about = f"run {run}: {summary.request[:80]}"
+    files = [uri for r in summary.results for modality, uri in r.outputs.items() if modality != "text"]
+    links: dict[str, str] = {}
+    fetchable: set[str] = set()
+    for uri in files:
+        signer = store.fs if store is not None and presign_seconds > 0 else None
+        links[uri], can_fetch = browser_link(uri, signer, expires=presign_seconds)
+        if can_fetch:
+            fetchable.add(uri)
+    create_markdown_artifact(
+        key=artifact_key(scope, "summary"),
+        markdown=summary_markdown(summary, links, frozenset(fetchable)),
+        description=f"HuggingGPT summary of {about}",
+    )
+    rows = [{k: v for k, v in row.items() if k != "task"} for row in node_rows(summary, links=links)]  # in the name
+    if rows:
+        create_table_artifact(
+            key=artifact_key(scope, "nodes"),
+            table=rows,
+            description=f"One row per plan node of {about}",
+        )
+    for result in summary.results:
+        for modality, uri in result.outputs.items():
+            if modality != "text" and uri in links:
+                create_link_artifact(
+                    key=artifact_key(scope, result.task, modality),
+                    link=links[uri],
+                    link_text=f"{result.task}#{result.id} {modality}",
+                    description=f"{modality} output of {result.task}#{result.id}, {about}",
+                )
