@@ -159,6 +159,8 @@ class Sampler:
 # catalogs
 # ---------------------------------------------------------------------------
 def catalog_record(model_id: str, task: str, local_path: Path, *, downloads: int = 0) -> dict[str, Any]:
+    from tasks.experts.local import PROVEN_ARCHITECTURES
+
     return {
         "id": model_id,
         "task": task,
@@ -167,7 +169,9 @@ def catalog_record(model_id: str, task: str, local_path: Path, *, downloads: int
         "tags": ["bench"],
         "description": f"benchmark model for {task}",
         "local_path": str(Path(local_path).resolve()),
-        "architecture": "bert",  # the folder holds no config.json: the experts that stand in for it sleep
+        # the folder holds no config.json (the experts that stand in for it sleep): record an architecture the
+        # local backend is proven to run for the task
+        "architecture": min(PROVEN_ARCHITECTURES[task]),
     }
 
 

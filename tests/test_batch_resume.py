@@ -138,9 +138,11 @@ def test_a_child_run_refused_with_503_is_started_again(monkeypatch) -> None:
 
             return Completed(data=RunSummary(request="Rate", answer="ok", flow_run_id="child-1"))
 
+    monkeypatch.setattr(batch, "hugginggpt_request", Child())
+
     @flow
     def parent() -> Any:
-        return run_line.fn(Child(), 1, BatchLine(request="Rate"), None, "llm")
+        return run_line.fn(1, BatchLine(request="Rate"), None, "llm")
 
     record = parent()
     assert isinstance(record, LineResult) and record.status == "completed" and len(calls) == 3

@@ -284,18 +284,13 @@ def test_deep_nesting_in_a_plan_reply_is_a_validation_error() -> None:
 
 
 def test_deep_nesting_in_a_selection_reply_falls_back(llm, tiny_catalog: Path) -> None:
-    from models_catalog.catalog import load_catalog
+    from tasks.availability import Availability
     from tasks.select import select_models
 
     llm.set(select="[" * 50_000)
     nodes, _ = validate_plan([{"id": 0, "task": "text-classification", "dep": [], "args": {"text": "hi"}}])
-    result = select_models(
-        nodes,
-        load_catalog(tiny_catalog),
-        llm=LLMClient(Settings(openai_base_url=llm.base_url)),
-        request="Rate",
-        choose=lambda spec: ("local", "test"),
-    )
+    settings = Settings(openai_base_url=llm.base_url, catalog=tiny_catalog)
+    result = select_models(nodes, Availability(settings), llm=LLMClient(settings), request="Rate")
     assert "selection by the LLM failed" in result.assignments[0].reason
     assert "more than 64 deep" in result.assignments[0].reason
 

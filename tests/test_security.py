@@ -117,7 +117,11 @@ def test_trust_remote_code_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("HUGGINGGPT_TRUST_REMOTE_CODE", "true")
     assert backend_for(Settings()).trust_remote_code is True
     # the backend alone never enables it: the entry must say so as well
-    assert LocalBackend(trust_remote_code=True)._hub_kwargs(ModelSpec(id="x", task="t"))["trust_remote_code"] is False
+    from tasks.experts.local.loading import hub_kwargs
+
+    backend = LocalBackend(trust_remote_code=True)
+    assert hub_kwargs(backend, ModelSpec(id="x", task="t"))["trust_remote_code"] is False
+    assert hub_kwargs(backend, ModelSpec(id="x", task="t", trust_remote_code=True))["trust_remote_code"] is True
 
 
 # --- local paths: the working directory and the configured roots --------------------------------------------------
