@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,14 +16,16 @@ def within(seconds: float, call: Callable[[], T], what: str, on_timeout: Callabl
     For calls whose own timeouts bound each read, not the whole call (an HTTP client reading a server that sends
     one byte a second), or that have no bound at all (a provider's job queue, a local model stuck loading). The
     call runs in a daemon thread; when the time is up the caller moves on and the thread is left to end with its
-    call. An exception the call raised is raised here.
+    call. An exception the call raised is raised here. The call sees the caller's context variables (the run it
+    belongs to, what records its model waits and progress).
     """
+    context = contextvars.copy_context()
     outcome: dict[str, Any] = {}
     done = threading.Event()
 
     def run() -> None:
         try:
-            outcome["value"] = call()
+            outcome["value"] = context.run(call)
         except BaseException as exc:  # handed to the caller below
             outcome["error"] = exc
         finally:
