@@ -469,6 +469,8 @@ def run_flow(
         HUGGINGGPT_MAX_WORKERS=str(max_workers),
         HUGGINGGPT_STORAGE=storage,
         HUGGINGGPT_CATALOG=str(catalog) if catalog else None,
+        # orchestration alone: the stand-in experts load nothing (prefetch is measured by bench/coldstart.py)
+        HUGGINGGPT_PREFETCH="false",
     ):
         t0 = time.perf_counter()
         state = hugginggpt_request(
