@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,11 +37,14 @@ __all__ = [
     "LLMUnavailableError",
     "chat_model_for",
     "extract_json",
+    "stream_chat",
 ]
 
 logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
+#: Called with each piece of a reply as it arrives.
+TextCallback = Callable[[str], None]
 
 #: The header that tells an OpenAI-compatible server which stage is asking (``plan``, ``select``, ``respond``).
 STAGE_HEADER = "X-HuggingGPT-Stage"
@@ -68,9 +71,45 @@ class ChatModel(Protocol):
         temperature: float = 0.0,
     ) -> tuple[str, LLMUsage]: ...
 
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        on_text: TextCallback,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """:meth:`chat`, calling ``on_text`` with each piece of the reply as it is generated (a controller that
+        cannot stream calls it once, with the whole reply); returns the whole reply and the usage, as ``chat``."""
+        ...
+
+
+def stream_chat(
+    llm: ChatModel,
+    messages: list[Message],
+    *,
+    on_text: TextCallback,
+    stage: str = "reply",
+    schema: dict[str, Any] | None = None,
+    temperature: float = 0.0,
+) -> tuple[str, LLMUsage]:
+    """``llm.stream(...)``; for a chat model written before streaming (no ``stream``), ``chat`` with the whole reply
+    handed to ``on_text`` at once."""
+    method = getattr(llm, "stream", None)
+    if method is None:
+        reply, usage = llm.chat(messages, stage=stage, schema=schema, temperature=temperature)
+        on_text(reply)
+        return reply, usage
+    return method(messages, on_text=on_text, stage=stage, schema=schema, temperature=temperature)
+
 
 class LLMError(RuntimeError):
     """An LLM call failed; the message names the endpoint and the cause, and what to set when that helps."""
+
+
+class LLMRejectedError(LLMError):
+    """The LLM endpoint refused the request itself (HTTP 400)."""
 
 
 class LLMUnavailableError(LLMError):
@@ -108,6 +147,7 @@ class LLMClient:
             api_key, settings.openai_base_url, settings.llm_timeout, settings.llm_max_retries
         )
         self._schema_supported = settings.llm_json_schema
+        self._stream_supported = True
         self._secrets = settings.secret_values()
         self._lock = threading.Lock()
         self.usage = LLMUsage()
@@ -127,6 +167,44 @@ class LLMClient:
         that rejects ``response_format`` is asked again without it, and not asked with it again by this client.
         The stage also travels in the :data:`STAGE_HEADER` header.
         """
+        response = self._with_schema_fallback(self._request(messages, stage, schema, temperature), self._create)
+        return self._completion_text(response)
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        on_text: TextCallback,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """:meth:`chat` with ``stream=True``: ``on_text`` gets each piece of the reply as the server sends it.
+
+        A server that answers a streamed request with one whole completion (it does not stream) is read as such,
+        ``on_text`` gets the whole reply, and this client asks it without ``stream`` from then on; one that refuses
+        ``stream`` is asked again without it. The whole call is bounded as :meth:`chat` is."""
+        if not self._stream_supported:
+            reply, usage = self.chat(messages, stage=stage, schema=schema, temperature=temperature)
+            on_text(reply)
+            return reply, usage
+        kwargs = self._request(messages, stage, schema, temperature)
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
+        try:
+            return self._with_schema_fallback(kwargs, lambda kw: self._consume_stream(kw, on_text))
+        except LLMError as exc:
+            if not isinstance(exc, LLMRejectedError):
+                raise
+            logger.info("LLM server rejected a streamed request (%s); asking without streaming", exc)
+            self._stream_supported = False
+        reply, usage = self.chat(messages, stage=stage, schema=schema, temperature=temperature)
+        on_text(reply)
+        return reply, usage
+
+    def _request(
+        self, messages: list[Message], stage: str, schema: dict[str, Any] | None, temperature: float
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -138,21 +216,35 @@ class LLMClient:
                 "type": "json_schema",
                 "json_schema": {"name": stage, "schema": schema, "strict": False},
             }
+        return kwargs
+
+    def _with_schema_fallback(self, kwargs: dict[str, Any], call: Callable[[dict[str, Any]], Any]) -> Any:
+        """``call(kwargs)``; a server that rejects ``response_format`` is asked again without it (and never with it
+        again by this client). Errors become :class:`LLMError`; a rejected request keeps the ``BadRequestError`` as
+        :class:`LLMRejectedError` when the server refused the request itself (HTTP 400)."""
         try:
-            response = self._create(kwargs)
+            return call(kwargs)
         except openai.BadRequestError as exc:
             if "response_format" not in kwargs:
-                raise self._wrap(exc) from None
+                raise LLMRejectedError(str(self._wrap(exc))) from None
             logger.info("LLM server rejected response_format (%s); asking again without it", self._short(exc))
             self._schema_supported = False
-            kwargs.pop("response_format")
+            kwargs = {k: v for k, v in kwargs.items() if k != "response_format"}
             try:
-                response = self._create(kwargs)
+                return call(kwargs)
+            except openai.BadRequestError as exc2:
+                raise LLMRejectedError(str(self._wrap(exc2))) from None
             except openai.OpenAIError as exc2:
                 raise self._wrap(exc2) from None
         except openai.OpenAIError as exc:  # not chained: what the server said may echo the key
             raise self._wrap(exc) from None
 
+    def _count(self, usage: LLMUsage) -> LLMUsage:
+        with self._lock:
+            self.usage = self.usage + usage
+        return usage
+
+    def _completion_text(self, response: Any) -> tuple[str, LLMUsage]:
         usage = LLMUsage(calls=1)
         if response.usage is not None:
             usage = LLMUsage(
@@ -160,14 +252,87 @@ class LLMClient:
                 prompt_tokens=response.usage.prompt_tokens or 0,
                 completion_tokens=response.usage.completion_tokens or 0,
             )
-        with self._lock:
-            self.usage = self.usage + usage
+        self._count(usage)
         if not response.choices:
             raise LLMError(f"the LLM at {self.base_url} returned no choices")
         content = getattr(getattr(response.choices[0], "message", None), "content", None) or ""
         if not isinstance(content, str):
             raise LLMError(f"the LLM at {self.base_url} returned a message whose content is not text")
         return content, usage
+
+    def _consume_stream(self, kwargs: dict[str, Any], on_text: TextCallback) -> tuple[str, LLMUsage]:
+        """Send a streamed request and read it to its end within the call's bound (as :meth:`_create`)."""
+        attempts = 1 + self.settings.llm_max_retries
+        seconds = self.settings.llm_timeout * attempts
+
+        def read() -> tuple[str, LLMUsage]:
+            stream = self._client.chat.completions.create(**kwargs)
+            http = getattr(stream, "response", None)
+            kind = str(http.headers.get("content-type", "")) if http is not None else "text/event-stream"
+            if http is not None and not kind.startswith("text/event-stream"):
+                return self._whole_reply(http, on_text)
+            parts: list[str] = []
+            size = 0
+            reported: Any = None
+            for chunk in stream:
+                if getattr(chunk, "usage", None) is not None:
+                    reported = chunk.usage
+                for choice in getattr(chunk, "choices", None) or []:
+                    text = getattr(getattr(choice, "delta", None), "content", None)
+                    if isinstance(text, str) and text:
+                        size += len(text)
+                        if size > parsing.MAX_DOCUMENT_CHARS:
+                            raise LLMError(
+                                f"the LLM at {self.base_url} sent a reply longer than {parsing.MAX_DOCUMENT_CHARS} "
+                                "characters"
+                            )
+                        parts.append(text)
+                        on_text(text)
+            usage = LLMUsage(calls=1)
+            if reported is not None:
+                usage = LLMUsage(
+                    calls=1,
+                    prompt_tokens=reported.prompt_tokens or 0,
+                    completion_tokens=reported.completion_tokens or 0,
+                )
+            return "".join(parts), self._count(usage)
+
+        try:
+            return timebound.within(
+                seconds,
+                read,
+                f"streamed LLM call to {self.base_url}",
+                lambda: LLMUnavailableError(
+                    f"the LLM at {self.base_url} (model {self.model!r}) did not finish its reply within {seconds:g} s; "
+                    "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT "
+                    f"({self.settings.llm_timeout:g} s for each of {attempts} attempt(s), however slowly it sends)"
+                ),
+            )
+        except (ValueError, RecursionError) as exc:  # an event that is not JSON
+            raise LLMError(
+                f"the LLM at {self.base_url} streamed something that is not JSON ({type(exc).__name__}); "
+                "check OPENAI_BASE_URL: it must be an OpenAI-compatible API (usually ending in /v1)"
+            ) from None
+
+    def _whole_reply(self, http: Any, on_text: TextCallback) -> tuple[str, LLMUsage]:
+        """A streamed request answered with one whole completion: the server does not stream."""
+        from openai.types.chat import ChatCompletion
+        from pydantic import ValidationError
+
+        self._stream_supported = False
+        logger.info("the LLM at %s does not stream; asking without streaming from now on", self.base_url)
+        body = http.read()
+        try:
+            response = ChatCompletion.model_validate(parsing.loads_json(body.decode("utf-8", "replace"), "the reply"))
+        except (parsing.ParseError, ValidationError):
+            raise LLMError(
+                f"the LLM at {self.base_url} answered with something that is not a chat completion: "
+                f"{redact(parsing.quote(body.decode('utf-8', 'replace')), self._secrets)}; check OPENAI_BASE_URL: "
+                "it must be an OpenAI-compatible API (usually ending in /v1)"
+            ) from None
+        reply, usage = self._completion_text(response)
+        on_text(reply)
+        return reply, usage
 
     def _create(self, kwargs: dict[str, Any]) -> Any:
         """One completion within ``HUGGINGGPT_LLM_TIMEOUT`` per attempt in all (the client's own timeout bounds
@@ -244,7 +409,8 @@ class ChatCall:
 
 
 class FunctionModel:
-    """A :class:`ChatModel` whose replies come from ``function(call) -> str``, in process.
+    """A :class:`ChatModel` whose replies come from ``function(call) -> str`` (or an iterable of the pieces of a
+    streamed reply), in process.
 
     Every call is kept in ``calls``; an exception the function raises (an :class:`LLMError` to stand for a failed
     call) reaches the stage as it would from a server. Usage counts one call and whitespace-separated words.
@@ -252,7 +418,7 @@ class FunctionModel:
         model = FunctionModel(lambda call: '{"tasks": []}' if call.stage == "plan" else "Hello.")
     """
 
-    def __init__(self, function: Callable[[ChatCall], str], *, model: str = "function") -> None:
+    def __init__(self, function: Callable[[ChatCall], str | Iterable[str]], *, model: str = "function") -> None:
         self.function = function
         self.model = model
         self.base_url = "in-process function"
@@ -267,10 +433,28 @@ class FunctionModel:
         schema: dict[str, Any] | None = None,
         temperature: float = 0.0,
     ) -> tuple[str, LLMUsage]:
+        return self.stream(messages, on_text=lambda text: None, stage=stage, schema=schema, temperature=temperature)
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        on_text: TextCallback,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """The function's reply, handed to ``on_text`` piece by piece when the function returns an iterable of
+        pieces (a generator may wait between them), at once when it returns a string."""
         call = ChatCall(messages=list(messages), stage=stage, schema=schema, temperature=temperature)
         with self._lock:
             self.calls.append(call)
-        reply = self.function(call)
+        answer = self.function(call)
+        pieces: list[str] = []
+        for piece in [answer] if isinstance(answer, str) else answer:
+            pieces.append(piece)
+            on_text(piece)
+        reply = "".join(pieces)
         usage = LLMUsage(
             calls=1,
             prompt_tokens=sum(len(m.get("content", "").split()) for m in messages),

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TextStreamer
 
 from tasks.experts.cache import CacheEntry, ModelCache, default_cache
-from tasks.llm import LLMError, LLMUnavailableError, Message
+from tasks.llm import LLMError, LLMUnavailableError, Message, TextCallback
 from tasks.schemas import LLMUsage
 from tasks.settings import DEFAULT_LLM_MODEL, Settings
 
@@ -156,6 +156,18 @@ class SchemaLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(~allowed[:vocab].to(scores.device), float("-inf"))
 
 
+class _TextCallbackStreamer(TextStreamer):
+    """transformers' ``TextStreamer``, handing each decoded piece to a callback instead of printing it."""
+
+    def __init__(self, tokenizer: Any, on_text: TextCallback) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.on_text(text)
+
+
 # ---------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------
@@ -248,12 +260,25 @@ class LocalChatModel:
     ) -> tuple[str, LLMUsage]:
         """Generate the assistant's reply to ``messages`` (greedily; ``temperature`` is not used), constrained to
         ``schema`` when one is given."""
+        return self.stream(messages, on_text=lambda text: None, stage=stage, schema=schema, temperature=temperature)
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        on_text: TextCallback,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """:meth:`chat`, with ``on_text`` called with each piece of text as the model generates it (at word
+        boundaries, as transformers' ``TextStreamer`` decodes)."""
         entry = self.loaded()
         ctl = entry.value
         with entry.lock:
             start = time.perf_counter()
             try:
-                reply, prompt_tokens, completion_tokens = self._generate(ctl, messages, schema)
+                reply, prompt_tokens, completion_tokens = self._generate(ctl, messages, schema, on_text)
             except (RuntimeError, ValueError) as exc:
                 raise LLMError(f"the embedded controller {self.model} failed on the {stage} call: {exc}") from None
             elapsed = time.perf_counter() - start
@@ -265,7 +290,11 @@ class LocalChatModel:
         return reply, usage
 
     def _generate(
-        self, ctl: LoadedController, messages: list[Message], schema: dict[str, Any] | None
+        self,
+        ctl: LoadedController,
+        messages: list[Message],
+        schema: dict[str, Any] | None,
+        on_text: TextCallback | None = None,
     ) -> tuple[str, int, int]:
         import llguidance
 
@@ -295,6 +324,7 @@ class LocalChatModel:
                     pad_token_id=ctl.eos_ids[0],
                 ),
                 logits_processor=processors,
+                streamer=_TextCallbackStreamer(ctl.tokenizer, on_text) if on_text is not None else None,
             )
         generated = output[0, prompt_length:]
         reply = ctl.tokenizer.decode(generated, skip_special_tokens=True)

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.inputs import InputPolicy
 from tasks.llm import ChatModel, chat_model_for
-from tasks.parsing import ParseError, coerce_id, parse_plan_reply, quote
+from tasks.parsing import ParseError, PlanStreamParser, coerce_id, parse_plan_reply, quote
 from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
 from tasks.settings import Settings
 from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, normalize_task_name
@@ -429,3 +429,120 @@ def plannable_tasks(settings: Settings) -> list[str]:
 
     runnable = runnable_tasks(settings) & set(TASK_TYPES)
     return sorted(runnable) if runnable else sorted(EXECUTABLE_TASKS)
+
+
+# ---------------------------------------------------------------------------
+# a plan as it streams
+# ---------------------------------------------------------------------------
+class StreamedPlan:
+    """Validates a planning reply task by task while it streams (see :class:`~tasks.parsing.PlanStreamParser`).
+
+    :meth:`feed` takes the next piece of the reply and returns the tasks it made ready: a task is validated, with
+    the same rules as :func:`validate_plan`, once every task it depends on (``dep`` and ``<GENERATED>-k``) has been
+    accepted; until then it waits. A task that breaks a rule stops the stream: ``problem`` holds the error and no
+    task is handed out after it. :meth:`finish` reads the whole reply as :func:`validate_plan` does and checks
+    that every task handed out is the whole plan's task of the same id; it raises :class:`PlanValidationError`
+    otherwise.
+    """
+
+    def __init__(
+        self,
+        *,
+        inputs: Sequence[str] = (),
+        request: str = "",
+        allowed: Iterable[str] = EXECUTABLE_TASKS,
+        policy: InputPolicy | None = None,
+    ) -> None:
+        self.inputs = tuple(inputs)
+        self.request = request
+        self.allowed = tuple(allowed)
+        self.policy = policy
+        self.parser = PlanStreamParser()
+        self.accepted: list[PlanNode] = []
+        self.problem: PlanValidationError | None = None
+        self._raw: list[dict[str, Any]] = []  # accepted tasks, as they were written
+        self._waiting: list[dict[str, Any]] = []
+        self._chunks: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self._chunks)
+
+    def feed(self, chunk: str) -> list[PlanNode]:
+        """The tasks that ``chunk`` made ready, validated, in the order they became ready."""
+        self._chunks.append(chunk)
+        if self.problem is not None:
+            return []
+        ready: list[PlanNode] = []
+        for raw in self.parser.feed(chunk):
+            if not isinstance(raw, dict) or len(self._raw) + len(self._waiting) >= MAX_PLAN_NODES:
+                self.problem = PlanValidationError([f"task {quote(raw, 60)} cannot be read as a task"])
+                break
+            self._waiting.append(raw)
+            ready += self._release()
+            if self.problem is not None:
+                break
+        return ready
+
+    def _needs(self, raw: dict[str, Any]) -> set[int]:
+        dep_raw = raw.get("dep", [])
+        deps = dep_raw if isinstance(dep_raw, list) else [dep_raw]
+        needed = {d for d in (coerce_id(x) for x in deps) if d is not None and d >= 0}
+        args = raw.get("args")
+        for value in args.values() if isinstance(args, dict) else ():
+            if isinstance(value, str):
+                needed |= {int(k) for k in GENERATED_RE.findall(value)}
+        return needed - {coerce_id(raw.get("id"))}
+
+    def _release(self) -> list[PlanNode]:
+        ready: list[PlanNode] = []
+        progress = True
+        while progress and self.problem is None:
+            progress = False
+            have = {n.id for n in self.accepted}
+            for raw in list(self._waiting):
+                if not self._needs(raw) <= have:
+                    continue
+                self._waiting.remove(raw)
+                try:
+                    nodes, _ = validate_plan(
+                        [*self._raw, raw],
+                        inputs=self.inputs,
+                        request=self.request,
+                        allowed=self.allowed,
+                        policy=self.policy,
+                    )
+                except PlanValidationError as exc:
+                    self.problem = exc
+                    return ready
+                known = {n.id for n in self.accepted}
+                node = next(n for n in nodes if n.id not in known)
+                self._raw.append(raw)
+                self.accepted.append(node)
+                ready.append(node)
+                progress = True
+                break
+        return ready
+
+    def finish(self, reply: str | None = None) -> tuple[list[PlanNode], list[str]]:
+        """The whole plan (from ``reply``, or the pieces fed) and its repairs, once the tasks handed out agree
+        with it."""
+        text = self.text if reply is None else reply
+        nodes, repairs = validate_plan(
+            parse_plan(text), inputs=self.inputs, request=self.request, allowed=self.allowed, policy=self.policy
+        )
+        by_id = {n.id: n for n in nodes}
+        for early in self.accepted:
+            whole = by_id.get(early.id)
+            if (
+                whole is None
+                or whole.task != early.task
+                or set(whole.dep) != set(early.dep)
+                or whole.args != early.args
+            ):
+                raise PlanValidationError(
+                    [f"task {early.id} ({early.task}) was read one way while the reply streamed and another at its end"]
+                )
+        if self.problem is not None:  # the whole reply validated although a task did not when it arrived
+            raise self.problem
+        return nodes, repairs

@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         default=None, description="a .npy file of 512 floats: the x-vector SpeechT5 speaks with (default: zeros)"
     )
     max_workers: int = Field(default=4, ge=1, description="nodes run at the same time")
+    max_replans: int = Field(
+        default=1, ge=0, description="LLM calls that may plan new tasks after a node failed or was skipped (0: none)"
+    )
+    stream_plan: bool = Field(
+        default=True, description="start nodes while the plan streams, where the controller streams"
+    )
     input_timeout: float = Field(default=30.0, gt=0, description="seconds to fetch one input URL, redirects included")
     model_timeout: float = Field(
         default=900.0, gt=0, description="seconds a local model may take to load and run for one node"
@@ -270,6 +276,8 @@ class RunOptions(BaseModel):
     cache: bool | None = Field(default=None, description="reuse outputs of identical earlier nodes")
     cache_ttl: float | None = Field(default=None, ge=0, description="seconds a cached output stays usable")
     max_workers: int | None = Field(default=None, ge=1, description="nodes run at the same time")
+    max_replans: int | None = Field(default=None, ge=0, description="replans allowed after a node failed")
+    stream_plan: bool | None = Field(default=None, description="start nodes while the plan streams")
     prefetch: bool | None = Field(default=None, description="load the plan's models ahead of their nodes")
     task_runner: Literal["threads", "dask"] | None = None
     dask_address: str | None = Field(default=None, description="scheduler of an existing Dask cluster")
