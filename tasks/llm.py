@@ -13,14 +13,16 @@ to set.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 import openai
-from openai import OpenAI
+from openai import DefaultHttpxClient, OpenAI
 
 from tasks import parsing, timebound
 from tasks.parsing import JSONExtractError, clip
@@ -38,6 +40,7 @@ __all__ = [
     "chat_model_for",
     "extract_json",
     "stream_chat",
+    "with_usage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,7 +108,29 @@ def stream_chat(
 
 
 class LLMError(RuntimeError):
-    """An LLM call failed; the message names the endpoint and the cause, and what to set when that helps."""
+    """An LLM call failed; the message names the endpoint and the cause, and what to set when that helps.
+
+    ``usage`` counts the calls made on the way (a failed call is a call): a stage that catches the error adds it
+    to its own, and one that lets it through adds what it had spent before (:func:`with_usage`)."""
+
+    def __init__(self, message: str, *, usage: LLMUsage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage if usage is not None else LLMUsage()
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps the usage through a pickled task state
+        return (_rebuild_llm_error, (type(self), str(self), self.usage))
+
+
+def _rebuild_llm_error(cls: type[LLMError], message: str, usage: LLMUsage) -> LLMError:
+    exc = cls(message)
+    exc.usage = usage
+    return exc
+
+
+def with_usage(exc: LLMError, spent: LLMUsage) -> LLMError:
+    """``exc`` with ``spent`` (the usage of earlier calls of the same stage) added to its usage."""
+    exc.usage = spent + exc.usage
+    return exc
 
 
 class LLMRejectedError(LLMError):
@@ -131,7 +156,27 @@ def shared_openai_client(api_key: str, base_url: str | None, timeout: float, max
     """
     key = (api_key, base_url, timeout, max_retries)
     retries = {"max_retries": max_retries}
-    return shared("openai-client", key, lambda: OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, **retries))
+    return shared(
+        "openai-client",
+        key,
+        lambda: OpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            http_client=DefaultHttpxClient(event_hooks={"request": [_count_request]}),
+            **retries,
+        ),
+    )
+
+
+#: The requests a chat call has sent so far (the client's own retries included), counted by the HTTP client.
+_requests_sent: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("llm_requests_sent", default=None)
+
+
+def _count_request(request: httpx.Request) -> None:
+    counter = _requests_sent.get()
+    if counter is not None:
+        counter[0] += 1
 
 
 class LLMClient:
@@ -167,8 +212,7 @@ class LLMClient:
         that rejects ``response_format`` is asked again without it, and not asked with it again by this client.
         The stage also travels in the :data:`STAGE_HEADER` header.
         """
-        response = self._with_schema_fallback(self._request(messages, stage, schema, temperature), self._create)
-        return self._completion_text(response)
+        return self._call(self._request(messages, stage, schema, temperature), self._create)
 
     def stream(
         self,
@@ -183,24 +227,27 @@ class LLMClient:
 
         A server that answers a streamed request with one whole completion (it does not stream) is read as such,
         ``on_text`` gets the whole reply, and this client asks it without ``stream`` from then on; one that refuses
-        ``stream`` is asked again without it. The whole call is bounded as :meth:`chat` is."""
-        if not self._stream_supported:
-            reply, usage = self.chat(messages, stage=stage, schema=schema, temperature=temperature)
-            on_text(reply)
-            return reply, usage
-        kwargs = self._request(messages, stage, schema, temperature)
-        kwargs["stream"] = True
-        kwargs["stream_options"] = {"include_usage": True}
+        ``stream`` (HTTP 400) is asked again without it. The whole call is bounded as :meth:`chat` is."""
+        if self._stream_supported:
+            kwargs = self._request(messages, stage, schema, temperature)
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
+            try:
+                return self._call(kwargs, lambda kw: self._consume_stream(kw, on_text))
+            except LLMRejectedError as exc:
+                logger.info("LLM server rejected a streamed request (%s); asking without streaming", exc)
+                self._stream_supported = False
+                spent = exc.usage
+            else:  # pragma: no cover - returned above
+                spent = LLMUsage()
+        else:
+            spent = LLMUsage()
         try:
-            return self._with_schema_fallback(kwargs, lambda kw: self._consume_stream(kw, on_text))
+            reply, usage = self.chat(messages, stage=stage, schema=schema, temperature=temperature)
         except LLMError as exc:
-            if not isinstance(exc, LLMRejectedError):
-                raise
-            logger.info("LLM server rejected a streamed request (%s); asking without streaming", exc)
-            self._stream_supported = False
-        reply, usage = self.chat(messages, stage=stage, schema=schema, temperature=temperature)
+            raise with_usage(exc, spent) from None
         on_text(reply)
-        return reply, usage
+        return reply, spent + usage
 
     def _request(
         self, messages: list[Message], stage: str, schema: dict[str, Any] | None, temperature: float
@@ -218,50 +265,57 @@ class LLMClient:
             }
         return kwargs
 
-    def _with_schema_fallback(self, kwargs: dict[str, Any], call: Callable[[dict[str, Any]], Any]) -> Any:
-        """``call(kwargs)``; a server that rejects ``response_format`` is asked again without it (and never with it
-        again by this client). Errors become :class:`LLMError`; a rejected request keeps the ``BadRequestError`` as
-        :class:`LLMRejectedError` when the server refused the request itself (HTTP 400)."""
+    def _call(self, kwargs: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> tuple[str, LLMUsage]:
+        """``send(kwargs)`` (a completion, or a streamed reply read as one), counted; a server that rejects
+        ``response_format`` is asked again without it, and not asked with it again by this client."""
+        asked = 1  # a server that refuses response_format is asked a second time
+        counter = [0]  # requests the HTTP client sent, its retries included
+        token = _requests_sent.set(counter)
         try:
-            return call(kwargs)
-        except openai.BadRequestError as exc:
-            if "response_format" not in kwargs:
-                raise LLMRejectedError(str(self._wrap(exc))) from None
-            logger.info("LLM server rejected response_format (%s); asking again without it", self._short(exc))
-            self._schema_supported = False
-            kwargs = {k: v for k, v in kwargs.items() if k != "response_format"}
             try:
-                return call(kwargs)
-            except openai.BadRequestError as exc2:
-                raise LLMRejectedError(str(self._wrap(exc2))) from None
-            except openai.OpenAIError as exc2:
-                raise self._wrap(exc2) from None
-        except openai.OpenAIError as exc:  # not chained: what the server said may echo the key
-            raise self._wrap(exc) from None
+                response = send(kwargs)
+            except openai.BadRequestError as exc:
+                if "response_format" not in kwargs:
+                    raise self._wrap(exc) from None
+                logger.info("LLM server rejected response_format (%s); asking again without it", self._short(exc))
+                self._schema_supported = False
+                kwargs.pop("response_format")
+                asked = 2
+                try:
+                    response = send(kwargs)
+                except openai.OpenAIError as exc2:
+                    raise self._wrap(exc2) from None
+            except openai.OpenAIError as exc:  # not chained: what the server said may echo the key
+                raise self._wrap(exc) from None
+        except LLMError as exc:
+            failed = LLMUsage(calls=max(counter[0], asked))
+            exc.usage = exc.usage + failed
+            with self._lock:
+                self.usage = self.usage + failed
+            raise
+        finally:
+            _requests_sent.reset(token)
+        sent = max(counter[0], asked)
 
-    def _count(self, usage: LLMUsage) -> LLMUsage:
-        with self._lock:
-            self.usage = self.usage + usage
-        return usage
-
-    def _completion_text(self, response: Any) -> tuple[str, LLMUsage]:
-        usage = LLMUsage(calls=1)
+        usage = LLMUsage(calls=sent)
         if response.usage is not None:
             usage = LLMUsage(
-                calls=1,
+                calls=sent,
                 prompt_tokens=response.usage.prompt_tokens or 0,
                 completion_tokens=response.usage.completion_tokens or 0,
             )
-        self._count(usage)
+        with self._lock:
+            self.usage = self.usage + usage
         if not response.choices:
-            raise LLMError(f"the LLM at {self.base_url} returned no choices")
+            raise LLMError(f"the LLM at {self.base_url} returned no choices", usage=usage)
         content = getattr(getattr(response.choices[0], "message", None), "content", None) or ""
         if not isinstance(content, str):
-            raise LLMError(f"the LLM at {self.base_url} returned a message whose content is not text")
+            raise LLMError(f"the LLM at {self.base_url} returned a message whose content is not text", usage=usage)
         return content, usage
 
-    def _consume_stream(self, kwargs: dict[str, Any], on_text: TextCallback) -> tuple[str, LLMUsage]:
-        """Send a streamed request and read it to its end within the call's bound (as :meth:`_create`)."""
+    def _consume_stream(self, kwargs: dict[str, Any], on_text: TextCallback) -> Any:
+        """Send a streamed request and read it to its end within the call's bound (as :meth:`_create`); the whole
+        reply comes back as a completion."""
         attempts = 1 + self.settings.llm_max_retries
         seconds = self.settings.llm_timeout * attempts
 
@@ -288,14 +342,7 @@ class LLMClient:
                             )
                         parts.append(text)
                         on_text(text)
-            usage = LLMUsage(calls=1)
-            if reported is not None:
-                usage = LLMUsage(
-                    calls=1,
-                    prompt_tokens=reported.prompt_tokens or 0,
-                    completion_tokens=reported.completion_tokens or 0,
-                )
-            return "".join(parts), self._count(usage)
+            return _Completion("".join(parts), reported)
 
         try:
             return timebound.within(
@@ -314,7 +361,7 @@ class LLMClient:
                 "check OPENAI_BASE_URL: it must be an OpenAI-compatible API (usually ending in /v1)"
             ) from None
 
-    def _whole_reply(self, http: Any, on_text: TextCallback) -> tuple[str, LLMUsage]:
+    def _whole_reply(self, http: Any, on_text: TextCallback) -> Any:
         """A streamed request answered with one whole completion: the server does not stream."""
         from openai.types.chat import ChatCompletion
         from pydantic import ValidationError
@@ -330,9 +377,10 @@ class LLMClient:
                 f"{redact(parsing.quote(body.decode('utf-8', 'replace')), self._secrets)}; check OPENAI_BASE_URL: "
                 "it must be an OpenAI-compatible API (usually ending in /v1)"
             ) from None
-        reply, usage = self._completion_text(response)
-        on_text(reply)
-        return reply, usage
+        content = getattr(getattr(response.choices[0], "message", None), "content", None) if response.choices else None
+        if isinstance(content, str):
+            on_text(content)
+        return response
 
     def _create(self, kwargs: dict[str, Any]) -> Any:
         """One completion within ``HUGGINGGPT_LLM_TIMEOUT`` per attempt in all (the client's own timeout bounds
@@ -386,9 +434,29 @@ class LLMClient:
             return LLMError(f"{where} does not know that model; set HUGGINGGPT_LLM_MODEL to one it serves")
         if isinstance(exc, openai.RateLimitError):
             return LLMError(f"{where} is rate limiting requests (429) after retries: {self._short(exc)}")
+        if isinstance(exc, openai.BadRequestError):
+            return LLMRejectedError(f"{where} answered HTTP {exc.status_code}: {self._short(exc)}")
         if isinstance(exc, openai.APIStatusError):
             return LLMError(f"{where} answered HTTP {exc.status_code}: {self._short(exc)}")
         return LLMError(f"{where} failed: {self._short(exc)}")
+
+
+@dataclass
+class _Message:
+    content: str
+
+
+@dataclass
+class _Choice:
+    message: _Message
+
+
+class _Completion:
+    """A streamed reply read to its end, in the shape of a completion: its text and the usage the server sent."""
+
+    def __init__(self, content: str, usage: Any) -> None:
+        self.choices = [_Choice(_Message(content))]
+        self.usage = usage
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -449,11 +517,16 @@ class FunctionModel:
         call = ChatCall(messages=list(messages), stage=stage, schema=schema, temperature=temperature)
         with self._lock:
             self.calls.append(call)
-        answer = self.function(call)
         pieces: list[str] = []
-        for piece in [answer] if isinstance(answer, str) else answer:
-            pieces.append(piece)
-            on_text(piece)
+        try:
+            answer = self.function(call)
+            for piece in [answer] if isinstance(answer, str) else answer:
+                pieces.append(piece)
+                on_text(piece)
+        except LLMError as exc:  # a failed call is a call
+            if exc.usage.calls == 0:
+                exc.usage = exc.usage + LLMUsage(calls=1)
+            raise
         reply = "".join(pieces)
         usage = LLMUsage(
             calls=1,
@@ -472,7 +545,7 @@ def scripted(**replies: str | list[str]) -> Callable[[ChatCall], str]:
     (``{"tasks": []}``, ``{"choices": []}``) or ``Done.``."""
     queues = {stage: list(r) if isinstance(r, list) else [r] for stage, r in replies.items()}
     lock = threading.Lock()
-    defaults = {"plan": '{"tasks": []}', "select": '{"choices": []}'}
+    defaults = {"plan": '{"tasks": []}', "replan": '{"tasks": []}', "select": '{"choices": []}'}
 
     def reply(call: ChatCall) -> str:
         with lock:

@@ -168,6 +168,7 @@ def replan_request(
         reply, usage = llm.chat(messages, stage="replan", schema=dict(schema) if schema is not None else None)
     except LLMError as exc:
         record.error = f"the replanning call failed: {exc}"
+        record.usage = exc.usage
         record.seconds = time.perf_counter() - started
         return record, []
     record.usage = usage
