@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import PurePosixPath
@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.inputs import InputPolicy
-from tasks.llm import ChatModel, LLMError, chat_model_for, with_usage
+from tasks.llm import ChatModel, LLMError, chat_model_for, stream_chat, with_usage
 from tasks.parsing import ParseError, PlanStreamParser, coerce_id, parse_plan_reply, quote
 from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
 from tasks.settings import Settings
@@ -382,13 +382,15 @@ def ask_for_plan(
     policy: InputPolicy | None = None,
     schema: dict[str, Any] | None = PLAN_SCHEMA,
     correction: str = 'Reply with the corrected plan only, as {"tasks": [...]}.',
+    first_attempt: int = 1,
 ) -> PlanResult:
     """Send the planning ``messages``, validate the reply; when it is invalid, send the problems back once (followed
-    by ``correction``); raise :class:`PlanningError` with them when the second reply is invalid too."""
+    by ``correction``); raise :class:`PlanningError` with them when the second reply is invalid too
+    (``first_attempt=2``: ``messages`` already send an invalid reply back; one call is left)."""
     usage = LLMUsage()
     last_error: PlanValidationError | None = None
     reply = ""
-    for attempt in (1, 2):
+    for attempt in range(first_attempt, 3):
         try:
             reply, call_usage = llm.chat(messages, stage="plan", schema=schema)
         except LLMError as exc:
@@ -411,6 +413,98 @@ def ask_for_plan(
         f"the LLM's plan was invalid twice; last error: {str(last_error).removeprefix('invalid plan: ')}",
         usage=usage,
         last_reply=reply,
+    )
+
+
+class StreamedPlanError(PlanningError):
+    """The whole streamed plan turned out invalid after some of its tasks had been handed out (and may be running);
+    ``started`` lists them."""
+
+    def __init__(self, message: str, *, started: Sequence[PlanNode], usage: LLMUsage, last_reply: str) -> None:
+        super().__init__(message, usage=usage, last_reply=last_reply)
+        self.started = list(started)
+
+
+def plan_request_streamed(
+    llm: ChatModel,
+    request: str,
+    on_node: Callable[[PlanNode], None],
+    *,
+    inputs: Sequence[str] = (),
+    history: Sequence[ChatTurn] = (),
+    allowed: Iterable[str] = EXECUTABLE_TASKS,
+    policy: InputPolicy | None = None,
+    schema: dict[str, Any] | None = PLAN_SCHEMA,
+) -> PlanResult:
+    """:func:`plan_request` with the reply streamed: ``on_node`` gets each task, validated, as soon as it and the tasks
+    it depends on have arrived (:class:`StreamedPlan`); the whole plan comes back at the end.
+
+    A reply found invalid before any task was handed out is sent back once with its problems, as
+    :func:`plan_request` does (without streaming: the tasks come back whole). Once tasks were handed out, an invalid
+    whole plan is a :class:`StreamedPlanError`: no more tasks are handed out, and the caller stops what it has not
+    started."""
+    allowed = tuple(allowed)
+    messages = build_plan_messages(request, inputs, history, allowed)
+    streamed = StreamedPlan(inputs=inputs, request=request, allowed=allowed, policy=policy)
+
+    def on_text(text: str) -> None:
+        for node in streamed.feed(text):
+            on_node(node)
+
+    reply, usage = stream_chat(llm, messages, on_text=on_text, stage="plan", schema=schema)
+    try:
+        nodes, repairs = streamed.finish(reply)
+        return PlanResult(nodes=nodes, repairs=repairs, attempts=1, usage=usage)
+    except PlanValidationError as exc:
+        if streamed.accepted:
+            raise StreamedPlanError(
+                f"the LLM's plan turned out invalid after {len(streamed.accepted)} of its task(s) had started; "
+                f"nothing else was started: {str(exc).removeprefix('invalid plan: ')}",
+                started=streamed.accepted,
+                usage=usage,
+                last_reply=reply,
+            ) from None
+        problems = exc.problems
+    correction = 'Reply with the corrected plan only, as {"tasks": [...]}.'
+    again = [
+        *messages,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": f"That plan is invalid: {'; '.join(problems)}. {correction}"},
+    ]
+    try:
+        result = ask_for_plan(
+            llm,
+            again,
+            request=request,
+            inputs=inputs,
+            allowed=allowed,
+            policy=policy,
+            schema=schema,
+            first_attempt=2,
+        )
+    except (PlanningError, LLMError) as exc:
+        exc.usage = usage + exc.usage
+        raise
+    return result.model_copy(update={"usage": usage + result.usage})
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_streamed_task(
+    settings: Settings,
+    request: str,
+    inputs: list[str],
+    history: list[ChatTurn],
+    on_node: Callable[[PlanNode], None],
+) -> PlanResult:
+    """Prefect task: stage 1 with the reply streamed, each task handed to ``on_node`` as soon as it is valid."""
+    return plan_request_streamed(
+        chat_model_for(settings),
+        request,
+        on_node,
+        inputs=inputs,
+        history=history,
+        allowed=plannable_tasks(settings),
+        policy=InputPolicy.from_settings(settings),
     )
 
 
