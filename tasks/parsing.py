@@ -279,6 +279,7 @@ class PlanStreamParser:
         self._key: list[str] | None = None  # characters of a string at the top object's level
         self._last_key = ""
         self._node: list[str] | None = None  # characters of the task object being read
+        self._handed = 0
 
     def feed(self, chunk: str) -> list[Any]:
         """The task objects that ``chunk`` completes, in order."""
@@ -340,8 +341,12 @@ class PlanStreamParser:
                         self.stopped = str(exc)
                         return out
                 elif ch == "]" and self._list_level is not None and level == self._list_level - 1:
-                    self.done = True
-                    return out
+                    if self._handed or out:
+                        self.done = True
+                        self._handed += len(out)
+                        return out
+                    self._list_level = None  # an empty list, or prose in brackets: look further
                 if not self._stack and self._list_level is None:
                     self._started = False  # a value that held no task list: look for the next one
+        self._handed += len(out)
         return out

@@ -458,8 +458,8 @@ def plan_request_streamed(
     except PlanValidationError as exc:
         if streamed.accepted:
             raise StreamedPlanError(
-                f"the LLM's plan turned out invalid after {len(streamed.accepted)} of its task(s) had started; "
-                f"nothing else was started: {str(exc).removeprefix('invalid plan: ')}",
+                f"the LLM's plan turned out invalid once {len(streamed.accepted)} of its task(s) had arrived (those "
+                f"already running finished, no other started): {str(exc).removeprefix('invalid plan: ')}",
                 started=streamed.accepted,
                 usage=usage,
                 last_reply=reply,
