@@ -350,7 +350,7 @@ class LLMClient:
                 read,
                 f"streamed LLM call to {self.base_url}",
                 lambda: LLMUnavailableError(
-                    f"the LLM at {self.base_url} (model {self.model!r}) did not finish its reply within {seconds:g} s; "
+                    f"the LLM at {self.base_url} (model {self.model!r}) did not answer within {seconds:g} s; "
                     "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT "
                     f"({self.settings.llm_timeout:g} s for each of {attempts} attempt(s), however slowly it sends)"
                 ),
