@@ -209,6 +209,8 @@ def run_streamed(
                     )
                 for node in whole.nodes:
                     take(node)
+                if not whole.nodes:
+                    progress.planned(run_id, run_name, [], [])  # the LLM answers directly
                 out.plan = whole
             elif kind == "plan-error":
                 state["planning"] = False
