@@ -12,7 +12,7 @@ import pytest
 
 from tasks.experts.base import ExpertOutput, ModelSpec
 from tasks.llm import ChatCall, FunctionModel, LLMClient, scripted
-from tasks.services import Services, override, overridden, services_for
+from tasks.services import Services, overridden, override, services_for
 from tasks.settings import Settings
 
 
@@ -55,7 +55,7 @@ def test_services_are_built_from_settings_once_each_and_given_ones_win() -> None
     assert services.replace(chat_model=given).chat_model is given and services.replace().chat_model_given is False
     configured = Settings(openai_base_url="http://127.0.0.1:9/v1")
     assert isinstance(Services.from_settings(configured).chat_model, LLMClient)
-    with pytest.raises(TypeError, match="unknown service.*chat"):
+    with pytest.raises(TypeError, match=r"unknown service.*chat"):
         Services(settings, chat=given)
 
 
