@@ -25,7 +25,6 @@ from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
 from flows.streaming import run_streamed
 from models_catalog.catalog import CatalogError
-from tasks.availability import Availability
 from tasks.execute import node_tags, run_node
 from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
@@ -45,8 +44,9 @@ from tasks.schemas import (
     SelectionResult,
 )
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
+from tasks.services import Services, services_for
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
-from tasks.storage import ArtifactStore, StorageError, store_for
+from tasks.storage import ArtifactStore, StorageError
 from tasks.task_types import TASK_TYPES
 
 progress.tidy_run_logs()
@@ -170,14 +170,16 @@ def hugginggpt_request(
     summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
     summary.plan_source = "resumed" if resume_from else plan_source or ("explicit" if plan is not None else "llm")
     store: ArtifactStore | None = None
+    services = services_for(settings)
     try:
-        store = store_for(settings, run_id)
+        store = services.store(run_id)
         summary.storage_uri = store.run_uri
         prior = load_prior(
             store,
             resume_from or run_id,
             explicit=resume_from is not None,
             settings=settings,
+            availability=services.availability,
             request=request,
             inputs=inputs,
         )
@@ -189,7 +191,7 @@ def hugginggpt_request(
                 ),
             )
         response = _run_stages(
-            settings, request, inputs, _pins(settings, models, prior), history, store, summary, plan=plan, prior=prior
+            services, request, inputs, _pins(services, models, prior), history, store, summary, plan=plan, prior=prior
         )
     except (
         RequestError,
@@ -216,14 +218,14 @@ def hugginggpt_request(
     return _finish(summary, store, t_start, settings)
 
 
-def _pins(settings: Settings, models: Mapping[str, str] | None, prior: PriorRun | None) -> dict[str, str]:
+def _pins(services: Services, models: Mapping[str, str] | None, prior: PriorRun | None) -> dict[str, str]:
     """The pinned models, each checked to run here before any LLM call (a resumed run reuses its assignments)."""
     pins = parse_pins(models)
-    return pins if prior is not None else check_pins(pins, Availability(settings))
+    return pins if prior is not None else check_pins(pins, services.availability)
 
 
 def _run_stages(
-    settings: Settings,
+    services: Services,
     request: str,
     inputs: list[str],
     pins: dict[str, str],
@@ -234,15 +236,16 @@ def _run_stages(
     plan: list[PlanNode] | None = None,
     prior: PriorRun | None = None,
 ) -> ResponseResult:
+    settings = services.settings
     check_request(request)
     planning_started = datetime.now(UTC)
     futures: dict[int, PrefectFuture[Any]] = {}  # every node's task run, by id: later rounds' edges go to them
     if prior is None and plan is None and settings.stream_plan:
-        _streamed_stages(settings, request, inputs, pins, history, store, summary, futures)
+        _streamed_stages(services, request, inputs, pins, history, store, summary, futures)
     else:
-        _stages(settings, request, inputs, pins, history, store, summary, futures, plan=plan, prior=prior)
+        _stages(services, request, inputs, pins, history, store, summary, futures, plan=plan, prior=prior)
     _node_span(summary, planning_started)
-    _replan_rounds(settings, request, inputs, pins, history, store, summary, futures)
+    _replan_rounds(services, request, inputs, pins, history, store, summary, futures)
 
     t0 = time.perf_counter()
     response = respond_task(settings, request, summary.plan, summary.assignments, summary.results, history)
@@ -262,7 +265,7 @@ def _node_span(summary: RunSummary, planning_started: datetime) -> None:
 
 
 def _stages(
-    settings: Settings,
+    services: Services,
     request: str,
     inputs: list[str],
     pins: dict[str, str],
@@ -276,6 +279,7 @@ def _stages(
 ) -> None:
     """Plan, select, then run the graph: one stage after the other."""
     log = get_run_logger()
+    settings = services.settings
     t0 = time.perf_counter()
     if prior is not None:
         nodes, repairs = prior.nodes, prior.repairs
@@ -311,7 +315,7 @@ def _stages(
         selection: SelectionResult | None = SelectionResult(assignments=prior.assignments, unassigned=prior.unassigned)
     else:
         if settings.prefetch:  # the likely models download during the selection call
-            start_candidate_downloads(settings, nodes, pins)
+            start_candidate_downloads(settings, services.availability, nodes, pins)
         selection = select_task(settings, request, nodes, pins) if nodes else None
         if selection is not None:
             summary.llm = summary.llm + selection.usage
@@ -328,7 +332,7 @@ def _stages(
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
     if settings.prefetch:  # every node's model downloads and loads while upstream nodes run
-        prefetch_models(settings, assignments, store.run_id)
+        prefetch_models(settings, assignments, lambda: services.local_backend, store.run_id)
 
     t0 = time.perf_counter()
     summary.results = execute_graph(
@@ -344,7 +348,7 @@ def _stages(
 
 
 def _streamed_stages(
-    settings: Settings,
+    services: Services,
     request: str,
     inputs: list[str],
     pins: dict[str, str],
@@ -359,10 +363,11 @@ def _streamed_stages(
     from flows.runners import task_runner_for
 
     log = get_run_logger()
+    settings = services.settings
     t0 = time.perf_counter()
     with task_runner_for(settings) as runner:
         outcome = run_streamed(
-            settings,
+            services,
             request,
             inputs,
             history,
@@ -398,7 +403,7 @@ def _streamed_stages(
 
 
 def _replan_rounds(
-    settings: Settings,
+    services: Services,
     request: str,
     inputs: list[str],
     pins: dict[str, str],
@@ -411,6 +416,7 @@ def _replan_rounds(
     (:mod:`tasks.replan`), choose their models, and run them as the next round of this flow run, with edges to the
     earlier nodes whose outputs they use."""
     log = get_run_logger()
+    settings = services.settings
     for number in range(1, settings.max_replans + 1):
         unfinished = needs_replan(summary.results)
         if not unfinished:
@@ -436,7 +442,7 @@ def _replan_rounds(
         summary.candidate_checks = [*summary.candidate_checks, *selection.checks]
         progress.planned(str(flow_run.id), str(flow_run.name or ""), new, selection.assignments)
         if settings.prefetch:
-            prefetch_models(settings, selection.assignments, store.run_id)
+            prefetch_models(settings, selection.assignments, lambda: services.local_backend, store.run_id)
         results = execute_graph(
             settings, new, selection.assignments, selection.unassigned, store.run_id, futures=futures, round=number
         )

@@ -32,13 +32,11 @@ from typing import Any
 from prefect.futures import PrefectFuture
 
 from flows import progress
-from tasks.availability import Availability
-from tasks.llm import chat_model_for
 from tasks.plan import PlanningError, plan_streamed_task
 from tasks.prefetch import prefetch_models
 from tasks.schemas import Assignment, ChatTurn, LLMUsage, PlanNode, PlanResult, SelectionResult
 from tasks.select import SelectionError, needs_llm_choice, select_models, select_task
-from tasks.settings import Settings
+from tasks.services import Services
 
 #: ``submit(node, assignment, unassigned_reason, futures)``: submit one node, with ``futures`` (by node id) holding
 #: the task runs of the nodes it depends on; returns its future.
@@ -72,7 +70,7 @@ def _in_thread(target: Callable[[], None], name: str) -> None:
 
 
 def run_streamed(
-    settings: Settings,
+    services: Services,
     request: str,
     inputs: Sequence[str],
     history: Sequence[ChatTurn],
@@ -86,9 +84,10 @@ def run_streamed(
 
     Returns once every node of a valid plan is submitted, or, when planning or selection failed, once nothing more
     will be submitted (``error`` says why; the nodes already submitted are in ``futures``)."""
+    settings = services.settings
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
-    availability = Availability(settings)
-    llm = chat_model_for(settings)
+    availability = services.availability
+    llm = services.chat_model
     out = StreamedRun()
     known: dict[int, PlanNode] = {}
     order: list[int] = []
@@ -125,7 +124,7 @@ def run_streamed(
         ids = {a.node_id for a in fresh} | set(selection.unassigned)
         progress.planned(run_id, run_name, [known[i] for i in order if i in ids], fresh)
         if settings.prefetch and fresh:
-            prefetch_models(settings, fresh, run_id)
+            prefetch_models(settings, fresh, lambda: services.local_backend, run_id)
 
     def take(node: PlanNode) -> None:
         if node.id in known:

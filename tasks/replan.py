@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.inputs import InputPolicy
-from tasks.llm import ChatModel, LLMError, chat_model_for
+from tasks.llm import ChatModel, LLMError
 from tasks.parsing import clip, coerce_id, quote
 from tasks.plan import PLAN_SCHEMA, PlanValidationError, describe_task_types, parse_plan, validate_plan
 from tasks.schemas import GENERATED_RE, Assignment, ChatTurn, NodeResult, PlanNode, ReplanRound
@@ -198,11 +198,19 @@ def replan_task(
     inputs: list[str],
     history: list[ChatTurn],
 ) -> tuple[ReplanRound, list[PlanNode]]:
-    """Prefect task: a replan after round ``round - 1``, offered the task types that can run here."""
-    from tasks.plan import plannable_tasks
+    """Prefect task: a replan after round ``round - 1``, with the run's services, offered the task types that can run
+    here. The reply is asked for in the plan's JSON schema (task types, argument names); the plan contract's rules of
+    position (ids from 0, references to tasks of the same reply) do not fit new tasks that continue a plan, so the
+    embedded controller decodes the schema and :func:`validate_replan` checks the rest."""
+    from tasks.constraints import for_endpoint
+    from tasks.plan import plan_reply_schema, plannable_tasks
+    from tasks.services import services_for
 
+    services = services_for(settings)
+    allowed = plannable_tasks(services.availability)
+    policy = InputPolicy.from_settings(settings)
     return replan_request(
-        chat_model_for(settings),
+        services.chat_model,
         request,
         nodes,
         assignments,
@@ -210,6 +218,7 @@ def replan_task(
         round=round,
         inputs=inputs,
         history=history,
-        allowed=plannable_tasks(settings),
-        policy=InputPolicy.from_settings(settings),
+        allowed=allowed,
+        policy=policy,
+        schema=for_endpoint(plan_reply_schema(allowed, inputs, policy)),
     )
