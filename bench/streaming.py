@@ -78,14 +78,11 @@ class FailingSleepBackend(SleepBackend):
 
 @contextmanager
 def experts(backend: SleepBackend) -> Iterator[SleepBackend]:
-    import tasks.execute as execute
+    """Within the block, every node run locally goes to ``backend`` (:func:`tasks.services.override`)."""
+    from tasks.services import override
 
-    real = execute.backend_for
-    execute.backend_for = lambda settings: backend  # type: ignore[assignment]
-    try:
+    with override(local_backend=backend):
         yield backend
-    finally:
-        execute.backend_for = real  # type: ignore[assignment]
 
 
 @contextmanager
@@ -108,10 +105,16 @@ def _pieces(text: str) -> int:
 
 
 def streaming_figures(
-    bench: Bench, catalog: Any, *, plan_seconds: float, node_seconds: float, repeats: int
+    bench: Bench,
+    catalog: Any,
+    *,
+    plan_seconds: float,
+    node_seconds: float,
+    repeats: int,
+    shapes: Sequence[Callable[[str], Shape]] = SHAPES,
 ) -> list[dict[str, Any]]:
     rows = []
-    for build in SHAPES:
+    for build in shapes:
         spans: dict[str, list[float]] = {"on": [], "off": []}
         firsts: dict[str, list[float]] = {"on": [], "off": []}
         walls: dict[str, list[float]] = {"on": [], "off": []}
@@ -198,9 +201,20 @@ def replan_figures(bench: Bench, catalog: Any, *, requests: int, node_seconds: f
     }
 
 
-def run(bench: Bench) -> dict[str, Any]:
+def run(
+    bench: Bench,
+    *,
+    plan_seconds: float | None = None,
+    node_seconds: float | None = None,
+    repeats: int | None = None,
+    shapes: Sequence[Callable[[str], Shape]] = SHAPES,
+    requests: int | None = None,
+) -> dict[str, Any]:
     quick = bench.quick
-    plan_seconds, node_seconds, repeats = (1.6, 0.4, 1) if quick else (4.0, 1.0, 3)
+    plan_seconds = plan_seconds if plan_seconds is not None else (1.6 if quick else 4.0)
+    node_seconds = node_seconds if node_seconds is not None else (0.4 if quick else 1.0)
+    repeats = repeats if repeats is not None else (1 if quick else 5)
+    requests = requests if requests is not None else (3 if quick else 6)
     records = [
         catalog_record(f"bench/sleeping-{task}", task, bench.fresh_dir(f"sleeping-{task}"))
         for task in (TASK, OTHER, BROKEN)
@@ -210,10 +224,12 @@ def run(bench: Bench) -> dict[str, Any]:
     bench.llm.set(plan=_plan_reply([_node(0, [], "warm-up")]), respond="Done.")
     with experts(SleepBackend(0.0)):
         run_flow("bench: warm-up", storage=bench.storage("stream"), catalog=catalog)
-    rows = streaming_figures(bench, catalog, plan_seconds=plan_seconds, node_seconds=node_seconds, repeats=repeats)
-    replans = replan_figures(bench, catalog, requests=3 if quick else 6, node_seconds=node_seconds)
+    rows = streaming_figures(
+        bench, catalog, plan_seconds=plan_seconds, node_seconds=node_seconds, repeats=repeats, shapes=shapes
+    )
+    replans = replan_figures(bench, catalog, requests=requests, node_seconds=node_seconds)
     bench.llm.reset()
-    target = next(r for r in rows if "chain" in r["shape"])
+    target = next((r for r in rows if "chain" in r["shape"]), rows[0])
     return {
         "shapes": rows,
         "replan": replans,
