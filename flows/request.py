@@ -28,7 +28,14 @@ from models_catalog.catalog import CatalogError
 from tasks.execute import node_tags, run_node
 from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
-from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
+from tasks.plan import (
+    PlanningError,
+    PlanValidationError,
+    StreamedPlanError,
+    plan_again_task,
+    plan_task,
+    validate_plan,
+)
 from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.replan import needs_replan, replan_task
 from tasks.respond import respond_task
@@ -39,6 +46,7 @@ from tasks.schemas import (
     LLMUsage,
     NodeResult,
     PlanNode,
+    PlanResult,
     ResponseResult,
     RunSummary,
     SelectionResult,
@@ -276,8 +284,10 @@ def _stages(
     *,
     plan: list[PlanNode] | None = None,
     prior: PriorRun | None = None,
+    planned: PlanResult | None = None,
 ) -> None:
-    """Plan, select, then run the graph: one stage after the other."""
+    """Plan (or take the plan ``planned`` by an earlier call), select, then run the graph: one stage after the
+    other."""
     log = get_run_logger()
     settings = services.settings
     t0 = time.perf_counter()
@@ -299,10 +309,10 @@ def _stages(
         )
         log.info("explicit plan: no planning call")
     else:
-        planned = plan_task(settings, request, inputs, history)
+        planned = planned if planned is not None else plan_task(settings, request, inputs, history)
         summary.llm = summary.llm + planned.usage
         nodes, repairs = planned.nodes, planned.repairs
-    summary.timings["plan"] = time.perf_counter() - t0
+    summary.timings["plan"] = summary.timings.get("plan", 0.0) + time.perf_counter() - t0
     summary.plan, summary.plan_repairs = nodes, repairs
     if prior is None:
         store.put_json("plan.json", [n.model_dump() for n in nodes])
@@ -386,8 +396,9 @@ def _streamed_stages(
         summary.llm = summary.llm + outcome.selection.usage + (outcome.plan.usage if outcome.plan else LLMUsage())
         summary.timings["plan"] = outcome.plan_seconds
         summary.timings["select"] = outcome.select_seconds
+        if outcome.plan is not None:
+            store.put_json("plan.json", [n.model_dump() for n in outcome.plan.nodes])
         if outcome.error is None:
-            store.put_json("plan.json", [n.model_dump() for n in outcome.nodes])
             store.put_text("assignments.json", outcome.selection.model_dump_json(indent=2))
             log.info(
                 "plan (%d task(s), %d started while it streamed): %s",
@@ -398,6 +409,18 @@ def _streamed_stages(
         futures.update(outcome.futures)
         summary.results = [_collect(n, outcome.futures[n.id]) for n in outcome.nodes if n.id in outcome.futures]
     summary.timings["execute"] = time.perf_counter() - t0
+    if isinstance(outcome.error, StreamedPlanError):
+        # the tasks that had started have finished; the plan goes back to the LLM once, as without streaming, and the
+        # corrected plan runs whole (a task it repeats reuses the outputs of the one that ran, through the cache)
+        error = outcome.error
+        log.warning("%s; %d task(s) had started; asking for a corrected plan", error, len(summary.results))
+        summary.llm = summary.llm + error.usage
+        t0 = time.perf_counter()
+        corrected = plan_again_task(settings, request, inputs, error.retry)
+        summary.timings["plan"] += time.perf_counter() - t0
+        futures.clear()
+        _stages(services, request, inputs, pins, history, store, summary, futures, planned=corrected)
+        return
     if outcome.error is not None:
         raise outcome.error
 

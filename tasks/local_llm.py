@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TextStreamer
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.streamers import BaseStreamer
 
 from tasks.constraints import PlanSteps, contract_of, fit_strings
 from tasks.experts.cache import CacheEntry, ModelCache, default_cache
@@ -158,16 +159,35 @@ class SchemaLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(~allowed[:vocab].to(scores.device), float("-inf"))
 
 
-class _TextCallbackStreamer(TextStreamer):
-    """transformers' ``TextStreamer``, handing each decoded piece to a callback instead of printing it."""
+class _TextCallbackStreamer(BaseStreamer):
+    """Hands each new piece of the reply to a callback as tokens are generated: after every token, the text
+    decoded so far beyond what was handed out (held back while it ends inside a character). transformers'
+    ``TextStreamer`` waits for a space, which a compact JSON reply never has."""
 
     def __init__(self, tokenizer: Any, on_text: TextCallback) -> None:
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.tokenizer = tokenizer
         self.on_text = on_text
+        self.tokens: list[int] = []
+        self.sent = 0
+        self.prompt_seen = False
 
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.on_text(text)
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() hands the prompt first
+            self.prompt_seen = True
+            return
+        self.tokens.extend(int(t) for t in value.flatten().tolist())
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+
+    def _emit(self, *, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent:
+            piece, self.sent = text[self.sent :], len(text)
+            self.on_text(piece)
 
 
 class ContractLogitsProcessor(LogitsProcessor):
@@ -316,8 +336,7 @@ class LocalChatModel:
         schema: dict[str, Any] | None = None,
         temperature: float = 0.0,
     ) -> tuple[str, LLMUsage]:
-        """:meth:`chat`, with ``on_text`` called with each piece of text as the model generates it (at word
-        boundaries, as transformers' ``TextStreamer`` decodes)."""
+        """:meth:`chat`, with ``on_text`` called with each piece of text as the model generates it."""
         entry = self.loaded()
         ctl = entry.value
         with entry.lock:

@@ -445,11 +445,71 @@ def ask_for_plan(
 
 class StreamedPlanError(PlanningError):
     """The whole streamed plan turned out invalid after some of its tasks had been handed out (and may be running);
-    ``started`` lists them."""
+    ``started`` lists them, and ``retry`` is the conversation that sends the invalid plan back with its problems
+    (for :func:`plan_again`)."""
 
-    def __init__(self, message: str, *, started: Sequence[PlanNode], usage: LLMUsage, last_reply: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        started: Sequence[PlanNode],
+        retry: list[dict[str, str]],
+        usage: LLMUsage,
+        last_reply: str,
+    ) -> None:
         super().__init__(message, usage=usage, last_reply=last_reply)
         self.started = list(started)
+        self.retry = retry
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_streamed_error, (str(self), self.started, self.retry, self.usage, self.last_reply))
+
+
+def _rebuild_streamed_error(
+    message: str, started: list[PlanNode], retry: list[dict[str, str]], usage: LLMUsage, last_reply: str
+) -> StreamedPlanError:
+    return StreamedPlanError(message, started=started, retry=retry, usage=usage, last_reply=last_reply or "")
+
+
+def _sent_back(messages: list[dict[str, str]], reply: str, problems: Sequence[str]) -> list[dict[str, str]]:
+    correction = 'Reply with the corrected plan only, as {"tasks": [...]}.'
+    return [
+        *messages,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": f"That plan is invalid: {'; '.join(problems)}. {correction}"},
+    ]
+
+
+def plan_again(
+    llm: ChatModel,
+    messages: list[dict[str, str]],
+    *,
+    request: str,
+    inputs: Sequence[str] = (),
+    allowed: Iterable[str] = EXECUTABLE_TASKS,
+    policy: InputPolicy | None = None,
+) -> PlanResult:
+    """The second planning call, not streamed: ``messages`` send an invalid plan back with its problems
+    (:attr:`StreamedPlanError.retry`); a second invalid plan is a :class:`PlanningError`, as in :func:`ask_for_plan`."""
+    allowed = tuple(allowed)
+    schema = plan_reply_schema(allowed, inputs, policy)
+    return ask_for_plan(
+        llm, messages, request=request, inputs=inputs, allowed=allowed, policy=policy, schema=schema, first_attempt=2
+    )
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_again_task(settings: Settings, request: str, inputs: list[str], messages: list[dict[str, str]]) -> PlanResult:
+    """Prefect task: the planning call that follows a streamed plan found invalid (see :func:`plan_again`)."""
+    services = services_for(settings)
+    return plan_again(
+        services.chat_model,
+        messages,
+        request=request,
+        inputs=inputs,
+        allowed=plannable_tasks(services.availability),
+        policy=InputPolicy.from_settings(settings),
+    )
 
 
 def plan_request_streamed(
@@ -468,8 +528,8 @@ def plan_request_streamed(
 
     A reply found invalid before any task was handed out is sent back once with its problems, as
     :func:`plan_request` does (without streaming: the tasks come back whole). Once tasks were handed out, an invalid
-    whole plan is a :class:`StreamedPlanError`: no more tasks are handed out, and the caller stops what it has not
-    started."""
+    whole plan is a :class:`StreamedPlanError`: no more tasks are handed out, the caller stops what it has not
+    started, and sends the plan back itself (:func:`plan_again`)."""
     allowed = tuple(allowed)
     messages = build_plan_messages(request, inputs, history, allowed, demos=demos)
     schema = plan_reply_schema(allowed, inputs, policy)
@@ -486,19 +546,14 @@ def plan_request_streamed(
     except PlanValidationError as exc:
         if streamed.accepted:
             raise StreamedPlanError(
-                f"the LLM's plan turned out invalid once {len(streamed.accepted)} of its task(s) had arrived (those "
-                f"already running finished, no other started): {str(exc).removeprefix('invalid plan: ')}",
+                f"the LLM's plan turned out invalid once {len(streamed.accepted)} of its task(s) had arrived: "
+                f"{str(exc).removeprefix('invalid plan: ')}",
                 started=streamed.accepted,
+                retry=_sent_back(messages, reply, exc.problems),
                 usage=usage,
                 last_reply=reply,
             ) from None
-        problems = exc.problems
-    correction = 'Reply with the corrected plan only, as {"tasks": [...]}.'
-    again = [
-        *messages,
-        {"role": "assistant", "content": reply},
-        {"role": "user", "content": f"That plan is invalid: {'; '.join(problems)}. {correction}"},
-    ]
+        again = _sent_back(messages, reply, exc.problems)
     try:
         result = ask_for_plan(
             llm,

@@ -76,7 +76,7 @@ def node_rows(
                 output = clip(r.error or "", _CELL_CHARS) if links is not None else r.error or ""
         rows.append(
             {
-                "node": node.name,
+                "node": f"{node.name} (replan {r.round})" if r is not None and r.round else node.name,
                 "task": node.task,
                 "depends on": ", ".join(str(d) for d in node.dep) or "none",
                 "model": a.model if a else "no model",

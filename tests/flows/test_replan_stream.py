@@ -165,17 +165,15 @@ def test_the_first_node_starts_before_the_last_piece_of_the_plan_is_sent(
     assert _upstream_ids(runs["text-to-speech#1"]) == {str(runs["image-to-text#0"].id)}
 
 
-def test_a_plan_found_invalid_late_stops_what_has_not_started(
+def test_a_plan_found_invalid_late_stops_what_has_not_started_and_is_sent_back_once(
     env: Path, llm, sample_files, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     photo = str(sample_files["photo"])
-    late_error = plan_json(
-        {"id": 0, "task": "image-to-text", "dep": [-1], "args": {"image": photo}},
-        {"id": 1, "task": "text-to-speech", "dep": [0], "args": {"text": "<GENERATED>-0"}},
-        {"id": 2, "task": "no-such-task", "dep": [1], "args": {"text": "<GENERATED>-1"}},
-    )
-    llm.set(plan=late_error, respond="unused")
+    caption = {"id": 0, "task": "image-to-text", "dep": [-1], "args": {"image": photo}}
+    speak = {"id": 1, "task": "text-to-speech", "dep": [0], "args": {"text": "<GENERATED>-0"}}
+    late_error = plan_json(caption, speak, {"id": 2, "task": "no-such-task", "dep": [1], "args": {"text": "x"}})
     first_done = threading.Event()
+    ran: list[str] = []
     real_run = LocalBackend.run
 
     def on_piece(stage: str, index: int, count: int) -> None:  # the bad task arrives once node 0 has run
@@ -184,6 +182,7 @@ def test_a_plan_found_invalid_late_stops_what_has_not_started(
 
     def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
         try:
+            ran.append(task)
             return real_run(self, task, model, inputs)
         finally:
             first_done.set()
@@ -191,11 +190,33 @@ def test_a_plan_found_invalid_late_stops_what_has_not_started(
     llm.on_piece = on_piece
     monkeypatch.setattr(LocalBackend, "run", run)
 
+    # sent back, and invalid again: the request fails as without streaming, with what had started kept
+    llm.set(plan=late_error, respond="unused")
     code = main(["run", "Caption photo.png", "-i", photo, "--json", "-q"])
-
     summary = _summary(capsys)
     assert code == 1 and summary["status"] == "failed"
-    assert "turned out invalid once" in summary["error"] and "no-such-task" in summary["error"]
+    assert "the LLM's plan was invalid twice" in summary["error"] and "no-such-task" in summary["error"]
     started = {r["id"]: r["status"] for r in summary["results"]}
     assert started.get(0) == "completed" and 2 not in started  # what had started finished; nothing else ran
-    assert llm.calls["plan"] == 1 and llm.calls["respond"] == 0
+    assert llm.calls["plan"] == 2 and llm.streamed["plan"] == 1 and llm.calls["respond"] == 0
+    assert "That plan is invalid" in llm.stage_requests("plan")[1]["messages"][-1]["content"]
+
+    # sent back, and corrected: the corrected plan runs whole, the caption it repeats reused from the first try
+    from PIL import Image
+
+    other = env.parent / "other.png"  # a photo not seen before: the first try's caption is not in the cache
+    Image.new("RGB", (32, 24), (10, 200, 90)).save(other)
+    photo = str(other)
+    caption = {**caption, "args": {"image": photo}}
+    late_error = plan_json(caption, speak, {"id": 2, "task": "no-such-task", "dep": [1], "args": {"text": "x"}})
+    llm.reset()
+    llm.on_piece = on_piece
+    first_done.clear()
+    ran.clear()
+    llm.set(plan=[late_error, plan_json(caption, speak)], respond="Read aloud.")
+    code = main(["run", "Caption photo.png and read it aloud", "-i", photo, "--json", "-q"])
+    summary = _summary(capsys)
+    assert code == 0, summary["error"]
+    assert [(r["id"], r["status"]) for r in summary["results"]] == [(0, "completed"), (1, "completed")]
+    assert summary["results"][0]["cached"] is True and ran.count("image-to-text") == 1
+    assert llm.calls["plan"] == 2 and summary["llm"]["calls"] == sum(llm.calls.values())

@@ -197,13 +197,13 @@ def test_whole_request_through_the_embedded_controller(
     decoded), selects and answers, and the summary counts every call it made."""
     assert isinstance(chat_model_for(Settings()), LocalChatModel)
     made: list[str] = []
-    real_chat = LocalChatModel.chat
+    real_stream = LocalChatModel.stream
 
     def counted(self: LocalChatModel, messages: list, **kwargs: object) -> tuple[str, object]:
-        made.append(str(kwargs.get("stage")))
-        return real_chat(self, messages, **kwargs)  # type: ignore[arg-type]
+        made.append(str(kwargs.get("stage")))  # every call, streamed (planning) or not (chat streams to nowhere)
+        return real_stream(self, messages, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(LocalChatModel, "chat", counted)
+    monkeypatch.setattr(LocalChatModel, "stream", counted)
     code = main(["run", "Is this positive: what a lovely day", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]
