@@ -200,6 +200,7 @@ def run_streamed(
                 state["planning"] = False
                 out.plan_seconds = time.perf_counter() - started
                 whole: PlanResult = payload
+                out.plan = whole
                 stray = sorted(set(pins) - {n.task for n in whole.nodes})
                 if stray:
                     raise SelectionError(
@@ -210,7 +211,6 @@ def run_streamed(
                     take(node)
                 if not whole.nodes:
                     progress.planned(run_id, run_name, [], [])  # the LLM answers directly
-                out.plan = whole
             elif kind == "plan-error":
                 state["planning"] = False
                 out.plan_seconds = time.perf_counter() - started
