@@ -93,7 +93,7 @@ def test_only_a_completed_run_with_a_valid_plan_makes_a_demo(tmp_path: Path) -> 
     _summary(tmp_path, "run-2", status="failed", error="a node failed")
     with pytest.raises(DemoError, match="did not complete"):
         add_run_demo(_store(tmp_path), "run-2")
-    with pytest.raises(DemoError, match="no summary.json"):
+    with pytest.raises(DemoError, match=r"no summary\.json"):
         add_run_demo(_store(tmp_path), "nowhere")
     (tmp_path / "demos").mkdir()
     (tmp_path / "demos" / "broken.json").write_text('{"request": "x", "plan": [{"task": "teleport"}]}')
