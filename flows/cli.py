@@ -33,6 +33,7 @@ from flows.cli_options import (
     controller_ready,
     error,
 )
+from tasks.settings import RuntimeSettingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,10 +132,13 @@ def run_options(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    """Settings with the flags applied, as the flow will see them."""
-    from tasks.settings import load_settings
+    """Settings with the flags applied, as the flow will see them, checked to work on this machine (raises
+    ``ValidationError`` or :class:`tasks.settings.RuntimeSettingError`)."""
+    from tasks.settings import check_runtime, load_settings
 
-    return load_settings(run_options(args), storage=args.storage, catalog=args.catalog)
+    settings = load_settings(run_options(args), storage=args.storage, catalog=args.catalog)
+    check_runtime(settings)
+    return settings
 
 
 def load_plan_file(path: str) -> list[Any]:
@@ -154,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-    except ValidationError as exc:
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error(None, exc)
     try:
         check_request(args.request)
@@ -221,7 +225,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-    except ValidationError as exc:
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error("chat", exc)
     problem = validate_request_options(settings, args.inputs)
     pins = None
@@ -306,7 +310,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-    except ValidationError as exc:
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error(None, exc)
     try:
         store = store_for(settings, args.run_id)

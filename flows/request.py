@@ -33,7 +33,14 @@ from tasks.respond import respond_task
 from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_prior
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
-from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
+from tasks.settings import (
+    LLMNotConfiguredError,
+    RunOptions,
+    RuntimeSettingError,
+    Settings,
+    check_runtime,
+    load_settings,
+)
 from tasks.storage import ArtifactStore, StorageError, store_for
 from tasks.task_types import TASK_TYPES
 
@@ -161,6 +168,7 @@ def hugginggpt_request(
     try:
         store = store_for(settings, run_id)
         summary.storage_uri = store.run_uri
+        check_runtime(settings)  # a device or Dask scheduler that is not there: before any LLM call
         prior = load_prior(
             store,
             resume_from or run_id,
@@ -185,6 +193,7 @@ def hugginggpt_request(
         PlanValidationError,
         LLMError,
         LLMNotConfiguredError,
+        RuntimeSettingError,
         SelectionError,
         StorageError,
         CatalogError,
