@@ -25,6 +25,7 @@ import openai
 from openai import DefaultHttpxClient, OpenAI
 
 from tasks import parsing, timebound
+from tasks.constraints import for_endpoint
 from tasks.parsing import JSONExtractError, clip
 from tasks.schemas import LLMUsage
 from tasks.settings import LLMNotConfiguredError, Settings, redact, redact_url
@@ -178,10 +179,11 @@ class LLMClient:
             "temperature": temperature,
             "extra_headers": {STAGE_HEADER: stage},
         }
-        if schema is not None and self._schema_supported:
+        sent_schema = for_endpoint(schema)  # the plan contract is for the embedded controller only
+        if sent_schema is not None and self._schema_supported:
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": stage, "schema": schema, "strict": False},
+                "json_schema": {"name": stage, "schema": sent_schema, "strict": False},
             }
         asked = 1  # a server that refuses response_format is asked a second time
         counter = [0]  # requests the HTTP client sent, its retries included

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from models_catalog.catalog import Catalog, CatalogEntry
 from tasks.availability import Availability
+from tasks.constraints import selection_schema
 from tasks.experts.base import ModelSpec
 from tasks.llm import ChatModel, JSONExtractError, LLMError, chat_model_for, extract_json
 from tasks.schemas import Assignment, CandidateCheck, LLMUsage, PlanNode, SelectionResult
@@ -269,7 +270,8 @@ def select_models(
         choices: dict[int, tuple[str, str]] = {}
         failure: str | None = None
         try:
-            reply, usage = llm.chat(build_select_messages(request, pending), stage="select", schema=SELECT_SCHEMA)
+            schema = selection_schema([(node.id, [c.id for c in cands]) for node, cands in pending])
+            reply, usage = llm.chat(build_select_messages(request, pending), stage="select", schema=schema)
             choices = _parse_choices(reply)
         except LLMError as exc:
             usage = exc.usage

@@ -166,16 +166,28 @@ def local_env(controller_dir: Path, tiny_catalog: Path, tmp_path: Path, monkeypa
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_whole_request_through_the_embedded_controller(local_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The CLI with no LLM configured: the embedded controller plans (constrained), and answers."""
+def test_whole_request_through_the_embedded_controller(
+    local_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI with no LLM configured: the embedded controller plans (valid on the first call: the plan contract is
+    decoded), selects and answers, and the summary counts every call it made."""
     assert isinstance(chat_model_for(Settings()), LocalChatModel)
-    code = main(["run", "Is this review positive: 'The battery died after two days.'", "--json"])
+    made: list[str] = []
+    real_chat = LocalChatModel.chat
+
+    def counted(self: LocalChatModel, messages: list, **kwargs: object) -> tuple[str, object]:
+        made.append(str(kwargs.get("stage")))
+        return real_chat(self, messages, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalChatModel, "chat", counted)
+    code = main(["run", "Is this positive: what a lovely day", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]
     assert captured.err.count("controller: ") == 1 and "embedded" in captured.err and "OPENAI_API_KEY" in captured.err
     summary = json.loads(captured.out)
-    assert summary["error"] is None
-    assert summary["llm"]["calls"] >= 2 and summary["llm"]["completion_tokens"] > 0  # planning and the answer
+    assert summary["error"] is None and summary["status"] == "completed"
+    assert made.count("plan") == 1 and made[-1] == "respond"  # no re-ask
+    assert summary["llm"]["calls"] == len(made) and summary["llm"]["completion_tokens"] > 0
     assert summary["answer"]
 
 
