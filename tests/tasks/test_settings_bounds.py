@@ -60,9 +60,7 @@ INTEGERS = [
 
 @pytest.mark.parametrize("field", TIMEOUTS_AND_WAITS)
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e10", "1e308"])
-def test_every_timeout_and_wait_is_finite_and_bounded(
-    field: str, value: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_timeout_and_wait_is_finite_and_bounded(field: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     variable = setting_variable(field)
     assert variable == f"HUGGINGGPT_{field.upper()}"
     monkeypatch.setenv(variable, value)
