@@ -108,7 +108,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tasks.demos import demo_library, selector_for
     from tasks.evaluation.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
     from tasks.evaluation.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
-    from tasks.llm import LLMError, chat_model_for
+    from tasks.llm import LLMError
+    from tasks.services import chat_model_for, services_for
 
     path = Path(args.dataset) if args.dataset else builtin_gold_path()
     try:
@@ -151,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err_console = Console(stderr=True)
-    client = chat_model_for(settings, local=args.llm == "local")
+    client = chat_model_for(settings, local=True) if args.llm == "local" else services_for(settings).chat_model
     err_console.print(
         f"[dim]evaluating {len(dataset.items)} request(s) of {dataset.name} ({dataset.format} format) with prompt "
         f"{style.label!r} on {client.model} at {client.base_url}, {concurrency} at a time[/]"

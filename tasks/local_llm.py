@@ -10,7 +10,7 @@ integers and free keys are bounded (:func:`bounded_schema`) and free strings siz
 the token limit (:func:`tasks.constraints.fit_strings`). Decoding is greedy, in float32 on a CPU.
 
 The model loads once per process, into the :class:`~tasks.experts.cache.ModelCache` of the process-wide local
-experts backend (:func:`tasks.execute.backend_for`), so it counts against the same ``HUGGINGGPT_MAX_MODELS``
+experts backend (:func:`tasks.services.local_backend_for`), so it counts against the same ``HUGGINGGPT_MAX_MODELS``
 budget as the models the plan runs.
 """
 
@@ -263,16 +263,14 @@ class LocalChatModel:
         self.generate_seconds = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalChatModel:
-        """The controller the settings name, loaded into the same cache as the local experts' models."""
-        from tasks.execute import backend_for
-
-        backend = backend_for(settings)
+    def from_settings(cls, settings: Settings, cache: ModelCache | None = None) -> LocalChatModel:
+        """The controller the settings name, loaded into ``cache``: the local experts backend's, when
+        :func:`tasks.services.chat_model_for` builds it (the process-wide default cache otherwise)."""
         return cls(
             settings.local_llm,
             device=settings.resolved_device(),
             max_new_tokens=settings.local_llm_max_new_tokens,
-            cache=getattr(backend, "cache", None),
+            cache=cache,
         )
 
     def loaded(self) -> CacheEntry[LoadedController]:

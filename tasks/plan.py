@@ -13,18 +13,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.constraints import Layout, contract_only, plan_schema
 from tasks.inputs import InputPolicy
-from tasks.llm import ChatModel, LLMError, chat_model_for, with_usage
+from tasks.llm import ChatModel, LLMError, with_usage
 from tasks.parsing import ParseError, coerce_id, parse_plan_reply, quote
 from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
+from tasks.services import services_for
 from tasks.settings import Settings
 from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, normalize_task_name
+
+if TYPE_CHECKING:
+    from tasks.availability import Availability
 
 MAX_PLAN_NODES = 200
 #: The most tasks a plan reply may hold where the reply is constrained to the plan contract.
@@ -444,15 +448,16 @@ def plan_task(
     inputs: list[str],
     history: list[ChatTurn],
 ) -> PlanResult:
-    """Prefect task: stage 1. The planner is offered the task types that have a model able to run here, and the
-    demos the settings ask for (:func:`demos_for`); file arguments must be inputs the settings allow
-    (:class:`~tasks.inputs.InputPolicy`)."""
+    """Prefect task: stage 1, with the run's services (:func:`tasks.services.services_for`). The planner is offered
+    the task types that have a model able to run here, and the demos the settings ask for (:func:`demos_for`); file
+    arguments must be inputs the settings allow (:class:`~tasks.inputs.InputPolicy`)."""
+    services = services_for(settings)
     return plan_request(
-        chat_model_for(settings),
+        services.chat_model,
         request,
         inputs=inputs,
         history=history,
-        allowed=plannable_tasks(settings),
+        allowed=plannable_tasks(services.availability),
         policy=InputPolicy.from_settings(settings),
         demos=demos_for(settings, request),
     )
@@ -478,9 +483,7 @@ def demos_for(settings: Settings, request: str) -> list[dict[str, Any]] | None:
     return [d.model_dump(include={"request", "inputs", "plan"}) for d in picked]
 
 
-def plannable_tasks(settings: Settings) -> list[str]:
-    """Task types of the table with at least one catalog model that can run under these settings."""
-    from tasks.availability import runnable_tasks
-
-    runnable = runnable_tasks(settings) & set(TASK_TYPES)
+def plannable_tasks(availability: Availability) -> list[str]:
+    """Task types of the table with at least one catalog model that can run (as ``availability`` decides)."""
+    runnable = availability.runnable_tasks() & set(TASK_TYPES)
     return sorted(runnable) if runnable else sorted(EXECUTABLE_TASKS)

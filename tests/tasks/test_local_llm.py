@@ -13,10 +13,11 @@ import torch
 
 from flows.cli import main
 from tasks.experts.cache import ModelCache
-from tasks.llm import LLMClient, chat_model_for
+from tasks.llm import LLMClient
 from tasks.local_llm import LocalChatModel, LocalLLMUnavailableError, bounded_schema, key_pattern
 from tasks.plan import PLAN_SCHEMA, build_plan_messages
 from tasks.select import SELECT_SCHEMA
+from tasks.services import chat_model_for
 from tasks.settings import Settings
 from tests.llm_server import plan_json
 from tests.tiny_controller import build_tiny_controller
@@ -118,11 +119,12 @@ def test_loads_once_in_the_shared_model_cache(controller_dir: Path) -> None:
 
 
 def test_the_settings_controller_shares_the_experts_cache(controller_dir: Path) -> None:
-    from tasks.execute import backend_for
+    from tasks.services import local_backend_for
 
     settings = Settings(local_llm=str(controller_dir), device="cpu", max_models=3)
-    model = LocalChatModel.from_settings(settings)
-    assert model.cache is backend_for(settings).cache and model.cache.max_models == 3
+    model = chat_model_for(settings)
+    assert isinstance(model, LocalChatModel)
+    assert model.cache is local_backend_for(settings).cache and model.cache.max_models == 3
     assert model.model == str(controller_dir) and model.max_new_tokens == settings.local_llm_max_new_tokens
 
 
