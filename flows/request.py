@@ -8,6 +8,7 @@ dependents end as skipped, its siblings go on, and the response still runs.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -75,12 +76,15 @@ def request_run_name(request: str, suffix: str | None = None) -> str:
     return f"{text} · {suffix or uuid.uuid4().hex[:8]}"
 
 
+_GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+")  # the two-word name Prefect makes up for an unnamed run
+
+
 def _run_name() -> str:
-    """The run's name: the one it was created with when that is already this request's (``run_deployment`` with
-    :func:`request_run_name`), else the request and the start of the run's id."""
+    """The run's name: the one it was created with when one was given (``--flow-run-name``, ``run_deployment(...,
+    flow_run_name=...)``), else the request and the start of the run's id."""
     request = str(flow_run.parameters.get("request", ""))
     current = str(flow_run.name or "")
-    if current.startswith(request_run_name(request, "-")[:-1]):
+    if current and not _GENERATED_NAME.fullmatch(current):
         return current
     return request_run_name(request, str(flow_run.id or "")[:8] or None)
 

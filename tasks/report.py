@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 from tasks.parsing import clip
 from tasks.schemas import RunSummary
@@ -20,31 +18,18 @@ def artifact_key(*parts: str) -> str:
     return _KEY_BAD.sub("-", key).strip("-")[:200]
 
 
-def browser_link(uri: str, fs: Any = None, *, expires: int = 3600) -> tuple[str, bool]:
-    """Where a stored file can be opened from a browser, and whether a page (the Prefect UI) can fetch it.
-
-    http(s) URLs as they are; object storage that can sign (s3fs, gcsfs) as a presigned URL; a local file as a
-    ``file://`` URL, which a browser opens only from the same machine and a web page cannot fetch. Without ``fs``,
-    nothing is signed.
-    """
-    if uri.startswith(("http://", "https://")):
-        return uri, True
-    if "://" not in uri:
-        return Path(uri).expanduser().resolve().as_uri(), False
-    if uri.startswith("file://"):
-        return uri, False
-    if fs is not None:
-        try:
-            signed = fs.sign(uri, expiration=expires)
-        except Exception:  # NotImplementedError for most file systems, no credentials to sign with, ...
-            signed = None
-        if isinstance(signed, str) and signed.startswith(("http://", "https://")):
-            return signed, True
-    return uri, False
-
-
 def _link_text(text: str) -> str:
     return re.sub(r"([\[\]()\\`*_|<>])", r"\\\1", text)
+
+
+def code_text(text: str) -> str:
+    """``text`` as inline markdown code (copyable, never a link): fenced with more backticks than it holds in a
+    row, on one line."""
+    text = " ".join(str(text).splitlines())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or longest else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def node_rows(
@@ -64,8 +49,10 @@ def node_rows(
                 for k, v in r.outputs.items():
                     if k == "text":
                         shown.append(f"{k}: {clip(v, _CELL_CHARS) if links is not None else v}")
-                    elif links is not None:
-                        shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links.get(v, v)})")
+                    elif links is not None and v in links:
+                        shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links[v]})")
+                    elif links is not None:  # no link a browser could open: the name, the path under "Files"
+                        shown.append(f"{k}: {code_text(v.rsplit('/', 1)[-1])}")
                     else:
                         shown.append(f"{k}: {v.rsplit('/', 1)[-1] if short_files else v}")
                 output = "; ".join(shown)
@@ -95,8 +82,9 @@ def _cell(text: str) -> str:
 def summary_markdown(
     summary: RunSummary, links: Mapping[str, str] | None = None, fetchable: frozenset[str] = frozenset()
 ) -> str:
-    """The run as markdown. ``links`` (URI -> URL) turns stored files into links; images whose URL a browser can
-    fetch (``fetchable``) are shown inline."""
+    """The run as markdown. ``links`` (URI -> URL a browser can open) turns stored files into links; images whose
+    URL a page can fetch (``fetchable``) are shown inline; every other file is listed under "Files" as its path in
+    code, to copy (a local path or an unsigned ``s3://`` URI would be a dead link)."""
     links = links or {}
     lines = [f"# HuggingGPT run: {summary.status}", "", f"**Request:** {_cell(summary.request)}", ""]
     if summary.inputs:
@@ -136,6 +124,13 @@ def summary_markdown(
             lines.append(
                 f"- **{a.task}#{a.node_id}**: `{a.model}` of {len(a.candidates)} candidate(s): {_cell(a.reason)}"
             )
+        lines.append("")
+    files = [(f"{r.task}#{r.id}", m, uri) for r in summary.results for m, uri in r.outputs.items() if m != "text"]
+    if files:
+        lines += ["## Files", ""]
+        for name, modality, uri in files:
+            shown = f"[{_link_text(uri.rsplit('/', 1)[-1])}]({links[uri]})" if uri in links else code_text(uri)
+            lines.append(f"- {name} {modality}: {shown}")
         lines.append("")
     if summary.plan_repairs:
         lines += ["## Plan repairs", "", *[f"- {r}" for r in summary.plan_repairs], ""]

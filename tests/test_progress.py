@@ -19,7 +19,7 @@ from flows import progress
 from flows.prefect_setup import prefect_run_settings
 from flows.request import request_run_name, run_request
 from tasks.execute import is_transient
-from tasks.report import browser_link, node_rows
+from tasks.report import node_rows
 from tasks.schemas import NodeResult
 from tests.llm_server import plan_json
 from tests.prefect_api import task_runs
@@ -82,24 +82,30 @@ def test_transient_failures_are_told_apart() -> None:
 
 
 def test_links_of_stored_files(tmp_path: Path) -> None:
+    from flows.artifacts import file_link
+
     local = tmp_path / "a b.png"
-    assert browser_link(str(local)) == (local.resolve().as_uri(), False)
-    assert browser_link("https://cdn.example/x.png") == ("https://cdn.example/x.png", True)
+    assert file_link(str(local)) is None  # a browser refuses file:// from a page: no dead link
+    assert file_link(local.as_uri()) is None
+    assert file_link("https://cdn.example/x.png") == "https://cdn.example/x.png"
 
     class Signer:
         def sign(self, path: str, expiration: int) -> str:
             return f"https://s3.example/{path.removeprefix('s3://')}?X-Amz-Expires={expiration}"
 
-    url, fetchable = browser_link("s3://bucket/run/image.png", Signer(), expires=60)
-    assert (url, fetchable) == ("https://s3.example/bucket/run/image.png?X-Amz-Expires=60", True)
-    assert browser_link("memory://run/image.png", object()) == ("memory://run/image.png", False)
+    url = file_link("s3://bucket/run/image.png", Signer(), expires=60)
+    assert url == "https://s3.example/bucket/run/image.png?X-Amz-Expires=60"
+    assert file_link("s3://bucket/run/image.png") is None  # unsigned: not something a browser opens
+    assert file_link("memory://run/image.png", object()) is None
 
 
 def test_presigned_links_from_s3fs() -> None:
+    from flows.artifacts import file_link
+
     s3fs = pytest.importorskip("s3fs")
     fs = s3fs.S3FileSystem(key="AKIDEXAMPLE", secret="secret", client_kwargs={"endpoint_url": "http://127.0.0.1:9"})
-    url, fetchable = browser_link("s3://bucket/run/nodes/0-text-to-image/image.png", fs, expires=600)
-    assert fetchable and url.startswith("http://127.0.0.1:9/bucket/run/nodes/0-text-to-image/image.png?")
+    url = file_link("s3://bucket/run/nodes/0-text-to-image/image.png", fs, expires=600)
+    assert url is not None and url.startswith("http://127.0.0.1:9/bucket/run/nodes/0-text-to-image/image.png?")
     import time
     from urllib.parse import parse_qs, urlsplit
 
@@ -221,14 +227,16 @@ def test_summary_markdown_links_files_and_shows_fetchable_images() -> None:
     shown = summary_markdown(summary, {"s3://b/run-1/image.png": signed}, frozenset({"s3://b/run-1/image.png"}))
     assert f"![text-to-image#0]({signed})" in shown
     assert f"| image: [image.png]({signed}) |" in shown and "| none |" in shown  # no bare "-" (a bullet)
-    hidden = summary_markdown(summary, {"s3://b/run-1/image.png": "file:///x/image.png"})
-    assert "![" not in hidden and "[image.png](file:///x/image.png)" in hidden
+    hidden = summary_markdown(summary, {})  # no link a browser could open: the path as code, to copy
+    assert "![" not in hidden and "](" not in hidden
+    assert "| image: `image.png` |" in hidden and "- text-to-image#0 image: `s3://b/run-1/image.png`" in hidden
 
 
 @pytestmark_prefect
 def test_a_run_created_with_its_name_keeps_it(env: Path, llm) -> None:
     """A flow run created already named (what run_deployment(flow_run_name=request_run_name(...)) does) keeps the
-    name when it starts; one created with a random name gets the request's."""
+    name when it starts, and so does one given any other name (``prefect deployment run --flow-run-name``); one
+    created with Prefect's made-up two-word name gets the request's."""
     from prefect.flow_engine import run_flow
 
     from flows.request import hugginggpt_request
@@ -244,7 +252,8 @@ def test_a_run_created_with_its_name_keeps_it(env: Path, llm) -> None:
         async with get_client() as client:
             return (await client.read_flow_run(flow_run_id)).name
 
-    for given, expected in ((named, named), ("random-fox", None)):
+    given_by_hand = "Caption photo.jpg · 120301"
+    for given, expected in ((named, named), (given_by_hand, given_by_hand), ("random-fox", None)):
         flow_run = asyncio.run(create(given))
         with prefect_run_settings():
             run_flow(hugginggpt_request, flow_run=flow_run, parameters={"request": request}, return_type="state")

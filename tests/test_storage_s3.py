@@ -107,8 +107,8 @@ def test_request_stores_everything_in_the_bucket(s3: S3Server, llm, sample_files
         per_file = [a for a in found if a.key and a.key.startswith("hugginggpt-request-")]
         return [a for a in per_file if a.key not in ("hugginggpt-request-summary", "hugginggpt-request-nodes")]
 
-    linked = [str(a.data) for a in asyncio.run(links())]  # each stored file of an object store gets a link artifact
-    assert any(f"({detections['image']})" in d for d in linked) and any(f"({detections['json']})" in d for d in linked)
+    shown = [str(a.data) for a in asyncio.run(links())]  # each stored file gets an artifact: unsigned, its URI as code
+    assert any(f"`{detections['image']}`" == d for d in shown) and any(f"`{detections['json']}`" == d for d in shown)
 
 
 def test_second_identical_request_runs_no_model(s3: S3Server, llm, sample_files, model_calls) -> None:
