@@ -41,6 +41,14 @@ def file_link(uri: str, fs: Any = None, *, expires: int = 3600) -> str | None:
     return signed if isinstance(signed, str) and signed.startswith(("http://", "https://")) else None
 
 
+def run_page(flow_run_id: str) -> str | None:
+    """The Prefect UI's page of a flow run (``PREFECT_UI_URL``), or ``None`` when no UI address is known."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
+
+
 def publish(summary: RunSummary, store: ArtifactStore | None, *, presign_seconds: int = 0) -> None:
     """summary.json beside the run's files, and the markdown, table and link artifacts. With ``presign_seconds``,
     files on object storage that can sign (S3) are linked by presigned URLs valid that long, which the browser
@@ -67,7 +75,12 @@ def _create_artifacts(summary: RunSummary, store: ArtifactStore | None, presign_
     links = {uri: url for uri in files if (url := file_link(uri, signer, expires=presign_seconds)) is not None}
     create_markdown_artifact(
         key=artifact_key(scope, "summary"),
-        markdown=summary_markdown(summary, links, frozenset(links)),
+        markdown=summary_markdown(
+            summary,
+            links,
+            frozenset(links),
+            resumed_page=run_page(summary.resumed_from) if summary.resumed_from else None,
+        ),
         description=f"HuggingGPT summary of {about}",
     )
     rows = [{k: v for k, v in row.items() if k != "task"} for row in node_rows(summary, links=links)]  # in the name

@@ -477,6 +477,8 @@ def print_summary(summary: Any, console: Any = None) -> None:
     from tasks.report import node_rows
 
     console = console or Console(highlight=False)
+    if summary.resumed_from:
+        console.print(Text(safe_text(f"resumes run {summary.resumed_from}", one_line=True), style="dim"))
     if summary.error:
         error(None, safe_text(summary.error, one_line=True))
     if summary.plan:

@@ -81,12 +81,14 @@ _GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+")  # the two-word name Prefect make
 
 def _run_name() -> str:
     """The run's name: the one it was created with when one was given (``--flow-run-name``, ``run_deployment(...,
-    flow_run_name=...)``), else the request and the start of the run's id."""
+    flow_run_name=...)``), else the request and the start of the run's id, after ``resume of {run}:`` for a resume."""
     request = str(flow_run.parameters.get("request", ""))
     current = str(flow_run.name or "")
     if current and not _GENERATED_NAME.fullmatch(current):
         return current
-    return request_run_name(request, str(flow_run.id or "")[:8] or None)
+    name = request_run_name(request, str(flow_run.id or "")[:8] or None)
+    resumed = flow_run.parameters.get("resume_from")
+    return f"resume of {str(resumed)[:8]}: {name}" if resumed else name
 
 
 def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
@@ -160,6 +162,7 @@ def hugginggpt_request(
     use_result_storage(settings)
     run_id = str(flow_run.id or uuid.uuid4())
     summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
+    summary.resumed_from = resume_from
     summary.plan_source = "resumed" if resume_from else plan_source or ("explicit" if plan is not None else "llm")
     store: ArtifactStore | None = None
     try:
@@ -172,6 +175,7 @@ def hugginggpt_request(
             settings=settings,
             request=request,
             inputs=inputs,
+            pins=parse_pins(models),
         )
         if prior is None:
             store.put_text(

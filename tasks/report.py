@@ -80,13 +80,21 @@ def _cell(text: str) -> str:
 
 
 def summary_markdown(
-    summary: RunSummary, links: Mapping[str, str] | None = None, fetchable: frozenset[str] = frozenset()
+    summary: RunSummary,
+    links: Mapping[str, str] | None = None,
+    fetchable: frozenset[str] = frozenset(),
+    *,
+    resumed_page: str | None = None,
 ) -> str:
     """The run as markdown. ``links`` (URI -> URL a browser can open) turns stored files into links; images whose
     URL a page can fetch (``fetchable``) are shown inline; every other file is listed under "Files" as its path in
-    code, to copy (a local path or an unsigned ``s3://`` URI would be a dead link)."""
+    code, to copy (a local path or an unsigned ``s3://`` URI would be a dead link). A resumed run names the run it
+    resumes, linked to ``resumed_page`` (its page in the UI) when given."""
     links = links or {}
     lines = [f"# HuggingGPT run: {summary.status}", "", f"**Request:** {_cell(summary.request)}", ""]
+    if summary.resumed_from:
+        run = code_text(summary.resumed_from)
+        lines += [f"**Resumes run:** {f'[{run}]({resumed_page})' if resumed_page else run}", ""]
     if summary.inputs:
         lines += [f"**Inputs:** {', '.join(_cell(i) for i in summary.inputs)}", ""]
     if summary.error:

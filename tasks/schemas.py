@@ -189,6 +189,7 @@ class RunSummary(BaseModel):
     plan_source: str = Field(
         default="llm", description="llm, explicit, resumed, or the batch line whose plan was reused"
     )
+    resumed_from: str | None = Field(default=None, description="the flow run id of the run this one resumes")
     assignments: list[Assignment] = Field(default_factory=list)
     candidate_checks: list[CandidateCheck] = Field(
         default_factory=list, description="every candidate looked at by selection, and where it can run or why not"
