@@ -52,9 +52,18 @@ def _run_with_prefect(
         from prefect import tags as prefect_tags
 
         from flows.request import run_request
+        from tasks.settings import RunOptions
 
         with prefect_tags(*tags):
-            return run_request(request, inputs=inputs, models=pins, history=history, storage=storage, catalog=catalog)
+            return run_request(
+                request,
+                inputs=inputs,
+                models=pins,
+                history=history,
+                storage=storage,
+                catalog=catalog,
+                options=RunOptions(unused_pins="ignore"),  # the session's pins: a turn need not use them all
+            )
 
     return run
 

@@ -248,7 +248,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             storage=args.storage,
             catalog=args.catalog,
             history=history,
-            options=run_options(args),
+            options=run_options(args).model_copy(update={"unused_pins": "ignore"}),  # pins hold for the session
             tags=tags,
         )
         return result if isinstance(result, RunSummary) else RunSummary(request=request, status="failed", error=result)

@@ -26,7 +26,7 @@ from flows.prefect_setup import prefect_run_settings, use_result_storage
 from models_catalog.catalog import CatalogError
 from tasks.availability import Availability
 from tasks.execute import node_tags, run_node
-from tasks.inputs import InputPolicy
+from tasks.inputs import InputPolicy, refused_inputs
 from tasks.llm import LLMError
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.prefetch import prefetch_models, start_candidate_downloads
@@ -230,6 +230,9 @@ def _run_stages(
 ) -> ResponseResult:
     log = get_run_logger()
     check_request(request)
+    refused = refused_inputs(inputs, InputPolicy.from_settings(settings))
+    if refused:  # said of the inputs themselves, before a plan could name them
+        raise RequestError("; ".join(refused))
 
     t0 = time.perf_counter()
     if prior is not None:

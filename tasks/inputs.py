@@ -127,14 +127,16 @@ class InputPolicy:
 
     @classmethod
     def from_settings(cls, settings: Any, *, cwd: Path | None = None) -> InputPolicy:
-        """The policy of ``settings``: the working directory and ``input_roots``; the allowed schemes and the
-        storage's own; ``allow_private_urls``, ``max_input_bytes``, ``input_timeout``."""
+        """The policy of ``settings``: the working directory, ``input_roots`` and a local artifact store's folder
+        (files earlier runs produced, which a chat's next turn reads, wherever the store is); the allowed schemes
+        and the storage's own; ``allow_private_urls``, ``max_input_bytes``, ``input_timeout``."""
         schemes = set(settings.allowed_url_schemes)
         storage_scheme = url_scheme(settings.storage)
         if storage_scheme and storage_scheme != "file":
             schemes.add(storage_scheme)
+        store_root = [] if storage_scheme not in ("", "file") else [Path(settings.storage.removeprefix("file://"))]
         return cls(
-            roots=(cwd or Path.cwd(), *settings.input_roots),
+            roots=(cwd or Path.cwd(), *settings.input_roots, *store_root),
             schemes=frozenset(schemes),
             allow_private_urls=settings.allow_private_urls,
             max_bytes=settings.max_input_bytes,

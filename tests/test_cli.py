@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,71 @@ def test_cli_quiet_shows_no_progress(env: Path, llm, capsys) -> None:
     assert main(["run", "Say hi", "--json", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["answer"] == "Hi." and "plan: no task" not in captured.err
+
+
+def _chat(turns: str, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, list[dict], str]:
+    """``hugginggpt chat --json ARGS`` in this process, reading ``turns`` from a pipe."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(turns))
+    code = main(["chat", "--json", *args])
+    captured = capsys.readouterr()
+    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
+def test_chat_pins_hold_for_the_turns_that_use_them(env: Path, llm, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A session's ``--model`` pin is used by the turns whose plan has its task; a turn without it is not refused."""
+    llm.set(
+        plan=[
+            plan_json({"id": 0, "task": "text-to-speech", "dep": [-1], "args": {"text": "hello there"}}),
+            plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "so lovely"}}),
+        ],
+        respond=["Read aloud.", "Positive."],
+    )
+    code, summaries, err = _chat(
+        "Read 'hello there' aloud\nIs 'so lovely' positive?\n",
+        ["-m", "text-to-speech=tiny/text-to-speech"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err[-2000:]
+    assert [s["status"] for s in summaries] == ["completed", "completed"], [s["error"] for s in summaries]
+    assert summaries[0]["assignments"][0]["reason"].startswith("pinned by the user")
+    assert summaries[1]["results"][0]["task"] == "text-classification"
+    # a single run still refuses a pin its plan does not use (the user asked for that model)
+    llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "so lovely"}}))
+    assert main(["run", "Is 'so lovely' positive?", "-m", "text-to-speech=tiny/text-to-speech", "--json"]) == 1
+    assert "pins task(s) text-to-speech that the plan does not use" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_chat_reads_the_files_it_produced_with_storage_anywhere(
+    env: Path, llm, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Storage outside the working directory and outside HUGGINGGPT_INPUT_ROOTS: a later turn still reads the
+    files an earlier turn stored; a file the user never gave is refused naming the input, not the LLM's plan."""
+    monkeypatch.setenv("HUGGINGGPT_INPUT_ROOTS", "[]")
+    assert not env.resolve().is_relative_to(Path.cwd().resolve())
+
+    def transcribe_the_earlier_audio(body: dict) -> str:
+        wav = re.search(r"[^\"\s,()]*/audio\.wav", json.dumps(body["messages"]))
+        assert wav, "the earlier turn's file was not offered to the planner"
+        return plan_json({"id": 0, "task": "automatic-speech-recognition", "dep": [-1], "args": {"audio": wav.group()}})
+
+    llm.set(
+        plan=[
+            plan_json({"id": 0, "task": "text-to-speech", "dep": [-1], "args": {"text": "hello there"}}),
+            transcribe_the_earlier_audio,
+        ],
+        respond=["Read aloud.", "It says hello."],
+    )
+    code, summaries, _ = _chat("Read 'hello there' aloud\nNow transcribe that audio\n", [], monkeypatch, capsys)
+    assert code == 0, [s["error"] for s in summaries]
+    assert summaries[1]["results"][0]["status"] == "completed"
+
+    outside = env.parent / "elsewhere.wav"
+    outside.write_bytes(Path(summaries[0]["results"][0]["outputs"]["audio"]).read_bytes())
+    from flows.request import run_request
+
+    refused = run_request("Transcribe elsewhere.wav", inputs=[str(outside)])
+    assert refused.status == "failed" and f"input {outside} is outside the folders" in (refused.error or "")
+    assert "plan" not in (refused.error or "")
