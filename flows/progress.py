@@ -358,6 +358,8 @@ class Board:
         row = self.rows.setdefault((event.flow_run_id, event.node), NodeRow(event.flow_run_id, event.node))
         if event.state in FINAL_STATES and row.finished is not None and event.state == row.state:
             return None
+        if row.finished is not None and event.state not in FINAL_STATES and not event.detail.startswith("attempt"):
+            return None  # a node that ended stays so (a model loaded ahead for it, late, changes nothing); a retry runs
         if row.started is None and event.state != "waiting":
             row.started = event.at
         row.state, row.detail = event.state, event.detail

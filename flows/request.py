@@ -25,7 +25,7 @@ from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
 from models_catalog.catalog import CatalogError
 from tasks.availability import Availability
-from tasks.execute import node_tags, run_node
+from tasks.execute import answered_ahead, node_tags, run_node
 from tasks.inputs import InputPolicy, refused_inputs
 from tasks.llm import LLMError
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
@@ -285,8 +285,9 @@ def _run_stages(
     progress.planned(str(flow_run.id), str(flow_run.name or ""), nodes, assignments)
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
-    if settings.prefetch:  # every node's model downloads and loads while upstream nodes run
-        prefetch_models(settings, assignments, store.run_id)
+    if settings.prefetch:  # every node's model downloads and loads while upstream nodes run (not those answered)
+        answered = answered_ahead(settings, nodes, assignments, store, prior.results if prior else None)
+        prefetch_models(settings, [a for a in assignments if a.node_id not in answered], store.run_id)
 
     t0 = time.perf_counter()
     summary.results = execute_graph(

@@ -267,6 +267,43 @@ def reuse_prior(node: PlanNode, prior: NodeResult | None, store: ArtifactStore, 
     return prior.model_copy(update={"cached": True, "reused_from": prior.reused_from or run_id})
 
 
+def answered_ahead(
+    settings: Settings,
+    nodes: Sequence[PlanNode],
+    assignments: Sequence[Assignment],
+    store: ArtifactStore,
+    prior: Mapping[int, NodeResult] | None = None,
+) -> set[int]:
+    """The nodes that will run no model: completed in an earlier attempt (``prior``), or whose outputs the result
+    cache already holds (looked up as :func:`execute_node` will, for nodes whose inputs are files or text given
+    here or the outputs of nodes answered so). A prefetch leaves their models alone. Never raises: a node that
+    cannot be judged here counts as one that will run."""
+    by_node = {a.node_id: a for a in assignments}
+    answered: dict[int, NodeResult] = {n: r for n, r in (prior or {}).items() if r.ok}
+    cache = ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None
+    for node in nodes:  # in dependency order
+        assignment = by_node.get(node.id)
+        if cache is None or node.id in answered or assignment is None or any(d not in answered for d in node.dep):
+            continue
+        if any(str(v).startswith(("http://", "https://")) for v in node.args.values()):
+            continue  # fetched once, by the node itself
+        try:
+            _, digests = resolve_args(
+                node,
+                answered,
+                store,
+                input_timeout=settings.input_timeout,
+                input_policy=InputPolicy.from_settings(settings),
+            )
+            hit = cache.lookup(node_cache_key(node, assignment, digests, cache_params(settings)))
+        except Exception as exc:
+            logger.debug("%s: cache not looked up ahead: %s", node.name, exc)
+            continue
+        if hit is not None:
+            answered[node.id] = hit.result
+    return set(answered)
+
+
 # ---------------------------------------------------------------------------
 # backends, one set per process
 # ---------------------------------------------------------------------------

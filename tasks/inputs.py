@@ -134,9 +134,13 @@ class InputPolicy:
         storage_scheme = url_scheme(settings.storage)
         if storage_scheme and storage_scheme != "file":
             schemes.add(storage_scheme)
-        store_root = [] if storage_scheme not in ("", "file") else [Path(settings.storage.removeprefix("file://"))]
+        roots = [cwd or Path.cwd(), *settings.input_roots]
+        if storage_scheme in ("", "file"):
+            store = Path(os.path.realpath(Path(settings.storage.removeprefix("file://")).expanduser()))
+            if not any(store.is_relative_to(os.path.realpath(Path(r).expanduser())) for r in roots):
+                roots.append(store)
         return cls(
-            roots=(cwd or Path.cwd(), *settings.input_roots, *store_root),
+            roots=tuple(roots),
             schemes=frozenset(schemes),
             allow_private_urls=settings.allow_private_urls,
             max_bytes=settings.max_input_bytes,

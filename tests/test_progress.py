@@ -57,6 +57,21 @@ def test_board_follows_node_states_and_batch_rate() -> None:
     assert progress.batch_line(board) == "lines 2/4 done · 0.50/s · about 4 s left"
 
 
+def test_a_node_that_ended_stays_ended_on_the_board() -> None:
+    """A model loaded ahead for a node the cache answered reports late: the node still shows ``cached``."""
+    board = progress.Board(started=100.0)
+    board.apply(progress.PlanEvent("run", "my run", (("a#0", "m/a", ""),), at=100.0))
+    board.apply(progress.NodeEvent("run", "a#0", "cached", "reused run r", at=101.0))
+    for late in ("loading", "waiting"):
+        assert board.apply(progress.NodeEvent("run", "a#0", late, "model loaded", at=102.0)) is None
+    row = board.rows[("run", "a#0")]
+    assert (row.state, progress.describe(row), board.seconds(row, now=999.0)) == ("cached", "cached: reused run r", 0.0)
+    # a Prefect retry of a failed node runs again
+    board.apply(progress.NodeEvent("run", "a#0", "failed", "boom", at=103.0))
+    assert board.apply(progress.NodeEvent("run", "a#0", "running", "attempt 2", at=104.0)) is not None
+    assert board.rows[("run", "a#0")].state == "running"
+
+
 def test_plain_view_writes_one_safe_line_per_change() -> None:
     out = io.StringIO()
     view = progress.PlainView(out)
