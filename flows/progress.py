@@ -37,6 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tasks.prefetch import FETCHING_FOR
+from tasks.schemas import CACHED_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +159,15 @@ def node_state_hook(task: Any, task_run: Any, state: Any) -> None:
     name = "running" if state.is_running() else _PREFECT_STATES.get(state.name, "failed" if state.is_failed() else None)
     if name is None:
         return
-    detail = (state.message or "").removeprefix(f"{task_run.name} ") if name in ("failed", "cached", "skipped") else ""
+    detail = (
+        (state.message or "").removeprefix(f"{str(task_run.name).removesuffix(CACHED_SUFFIX)} ")
+        if name in ("failed", "cached", "skipped")
+        else ""
+    )
     if name == "running" and task_run.run_count > 1:
         detail = f"attempt {task_run.run_count}"
-    emit(NodeEvent(str(task_run.flow_run_id), task_run.name, name, detail=detail))
+    node = str(task_run.name).removesuffix(CACHED_SUFFIX)
+    emit(NodeEvent(str(task_run.flow_run_id), node, name, detail=detail))
 
 
 #: the ``on_running``, ``on_completion`` and ``on_failure`` hooks of the node task

@@ -25,7 +25,7 @@ from tasks.experts.fallback import AllCandidatesFailed, Chooser, run_with_fallba
 from tasks.inputs import InputError, InputPolicy, decode, read_input_bytes
 from tasks.parsing import clip
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
-from tasks.schemas import GENERATED_RE, Assignment, NodeResult, PlanNode
+from tasks.schemas import CACHED_SUFFIX, GENERATED_RE, Assignment, NodeResult, PlanNode
 from tasks.settings import Settings
 from tasks.shared import shared
 from tasks.storage import ArtifactStore, StorageError, read_uri, store_for
@@ -423,6 +423,7 @@ def run_node(
         shown = ", ".join(f"{k}={clip(v, 80)}" for k, v in result.outputs.items())
         if result.cached:
             log.info("%s reused the outputs of run %s: %s", node.name, result.reused_from, shown)
+            _mark_cached(node)
             return Completed(data=result, name="Cached", message=f"{node.name} reused run {result.reused_from}")
         if len(result.attempts) > 1:
             log.warning("%s: %s", node.name, "; ".join(a.describe() for a in result.attempts))
@@ -435,6 +436,16 @@ def run_node(
         return Cancelled(data=result, name="Skipped", message=result.error)
     log.error("%s failed: %s", node.name, result.error)
     return Failed(data=result, message=result.error)
+
+
+def _mark_cached(node: PlanNode) -> None:
+    """Name the running task run ``{node} (cached)``: its final state reports the name to the API, and the run
+    graph shows it (a Cached state is coloured like any Completed one)."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is not None and ctx.task_run is not None:
+        ctx.task_run.name = node.name + CACHED_SUFFIX
 
 
 def cache_params(settings: Settings) -> dict[str, Any]:

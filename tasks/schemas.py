@@ -74,8 +74,14 @@ class PlanNode(BaseModel):
 
     @property
     def name(self) -> str:
-        """The node's display name, also its Prefect task-run name: ``image-to-text#0``."""
+        """The node's display name, also its Prefect task-run name: ``image-to-text#0`` (``image-to-text#0 (cached)``
+        once it reused earlier outputs, see :data:`CACHED_SUFFIX`)."""
         return f"{self.task}#{self.id}"
+
+
+#: appended to a node's task-run name when it reused earlier outputs, so the run graph (which colours by state type:
+#: Cached is a Completed state) tells it from a node that ran
+CACHED_SUFFIX = " (cached)"
 
 
 class LLMUsage(BaseModel):

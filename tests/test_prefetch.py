@@ -310,6 +310,16 @@ def test_no_model_is_fetched_ahead_for_nodes_the_cache_or_a_resume_answers(
         ("completed", False),
         ("completed", True),
     ]
-    again = run_request("Rate, summarize, translate")
+    from flows import progress
+
+    events: list[Any] = []
+    with progress.subscribe(events.append):
+        again = run_request("Rate, summarize, translate")
     assert all(r.cached for r in again.results)
     assert fetched == [[0, 1, 2], [1], []]
+    # the board hears each node run then end cached, under the node's own name: no model load, nothing after
+    shown: dict[str, list[str]] = {}
+    for e in events:
+        if isinstance(e, progress.NodeEvent):
+            shown.setdefault(e.node, []).append(e.state)
+    assert shown == {n: ["running", "cached"] for n in ("text-classification#0", "summarization#1", "translation#2")}
