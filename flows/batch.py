@@ -637,14 +637,8 @@ def hugginggpt_batch(
         records[pos] = record
     summary.resumed = len(earlier)
     invalid = sum(not p.valid for p in parsed)
-    log.info(
-        "%d line(s), %d invalid, %d completed by an earlier attempt (batch %s); at most %d in flight",
-        len(parsed),
-        invalid,
-        len(earlier),
-        key,
-        in_flight,
-    )
+    resumed = f", {len(earlier)} completed by an earlier attempt" if earlier else ""
+    log.info("%d line(s), %d invalid%s (batch %s); at most %d in flight", len(parsed), invalid, resumed, key, in_flight)
 
     progress_id = create_progress_artifact(
         progress=0.0,

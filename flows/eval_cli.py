@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from tasks.evaluation.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
     from tasks.evaluation.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
-    from tasks.llm import LLMError, chat_model_for
+    from tasks.llm import LLMError, LLMUnreachableError, chat_model_for
 
     path = Path(args.dataset) if args.dataset else builtin_gold_path()
     try:
@@ -181,7 +181,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
         except LLMError as exc:
             error("eval", str(exc))
-            return EXIT_FAILED
+            return EXIT_USAGE if isinstance(exc, LLMUnreachableError) else EXIT_FAILED
 
     document = report.model_dump(mode="json")
     try:

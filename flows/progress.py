@@ -36,6 +36,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tasks.parsing import clip
 from tasks.prefetch import FETCHING_FOR
 from tasks.schemas import CACHED_SUFFIX
 
@@ -518,11 +519,19 @@ class _RunLogsOffConsole(logging.Filter):
         return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
+class _Shown(str):
+    """A string whose ``repr`` is itself (for a ``%r`` in a log record's format)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class _TidyRunLogs(logging.Filter):
     """Prefect's task-run log records, tidied: the ``exc_info`` of a record logged with ``exc_info=True`` outside
     any exception is dropped (Prefect logs a task run that returned a Failed state that way, which prints a stray
     "NoneType: None"); the end of a skipped node (Prefect logs every final state but Completed as an error) is
-    logged as information; Prefect's two lines around every call of :func:`node_state_hook` are dropped."""
+    logged as information; Prefect's two lines around every call of :func:`node_state_hook` are dropped, and so is
+    its "Task run failed with state" line, which dumps the node's whole result."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[0] is None:
@@ -530,6 +539,17 @@ class _TidyRunLogs(logging.Filter):
         message = str(record.msg)
         if record.levelno == logging.ERROR and message.startswith("Finished in state Skipped("):
             record.levelno, record.levelname = logging.INFO, "INFO"
+        if message.startswith("Task run failed with state") or (
+            message.startswith("Task run failed with %s")
+            and isinstance(record.args, tuple)
+            and record.args[:1] == ("state",)
+        ):
+            if isinstance(record.args, tuple) and len(record.args) == 5:  # a retry: kept, the state named briefly
+                state = record.args[1]
+                brief = f"{getattr(state, 'name', 'Failed')}({clip(str(getattr(state, 'message', '') or ''))!r})"
+                record.args = (record.args[0], _Shown(brief), *record.args[2:])
+                return True
+            return False  # the whole result object; the node logged why, and "Finished in state Failed" follows
         return not (record.levelno <= logging.INFO and "'node_state_hook'" in message)
 
 

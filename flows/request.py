@@ -27,7 +27,7 @@ from models_catalog.catalog import CatalogError
 from tasks.availability import Availability
 from tasks.execute import answered_ahead, node_tags, run_node
 from tasks.inputs import InputPolicy, refused_inputs
-from tasks.llm import LLMError
+from tasks.llm import LLMError, LLMUnreachableError
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.respond import respond_task
@@ -201,6 +201,8 @@ def hugginggpt_request(
         if isinstance(exc, PlanningError | LLMError):  # the calls a failed stage made count too
             summary.llm = summary.llm + exc.usage
         summary.error = str(exc)
+        if isinstance(exc, LLMUnreachableError | LLMNotConfiguredError):  # a setting to change
+            summary.error_kind = "configuration"
         summary.answer = f"The request could not be completed: {exc}"
         summary.answer_source = "fallback"
         return _finish(summary, store, t_start, settings)

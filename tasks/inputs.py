@@ -460,6 +460,14 @@ def _limit_socket_wait(resp: Any, seconds: float) -> None:
 # --- decoding -------------------------------------------------------------------------------------------------------
 
 
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc: BaseException) -> str:
+    """What a decoder said, without the in-memory buffer it was handed (``<_io.BytesIO object at 0x...>``)."""
+    return _BUFFER_REPR.sub("", str(exc)).strip() or type(exc).__name__
+
+
 def decode_image(data: bytes, ref: str) -> Any:
     from PIL import Image, UnidentifiedImageError
 
@@ -467,7 +475,7 @@ def decode_image(data: bytes, ref: str) -> Any:
         img = Image.open(io.BytesIO(data))
         img.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"input {ref} is not a readable image ({exc})") from None
+        raise InputError(f"input {ref} is not a readable image ({_reason(exc)})") from None
     return img.convert("RGB")
 
 
@@ -477,7 +485,7 @@ def decode_audio(data: bytes, ref: str) -> Audio:
     try:
         array, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as exc:
-        raise InputError(f"input {ref} is not readable audio ({exc})") from None
+        raise InputError(f"input {ref} is not readable audio ({_reason(exc)})") from None
     mono = array.mean(axis=1).astype(np.float32)
     if mono.size == 0:
         raise InputError(f"input {ref} is empty audio")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from tasks.parsing import clip
 from tasks.schemas import RunSummary
 
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
-_CELL_CHARS = 60
 
 
 def artifact_key(*parts: str) -> str:
@@ -32,11 +30,46 @@ def code_text(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def clip_shown(text: str, limit: int) -> str:
+    """``text`` on one line, cut after ``limit`` characters with a marker saying how much is left out and where the
+    whole is (``summary.json``, and ``--json``): for a table cell, never for what is stored."""
+    one = " ".join(str(text).split())
+    if len(one) <= limit:
+        return one
+    return f"{one[:limit]}… [{len(one) - limit} more characters in summary.json]"
+
+
+def breakable(text: str, every: int = 20) -> str:
+    """``text`` with a zero-width space every ``every`` characters of a run without spaces, so that a table cell
+    can wrap it (a long word would widen the column past the page)."""
+    return re.sub(
+        rf"\S{{{every + 1},}}",
+        lambda m: (
+            m.group()
+            if "://" in m.group()  # a URL stays whole: broken, the page would link to part of it
+            else "\u200b".join(m.group()[i : i + every] for i in range(0, len(m.group()), every))
+        ),
+        text,
+    )
+
+
+#: characters of a text output or an error shown in a cell: the artifact's table, the terminal's
+ARTIFACT_CELL_CHARS = 60
+TERMINAL_CELL_CHARS = 240
+
+
 def node_rows(
-    summary: RunSummary, *, short_files: bool = False, links: Mapping[str, str] | None = None
+    summary: RunSummary,
+    *,
+    short_files: bool = False,
+    links: Mapping[str, str] | None = None,
+    max_chars: int | None = None,
 ) -> list[dict[str, str]]:
     """One row per plan node. ``short_files`` shows stored files by name only (their full URIs are listed apart);
-    ``links`` (URI -> URL) makes them markdown links, for the artifacts; long text is clipped there too."""
+    ``links`` (URI -> URL) makes them markdown links, for the artifacts (text clipped to
+    :data:`ARTIFACT_CELL_CHARS` there); ``max_chars`` clips text outputs and errors (:func:`clip_shown`)."""
+    if links is not None and max_chars is None:
+        max_chars = ARTIFACT_CELL_CHARS
     by_id = {a.node_id: a for a in summary.assignments}
     rows = []
     for node in summary.plan:
@@ -48,7 +81,8 @@ def node_rows(
                 shown = []
                 for k, v in r.outputs.items():
                     if k == "text":
-                        shown.append(f"{k}: {clip(v, _CELL_CHARS) if links is not None else v}")
+                        text = clip_shown(v, max_chars) if max_chars is not None else v
+                        shown.append(f"{k}: {breakable(text) if links is not None else text}")
                     elif links is not None and v in links:
                         shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links[v]})")
                     elif links is not None:  # no link a browser could open: the name, the path under "Files"
@@ -60,7 +94,8 @@ def node_rows(
                     run = r.reused_from or ""
                     output += f" (reused from run {run[:8] if links is not None else run})"
             else:
-                output = clip(r.error or "", _CELL_CHARS) if links is not None else r.error or ""
+                output = clip_shown(r.error or "", max_chars) if max_chars is not None else r.error or ""
+                output = breakable(output) if links is not None else output
         rows.append(
             {
                 "node": node.name,

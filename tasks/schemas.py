@@ -196,6 +196,9 @@ class RunSummary(BaseModel):
         default="llm", description="llm, explicit, resumed, or the batch line whose plan was reused"
     )
     resumed_from: str | None = Field(default=None, description="the flow run id of the run this one resumes")
+    error_kind: Literal["configuration"] | None = Field(
+        default=None, description="'configuration' when the run failed on a setting (an unreachable LLM, a refused key)"
+    )
     assignments: list[Assignment] = Field(default_factory=list)
     candidate_checks: list[CandidateCheck] = Field(
         default_factory=list, description="every candidate looked at by selection, and where it can run or why not"

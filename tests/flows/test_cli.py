@@ -124,7 +124,7 @@ def test_cli_unreachable_llm_one_clear_message(env: Path) -> None:
     proc = _run_cli(
         "run", "Summarize this: a b c", OPENAI_BASE_URL="http://127.0.0.1:9/v1", HUGGINGGPT_LLM_MAX_RETRIES="0"
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a setting to change, as every configuration problem
     both = proc.stdout + proc.stderr
     assert both.count("could not reach the LLM at http://127.0.0.1:9/v1") == 1, both[-3000:]
     assert "Connection error. Set OPENAI_BASE_URL" in both and ".." not in both
@@ -144,9 +144,10 @@ def test_cli_failed_node_prints_no_stray_traceback(env: Path, llm, sample_files)
 
 def test_cli_unreachable_llm_says_what_to_set(env: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    assert main(["run", "Summarize this: a b c", "--json"]) == 1
+    assert main(["run", "Summarize this: a b c", "--json"]) == 2  # a configuration problem
     out = json.loads(capsys.readouterr().out)
     assert "could not reach the LLM at http://127.0.0.1:9/v1" in out["error"]
+    assert out["error_kind"] == "configuration"
     assert "Set OPENAI_BASE_URL" in out["error"]
 
 
@@ -323,3 +324,45 @@ def test_chat_reads_the_files_it_produced_with_storage_anywhere(
     refused = run_request("Transcribe elsewhere.wav", inputs=[str(outside)])
     assert refused.status == "failed" and f"input {outside} is outside the folders" in (refused.error or "")
     assert "plan" not in (refused.error or "")
+
+
+def test_summary_into_a_pipe_keeps_paths_whole_and_clips_long_outputs(capsys) -> None:
+    """Printed into a pipe (capsys is no terminal): no wrapping at 80 columns that would split a path or a model id;
+    a long text output is clipped in the table with a marker saying where the whole is, and kept whole in the
+    summary."""
+    from flows.cli import print_summary
+    from tasks.schemas import Assignment, ModelSpec, NodeResult, PlanNode, RunSummary
+
+    folder = "/data/" + "very-long-folder-name/" * 6 + "runs/0123456789abcdef/nodes/1-text-to-speech/audio.wav"
+    model = "an-organisation-with-a-long-name/a-text-generation-model-with-an-even-longer-name-v2"
+    story = " ".join(f"word{i}" for i in range(3000))
+    summary = RunSummary(
+        request="Write a story and read it aloud",
+        plan=[
+            PlanNode(id=0, task="text-generation", dep=[], args={"text": "a story"}),
+            PlanNode(id=1, task="text-to-speech", dep=[0], args={"text": "<GENERATED>-0"}),
+        ],
+        assignments=[
+            Assignment(
+                node_id=0,
+                task="text-generation",
+                model=model,
+                reason="r",
+                spec=ModelSpec(id=model, task="text-generation"),
+            )
+        ],
+        results=[
+            NodeResult(id=0, task="text-generation", status="completed", outputs={"text": story}, model=model),
+            NodeResult(id=1, task="text-to-speech", status="completed", outputs={"audio": folder}),
+        ],
+        answer="Here it is.",
+        flow_run_id="run-1",
+        storage_uri="/data/runs/run-1",
+    )
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert folder in out and model in out  # whole, on one line each
+    assert "word9 word10" in out and "word2999" not in out
+    assert f"[{len(story) - 240} more characters in summary.json]" in out
+    assert len(out.splitlines()) < 20
+    assert summary.results[0].outputs["text"] == story

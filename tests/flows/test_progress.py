@@ -345,3 +345,47 @@ def test_live_view_renders_states_as_text() -> None:
     batch = progress.LiveView(console, batch=True)
     batch(progress.LineEvent(1, "completed", 1, 3))
     assert str(batch._render()).startswith("lines 1/3 done")
+
+
+def test_prefect_s_failed_task_line_does_not_dump_the_node_s_result() -> None:
+    """Prefect logs a task run that returned a Failed state with the state's whole repr (the node's result in it):
+    that line is dropped; a retry's line is kept, the state named briefly."""
+    import logging
+
+    from prefect.states import Failed
+
+    from tasks.schemas import NodeResult
+
+    state = Failed(
+        message="model m failed: boom", data=NodeResult(id=0, task="image-to-text", status="failed", error="x" * 500)
+    )
+    tidy = progress._TidyRunLogs()
+
+    def record(msg: str, args: tuple = ()) -> logging.LogRecord:
+        return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, msg, args, None)
+
+    assert not tidy.filter(record(f"Task run failed with state: {state!r}"))
+    retry = record("Task run failed with %s: %r - Retry %s/%s will start %s", ("state", state, 1, 2, "in 2 s"))
+    assert tidy.filter(retry)
+    assert (
+        retry.getMessage() == "Task run failed with state: Failed('model m failed: boom') - Retry 1/2 will start in 2 s"
+    )
+    assert tidy.filter(record("Finished in state Failed('model m failed: boom')"))
+
+
+def test_the_artifact_table_clips_long_outputs_and_lets_them_wrap() -> None:
+    from tasks.schemas import PlanNode, RunSummary
+
+    word = "ummarize" * 40  # a tiny model's output: one long word
+    summary = RunSummary(
+        request="Summarize",
+        plan=[PlanNode(id=0, task="summarization", dep=[], args={"text": "a story"})],
+        results=[NodeResult(id=0, task="summarization", status="completed", outputs={"text": word})],
+    )
+    cell = node_rows(summary, links={})[0]["output"]
+    assert (
+        cell.startswith("text: ummarizeummarizeumma\u200b")
+        and f"[{len(word) - 60} more characters in summary.json]" in cell
+    )
+    assert all(len(part) <= 40 for part in cell.replace("\u200b", " ").split())  # no run the table cannot wrap
+    assert summary.results[0].outputs["text"] == word  # the summary keeps it whole
