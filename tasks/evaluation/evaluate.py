@@ -47,9 +47,10 @@ from pydantic import BaseModel, Field, ValidationError, computed_field
 
 from tasks.evaluation.plan_styles import DemoSelector, PlanStyle, plan_with_style
 from tasks.evaluation.taskbench import TaskBenchScores, score_taskbench, to_prediction
-from tasks.llm import ChatModel, LLMError, LLMUnavailableError, chat_model_for
+from tasks.llm import ChatModel, LLMError, LLMUnavailableError
 from tasks.plan import GENERATED_RE, PlanningError, PlanValidationError, validate_plan
 from tasks.schemas import ChatTurn, LLMUsage, PlanNode
+from tasks.services import services_for
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES, Modality, normalize_task_name
 
@@ -662,7 +663,7 @@ def evaluate(
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    client = chat_model_for(llm) if isinstance(llm, Settings) else llm
+    client = services_for(llm).chat_model if isinstance(llm, Settings) else llm
     allowed_t = tuple(allowed) if allowed is not None else tuple(TASK_TYPES)
     started_at = datetime.now(UTC)
     start = time.perf_counter()
