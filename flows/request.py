@@ -26,11 +26,21 @@ from models_catalog.catalog import CatalogError
 from tasks.execute import node_tags, run_node
 from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
+from tasks.parsing import clip
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.respond import respond_task
 from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_prior
-from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
+from tasks.schemas import (
+    Assignment,
+    ChatTurn,
+    NodeResult,
+    PlanNode,
+    ResponseResult,
+    RunSummary,
+    SelectionResult,
+    bounded_history,
+)
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.services import Services, services_for
 from tasks.settings import (
@@ -158,7 +168,7 @@ def hugginggpt_request(
     t_start = time.perf_counter()
     log = get_run_logger()
     inputs = list(inputs or [])
-    history = list(history or [])
+    history = bounded_history(history or [])  # what a caller passes is bounded like a chat's
     settings = load_settings(options, storage=storage, catalog=catalog)
     use_result_storage(settings)
     run_id = str(flow_run.id or uuid.uuid4())
@@ -211,7 +221,7 @@ def hugginggpt_request(
     summary.answer_source = response.source
     summary.answer_error = response.error
     summary.llm = summary.llm + response.usage
-    log.info("answer (%s): %s", response.source, response.answer)
+    log.info("answer (%s): %s", response.source, clip(response.answer, 2000))
     return _finish(summary, store, t_start, settings)
 
 
