@@ -190,6 +190,8 @@ def hugginggpt_request(
         CatalogError,
     ) as exc:
         log.error("request failed: %s", exc)
+        if isinstance(exc, PlanningError | LLMError):  # the calls a failed stage made count too
+            summary.llm = summary.llm + exc.usage
         summary.error = str(exc)
         summary.answer = f"The request could not be completed: {exc}"
         summary.answer_source = "fallback"

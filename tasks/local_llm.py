@@ -255,7 +255,9 @@ class LocalChatModel:
             try:
                 reply, prompt_tokens, completion_tokens = self._generate(ctl, messages, schema)
             except (RuntimeError, ValueError) as exc:
-                raise LLMError(f"the embedded controller {self.model} failed on the {stage} call: {exc}") from None
+                raise LLMError(
+                    f"the embedded controller {self.model} failed on the {stage} call: {exc}", usage=LLMUsage(calls=1)
+                ) from None
             elapsed = time.perf_counter() - start
         usage = LLMUsage(calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         with self._lock:

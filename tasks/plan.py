@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.inputs import InputPolicy
-from tasks.llm import ChatModel, chat_model_for
+from tasks.llm import ChatModel, LLMError, chat_model_for, with_usage
 from tasks.parsing import ParseError, coerce_id, parse_plan_reply, quote
 from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
 from tasks.settings import Settings
@@ -48,6 +48,13 @@ class PlanningError(RuntimeError):
         super().__init__(message)
         self.usage = usage if usage is not None else LLMUsage()
         self.last_reply = last_reply
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps the usage through a pickled task state
+        return (_rebuild_planning_error, (str(self), self.usage, self.last_reply))
+
+
+def _rebuild_planning_error(message: str, usage: LLMUsage, last_reply: str | None) -> PlanningError:
+    return PlanningError(message, usage=usage, last_reply=last_reply)
 
 
 # ---------------------------------------------------------------------------
@@ -382,7 +389,10 @@ def ask_for_plan(
     last_error: PlanValidationError | None = None
     reply = ""
     for attempt in (1, 2):
-        reply, call_usage = llm.chat(messages, stage="plan", schema=schema)
+        try:
+            reply, call_usage = llm.chat(messages, stage="plan", schema=schema)
+        except LLMError as exc:
+            raise with_usage(exc, usage) from None
         usage = usage + call_usage
         try:
             raw = parse_plan(reply)

@@ -86,7 +86,9 @@ def respond(
     try:
         answer, usage = llm.chat(build_response_messages(request, digest, history), stage="respond", temperature=0.2)
     except LLMError as exc:
-        return ResponseResult(answer=fallback_answer(request, digest), source="fallback", error=str(exc))
+        return ResponseResult(
+            answer=fallback_answer(request, digest), source="fallback", error=str(exc), usage=exc.usage
+        )
     if not answer.strip():
         return ResponseResult(
             answer=fallback_answer(request, digest),

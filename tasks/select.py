@@ -271,7 +271,10 @@ def select_models(
         try:
             reply, usage = llm.chat(build_select_messages(request, pending), stage="select", schema=SELECT_SCHEMA)
             choices = _parse_choices(reply)
-        except (LLMError, JSONExtractError) as exc:
+        except LLMError as exc:
+            usage = exc.usage
+            failure = f"selection by the LLM failed ({exc})"
+        except JSONExtractError as exc:
             failure = f"selection by the LLM failed ({exc})"
         for node, cands in pending:
             by_id = {c.id: c for c in cands}

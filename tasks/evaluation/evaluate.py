@@ -611,7 +611,7 @@ def _plan_item(
     except PlanningError as exc:
         error, last_reply, usage, attempts = str(exc), exc.last_reply, exc.usage, 2
     except LLMError as exc:
-        error = str(exc)
+        error, usage = str(exc), exc.usage
     else:
         predicted, repairs, usage, attempts = result.nodes, result.repairs, result.usage, result.attempts
     return ItemResult(

@@ -21,9 +21,10 @@ from tasks.schemas import PlanNode
 from tasks.select import SELECT_SCHEMA, SelectionError, check_pins, parse_pins, select_models
 from tasks.settings import Settings
 from tasks.task_types import NOT_SERVED_LOCALLY, TASK_TYPES
+from tests.paths import REFERENCE
 from tests.tiny_models import build_tiny_models
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "jarvis_p0_models.jsonl"
+REF = REFERENCE / "jarvis_p0_models.jsonl"
 
 
 def _entries(tmp_path: Path) -> Catalog:

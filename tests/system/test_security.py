@@ -530,7 +530,7 @@ def test_secrets_never_appear_in_what_a_run_writes(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     import tests.s3_server as s3_server
-    from tests.test_experts_remote import InferenceServer, Reply
+    from tests.tasks.experts.test_experts_remote import InferenceServer, Reply
 
     binary = s3_server.rclone_binary()
     if binary is None:

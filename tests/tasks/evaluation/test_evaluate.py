@@ -43,8 +43,7 @@ from tasks.plan import build_plan_messages, validate_plan
 from tasks.schemas import ChatTurn, LLMUsage, PlanNode
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES, Modality
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from tests.paths import REFERENCE
 
 
 def node(i: int, task: str, dep: list[int] | None = None, **args: str) -> PlanNode:
