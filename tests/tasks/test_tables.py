@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.tables import ColumnMap, ResultsWriter, TableError, content_key, read_rows, table_format
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
 
 
 def test_format_by_suffix() -> None:
