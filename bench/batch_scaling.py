@@ -122,7 +122,7 @@ def run(bench: Bench) -> dict[str, Any]:
             lines = (2 if bench.quick else LINES_PER_SLOT) * in_flight
             if not rows:
                 log("batch scaling: warm-up batch")
-                measure(bench, 2, 2, m["catalog"], 0.0)
+                measure(bench, 2, 2, m["catalog"], latency)
             log(f"batch scaling: {lines} LLM-planned lines, {in_flight} in flight, {latency:g} s per LLM answer, {api}")
             rows.append(measure(bench, in_flight, lines, m["catalog"], latency))
             log(

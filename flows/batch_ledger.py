@@ -9,7 +9,7 @@ back from storage. Nothing read back is taken on trust: a line record or a run c
 when the summary in the run's own folder names that run, that request, and says completed; the line's record is then
 rebuilt from that summary, never from the record file.
 
-One batch of a file at a time: the batch holds ``batches/lines-{key}/owner.json`` (its flow run, host, process and
+One batch of a file at a time: the batch holds ``batches/lines-{key}/owner.lock`` (its flow run, host, process and
 a heartbeat renewed every few seconds) while it runs. A second batch of the same file and storage finds it and
 stops with a message naming the first; an owner whose process is gone (same host) or whose heartbeat is older than
 :data:`STALE_AFTER` is taken over.
@@ -66,11 +66,11 @@ def _now() -> dt.datetime:
 
 
 class BatchLock:
-    """``{folder}/owner.json``: which batch run holds a batch key (see the module's documentation)."""
+    """``{folder}/owner.lock``: which batch run holds a batch key (see the module's documentation)."""
 
     def __init__(self, store: ArtifactStore, folder: str, flow_run_id: str, requests_url: str) -> None:
         self.store = store
-        self.rel = f"{folder}/owner.json"
+        self.rel = f"{folder}/owner.lock"
         self.requests_url = requests_url
         now = _now()
         self.me = Owner(flow_run_id=flow_run_id, host=socket.gethostname(), pid=os.getpid(), started=now, heartbeat=now)
