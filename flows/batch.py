@@ -204,6 +204,13 @@ class BatchSummary(BaseModel):
     records: list[LineResult] = Field(default_factory=list)
 
 
+def _counts(summary: BatchSummary) -> str:
+    parts = [f"{summary.failed} failed", f"{summary.invalid} invalid"]
+    if summary.not_started:
+        parts.append(f"{summary.not_started} not started")
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 class BatchFailed(RuntimeError):
     """Some lines of a batch failed or were invalid (every other line ran); ``summary`` holds every result.
 
@@ -214,8 +221,7 @@ class BatchFailed(RuntimeError):
     def __init__(self, summary: BatchSummary) -> None:
         self.summary = summary
         super().__init__(
-            f"{summary.failed} failed, {summary.invalid} invalid and {summary.not_started} not started of "
-            f"{summary.lines} line(s); results: {summary.results_uri}"
+            f"{_counts(summary)} of {summary.lines} line(s); results: {summary.results_uri}"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -992,10 +998,14 @@ def _run_lines(
 
         def count_plans() -> None:
             for first, future in plan_futures.items():
-                if first in plans_counted or not future.state.is_final():
+                if first in plans_counted or not future.wrapped_future.done():
                     continue
                 plans_counted.add(first)
-                value = future.state.result(raise_on_failure=False)
+                try:
+                    value = future.state.result(raise_on_failure=False)
+                except Exception as exc:  # the planning task run's result is not there: its calls are not known
+                    log.warning("the shared plan of line %d: %s", parsed[first].line, str(exc)[:200])
+                    continue
                 # a plan refused twice, or a failed call, took its calls too
                 if isinstance(value, PlanResult | PlanningError | LLMError):
                     summary.planning_calls += value.usage.calls
