@@ -58,12 +58,13 @@ from flows.batch_ledger import BatchBusyError, BatchLock, completed_summary, lin
 from flows.prefect_setup import prefect_run_settings
 from flows.request import hugginggpt_request
 from flows.runners import shared_cluster
-from tasks.llm import LLMError, prepare_controller
+from tasks.llm import LLMError
 from tasks.parsing import ParseError, loads_json, parse_plan_value, split_lines
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key
 from tasks.runs import MAX_REQUEST_CHARS, RequestError, check_request
 from tasks.schemas import PlanNode, PlanResult, RunSummary
+from tasks.services import prepare_controller
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import BLOCK_PREFIX, ArtifactStore, StorageError, resolve_storage, store_for
 from tasks.tables import (

@@ -194,12 +194,12 @@ def validated_pins(settings: Any, models: Sequence[str]) -> tuple[dict[str, str]
     """The ``--model`` pins as ``{task: model id}``, each one a model that can run under these settings
     (:func:`tasks.select.check_pins`); or the problem."""
     from models_catalog.catalog import CatalogError
-    from tasks.availability import Availability
     from tasks.select import SelectionError, check_pins, parse_pins
+    from tasks.services import services_for
 
     try:
         pins = parse_pins(list(models))
-        return (check_pins(pins, Availability(settings)) if pins else pins), None
+        return (check_pins(pins, services_for(settings).availability) if pins else pins), None
     except (SelectionError, CatalogError) as exc:
         return None, str(exc)
 
@@ -302,14 +302,15 @@ def escape_json_line(document: Any) -> str:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from tasks.runs import RequestError, load_run_record
-    from tasks.storage import StorageError, store_for
+    from tasks.services import services_for
+    from tasks.storage import StorageError
 
     try:
         settings = _settings(args)
     except ValidationError as exc:
         return config_error(None, exc)
     try:
-        store = store_for(settings, args.run_id)
+        store = services_for(settings).store(args.run_id)
         record = load_run_record(store)
     except (StorageError, RequestError) as exc:
         error(None, f"cannot resume: {exc}")

@@ -42,10 +42,10 @@ def llm_settings(command: str | None, *, local: bool = False, **overrides: Any) 
 def controller_ready(command: str | None, settings: Any, *, local: bool = False) -> bool:
     """Whether the controller can answer; for the embedded one, says once on stderr which model it is and how to
     switch, and downloads it (with progress) when it is not on this machine. Says what to set when it cannot."""
-    from tasks.llm import describe_controller, prepare_controller
+    from tasks.services import describe_controller, overridden, prepare_controller
     from tasks.settings import LLMNotConfiguredError
 
-    if local or not settings.llm_configured:
+    if local or not (settings.llm_configured or "chat_model" in overridden()):
         print(describe_controller(settings, local=True), file=sys.stderr)
     try:
         prepare_controller(settings, local=local)

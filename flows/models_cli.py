@@ -84,13 +84,13 @@ def _settings(args: argparse.Namespace, command: str) -> Any:
 
 def _availability(args: argparse.Namespace, command: str) -> Any:
     from models_catalog.catalog import CatalogError
-    from tasks.availability import Availability
+    from tasks.services import services_for
 
     settings = _settings(args, command)
     if settings is None:
         return None
     try:
-        return Availability(settings)
+        return services_for(settings).availability
     except CatalogError as exc:
         error(command, str(exc))
         return None

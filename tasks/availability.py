@@ -1,7 +1,7 @@
 """Where a model can run here, and why: the one place that decides.
 
-Every can-run decision comes from :class:`Availability`, built once per settings (:func:`chooser_for`): selection
-drops the candidates it rejects before the LLM sees them (and records why, per candidate), the planner is only
+Every can-run decision comes from :class:`Availability`, built once per run (:class:`tasks.services.Services`):
+selection drops the candidates it rejects before the LLM sees them (and records why, per candidate), the planner is only
 offered task types with at least one runnable candidate, execution walks the fallback candidates with it, and
 ``hugginggpt models`` prints its verdicts.
 
@@ -265,8 +265,12 @@ class Availability:
         *,
         proven: Mapping[str, frozenset[str]] | None = None,
         hub: HubInfo | None = None,
+        remote: RemoteBackend | None = None,
     ) -> None:
         self.settings = settings
+        #: the remote backend whose endpoints and providers the remote side checks (the run's, from
+        #: :class:`tasks.services.Services`; by default one built from the settings)
+        self.remote = remote if remote is not None else RemoteBackend.from_settings(settings)
         self.catalog = catalog if catalog is not None else load_catalog(settings.catalog)
         #: task type -> the architectures the local backend is proven to run for it
         self.proven: Mapping[str, frozenset[str]] = PROVEN_ARCHITECTURES if proven is None else proven
@@ -381,7 +385,7 @@ class Availability:
         task = normalize_task_name(spec.task)
         if task not in REMOTE_TASKS:
             return False, f"task {task} is not served by the remote backend", None, facts
-        backend = remote_backend_for(self.settings)
+        backend = self.remote
         target = backend.target(spec)
         if target.startswith(("http://", "https://")):
             refused = backend.refusal(task, spec)
@@ -483,16 +487,6 @@ class Availability:
         if entry.local_path:
             return Path(entry.local_path).is_dir()
         return hf_cache_folder(entry.id, entry.revision) is not None
-
-
-def chooser_for(settings: Settings, catalog: Catalog | None = None) -> Chooser:
-    """``choose(spec) -> (backend or None, reason)`` for these settings."""
-    return Availability(settings, catalog).choose
-
-
-def runnable_tasks(settings: Settings, catalog: Catalog | None = None) -> set[str]:
-    """Task types with at least one catalog model that can run under these settings."""
-    return Availability(settings, catalog).runnable_tasks()
 
 
 def available_candidates(
@@ -638,36 +632,3 @@ def _safetensors_params(path: Path) -> int | None:
             count = int((offsets[1] - offsets[0]) / width)
         total += count
     return total
-
-
-# --- the remote backend ---------------------------------------------------------------------------------------------
-
-
-def remote_backend_for(settings: Settings) -> RemoteBackend:
-    """The process-wide remote backend for these settings."""
-
-    token = settings.hf_token.get_secret_value() if settings.hf_token else None
-    key = (
-        token,
-        settings.remote_timeout,
-        settings.remote_job_timeout,
-        settings.hf_inference_url,
-        settings.hf_provider,
-        settings.remote_retries,
-        settings.remote_retry_wait,
-        settings.max_new_tokens,
-    )
-    return shared(
-        "remote-backend",
-        key,
-        lambda: RemoteBackend(
-            token=token,
-            timeout=settings.remote_timeout,
-            job_timeout=settings.remote_job_timeout,
-            base_url=settings.hf_inference_url,
-            provider=settings.hf_provider,
-            max_retries=settings.remote_retries,
-            retry_wait=settings.remote_retry_wait,
-            max_new_tokens=settings.max_new_tokens,
-        ),
-    )

@@ -1,8 +1,8 @@
 """The LLM controller: the chat-model seam the stages call, and its implementations.
 
 :class:`ChatModel` is what planning, selection and the answer call: messages (and a JSON schema for the reply)
-in, the reply text and the call's usage out. :func:`chat_model_for` builds the one the settings name:
-:class:`LLMClient`, the ``openai`` client against any OpenAI-compatible server, when ``OPENAI_API_KEY`` or
+in, the reply text and the call's usage out. :func:`tasks.services.chat_model_for` builds the one the settings
+name: :class:`LLMClient`, the ``openai`` client against any OpenAI-compatible server, when ``OPENAI_API_KEY`` or
 ``OPENAI_BASE_URL`` is set, else the embedded controller (:mod:`tasks.local_llm`). :class:`FunctionModel` is an
 in-process stand-in whose replies come from a function, for tests and benchmarks.
 
@@ -25,9 +25,10 @@ import openai
 from openai import DefaultHttpxClient, OpenAI
 
 from tasks import parsing, timebound
+from tasks.constraints import for_endpoint
 from tasks.parsing import JSONExtractError, clip
 from tasks.schemas import LLMUsage
-from tasks.settings import LLMNotConfiguredError, Settings, redact, redact_url
+from tasks.settings import Settings, redact, redact_url
 from tasks.shared import shared
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "LLMClient",
     "LLMError",
     "LLMUnavailableError",
-    "chat_model_for",
     "extract_json",
     "with_usage",
 ]
@@ -178,10 +178,11 @@ class LLMClient:
             "temperature": temperature,
             "extra_headers": {STAGE_HEADER: stage},
         }
-        if schema is not None and self._schema_supported:
+        sent_schema = for_endpoint(schema)  # the plan contract is for the embedded controller only
+        if sent_schema is not None and self._schema_supported:
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": stage, "schema": schema, "strict": False},
+                "json_schema": {"name": stage, "schema": sent_schema, "strict": False},
             }
         asked = 1  # a server that refuses response_format is asked a second time
         counter = [0]  # requests the HTTP client sent, its retries included
@@ -362,44 +363,3 @@ def scripted(**replies: str | list[str]) -> Callable[[ChatCall], str]:
             return queue.pop(0) if len(queue) > 1 else queue[0]
 
     return reply
-
-
-# ---------------------------------------------------------------------------
-# which controller
-# ---------------------------------------------------------------------------
-def chat_model_for(settings: Settings, *, local: bool = False) -> ChatModel:
-    """The controller the settings name: the OpenAI-compatible endpoint when ``OPENAI_API_KEY`` or
-    ``OPENAI_BASE_URL`` is set (and not ``local``), else the embedded model ``HUGGINGGPT_LOCAL_LLM`` (loaded on
-    its first call)."""
-    if settings.llm_configured and not local:
-        return LLMClient(settings)
-    from tasks.local_llm import LocalChatModel
-
-    return LocalChatModel.from_settings(settings)
-
-
-def describe_controller(settings: Settings, *, local: bool = False) -> str:
-    """One line: which controller answers (see :func:`chat_model_for`), and how to switch to a stronger one."""
-    if settings.llm_configured and not local:
-        where = settings.openai_base_url or "https://api.openai.com/v1"
-        return f"controller: {settings.llm_model} at {where}"
-    from tasks.local_llm import describe_local
-
-    return describe_local(settings)
-
-
-def prepare_controller(settings: Settings, *, local: bool = False) -> None:
-    """Make sure the controller can answer before a run starts: nothing to do for an endpoint; for the embedded
-    model, its weights on this machine, downloaded now (with progress bars) when they are not.
-
-    Raises :class:`~tasks.settings.LLMNotConfiguredError` saying what to set when the weights are neither here
-    nor downloadable.
-    """
-    if settings.llm_configured and not local:
-        return
-    from tasks.local_llm import LocalLLMUnavailableError, fetch_local_llm
-
-    try:
-        fetch_local_llm(settings.local_llm)
-    except LocalLLMUnavailableError as exc:
-        raise LLMNotConfiguredError(str(exc)) from None

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.llm import ChatModel
-from tasks.plan import PLAN_SCHEMA, ask_for_plan, build_plan_messages
+from tasks.plan import ask_for_plan, build_plan_messages, plan_reply_schema
 from tasks.schemas import ChatTurn, PlanResult
 from tasks.task_types import EXECUTABLE_TASKS
 
@@ -264,7 +264,14 @@ def plan_with_style(
     """
     allowed = tuple(allowed)
     messages = build_style_messages(style, request, inputs, history, allowed, selector)
-    schema = PLAN_SCHEMA if style.prompt == "ours" and style.json_schema else None
+    # the embedded controller decodes every style to the plan contract; an endpoint is asked for our JSON schema
+    # only with our prompt (HuggingGPT's never asked for one)
+    schema = plan_reply_schema(
+        allowed,
+        inputs,
+        layout="tasks" if style.prompt == "ours" else "list",
+        endpoint_schema=style.prompt == "ours" and style.json_schema,
+    )
     correction = (
         'Reply with the corrected plan only, as {"tasks": [...]}.'
         if style.prompt == "ours"

@@ -6,16 +6,17 @@ import pytest
 
 from tasks.llm import ChatCall, FunctionModel, LLMClient, LLMError, extract_json, scripted
 from tasks.plan import (
-    PLAN_SCHEMA,
     PlanningError,
     PlanValidationError,
     build_plan_messages,
     parse_plan,
+    plan_reply_schema,
     plan_request,
     validate_plan,
 )
 from tasks.schemas import ChatTurn
 from tasks.settings import Settings
+from tasks.task_types import EXECUTABLE_TASKS
 from tests.llm_server import HTTPFault, plan_json
 
 CHAIN = [
@@ -166,7 +167,7 @@ def test_plan_request_uses_demos_history_and_schema() -> None:
     assert [n.task for n in result.nodes] == ["image-to-text", "text-to-speech"]
     assert result.usage.calls == 1 and result.usage.prompt_tokens > 0
     (call,) = model.calls
-    assert call.stage == "plan" and call.schema == PLAN_SCHEMA
+    assert call.stage == "plan" and call.schema == plan_reply_schema(EXECUTABLE_TASKS, ["photo.jpg"])
     contents = "\n".join(m["content"] for m in call.messages)
     assert "earlier question" in contents and "holiday.jpg" in contents  # history and a demo
     assert call.messages[-1]["content"].startswith("Request: Describe photo.jpg")

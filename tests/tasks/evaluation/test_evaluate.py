@@ -595,10 +595,26 @@ def test_eval_taskbench_format(llm, tmp_path: Path, capsys: pytest.CaptureFixtur
         ],
     }
     llm.set(plan=_scripted_planner(replies))
-    code, stdout, stderr = _run(["eval", str(data), "--out", str(tmp_path / "r.json"), "--json"], capsys)
+    saved = tmp_path / "predictions.jsonl"
+    command = ["eval", str(data), "--out", str(tmp_path / "r.json"), "--json", "--save-predictions", str(saved)]
+    code, stdout, stderr = _run(command, capsys)
     assert code == 0, stderr
     report = json.loads(stdout)
     assert report["dataset_format"] == "taskbench" and report["overall"]["requests"] == 2
+    # TaskBench's own figures of the same plans, beside ours, and the plans in its prediction format
+    assert report["taskbench"]["samples"] == 2 and report["taskbench"]["n_f1"] == 1.0
+    assert report["taskbench"]["e_f1"] == 1.0 and report["taskbench"]["r1"] is None
+    lines = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert lines[1] == {
+        "id": "2",
+        "result": {
+            "task_nodes": [
+                {"task": "Image-to-Text", "arguments": ["example.jpg"]},
+                {"task": "Translation", "arguments": ["<node-0>"]},
+            ],
+            "task_links": [{"source": "Image-to-Text", "target": "Translation"}],
+        },
+    }
     assert report["overall"]["exact"] == 1.0 and report["overall"]["edge_f1"] == 1.0
     assert [s["id"] for s in report["skipped"]] == ["3"]
     assert "1 record(s) of taskbench.json left out" in stderr and "unknown TaskBench tool(s) 'Teleport'" in stderr
