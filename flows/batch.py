@@ -1002,6 +1002,7 @@ def _run_lines(
                 if first in plans_counted or not future.wrapped_future.done():
                     continue
                 plans_counted.add(first)
+                future.wait()  # done: this only takes the final state, with its result, from the wrapped future
                 try:
                     value = future.state.result(raise_on_failure=False)
                 except Exception as exc:  # the planning task run's result is not there: its calls are not known
