@@ -33,7 +33,14 @@ from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_pr
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.services import Services, services_for
-from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
+from tasks.settings import (
+    LLMNotConfiguredError,
+    RunOptions,
+    RuntimeSettingError,
+    Settings,
+    check_runtime,
+    load_settings,
+)
 from tasks.storage import ArtifactStore, StorageError
 from tasks.task_types import TASK_TYPES
 
@@ -162,6 +169,7 @@ def hugginggpt_request(
     try:
         store = services.store(run_id)
         summary.storage_uri = store.run_uri
+        check_runtime(settings)  # a device or Dask scheduler that is not there: before any LLM call
         prior = load_prior(
             store,
             resume_from or run_id,
@@ -187,6 +195,7 @@ def hugginggpt_request(
         PlanValidationError,
         LLMError,
         LLMNotConfiguredError,
+        RuntimeSettingError,
         SelectionError,
         StorageError,
         CatalogError,

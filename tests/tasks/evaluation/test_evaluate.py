@@ -633,7 +633,7 @@ def test_eval_and_plan_name_an_invalid_setting(llm, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("HUGGINGGPT_LLM_TIMEOUT", "-1")
     for command in (["eval"], ["plan", "Caption photo.jpg"]):
         code, _, err = _run(command, capsys)
-        assert code == 2 and f"hugginggpt {command[0]}: invalid configuration: llm_timeout" in err, err
+        assert code == 2 and f"hugginggpt {command[0]}: invalid configuration: HUGGINGGPT_LLM_TIMEOUT" in err, err
         assert "Traceback" not in err
 
 
