@@ -221,9 +221,7 @@ class BatchFailed(RuntimeError):
 
     def __init__(self, summary: BatchSummary) -> None:
         self.summary = summary
-        super().__init__(
-            f"{_counts(summary)} of {summary.lines} line(s); results: {summary.results_uri}"
-        )
+        super().__init__(f"{_counts(summary)} of {summary.lines} line(s); results: {summary.results_uri}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.summary,))
