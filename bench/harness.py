@@ -85,16 +85,13 @@ class SleepBackend:
 
 @contextlib.contextmanager
 def sleeping_experts(seconds: float) -> Iterator[SleepBackend]:
-    """Within the block, every node the executor runs locally goes to a :class:`SleepBackend` (this process only)."""
-    import tasks.execute as execute
+    """Within the block, every node the executor runs locally goes to a :class:`SleepBackend` (this process only:
+    :func:`tasks.services.override`)."""
+    from tasks.services import override
 
     backend = SleepBackend(seconds)
-    real = execute.backend_for
-    execute.backend_for = lambda settings: backend  # type: ignore[assignment]
-    try:
+    with override(local_backend=backend):
         yield backend
-    finally:
-        execute.backend_for = real  # type: ignore[assignment]
 
 
 def reset_local_backends() -> None:

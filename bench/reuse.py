@@ -77,7 +77,6 @@ def fresh_load_seconds(folder: Path) -> float:
 
 
 def run(bench: Bench, *, size: dict[str, int] | None = None) -> dict[str, Any]:
-    import tasks.execute as execute
     from tasks.settings import load_settings
 
     size = size or (QUICK_SIZE if bench.quick else FULL_SIZE)
@@ -95,7 +94,7 @@ def run(bench: Bench, *, size: dict[str, int] | None = None) -> dict[str, Any]:
         storage = bench.storage("reuse")
         for attempt in (1, 2):
             log(f"reuse: request {attempt} of 2")
-            before = _cache_stats(execute, load_settings(storage=storage, catalog=str(catalog)))
+            before = _cache_stats(load_settings(storage=storage, catalog=str(catalog)))
             result = run_flow(
                 "Is this review positive: 'The battery died after two days.'",
                 storage=storage,
@@ -105,7 +104,7 @@ def run(bench: Bench, *, size: dict[str, int] | None = None) -> dict[str, Any]:
             )
             if not result.ok:
                 raise RuntimeError(f"reuse run {attempt} ended {result.state_name}: {result.summary.error}")
-            after = _cache_stats(execute, load_settings(storage=storage, catalog=str(catalog)))
+            after = _cache_stats(load_settings(storage=storage, catalog=str(catalog)))
             runs.append(
                 {
                     "load_seconds": after["load_seconds"] - before["load_seconds"],
@@ -137,6 +136,8 @@ def run(bench: Bench, *, size: dict[str, int] | None = None) -> dict[str, Any]:
     }
 
 
-def _cache_stats(execute: Any, settings: Any) -> dict[str, Any]:
-    backend = execute.backend_for(settings)
+def _cache_stats(settings: Any) -> dict[str, Any]:
+    from tasks.services import local_backend_for
+
+    backend = local_backend_for(settings)
     return backend.cache.stats()

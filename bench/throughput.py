@@ -171,7 +171,7 @@ def run_mode(
 ) -> dict[str, Any]:
     """One mode (``one by one`` or ``batch``) from an empty model cache, sampled; against the current API, with
     every LLM answer taking ``llm_latency`` seconds."""
-    import tasks.execute as execute
+    from tasks.services import local_backend_for
     from tasks.settings import load_settings
 
     m = models(bench)
@@ -181,7 +181,7 @@ def run_mode(
     bench.llm.latency = llm_latency
     storage = bench.storage(mode.replace(" ", "-"))
     with env_vars(HUGGINGGPT_MAX_MODELS=str(max_models), HUGGINGGPT_DEVICE="cpu"):
-        cache = execute.backend_for(load_settings(storage=storage, catalog=str(m["catalog"]))).cache
+        cache = local_backend_for(load_settings(storage=storage, catalog=str(m["catalog"]))).cache
         with api_retries() as retried, Sampler(lambda: len(cache)) as sampler:
             if mode == "batch":
                 assert requests is not None

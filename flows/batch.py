@@ -55,12 +55,13 @@ from flows.artifacts import artifact_scope
 from flows.prefect_setup import prefect_run_settings
 from flows.request import hugginggpt_request
 from flows.runners import shared_cluster
-from tasks.llm import prepare_controller
+from tasks.llm import LLMError
 from tasks.parsing import ParseError, loads_json, parse_plan_value, split_lines
-from tasks.plan import PlanValidationError, plan_task, validate_plan
+from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key
 from tasks.runs import MAX_REQUEST_CHARS, RequestError, check_request
 from tasks.schemas import PlanNode, PlanResult, RunSummary
+from tasks.services import prepare_controller
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, read_uri, resolve_storage, store_for
 from tasks.task_types import TASK_TYPES
@@ -737,8 +738,9 @@ def hugginggpt_batch(
             progress()
         for future in plan_futures.values():
             state = future.state
-            value = state.result(raise_on_failure=False) if state.is_completed() else None
-            if isinstance(value, PlanResult):
+            value = state.result(raise_on_failure=False) if state.is_final() else None
+            # a plan refused twice, or a failed call, took its calls too
+            if isinstance(value, PlanResult | PlanningError | LLMError):
                 summary.planning_calls += value.usage.calls
     progress(force=True)
 

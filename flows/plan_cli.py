@@ -33,8 +33,9 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.llm import LLMError, chat_model_for
+    from tasks.llm import LLMError
     from tasks.plan import PlanningError, plan_request
+    from tasks.services import services_for
 
     settings = llm_settings("plan", llm_model=args.llm_model)
     if settings is None:
@@ -47,7 +48,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         error("plan", str(exc))
         return EXIT_USAGE
     try:
-        result = plan_request(chat_model_for(settings), args.request, inputs=args.inputs)
+        result = plan_request(services_for(settings).chat_model, args.request, inputs=args.inputs)
     except (PlanningError, LLMError) as exc:
         error("plan", str(exc))
         return EXIT_FAILED

@@ -24,7 +24,6 @@ from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
 from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
-from tasks.availability import Availability
 from tasks.execute import node_tags, run_node
 from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
@@ -34,8 +33,16 @@ from tasks.respond import respond_task
 from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_prior
 from tasks.schemas import ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
-from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
-from tasks.storage import ArtifactStore, StorageError, store_for
+from tasks.services import Services, services_for
+from tasks.settings import (
+    LLMNotConfiguredError,
+    RunOptions,
+    RuntimeSettingError,
+    Settings,
+    check_runtime,
+    load_settings,
+)
+from tasks.storage import ArtifactStore, StorageError
 from tasks.task_types import TASK_TYPES
 
 progress.tidy_run_logs()
@@ -159,14 +166,17 @@ def hugginggpt_request(
     summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
     summary.plan_source = "resumed" if resume_from else plan_source or ("explicit" if plan is not None else "llm")
     store: ArtifactStore | None = None
+    services = services_for(settings)
     try:
-        store = store_for(settings, run_id)
+        store = services.store(run_id)
         summary.storage_uri = store.run_uri
+        check_runtime(settings)  # a device or Dask scheduler that is not there: before any LLM call
         prior = load_prior(
             store,
             resume_from or run_id,
             explicit=resume_from is not None,
             settings=settings,
+            availability=services.availability,
             request=request,
             inputs=inputs,
         )
@@ -178,7 +188,7 @@ def hugginggpt_request(
                 ),
             )
         response = _run_stages(
-            settings, request, inputs, _pins(settings, models, prior), history, store, summary, plan=plan, prior=prior
+            services, request, inputs, _pins(services, models, prior), history, store, summary, plan=plan, prior=prior
         )
     except (
         RequestError,
@@ -186,11 +196,14 @@ def hugginggpt_request(
         PlanValidationError,
         LLMError,
         LLMNotConfiguredError,
+        RuntimeSettingError,
         SelectionError,
         StorageError,
         CatalogError,
     ) as exc:
         log.error("request failed: %s", exc)
+        if isinstance(exc, PlanningError | LLMError):  # the calls a failed stage made count too
+            summary.llm = summary.llm + exc.usage
         summary.error = str(exc)
         summary.answer = f"The request could not be completed: {exc}"
         summary.answer_source = "fallback"
@@ -203,14 +216,14 @@ def hugginggpt_request(
     return _finish(summary, store, t_start, settings)
 
 
-def _pins(settings: Settings, models: Mapping[str, str] | None, prior: PriorRun | None) -> dict[str, str]:
+def _pins(services: Services, models: Mapping[str, str] | None, prior: PriorRun | None) -> dict[str, str]:
     """The pinned models, each checked to run here before any LLM call (a resumed run reuses its assignments)."""
     pins = parse_pins(models)
-    return pins if prior is not None else check_pins(pins, Availability(settings))
+    return pins if prior is not None else check_pins(pins, services.availability)
 
 
 def _run_stages(
-    settings: Settings,
+    services: Services,
     request: str,
     inputs: list[str],
     pins: dict[str, str],
@@ -222,6 +235,7 @@ def _run_stages(
     prior: PriorRun | None = None,
 ) -> ResponseResult:
     log = get_run_logger()
+    settings = services.settings
     check_request(request)
 
     t0 = time.perf_counter()
@@ -259,7 +273,7 @@ def _run_stages(
         selection: SelectionResult | None = SelectionResult(assignments=prior.assignments, unassigned=prior.unassigned)
     else:
         if settings.prefetch:  # the likely models download during the selection call
-            start_candidate_downloads(settings, nodes, pins)
+            start_candidate_downloads(settings, services.availability, nodes, pins)
         selection = select_task(settings, request, nodes, pins) if nodes else None
         if selection is not None:
             summary.llm = summary.llm + selection.usage
@@ -276,7 +290,7 @@ def _run_stages(
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
     if settings.prefetch:  # every node's model downloads and loads while upstream nodes run
-        prefetch_models(settings, assignments, store.run_id)
+        prefetch_models(settings, assignments, lambda: services.local_backend, store.run_id)
 
     t0 = time.perf_counter()
     summary.results = execute_graph(

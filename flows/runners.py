@@ -109,9 +109,9 @@ def workers_holding(model: HeldModel | None, holders: Mapping[str, Collection[He
 
 def load_models(settings: Settings, models: Sequence[tuple[str, ModelSpec]]) -> list[HeldModel]:
     """Load ``(task, model)`` pairs into this process's model cache (run on pool workers); what it then holds."""
-    from tasks.execute import backend_for
+    from tasks.services import services_for
 
-    backend = backend_for(settings)
+    backend = services_for(settings).local_backend
     for task, spec in models:
         backend.load(task, spec)
     return held_models()

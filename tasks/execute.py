@@ -18,7 +18,6 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.states import Cancelled, Completed, Failed, State
 
-from tasks.availability import chooser_for, remote_backend_for
 from tasks.experts.base import Audio, ExpertBackend, ExpertError, ExpertOutput
 from tasks.experts.cache import track_model_wait
 from tasks.experts.fallback import AllCandidatesFailed, Chooser, run_with_fallback
@@ -26,9 +25,9 @@ from tasks.inputs import InputError, InputPolicy, decode, read_input_bytes
 from tasks.parsing import clip
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
 from tasks.schemas import GENERATED_RE, Assignment, NodeResult, PlanNode
+from tasks.services import services_for
 from tasks.settings import Settings
-from tasks.shared import shared
-from tasks.storage import ArtifactStore, StorageError, read_uri, store_for
+from tasks.storage import ArtifactStore, StorageError, read_uri
 from tasks.task_types import FILE_MODALITIES, TASK_TYPES, Modality
 
 logger = logging.getLogger(__name__)
@@ -268,40 +267,6 @@ def reuse_prior(node: PlanNode, prior: NodeResult | None, store: ArtifactStore, 
 
 
 # ---------------------------------------------------------------------------
-# backends, one set per process
-# ---------------------------------------------------------------------------
-def backend_for(settings: Settings) -> ExpertBackend:
-    """The process-wide local backend for these settings (models stay loaded across nodes and requests)."""
-    from tasks.experts.cache import ModelCache
-    from tasks.experts.local import LocalBackend
-
-    token = settings.hf_token.get_secret_value() if settings.hf_token else None
-    device = settings.resolved_device()
-    key = (
-        device,
-        settings.max_models,
-        settings.max_new_tokens,
-        token,
-        settings.trust_remote_code,
-        settings.speecht5_vocoder,
-        settings.speaker_embeddings,
-    )
-    return shared(
-        "local-backend",
-        key,
-        lambda: LocalBackend(
-            cache=ModelCache(max_models=settings.max_models),
-            device=device,
-            max_new_tokens=settings.max_new_tokens,
-            token=token,
-            trust_remote_code=settings.trust_remote_code,
-            speecht5_vocoder=settings.speecht5_vocoder,
-            speaker_embeddings=str(settings.speaker_embeddings) if settings.speaker_embeddings else None,
-        ),
-    )
-
-
-# ---------------------------------------------------------------------------
 # the Prefect task
 # ---------------------------------------------------------------------------
 def _task_run_key(ctx: Any, inputs: dict[str, Any]) -> str:
@@ -352,14 +317,16 @@ def run_node(
     unassigned_reason: str | None = None,
     prior: NodeResult | None = None,
 ) -> State:
-    """Prefect task: one plan node.
+    """Prefect task: one plan node, run with the services :func:`tasks.services.services_for` resolves (the
+    backends, availability and store of the caller's :func:`~tasks.services.override`, else the settings').
 
     Ends Completed; Completed named Cached when it reused earlier outputs; Cancelled named Skipped when an
     upstream node did not complete (never ran: grey in the UI, not green); or Failed with its result as data
     (retried by Prefect, with ``retries`` set, when :func:`is_transient`).
     """
     log = get_run_logger()
-    store = store_for(settings, run_id)
+    services = services_for(settings)
+    store = services.store(run_id)
     reused = reuse_prior(node, prior, store, run_id)
     if reused is not None:
         result = reused
@@ -371,13 +338,13 @@ def run_node(
             assignment,
             by_id,
             store,
-            {"local": backend_for(settings), "remote": remote_backend_for(settings)},
+            services.backends(),
             unassigned_reason=unassigned_reason,
             input_timeout=settings.input_timeout,
             input_policy=InputPolicy.from_settings(settings),
             cache=ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None,
             cache_params=cache_params(settings),
-            choose=chooser_for(settings),
+            choose=services.availability.choose,
             max_attempts=1 + settings.max_fallbacks,
             model_timeout=settings.model_timeout,
         )

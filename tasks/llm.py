@@ -1,8 +1,8 @@
 """The LLM controller: the chat-model seam the stages call, and its implementations.
 
 :class:`ChatModel` is what planning, selection and the answer call: messages (and a JSON schema for the reply)
-in, the reply text and the call's usage out. :func:`chat_model_for` builds the one the settings name:
-:class:`LLMClient`, the ``openai`` client against any OpenAI-compatible server, when ``OPENAI_API_KEY`` or
+in, the reply text and the call's usage out. :func:`tasks.services.chat_model_for` builds the one the settings
+name: :class:`LLMClient`, the ``openai`` client against any OpenAI-compatible server, when ``OPENAI_API_KEY`` or
 ``OPENAI_BASE_URL`` is set, else the embedded controller (:mod:`tasks.local_llm`). :class:`FunctionModel` is an
 in-process stand-in whose replies come from a function, for tests and benchmarks.
 
@@ -13,19 +13,22 @@ to set.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 import openai
-from openai import OpenAI
+from openai import DefaultHttpxClient, OpenAI
 
 from tasks import parsing, timebound
+from tasks.constraints import for_endpoint
 from tasks.parsing import JSONExtractError, clip
 from tasks.schemas import LLMUsage
-from tasks.settings import LLMNotConfiguredError, Settings, redact, redact_url
+from tasks.settings import Settings, redact, redact_url
 from tasks.shared import shared
 
 __all__ = [
@@ -35,8 +38,8 @@ __all__ = [
     "LLMClient",
     "LLMError",
     "LLMUnavailableError",
-    "chat_model_for",
     "extract_json",
+    "with_usage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,7 +73,29 @@ class ChatModel(Protocol):
 
 
 class LLMError(RuntimeError):
-    """An LLM call failed; the message names the endpoint and the cause, and what to set when that helps."""
+    """An LLM call failed; the message names the endpoint and the cause, and what to set when that helps.
+
+    ``usage`` counts the calls made on the way (a failed call is a call): a stage that catches the error adds it
+    to its own, and one that lets it through adds what it had spent before (:func:`with_usage`)."""
+
+    def __init__(self, message: str, *, usage: LLMUsage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage if usage is not None else LLMUsage()
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps the usage through a pickled task state
+        return (_rebuild_llm_error, (type(self), str(self), self.usage))
+
+
+def _rebuild_llm_error(cls: type[LLMError], message: str, usage: LLMUsage) -> LLMError:
+    exc = cls(message)
+    exc.usage = usage
+    return exc
+
+
+def with_usage(exc: LLMError, spent: LLMUsage) -> LLMError:
+    """``exc`` with ``spent`` (the usage of earlier calls of the same stage) added to its usage."""
+    exc.usage = spent + exc.usage
+    return exc
 
 
 class LLMUnavailableError(LLMError):
@@ -92,7 +117,27 @@ def shared_openai_client(api_key: str, base_url: str | None, timeout: float, max
     """
     key = (api_key, base_url, timeout, max_retries)
     retries = {"max_retries": max_retries}
-    return shared("openai-client", key, lambda: OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, **retries))
+    return shared(
+        "openai-client",
+        key,
+        lambda: OpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            http_client=DefaultHttpxClient(event_hooks={"request": [_count_request]}),
+            **retries,
+        ),
+    )
+
+
+#: The requests a chat call has sent so far (the client's own retries included), counted by the HTTP client.
+_requests_sent: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("llm_requests_sent", default=None)
+
+
+def _count_request(request: httpx.Request) -> None:
+    counter = _requests_sent.get()
+    if counter is not None:
+        counter[0] += 1
 
 
 class LLMClient:
@@ -133,40 +178,55 @@ class LLMClient:
             "temperature": temperature,
             "extra_headers": {STAGE_HEADER: stage},
         }
-        if schema is not None and self._schema_supported:
+        sent_schema = for_endpoint(schema)  # the plan contract is for the embedded controller only
+        if sent_schema is not None and self._schema_supported:
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": stage, "schema": schema, "strict": False},
+                "json_schema": {"name": stage, "schema": sent_schema, "strict": False},
             }
+        asked = 1  # a server that refuses response_format is asked a second time
+        counter = [0]  # requests the HTTP client sent, its retries included
+        token = _requests_sent.set(counter)
         try:
-            response = self._create(kwargs)
-        except openai.BadRequestError as exc:
-            if "response_format" not in kwargs:
-                raise self._wrap(exc) from None
-            logger.info("LLM server rejected response_format (%s); asking again without it", self._short(exc))
-            self._schema_supported = False
-            kwargs.pop("response_format")
             try:
                 response = self._create(kwargs)
-            except openai.OpenAIError as exc2:
-                raise self._wrap(exc2) from None
-        except openai.OpenAIError as exc:  # not chained: what the server said may echo the key
-            raise self._wrap(exc) from None
+            except openai.BadRequestError as exc:
+                if "response_format" not in kwargs:
+                    raise self._wrap(exc) from None
+                logger.info("LLM server rejected response_format (%s); asking again without it", self._short(exc))
+                self._schema_supported = False
+                kwargs.pop("response_format")
+                asked = 2
+                try:
+                    response = self._create(kwargs)
+                except openai.OpenAIError as exc2:
+                    raise self._wrap(exc2) from None
+            except openai.OpenAIError as exc:  # not chained: what the server said may echo the key
+                raise self._wrap(exc) from None
+        except LLMError as exc:
+            failed = LLMUsage(calls=max(counter[0], asked))
+            exc.usage = exc.usage + failed
+            with self._lock:
+                self.usage = self.usage + failed
+            raise
+        finally:
+            _requests_sent.reset(token)
+        sent = max(counter[0], asked)
 
-        usage = LLMUsage(calls=1)
+        usage = LLMUsage(calls=sent)
         if response.usage is not None:
             usage = LLMUsage(
-                calls=1,
+                calls=sent,
                 prompt_tokens=response.usage.prompt_tokens or 0,
                 completion_tokens=response.usage.completion_tokens or 0,
             )
         with self._lock:
             self.usage = self.usage + usage
         if not response.choices:
-            raise LLMError(f"the LLM at {self.base_url} returned no choices")
+            raise LLMError(f"the LLM at {self.base_url} returned no choices", usage=usage)
         content = getattr(getattr(response.choices[0], "message", None), "content", None) or ""
         if not isinstance(content, str):
-            raise LLMError(f"the LLM at {self.base_url} returned a message whose content is not text")
+            raise LLMError(f"the LLM at {self.base_url} returned a message whose content is not text", usage=usage)
         return content, usage
 
     def _create(self, kwargs: dict[str, Any]) -> Any:
@@ -270,7 +330,12 @@ class FunctionModel:
         call = ChatCall(messages=list(messages), stage=stage, schema=schema, temperature=temperature)
         with self._lock:
             self.calls.append(call)
-        reply = self.function(call)
+        try:
+            reply = self.function(call)
+        except LLMError as exc:  # a failed call is a call
+            if exc.usage.calls == 0:
+                exc.usage = exc.usage + LLMUsage(calls=1)
+            raise
         usage = LLMUsage(
             calls=1,
             prompt_tokens=sum(len(m.get("content", "").split()) for m in messages),
@@ -298,44 +363,3 @@ def scripted(**replies: str | list[str]) -> Callable[[ChatCall], str]:
             return queue.pop(0) if len(queue) > 1 else queue[0]
 
     return reply
-
-
-# ---------------------------------------------------------------------------
-# which controller
-# ---------------------------------------------------------------------------
-def chat_model_for(settings: Settings, *, local: bool = False) -> ChatModel:
-    """The controller the settings name: the OpenAI-compatible endpoint when ``OPENAI_API_KEY`` or
-    ``OPENAI_BASE_URL`` is set (and not ``local``), else the embedded model ``HUGGINGGPT_LOCAL_LLM`` (loaded on
-    its first call)."""
-    if settings.llm_configured and not local:
-        return LLMClient(settings)
-    from tasks.local_llm import LocalChatModel
-
-    return LocalChatModel.from_settings(settings)
-
-
-def describe_controller(settings: Settings, *, local: bool = False) -> str:
-    """One line: which controller answers (see :func:`chat_model_for`), and how to switch to a stronger one."""
-    if settings.llm_configured and not local:
-        where = settings.openai_base_url or "https://api.openai.com/v1"
-        return f"controller: {settings.llm_model} at {where}"
-    from tasks.local_llm import describe_local
-
-    return describe_local(settings)
-
-
-def prepare_controller(settings: Settings, *, local: bool = False) -> None:
-    """Make sure the controller can answer before a run starts: nothing to do for an endpoint; for the embedded
-    model, its weights on this machine, downloaded now (with progress bars) when they are not.
-
-    Raises :class:`~tasks.settings.LLMNotConfiguredError` saying what to set when the weights are neither here
-    nor downloadable.
-    """
-    if settings.llm_configured and not local:
-        return
-    from tasks.local_llm import LocalLLMUnavailableError, fetch_local_llm
-
-    try:
-        fetch_local_llm(settings.local_llm)
-    except LocalLLMUnavailableError as exc:
-        raise LLMNotConfiguredError(str(exc)) from None

@@ -1,15 +1,16 @@
 """The embedded controller: a small instruct model run in process with transformers, when no LLM is configured.
 
-It answers the same :class:`~tasks.llm.ChatModel` calls as an OpenAI-compatible server. A reply asked for with a
-JSON schema (planning, selection) is constrained to it while decoding: llguidance computes, at every step, the
-tokens that keep the text a prefix of some JSON value matching the schema, and every other token's logit is set
-to minus infinity, so even a small model returns a parsable plan (the stages still validate it and re-ask once).
-Arrays, strings, integers and free keys are bounded in the grammar (:func:`bounded_schema`), so a reply cannot
-grow without end (a reply still cut by ``HUGGINGGPT_LOCAL_LLM_MAX_NEW_TOKENS`` is invalid, and the stage re-asks).
-Decoding is greedy, in float32 on a CPU.
+It answers the same :class:`~tasks.llm.ChatModel` calls as an OpenAI-compatible server. A planning reply is
+decoded to the request's whole plan contract (:mod:`tasks.constraints`: the schema carries it), one llguidance
+grammar per piece of the plan (:class:`ContractLogitsProcessor`), so every plan passes the validator as it is and
+closes within ``HUGGINGGPT_LOCAL_LLM_MAX_NEW_TOKENS``. Any other reply asked for with a JSON schema (selection:
+each task's candidates) is constrained to it: llguidance computes, at every step, the tokens that keep the text a
+prefix of some JSON value matching the schema, and every other token's logit is set to minus infinity. Arrays,
+integers and free keys are bounded (:func:`bounded_schema`) and free strings sized so that the reply closes within
+the token limit (:func:`tasks.constraints.fit_strings`). Decoding is greedy, in float32 on a CPU.
 
 The model loads once per process, into the :class:`~tasks.experts.cache.ModelCache` of the process-wide local
-experts backend (:func:`tasks.execute.backend_for`), so it counts against the same ``HUGGINGGPT_MAX_MODELS``
+experts backend (:func:`tasks.services.local_backend_for`), so it counts against the same ``HUGGINGGPT_MAX_MODELS``
 budget as the models the plan runs.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from tasks.constraints import PlanSteps, contract_of, fit_strings
 from tasks.experts.cache import CacheEntry, ModelCache, default_cache
 from tasks.llm import LLMError, LLMUnavailableError, Message
 from tasks.schemas import LLMUsage
@@ -156,6 +158,51 @@ class SchemaLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(~allowed[:vocab].to(scores.device), float("-inf"))
 
 
+class ContractLogitsProcessor(LogitsProcessor):
+    """Masks every token that would take a plan out of its contract: one llguidance grammar per piece of the plan
+    (:class:`tasks.constraints.PlanSteps`), the next one built when a piece is complete, for the tokens left."""
+
+    def __init__(self, steps: PlanSteps, grammar_tokenizer: Any, prompt_length: int, max_new_tokens: int) -> None:
+        self.steps = steps
+        self.tokenizer = grammar_tokenizer
+        self.prompt_length = prompt_length
+        self.max_new_tokens = max_new_tokens
+        self.consumed = 0
+        self.piece = bytearray()
+        self.matcher = self._matcher(max_new_tokens)
+        self._bits = torch.arange(8, dtype=torch.uint8)
+
+    def _matcher(self, budget: int) -> Any:
+        import llguidance
+
+        grammar = self.steps.grammar(budget)
+        matcher = llguidance.LLMatcher(self.tokenizer, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
+        if matcher.is_error():
+            raise ValueError(f"the plan grammar does not compile: {matcher.get_error()}")
+        return matcher
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[0, self.prompt_length :].tolist()
+        for position in range(self.consumed, len(generated)):
+            token = generated[position]
+            self.matcher.consume_token(token)
+            self.piece += self.tokenizer.decode_bytes([token])
+            if self.matcher.is_stopped() and not self.steps.closed:
+                more = self.steps.advance(self.piece.decode("utf-8", errors="replace"))
+                self.piece.clear()
+                if more:
+                    self.matcher = self._matcher(self.max_new_tokens - position - 1)
+        self.consumed = len(generated)
+        if self.matcher.is_error():
+            return scores
+        packed = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.uint8)
+        allowed = ((packed[:, None] >> self._bits) & 1).flatten().bool()
+        vocab = scores.shape[-1]
+        if allowed.numel() < vocab:
+            allowed = torch.cat([allowed, torch.zeros(vocab - allowed.numel(), dtype=torch.bool)])
+        return scores.masked_fill(~allowed[:vocab].to(scores.device), float("-inf"))
+
+
 # ---------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------
@@ -216,16 +263,14 @@ class LocalChatModel:
         self.generate_seconds = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalChatModel:
-        """The controller the settings name, loaded into the same cache as the local experts' models."""
-        from tasks.execute import backend_for
-
-        backend = backend_for(settings)
+    def from_settings(cls, settings: Settings, cache: ModelCache | None = None) -> LocalChatModel:
+        """The controller the settings name, loaded into ``cache``: the local experts backend's, when
+        :func:`tasks.services.chat_model_for` builds it (the process-wide default cache otherwise)."""
         return cls(
             settings.local_llm,
             device=settings.resolved_device(),
             max_new_tokens=settings.local_llm_max_new_tokens,
-            cache=getattr(backend, "cache", None),
+            cache=cache,
         )
 
     def loaded(self) -> CacheEntry[LoadedController]:
@@ -255,7 +300,9 @@ class LocalChatModel:
             try:
                 reply, prompt_tokens, completion_tokens = self._generate(ctl, messages, schema)
             except (RuntimeError, ValueError) as exc:
-                raise LLMError(f"the embedded controller {self.model} failed on the {stage} call: {exc}") from None
+                raise LLMError(
+                    f"the embedded controller {self.model} failed on the {stage} call: {exc}", usage=LLMUsage(calls=1)
+                ) from None
             elapsed = time.perf_counter() - start
         usage = LLMUsage(calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         with self._lock:
@@ -275,10 +322,22 @@ class LocalChatModel:
         input_ids = encoded["input_ids"].to(self.device)
         prompt_length = input_ids.shape[1]
         processors = LogitsProcessorList()
-        if schema is not None:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(
-                bounded_schema(schema, **self.bounds), defaults={"whitespace_flexible": False}
+        contract = contract_of(schema)
+        if contract is not None:  # a plan: the whole contract, piece by piece
+            contract = contract.model_copy(
+                update={
+                    "max_nodes": min(contract.max_nodes, self.bounds["max_items"]),
+                    "max_text": min(contract.max_text, self.bounds["max_length"]),
+                }
             )
+            steps = PlanSteps(contract)
+            processors.append(ContractLogitsProcessor(steps, ctl.grammar_tokenizer, prompt_length, self.max_new_tokens))
+        elif schema is not None:
+            # every free string sized so that the reply closes within the tokens (a token is at least a byte)
+            bounded = fit_strings(
+                bounded_schema(schema, **self.bounds), self.max_new_tokens - 2, cap=self.bounds["max_length"]
+            )
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(bounded, defaults={"whitespace_flexible": False})
             matcher = llguidance.LLMatcher(ctl.grammar_tokenizer, grammar, log_level=0)
             if matcher.is_error():
                 raise ValueError(f"the reply schema cannot be decoded as a grammar: {matcher.get_error()}")

@@ -13,19 +13,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.constraints import Layout, contract_only, plan_schema
 from tasks.inputs import InputPolicy
-from tasks.llm import ChatModel, chat_model_for
+from tasks.llm import ChatModel, LLMError, with_usage
 from tasks.parsing import ParseError, coerce_id, parse_plan_reply, quote
 from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
+from tasks.services import services_for
 from tasks.settings import Settings
 from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, normalize_task_name
 
+if TYPE_CHECKING:
+    from tasks.availability import Availability
+
 MAX_PLAN_NODES = 200
+#: The most tasks a plan reply may hold where the reply is constrained to the plan contract.
+MAX_CONTRACT_NODES = 12
 MAX_PROBLEMS_SHOWN = 10
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -48,6 +55,13 @@ class PlanningError(RuntimeError):
         super().__init__(message)
         self.usage = usage if usage is not None else LLMUsage()
         self.last_reply = last_reply
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps the usage through a pickled task state
+        return (_rebuild_planning_error, (str(self), self.usage, self.last_reply))
+
+
+def _rebuild_planning_error(message: str, usage: LLMUsage, last_reply: str | None) -> PlanningError:
+    return PlanningError(message, usage=usage, last_reply=last_reply)
 
 
 # ---------------------------------------------------------------------------
@@ -357,12 +371,32 @@ def plan_request(
     history: Sequence[ChatTurn] = (),
     allowed: Iterable[str] = EXECUTABLE_TASKS,
     policy: InputPolicy | None = None,
+    demos: Sequence[Mapping[str, Any]] | None = None,
 ) -> PlanResult:
-    """Ask the LLM for a plan, validate it (file arguments against ``policy``, when given), re-ask once with the
-    validation error, then give up with it."""
+    """Ask the LLM for a plan (the reply constrained to the request's plan contract where the LLM can be:
+    :func:`plan_reply_schema`), validate it (file arguments against ``policy``, when given), re-ask once with the
+    validation error, then give up with it. ``demos`` default to the fixed ones (:func:`load_demos`)."""
     allowed = tuple(allowed)
-    messages = build_plan_messages(request, inputs, history, allowed)
-    return ask_for_plan(llm, messages, request=request, inputs=inputs, allowed=allowed, policy=policy)
+    messages = build_plan_messages(request, inputs, history, allowed, demos=demos)
+    schema = plan_reply_schema(allowed, inputs, policy)
+    return ask_for_plan(llm, messages, request=request, inputs=inputs, allowed=allowed, policy=policy, schema=schema)
+
+
+def plan_reply_schema(
+    allowed: Iterable[str],
+    inputs: Sequence[str],
+    policy: InputPolicy | None = None,
+    *,
+    layout: Layout = "tasks",
+    endpoint_schema: bool = True,
+) -> dict[str, Any]:
+    """The reply schema of a planning call: the plan contract of this request (:mod:`tasks.constraints`), over
+    the inputs ``policy`` allows; with ``endpoint_schema`` False, only the contract (an endpoint is then asked
+    for no JSON schema)."""
+    usable = [i for i in inputs if policy is None or policy.refusal(i) is None]
+    if not endpoint_schema:
+        return contract_only(allowed, usable, max_nodes=MAX_CONTRACT_NODES, layout=layout)
+    return plan_schema(allowed, usable, max_nodes=MAX_CONTRACT_NODES, layout=layout)
 
 
 def ask_for_plan(
@@ -382,7 +416,10 @@ def ask_for_plan(
     last_error: PlanValidationError | None = None
     reply = ""
     for attempt in (1, 2):
-        reply, call_usage = llm.chat(messages, stage="plan", schema=schema)
+        try:
+            reply, call_usage = llm.chat(messages, stage="plan", schema=schema)
+        except LLMError as exc:
+            raise with_usage(exc, usage) from None
         usage = usage + call_usage
         try:
             raw = parse_plan(reply)
@@ -411,21 +448,42 @@ def plan_task(
     inputs: list[str],
     history: list[ChatTurn],
 ) -> PlanResult:
-    """Prefect task: stage 1. The planner is offered the task types that have a model able to run here; file
+    """Prefect task: stage 1, with the run's services (:func:`tasks.services.services_for`). The planner is offered
+    the task types that have a model able to run here, and the demos the settings ask for (:func:`demos_for`); file
     arguments must be inputs the settings allow (:class:`~tasks.inputs.InputPolicy`)."""
+    services = services_for(settings)
     return plan_request(
-        chat_model_for(settings),
+        services.chat_model,
         request,
         inputs=inputs,
         history=history,
-        allowed=plannable_tasks(settings),
+        allowed=plannable_tasks(services.availability),
         policy=InputPolicy.from_settings(settings),
+        demos=demos_for(settings, request),
     )
 
 
-def plannable_tasks(settings: Settings) -> list[str]:
-    """Task types of the table with at least one catalog model that can run under these settings."""
-    from tasks.availability import runnable_tasks
+def demos_for(settings: Settings, request: str) -> list[dict[str, Any]] | None:
+    """The demos a planning call shows: with ``HUGGINGGPT_DEMOS=similar``, the ``HUGGINGGPT_N_DEMOS`` closest to
+    the request from the demo library, the user's own demos in the storage included (:mod:`tasks.demos`);
+    ``None`` (the fixed demos) with ``fixed``. Demos that cannot be read are left out, never the planning."""
+    if settings.demos == "fixed":
+        return None
+    from tasks.demos import pick_demos
+    from tasks.storage import StorageError, store_for
 
-    runnable = runnable_tasks(settings) & set(TASK_TYPES)
+    try:
+        store = store_for(settings, "demos")
+    except StorageError:
+        store = None
+    try:
+        picked = pick_demos(request, settings.n_demos, store)
+    except StorageError:
+        picked = pick_demos(request, settings.n_demos)
+    return [d.model_dump(include={"request", "inputs", "plan"}) for d in picked]
+
+
+def plannable_tasks(availability: Availability) -> list[str]:
+    """Task types of the table with at least one catalog model that can run (as ``availability`` decides)."""
+    runnable = availability.runnable_tasks() & set(TASK_TYPES)
     return sorted(runnable) if runnable else sorted(EXECUTABLE_TASKS)

@@ -8,9 +8,9 @@ download and load one after another. With it:
   the cache for later);
 - as soon as selection has chosen, :func:`prefetch_models` downloads every local Hub model of the plan at once
   (one thread per model) and loads them, one after another in node order (transformers loads one model at a time
-  per process), into the process's model cache (:func:`tasks.execute.backend_for`). Each load is announced to the
-  cache (:meth:`~tasks.experts.cache.ModelCache.expect`), so a node whose model is still on its way waits for that
-  one model only, and never loads it a second time.
+  per process), into the model cache of the run's local backend (:class:`tasks.services.Services`). Each load is
+  announced to the cache (:meth:`~tasks.experts.cache.ModelCache.expect`), so a node whose model is still on its
+  way waits for that one model only, and never loads it a second time.
 
 Loads are bounded: at most ``HUGGINGGPT_MAX_MODELS`` models (the cache size: loading more would evict the first
 before their nodes ran) and, when ``HUGGINGGPT_MAX_LOCAL_PARAMS`` is set, models whose known sizes add up to no
@@ -34,13 +34,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tasks.experts.base import ModelSpec
 from tasks.experts.cache import ModelCache
 from tasks.schemas import Assignment, PlanNode
 from tasks.settings import Settings
 from tasks.task_types import normalize_task_name
+
+if TYPE_CHECKING:
+    from tasks.availability import Availability
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +247,12 @@ def _token(settings: Settings) -> str | None:
     return settings.hf_token.get_secret_value() if settings.hf_token else None
 
 
-def prefetch_models(settings: Settings, assignments: Sequence[Assignment], flow_run_id: str | None = None) -> Prefetch:
-    """Start fetching the plan's local models as the settings allow (see the module doc); returns at once. Never
-    raises: a prefetch that cannot start leaves each node to load its own model."""
+def prefetch_models(
+    settings: Settings, assignments: Sequence[Assignment], backend: Callable[[], Any], flow_run_id: str | None = None
+) -> Prefetch:
+    """Start fetching the plan's local models as the settings allow (see the module doc) into the run's local backend
+    (``backend()`` gives it); returns at once. Never raises: a prefetch that cannot start (a backend that cannot be
+    built, or keeps no models) leaves each node to load its own model."""
     from tasks.availability import local_budget, size_hint
 
     try:
@@ -260,23 +266,18 @@ def prefetch_models(settings: Settings, assignments: Sequence[Assignment], flow_
         owners = owners_of(flow_run_id, assignments) if flow_run_id else {}
         if not plan.load:
             return start_downloads(plan.download, token=_token(settings), owners=owners)
-        from tasks.execute import backend_for
-
-        backend = backend_for(settings)
-        if not isinstance(getattr(backend, "cache", None), ModelCache):  # a backend that keeps no models
+        local = backend()
+        if not isinstance(getattr(local, "cache", None), ModelCache):  # a backend that keeps no models
             return start_downloads(plan.download, token=_token(settings), owners=owners)
-        return start_prefetch(plan, backend, token=_token(settings), owners=owners)
+        return start_prefetch(plan, local, token=_token(settings), owners=owners)
     except Exception as exc:
         logger.warning("prefetch not started: %s: %s", type(exc).__name__, exc)
         return Prefetch()
 
 
-def candidate_downloads(settings: Settings, nodes: Sequence[PlanNode], pins: Mapping[str, str]) -> list[ModelSpec]:
+def candidate_downloads(available: Availability, nodes: Sequence[PlanNode], pins: Mapping[str, str]) -> list[ModelSpec]:
     """The model each planned task would most likely get: its pinned model, else its top-ranked runnable
     candidate, when that runs locally from the Hub (no local folder)."""
-    from tasks.availability import Availability
-
-    available = Availability(settings)
     specs: list[ModelSpec] = []
     for task in dict.fromkeys(n.task for n in nodes):
         if task in pins:
@@ -288,14 +289,16 @@ def candidate_downloads(settings: Settings, nodes: Sequence[PlanNode], pins: Map
     return specs
 
 
-def start_candidate_downloads(settings: Settings, nodes: Sequence[PlanNode], pins: Mapping[str, str]) -> Prefetch:
+def start_candidate_downloads(
+    settings: Settings, available: Availability, nodes: Sequence[PlanNode], pins: Mapping[str, str]
+) -> Prefetch:
     """Download :func:`candidate_downloads` in the background (call it just before the selection call)."""
     from huggingface_hub.constants import is_offline_mode
 
     if is_offline_mode() or not nodes:
         return Prefetch()
     try:
-        specs = candidate_downloads(settings, nodes, pins)
+        specs = candidate_downloads(available, nodes, pins)
     except Exception as exc:  # a bad catalog: selection reports it under its own name
         logger.info("prefetch: no candidates to download: %s", exc)
         return Prefetch()

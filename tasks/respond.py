@@ -10,8 +10,9 @@ from importlib import resources
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.llm import ChatModel, LLMError, chat_model_for
+from tasks.llm import ChatModel, LLMError
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult
+from tasks.services import services_for
 from tasks.settings import Settings
 
 
@@ -86,7 +87,9 @@ def respond(
     try:
         answer, usage = llm.chat(build_response_messages(request, digest, history), stage="respond", temperature=0.2)
     except LLMError as exc:
-        return ResponseResult(answer=fallback_answer(request, digest), source="fallback", error=str(exc))
+        return ResponseResult(
+            answer=fallback_answer(request, digest), source="fallback", error=str(exc), usage=exc.usage
+        )
     if not answer.strip():
         return ResponseResult(
             answer=fallback_answer(request, digest),
@@ -106,5 +109,5 @@ def respond_task(
     results: list[NodeResult],
     history: list[ChatTurn],
 ) -> ResponseResult:
-    """Prefect task: stage 4."""
-    return respond(chat_model_for(settings), request, nodes, assignments, results, history)
+    """Prefect task: stage 4, with the run's chat model (:func:`tasks.services.services_for`)."""
+    return respond(services_for(settings).chat_model, request, nodes, assignments, results, history)

@@ -88,6 +88,7 @@ def load_prior(
     *,
     explicit: bool,
     settings: Settings,
+    availability: Availability,
     request: str,
     inputs: Sequence[str],
 ) -> PriorRun | None:
@@ -127,7 +128,7 @@ def load_prior(
         repairs = RunSummary.model_validate(other.read_json("summary.json") or {"request": request}).plan_repairs
     except (StorageError, ValidationError):
         repairs = []
-    assignments, unassigned = _rederive_assignments(settings, nodes, selection)
+    assignments, unassigned = _rederive_assignments(settings, availability, nodes, selection)
     results: dict[int, NodeResult] = {}
     by_id = {n.id: n for n in nodes}
     for node in nodes:
@@ -158,12 +159,11 @@ def load_prior(
 
 
 def _rederive_assignments(
-    settings: Settings, nodes: Sequence[PlanNode], stored: SelectionResult
+    settings: Settings, available: Availability, nodes: Sequence[PlanNode], stored: SelectionResult
 ) -> tuple[list[Assignment], dict[int, str]]:
     """The model choices of an earlier attempt with nothing but the model ids taken from storage: each spec and
     its fallbacks come from the catalog and the settings, as at selection. A node whose recorded model is no longer
     in the catalog, or cannot run here, is left unassigned with the reason."""
-    available = Availability(settings)
     chosen = {a.node_id: a for a in stored.assignments}
     assignments: list[Assignment] = []
     unassigned: dict[int, str] = {}

@@ -22,9 +22,11 @@ from prefect.cache_policies import NO_CACHE
 
 from models_catalog.catalog import Catalog, CatalogEntry
 from tasks.availability import Availability
+from tasks.constraints import selection_schema
 from tasks.experts.base import ModelSpec
-from tasks.llm import ChatModel, JSONExtractError, LLMError, chat_model_for, extract_json
+from tasks.llm import ChatModel, JSONExtractError, LLMError, extract_json
 from tasks.schemas import Assignment, CandidateCheck, LLMUsage, PlanNode, SelectionResult
+from tasks.services import services_for
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES, normalize_task_name
 
@@ -269,9 +271,13 @@ def select_models(
         choices: dict[int, tuple[str, str]] = {}
         failure: str | None = None
         try:
-            reply, usage = llm.chat(build_select_messages(request, pending), stage="select", schema=SELECT_SCHEMA)
+            schema = selection_schema([(node.id, [c.id for c in cands]) for node, cands in pending])
+            reply, usage = llm.chat(build_select_messages(request, pending), stage="select", schema=schema)
             choices = _parse_choices(reply)
-        except (LLMError, JSONExtractError) as exc:
+        except LLMError as exc:
+            usage = exc.usage
+            failure = f"selection by the LLM failed ({exc})"
+        except JSONExtractError as exc:
             failure = f"selection by the LLM failed ({exc})"
         for node, cands in pending:
             by_id = {c.id: c for c in cands}
@@ -308,11 +314,12 @@ def select_task(
     nodes: list[PlanNode],
     pins: dict[str, str],
 ) -> SelectionResult:
-    """Prefect task: stage 2."""
+    """Prefect task: stage 2, with the run's services (:func:`tasks.services.services_for`)."""
+    services = services_for(settings)
     return select_models(
         nodes,
-        Availability(settings),
-        llm=chat_model_for(settings),
+        services.availability,
+        llm=services.chat_model,
         request=request,
         pins=pins,
         top_k=settings.top_k,

@@ -26,7 +26,7 @@ from tests.web_server import WebServer  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def _inputs_from_test_folders(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests give inputs from pytest's temporary folders and from servers on 127.0.0.1 (and memory://): allow them
-    for the suite. tests/test_security.py checks the default, refusing behaviour with these unset."""
+    for the suite. tests/system/test_security.py checks the default, refusing behaviour with these unset."""
     os.environ["HUGGINGGPT_INPUT_ROOTS"] = json.dumps([str(tmp_path_factory.getbasetemp())])
     os.environ["HUGGINGGPT_ALLOW_PRIVATE_URLS"] = "true"
     os.environ["HUGGINGGPT_ALLOWED_URL_SCHEMES"] = "http,https,memory"

@@ -10,7 +10,7 @@ transformers tokenizer class and saved beside the model. The folders load back t
     folder = build_architecture("whisper", tmp_path)   # one per real checkpoint family (ARCHITECTURE_BUILDERS)
 
 The architecture builders use the config class and the processor / tokenizer class of the real checkpoint each one
-stands for (``tests/test_architectures.py`` checks them and runs each through the local backend).
+stands for (``tests/tasks/experts/test_architectures.py`` checks them and runs each through the local backend).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Plain Python (no Prefect): dataset loaders (our JSONL format and TaskBench's), T
 of a plan (single / chain / DAG), the runner and the table rows of a report. ``hugginggpt eval``
 (``flows/eval_cli.py``) is the command around it.
 
-Metrics (as TaskBench defines them, over our task names; counts are summed over the requests, then divided):
+This project's metrics (modelled on TaskBench's, over our task names and plans; counts are summed over the requests,
+then divided). TaskBench's official figures, which differ in the details (sets, edges from references only, no
+aliases, argument types), are :mod:`tasks.evaluation.taskbench`, reported beside these under ``taskbench``:
 
 - **node** precision / recall / F1: task names of the predicted plan against the gold plan's. Names are
   counted as multisets: a plan that names a task twice is credited twice only if the gold plan does too.
@@ -44,9 +46,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, computed_field
 
 from tasks.evaluation.plan_styles import DemoSelector, PlanStyle, plan_with_style
-from tasks.llm import ChatModel, LLMError, LLMUnavailableError, chat_model_for
+from tasks.evaluation.taskbench import TaskBenchScores, score_taskbench, to_prediction
+from tasks.llm import ChatModel, LLMError, LLMUnavailableError
 from tasks.plan import GENERATED_RE, PlanningError, PlanValidationError, validate_plan
 from tasks.schemas import ChatTurn, LLMUsage, PlanNode
+from tasks.services import services_for
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES, Modality, normalize_task_name
 
@@ -89,6 +93,9 @@ class EvalItem(BaseModel):
     shape: Shape
     line: int = Field(default=0, description="line (or position) in the dataset file, from 1")
     notes: list[str] = Field(default_factory=list, description="how the record was read, when not as written")
+    record: dict[str, Any] | None = Field(
+        default=None, exclude=True, description="a TaskBench record as read, for TaskBench's own figures"
+    )
 
 
 class SkippedRecord(BaseModel):
@@ -370,6 +377,7 @@ def _read_taskbench(record: dict[str, Any], line: int) -> EvalItem:
         shape=plan_shape(gold),
         line=line,
         notes=notes,
+        record=record,
     )
 
 
@@ -571,6 +579,11 @@ class EvalReport(BaseModel):
     overall: MetricSummary
     by_shape: dict[str, MetricSummary]
     usage: LLMUsage
+    taskbench: TaskBenchScores | None = Field(
+        default=None,
+        description="a TaskBench dataset: TaskBench's official figures of the same plans (tasks/evaluation/"
+        "taskbench.py), over the records read",
+    )
     skipped: list[SkippedRecord] = Field(default_factory=list)
     items: list[ItemResult]
 
@@ -611,7 +624,7 @@ def _plan_item(
     except PlanningError as exc:
         error, last_reply, usage, attempts = str(exc), exc.last_reply, exc.usage, 2
     except LLMError as exc:
-        error = str(exc)
+        error, usage = str(exc), exc.usage
     else:
         predicted, repairs, usage, attempts = result.nodes, result.repairs, result.usage, result.attempts
     return ItemResult(
@@ -650,7 +663,7 @@ def evaluate(
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    client = chat_model_for(llm) if isinstance(llm, Settings) else llm
+    client = services_for(llm).chat_model if isinstance(llm, Settings) else llm
     allowed_t = tuple(allowed) if allowed is not None else tuple(TASK_TYPES)
     started_at = datetime.now(UTC)
     start = time.perf_counter()
@@ -684,6 +697,14 @@ def evaluate(
     usage = LLMUsage()
     for r in items:
         usage = usage + r.usage
+    taskbench = None
+    if any(item.record is not None for item in dataset.items):
+        records, predictions = [], []
+        for item, r in zip(dataset.items, items, strict=True):
+            if item.record is not None:
+                records.append({**item.record, "id": item.record.get("id", item.id)})
+                predictions.append(to_prediction(records[-1]["id"], r.predicted))
+        taskbench = score_taskbench(records, predictions)
     return EvalReport(
         dataset=dataset.path,
         dataset_format=dataset.format,
@@ -697,6 +718,7 @@ def evaluate(
         overall=summarize(items),
         by_shape=by_shape,
         usage=usage,
+        taskbench=taskbench,
         skipped=dataset.skipped,
         items=items,
     )
@@ -715,6 +737,18 @@ TABLE_COLUMNS = (
     "arg value F1",
     "exact",
 )
+
+
+def predictions_of(report: EvalReport, dataset: EvalDataset) -> list[dict[str, Any]]:
+    """The report's plans as TaskBench prediction lines (:func:`tasks.evaluation.taskbench.to_prediction`), under
+    each record's own id (a TaskBench record's ``id`` as written)."""
+    by_id = {item.id: item for item in dataset.items}
+    lines = []
+    for r in report.items:
+        record = by_id[r.id].record if r.id in by_id else None
+        sample_id = record.get("id", r.id) if record is not None else r.id
+        lines.append(to_prediction(sample_id, r.predicted))
+    return lines
 
 
 def _fmt(value: float | None) -> str:

@@ -194,6 +194,22 @@ class RemoteBackend:
             "audio-classification": self._audio_classification,
         }
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> RemoteBackend:
+        """A backend as the settings describe it (token, timeouts, endpoint, provider, retries); the process shares
+        one per settings through :func:`tasks.services.remote_backend_for`."""
+        token = settings.hf_token.get_secret_value() if settings.hf_token else None
+        return cls(
+            token=token,
+            timeout=settings.remote_timeout,
+            job_timeout=settings.remote_job_timeout,
+            base_url=settings.hf_inference_url,
+            provider=settings.hf_provider,
+            max_retries=settings.remote_retries,
+            retry_wait=settings.remote_retry_wait,
+            max_new_tokens=settings.max_new_tokens,
+        )
+
     # --- public -----------------------------------------------------------------------------------------------
 
     @property

@@ -1,9 +1,9 @@
 """Which model architectures the local backend offers, per task type: only those a test has proven.
 
 An architecture is a config's ``model_type`` (what a catalog entry records as ``architecture``). Each one listed in
-:data:`PROVEN_ARCHITECTURES` is proven by a test of ``tests/test_architectures.py`` that builds a tiny random model
-from the same config class and the same processor / tokenizer class as the real checkpoints and runs it through
-the local backend; that file's table and this one must agree (a test checks it).
+:data:`PROVEN_ARCHITECTURES` is proven by a test of ``tests/tasks/experts/test_architectures.py`` that builds a
+tiny random model from the same config class and the same processor / tokenizer class as the real checkpoints and
+runs it through the local backend; that file's table and this one must agree (a test checks it).
 
 :func:`local_refusal` is the one question the availability rule asks: ``None`` when a model may run here, else why
 not. Extra requirements a checkpoint may have (a catalog entry's ``requires``) are accepted only when they are in

@@ -4,19 +4,20 @@ import json
 
 import pytest
 
-from tasks.llm import FunctionModel, LLMClient, extract_json, scripted
+from tasks.llm import ChatCall, FunctionModel, LLMClient, LLMError, extract_json, scripted
 from tasks.plan import (
-    PLAN_SCHEMA,
     PlanningError,
     PlanValidationError,
     build_plan_messages,
     parse_plan,
+    plan_reply_schema,
     plan_request,
     validate_plan,
 )
 from tasks.schemas import ChatTurn
 from tasks.settings import Settings
-from tests.llm_server import plan_json
+from tasks.task_types import EXECUTABLE_TASKS
+from tests.llm_server import HTTPFault, plan_json
 
 CHAIN = [
     {"id": 0, "task": "image-to-text", "dep": [-1], "args": {"image": "photo.jpg"}},
@@ -166,7 +167,7 @@ def test_plan_request_uses_demos_history_and_schema() -> None:
     assert [n.task for n in result.nodes] == ["image-to-text", "text-to-speech"]
     assert result.usage.calls == 1 and result.usage.prompt_tokens > 0
     (call,) = model.calls
-    assert call.stage == "plan" and call.schema == PLAN_SCHEMA
+    assert call.stage == "plan" and call.schema == plan_reply_schema(EXECUTABLE_TASKS, ["photo.jpg"])
     contents = "\n".join(m["content"] for m in call.messages)
     assert "earlier question" in contents and "holiday.jpg" in contents  # history and a demo
     assert call.messages[-1]["content"].startswith("Request: Describe photo.jpg")
@@ -189,6 +190,23 @@ def test_plan_request_fails_after_second_bad_plan() -> None:
     assert len(model.stage_calls("plan")) == 2
 
 
+def test_refused_and_failed_planning_calls_are_counted() -> None:
+    model = _fake("no plan today")
+    with pytest.raises(PlanningError) as refused:
+        plan_request(model, "Describe photo.jpg", inputs=["photo.jpg"])
+    assert refused.value.usage.calls == 2 == len(model.calls)
+
+    def bad_then_down(call: ChatCall) -> str:
+        if len(model.calls) > 1:
+            raise LLMError("the server went away")
+        return "no plan today"
+
+    model = FunctionModel(bad_then_down)
+    with pytest.raises(LLMError) as failed:
+        plan_request(model, "Describe photo.jpg", inputs=["photo.jpg"])
+    assert failed.value.usage.calls == 2 == len(model.calls)  # the refused reply and the failed call
+
+
 # --- the OpenAI client against the scripted server ----------------------------------------
 def test_plan_request_without_json_schema_support(llm) -> None:
     llm.reject_response_format = True
@@ -200,6 +218,20 @@ def test_plan_request_without_json_schema_support(llm) -> None:
     # the client remembers: the next call does not try the schema again
     plan_request(client, "Describe photo.jpg", inputs=["photo.jpg"])
     assert "response_format" not in llm.requests[-1] and len(llm.requests) == 3
+    assert result.usage.calls == 2 and client.usage.calls == 3  # the refused request counts
+
+
+def test_client_counts_its_retries_and_failed_requests(llm, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUGGINGGPT_LLM_MAX_RETRIES", "1")
+    llm.set(plan=[HTTPFault(500), plan_json(CHAIN[0])])
+    client = LLMClient(Settings())
+    result = plan_request(client, "Describe photo.jpg", inputs=["photo.jpg"])
+    assert result.usage.calls == 2 == len(llm.requests)
+    llm.set(plan=HTTPFault(500))
+    with pytest.raises(LLMError) as failed:
+        plan_request(client, "Describe photo.jpg", inputs=["photo.jpg"])
+    assert failed.value.usage.calls == 2 and len(llm.requests) == 4
+    assert client.usage.calls == 4
 
 
 def test_prompt_lists_only_runnable_task_types() -> None:

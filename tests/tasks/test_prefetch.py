@@ -213,6 +213,7 @@ def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def test_candidates_download_during_selection_into_the_hub_cache(fake_hub: Any, tmp_path: Path) -> None:
     from tasks.prefetch import start_candidate_downloads
     from tasks.schemas import PlanNode
+    from tasks.services import services_for
     from tasks.settings import load_settings
 
     catalog = tmp_path / "catalog.jsonl"
@@ -230,35 +231,28 @@ def test_candidates_download_during_selection_into_the_hub_cache(fake_hub: Any, 
         PlanNode(id=0, task="summarization", args={"text": "x"}),
         PlanNode(id=1, task="text-classification", dep=[0]),
     ]
-    start_candidate_downloads(settings, nodes, {}).wait(TIMEOUT)
+    start_candidate_downloads(settings, services_for(settings).availability, nodes, {}).wait(TIMEOUT)
     assert set(fake_hub.downloads) == {"tiny-hub/text-classification", "tiny-hub/summarization"}
     assert (tmp_path / "hf-cache" / "models--tiny-hub--summarization").is_dir()
 
 
-def test_prefetch_of_the_flow_loads_into_the_nodes_backend_and_never_fails_the_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import tasks.execute as execute
+def test_prefetch_of_the_flow_loads_into_the_nodes_backend_and_never_fails_the_run() -> None:
     from tasks.prefetch import prefetch_models
     from tasks.settings import load_settings
 
     chain = [assignment(0, "summarization", "m0"), assignment(1, "translation", "m1")]
     backend = StubBackend()
-    monkeypatch.setattr(execute, "backend_for", lambda settings: backend)
-    prefetch_models(load_settings(), chain).wait(TIMEOUT)
+    prefetch_models(load_settings(), chain, lambda: backend).wait(TIMEOUT)
     loaded = backend.cache.keys()
     assert [k[1] for k in loaded] == ["/models/m0", "/models/m1"]
     # on a Dask pool the models are the workers': the flow's process loads none
     other = StubBackend()
-    monkeypatch.setattr(execute, "backend_for", lambda settings: other)
-    prefetch_models(load_settings().with_overrides(task_runner="dask"), chain).wait(TIMEOUT)
+    prefetch_models(load_settings().with_overrides(task_runner="dask"), chain, lambda: other).wait(TIMEOUT)
     assert other.cache.keys() == []
     # a backend that keeps no models (a stand-in), or one that cannot be built: the nodes load their own
-    monkeypatch.setattr(execute, "backend_for", lambda settings: object())
-    assert prefetch_models(load_settings(), chain).loads == {}
+    assert prefetch_models(load_settings(), chain, object).loads == {}
 
-    def broken(settings: Any) -> Any:
+    def broken() -> Any:
         raise RuntimeError("no device")
 
-    monkeypatch.setattr(execute, "backend_for", broken)
-    assert prefetch_models(load_settings(), chain).loads == {}
+    assert prefetch_models(load_settings(), chain, broken).loads == {}

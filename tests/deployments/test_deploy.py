@@ -20,11 +20,11 @@ from prefect.deployments import run_deployment
 from prefect.settings import get_current_settings
 
 from flows.batch import read_summary
+from tests.paths import ROOT
 from tests.web_server import WebServer
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-ROOT = Path(__file__).resolve().parents[1]
 HOLD = 6.0  # seconds a request waits for the other one
 PLAN = [
     {"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": "a.png"}},

@@ -207,6 +207,7 @@ def test_planning_failure_fails_the_run_with_the_reason(env: Path, llm) -> None:
     state, summary = _run("Do something impossible")
     assert state.is_failed()
     assert "plan was invalid twice" in summary.error
+    assert summary.llm.calls == 2 == llm.calls["plan"]  # the refused replies count
     assert json.loads(Path(summary.storage_uri, "summary.json").read_text())["error"] == summary.error
 
 
@@ -221,6 +222,7 @@ def test_response_fallback_when_llm_errors(env: Path, llm) -> None:
     assert summary.answer_source == "fallback" and "HTTP 500" in summary.answer_error
     assert "text-classification#0 with tiny/text-classification" in summary.answer
     assert "selection by the LLM failed" in summary.assignments[0].reason
+    assert summary.llm.calls == 3 == sum(llm.calls.values())  # the failed calls count
 
 
 def test_storage_on_an_fsspec_url(env: Path, llm) -> None:

@@ -16,14 +16,16 @@ from models_catalog.catalog import (
     read_catalog_file,
 )
 from tasks.availability import Availability
+from tasks.constraints import selection_schema
 from tasks.llm import FunctionModel, LLMClient, LLMError, scripted
 from tasks.schemas import PlanNode
-from tasks.select import SELECT_SCHEMA, SelectionError, check_pins, parse_pins, select_models
+from tasks.select import SelectionError, check_pins, parse_pins, select_models
 from tasks.settings import Settings
 from tasks.task_types import NOT_SERVED_LOCALLY, TASK_TYPES
+from tests.paths import REFERENCE
 from tests.tiny_models import build_tiny_models
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "jarvis_p0_models.jsonl"
+REF = REFERENCE / "jarvis_p0_models.jsonl"
 
 
 def _entries(tmp_path: Path) -> Catalog:
@@ -162,7 +164,9 @@ def test_one_llm_call_for_all_nodes_with_several_candidates(tmp_path: Path) -> N
     )
     model = FunctionModel(scripted(select=reply))
     result = select_models(NODES, _available(tmp_path), llm=model, request="r", top_k=5)
-    assert [c.stage for c in model.calls] == ["select"] and model.calls[0].schema == SELECT_SCHEMA
+    assert [c.stage for c in model.calls] == ["select"] and model.calls[0].schema == selection_schema(
+        [(0, ["a/cls-popular", "b/cls-liked"]), (2, ["a/cls-popular", "b/cls-liked"])]
+    )
     by_node = {a.node_id: a for a in result.assignments}
     assert by_node[0].model == "b/cls-liked" and by_node[0].reason == "liked by users"
     assert by_node[0].candidates == ["a/cls-popular", "b/cls-liked"]

@@ -335,7 +335,7 @@ def test_a_corrupt_cache_entry_is_a_miss_and_is_rewritten(tmp_path: Path, damage
     from tasks.execute import execute_node
     from tasks.result_cache import ResultCache
     from tasks.storage import ArtifactStore
-    from tests.test_execute import FakeBackend, _assign
+    from tests.tasks.test_execute import FakeBackend, _assign
 
     node = validate_plan([{"id": 0, "task": "text-classification", "dep": [], "args": {"text": "hi"}}])[0][0]
     store = ArtifactStore(str(tmp_path / "s"), "run-1")
@@ -506,7 +506,7 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch) ->
 def test_a_stuck_local_model_fails_naming_the_bound_and_the_next_candidate_runs(tmp_path: Path) -> None:
     from tasks.execute import execute_node
     from tasks.storage import ArtifactStore
-    from tests.test_execute import FakeBackend, _assign
+    from tests.tasks.test_execute import FakeBackend, _assign
 
     release = threading.Event()
 

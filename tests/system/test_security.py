@@ -17,12 +17,12 @@ import pytest
 from flows.cli import main
 from flows.request import run_request
 from models_catalog.catalog import read_catalog_file
-from tasks.execute import backend_for
 from tasks.experts.base import ExpertError, ModelSpec
 from tasks.experts.cache import ModelCache
 from tasks.experts.local import LocalBackend
 from tasks.inputs import InputError, InputPolicy, default_policy, read_input_bytes
 from tasks.plan import PlanValidationError, validate_plan
+from tasks.services import local_backend_for
 from tasks.settings import Settings
 from tests.llm_server import HTTPFault, plan_json
 from tests.web_server import WebServer
@@ -112,10 +112,10 @@ def test_repository_code_runs_only_when_entry_and_setting_allow_it(
 def test_trust_remote_code_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HUGGINGGPT_TRUST_REMOTE_CODE", raising=False)
     assert Settings().trust_remote_code is False
-    assert backend_for(Settings()).trust_remote_code is False
+    assert local_backend_for(Settings()).trust_remote_code is False
     assert ModelSpec(id="x", task="text-classification").trust_remote_code is False
     monkeypatch.setenv("HUGGINGGPT_TRUST_REMOTE_CODE", "true")
-    assert backend_for(Settings()).trust_remote_code is True
+    assert local_backend_for(Settings()).trust_remote_code is True
     # the backend alone never enables it: the entry must say so as well
     from tasks.experts.local.loading import hub_kwargs
 
@@ -536,7 +536,7 @@ def test_secrets_never_appear_in_what_a_run_writes(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     import tests.s3_server as s3_server
-    from tests.test_experts_remote import InferenceServer, Reply
+    from tests.tasks.experts.test_experts_remote import InferenceServer, Reply
 
     binary = s3_server.rclone_binary()
     if binary is None:

@@ -316,9 +316,9 @@ def test_request_runs_on_a_dask_cluster_with_a_model_cache_per_worker(
     ]
 
     def cache_stats(settings: Any) -> dict[str, Any]:  # runs in the worker process: its own backend and cache
-        from tasks.execute import backend_for
+        from tasks.services import local_backend_for
 
-        return backend_for(settings).cache.stats()
+        return local_backend_for(settings).cache.stats()
 
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster,

@@ -42,8 +42,7 @@ from tasks.plan import build_plan_messages, validate_plan
 from tasks.schemas import ChatTurn, LLMUsage, PlanNode
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES, Modality
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from tests.paths import REFERENCE
 
 
 def node(i: int, task: str, dep: list[int] | None = None, **args: str) -> PlanNode:
@@ -600,10 +599,26 @@ def test_eval_taskbench_format(llm, tmp_path: Path, capsys: pytest.CaptureFixtur
         ],
     }
     llm.set(plan=_scripted_planner(replies))
-    code, stdout, stderr = _run(["eval", str(data), "--out", str(tmp_path / "r.json"), "--json"], capsys)
+    saved = tmp_path / "predictions.jsonl"
+    command = ["eval", str(data), "--out", str(tmp_path / "r.json"), "--json", "--save-predictions", str(saved)]
+    code, stdout, stderr = _run(command, capsys)
     assert code == 0, stderr
     report = json.loads(stdout)
     assert report["dataset_format"] == "taskbench" and report["overall"]["requests"] == 2
+    # TaskBench's own figures of the same plans, beside ours, and the plans in its prediction format
+    assert report["taskbench"]["samples"] == 2 and report["taskbench"]["n_f1"] == 1.0
+    assert report["taskbench"]["e_f1"] == 1.0 and report["taskbench"]["r1"] is None
+    lines = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert lines[1] == {
+        "id": "2",
+        "result": {
+            "task_nodes": [
+                {"task": "Image-to-Text", "arguments": ["example.jpg"]},
+                {"task": "Translation", "arguments": ["<node-0>"]},
+            ],
+            "task_links": [{"source": "Image-to-Text", "target": "Translation"}],
+        },
+    }
     assert report["overall"]["exact"] == 1.0 and report["overall"]["edge_f1"] == 1.0
     assert [s["id"] for s in report["skipped"]] == ["3"]
     assert "1 record(s) of taskbench.json left out" in stderr and "unknown TaskBench tool(s) 'Teleport'" in stderr
@@ -622,7 +637,7 @@ def test_eval_and_plan_name_an_invalid_setting(llm, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("HUGGINGGPT_LLM_TIMEOUT", "-1")
     for command in (["eval"], ["plan", "Caption photo.jpg"]):
         code, _, err = _run(command, capsys)
-        assert code == 2 and f"hugginggpt {command[0]}: invalid configuration: llm_timeout" in err, err
+        assert code == 2 and f"hugginggpt {command[0]}: invalid configuration: HUGGINGGPT_LLM_TIMEOUT" in err, err
         assert "Traceback" not in err
 
 

@@ -163,12 +163,13 @@ def test_arguments() -> None:
 
 
 def test_sleeping_expert_replaces_the_local_backend_only_within_its_block(bench: Bench) -> None:
-    import tasks.execute as execute
+    from tasks.services import services_for
+    from tasks.settings import Settings
 
-    real = execute.backend_for
+    real = services_for(Settings()).local_backend
     with sleeping_experts(0.0) as backend:
-        assert execute.backend_for(None) is backend  # type: ignore[arg-type]
-    assert execute.backend_for is real
+        assert services_for(Settings()).local_backend is backend
+    assert services_for(Settings()).local_backend is real
 
 
 def test_batch_requests_and_memory_helpers(tmp_path: Path) -> None:

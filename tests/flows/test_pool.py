@@ -48,14 +48,14 @@ def test_second_run_on_the_pool_loads_nothing(env: Path, llm, monkeypatch: pytes
     pins = {"text-classification": "tiny/text-classification"}
 
     def cache_stats(settings: Any) -> dict[str, Any]:  # runs in a worker process: its own backend and cache
-        from tasks.execute import backend_for
+        from tasks.services import local_backend_for
 
-        return backend_for(settings).cache.stats()
+        return local_backend_for(settings).cache.stats()
 
     def drop_models(settings: Any) -> None:
-        from tasks.execute import backend_for
+        from tasks.services import local_backend_for
 
-        backend_for(settings).cache.clear()
+        local_backend_for(settings).cache.clear()
 
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,

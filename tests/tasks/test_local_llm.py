@@ -13,10 +13,11 @@ import torch
 
 from flows.cli import main
 from tasks.experts.cache import ModelCache
-from tasks.llm import LLMClient, chat_model_for
+from tasks.llm import LLMClient
 from tasks.local_llm import LocalChatModel, LocalLLMUnavailableError, bounded_schema, key_pattern
 from tasks.plan import PLAN_SCHEMA, build_plan_messages
 from tasks.select import SELECT_SCHEMA
+from tasks.services import chat_model_for
 from tasks.settings import Settings
 from tests.llm_server import plan_json
 from tests.tiny_controller import build_tiny_controller
@@ -118,11 +119,12 @@ def test_loads_once_in_the_shared_model_cache(controller_dir: Path) -> None:
 
 
 def test_the_settings_controller_shares_the_experts_cache(controller_dir: Path) -> None:
-    from tasks.execute import backend_for
+    from tasks.services import local_backend_for
 
     settings = Settings(local_llm=str(controller_dir), device="cpu", max_models=3)
-    model = LocalChatModel.from_settings(settings)
-    assert model.cache is backend_for(settings).cache and model.cache.max_models == 3
+    model = chat_model_for(settings)
+    assert isinstance(model, LocalChatModel)
+    assert model.cache is local_backend_for(settings).cache and model.cache.max_models == 3
     assert model.model == str(controller_dir) and model.max_new_tokens == settings.local_llm_max_new_tokens
 
 
@@ -166,16 +168,28 @@ def local_env(controller_dir: Path, tiny_catalog: Path, tmp_path: Path, monkeypa
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_whole_request_through_the_embedded_controller(local_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The CLI with no LLM configured: the embedded controller plans (constrained), and answers."""
+def test_whole_request_through_the_embedded_controller(
+    local_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI with no LLM configured: the embedded controller plans (valid on the first call: the plan contract is
+    decoded), selects and answers, and the summary counts every call it made."""
     assert isinstance(chat_model_for(Settings()), LocalChatModel)
-    code = main(["run", "Is this review positive: 'The battery died after two days.'", "--json"])
+    made: list[str] = []
+    real_chat = LocalChatModel.chat
+
+    def counted(self: LocalChatModel, messages: list, **kwargs: object) -> tuple[str, object]:
+        made.append(str(kwargs.get("stage")))
+        return real_chat(self, messages, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalChatModel, "chat", counted)
+    code = main(["run", "Is this positive: what a lovely day", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]
     assert captured.err.count("controller: ") == 1 and "embedded" in captured.err and "OPENAI_API_KEY" in captured.err
     summary = json.loads(captured.out)
-    assert summary["error"] is None
-    assert summary["llm"]["calls"] >= 2 and summary["llm"]["completion_tokens"] > 0  # planning and the answer
+    assert summary["error"] is None and summary["status"] == "completed"
+    assert made.count("plan") == 1 and made[-1] == "respond"  # no re-ask
+    assert summary["llm"]["calls"] == len(made) and summary["llm"]["completion_tokens"] > 0
     assert summary["answer"]
 
 

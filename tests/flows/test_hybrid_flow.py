@@ -11,7 +11,14 @@ from PIL import Image
 
 from flows.request import run_request
 from tests.llm_server import plan_json
-from tests.test_experts_remote import MP4, InferenceServer, Reply, png_bytes, point_hub_at, serve_video_model
+from tests.tasks.experts.test_experts_remote import (
+    MP4,
+    InferenceServer,
+    Reply,
+    png_bytes,
+    point_hub_at,
+    serve_video_model,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.llm_server import plan_json
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.online
 
-ROOT = Path(__file__).resolve().parents[1]
 REQUEST = "Describe photo.jpg, then read the description aloud"
 CAPTIONER = "Salesforce/blip-image-captioning-base"
 SPEAKER = "facebook/mms-tts-eng"

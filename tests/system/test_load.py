@@ -28,7 +28,7 @@ from tasks.experts.local import LocalBackend
 from tasks.experts.local import loading as local_loading
 from tasks.runs import MAX_REQUEST_CHARS
 from tests.llm_server import HTTPFault, plan_json
-from tests.test_experts_remote import InferenceServer, Reply
+from tests.tasks.experts.test_experts_remote import InferenceServer, Reply
 from tests.web_server import WebServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]

@@ -24,6 +24,7 @@ from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertOut
 from tasks.experts.cache import ModelCache, default_cache
 from tasks.experts.local import NOT_SERVED_LOCALLY, SUPPORTED_TASKS, LocalBackend
 from tasks.task_types import EXECUTABLE_TASKS, TASK_TYPES
+from tests.paths import ROOT
 from tests.tiny_models import (
     AUDIO_LABELS,
     SEGMENT_LABELS,
@@ -36,7 +37,7 @@ from tests.tiny_models import (
     tiny_catalog_entries,
 )
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = ROOT
 
 
 @pytest.fixture(scope="module")

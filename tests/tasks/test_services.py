@@ -1,0 +1,140 @@
+"""The services a run uses, built from settings in one place and swapped by ``override``: a whole flow run with an
+in-process chat model and an in-process expert backend, no environment variable and no HTTP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.experts.base import ExpertOutput, ModelSpec
+from tasks.llm import ChatCall, FunctionModel, LLMClient, scripted
+from tasks.services import Services, overridden, override, services_for
+from tasks.settings import Settings
+
+
+class RecordingBackend:
+    """An expert backend in process: answers from its input, and records the thread each call ran in."""
+
+    name = "local"
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.threads: list[str] = []
+        self._lock = threading.Lock()
+
+    def run(self, task: str, model: ModelSpec, inputs: dict[str, Any]) -> ExpertOutput:
+        with self._lock:
+            self.threads.append(threading.current_thread().name)
+        text = str(inputs.get("text", ""))
+        return ExpertOutput(text=f"{self.marker}:{task}:{text}", json={"label": self.marker, "text": text})
+
+
+def _plan(*texts: str) -> str:
+    return json.dumps(
+        {
+            "tasks": [
+                {"id": i, "task": "text-classification", "dep": [-1], "args": {"text": t}} for i, t in enumerate(texts)
+            ]
+        }
+    )
+
+
+def test_services_are_built_from_settings_once_each_and_given_ones_win() -> None:
+    settings = Settings()
+    services = Services.from_settings(settings)
+    assert services.local_backend is services.local_backend  # built once, then kept
+    assert services.local_backend is Services.from_settings(settings).local_backend  # shared by the process
+    assert services.backends() == {"local": services.local_backend, "remote": services.remote_backend}
+    assert services.availability.remote is services.remote_backend
+    given = FunctionModel(scripted())
+    assert Services(settings, chat_model=given).chat_model is given
+    assert services.replace(chat_model=given).chat_model is given and services.replace().chat_model_given is False
+    configured = Settings(openai_base_url="http://127.0.0.1:9/v1")
+    assert isinstance(Services.from_settings(configured).chat_model, LLMClient)
+    with pytest.raises(TypeError, match=r"unknown service.*chat"):
+        Services(settings, chat=given)
+
+
+def test_override_swaps_within_its_block_nests_and_restores() -> None:
+    settings = Settings()
+    first, second = FunctionModel(scripted(), model="first"), FunctionModel(scripted(), model="second")
+    backend = RecordingBackend("x")
+    built = services_for(settings).local_backend
+    assert overridden() == {}
+    with override(chat_model=first):
+        assert services_for(settings).chat_model is first
+        with override(chat_model=second, local_backend=backend):
+            assert services_for(settings).chat_model is second
+            assert services_for(settings).local_backend is backend
+        assert services_for(settings).chat_model is first
+        assert services_for(settings).local_backend is built
+    assert overridden() == {}
+    assert services_for(settings).local_backend is built
+    with pytest.raises(TypeError, match="unknown service"), override(llm=first):
+        pass
+
+
+def test_override_reaches_threads_that_run_in_the_callers_context() -> None:
+    """What Prefect's thread-pool task runner does for each task run (``copy_context().run``); a bare thread started
+    outside the block does not see it."""
+    import contextvars
+
+    settings = Settings()
+    model = FunctionModel(scripted(), model="in-thread")
+    seen: dict[str, Any] = {}
+
+    def look(name: str) -> None:
+        seen[name] = services_for(settings).chat_model
+
+    with override(chat_model=model):
+        context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(look, "copied"))
+    thread.start()
+    thread.join(timeout=30)
+    assert seen["copied"] is model
+    look("outside")
+    assert seen["outside"] is not model
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
+    tiny_catalog: Path, tmp_path: Path
+) -> None:
+    """Plan, selection and the answer come from a FunctionModel; both nodes run on an in-process backend in the task
+    runner's worker threads; no LLM is configured in the environment (the embedded controller cannot load offline)
+    and no server answers."""
+    from flows.prefect_setup import prefect_run_settings
+    from flows.request import hugginggpt_request, summary_of
+
+    assert not Settings().llm_configured
+    answers: list[str] = []
+
+    def reply(call: ChatCall) -> str:
+        if call.stage == "plan":
+            return _plan("a sunny day", "a rainy night")
+        if call.stage == "respond":
+            digest = call.messages[-1]["content"]
+            answers.append(digest)
+            return "Both texts were classified."
+        return '{"choices": []}'
+
+    model = FunctionModel(reply, model="in-process")
+    backend = RecordingBackend("recorded")
+    with override(chat_model=model, local_backend=backend), prefect_run_settings():
+        state = hugginggpt_request(
+            "Classify two texts", storage=str(tmp_path / "runs"), catalog=str(tiny_catalog), return_state=True
+        )
+    summary = summary_of(state)
+    assert summary is not None and summary.status == "completed", summary
+    assert [c.stage for c in model.calls] == ["plan", "select", "respond"]
+    assert summary.answer == "Both texts were classified." and summary.llm.calls == 3
+    outputs = {r.id: r.outputs["text"] for r in summary.results}
+    assert outputs == {0: "recorded:text-classification:a sunny day", 1: "recorded:text-classification:a rainy night"}
+    assert "recorded:text-classification:a rainy night" in answers[0]  # the answer saw the backend's outputs
+    assert len(backend.threads) == 2
+    assert threading.main_thread().name not in backend.threads  # the nodes ran in the task runner's threads
+    assert all(r.model.startswith("tiny/text-classification") and r.backend == "local" for r in summary.results)
