@@ -34,10 +34,10 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
-def _requests(tmp_path: Path) -> Path:
+def _requests(tmp_path: Path, count: int = LINES) -> Path:
     path = tmp_path / "requests.jsonl"
     lines = []
-    for n in range(LINES):
+    for n in range(count):
         text = f"review number {n}: lovely"
         plan = json.loads(plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": text}}))
         lines.append(json.dumps({"id": f"r{n}", "request": f"Rate: {text}", "plan": plan["tasks"]}))
@@ -56,11 +56,24 @@ def _wait_for(condition: Any, proc: subprocess.Popen[str], timeout: float) -> No
 
 
 def test_an_interrupted_batch_resumes_where_it_stopped(env: Path, llm, tmp_path: Path) -> None:
+    """The LLM holds the answer of the second line until the batch has been sent SIGINT: the interruption lands
+    while that line runs, after the first line finished, whatever the machine's speed."""
+    import threading
+
     from prefect.settings import PREFECT_API_URL
 
     requests = _requests(tmp_path)
-    llm.set(respond="ok")
-    llm.latency = 1.5  # every answer takes a while, so the batch is still running when interrupted
+    second_line_asked = threading.Event()
+    interrupted = threading.Event()
+    answers = iter(range(1, 10_000))
+
+    def respond(body: dict[str, Any]) -> str:
+        if next(answers) == 2:  # lines run one at a time (--max-in-flight 1): the second line's answer
+            second_line_asked.set()
+            interrupted.wait(60)
+        return "ok"
+
+    llm.set(respond=respond)
     environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.Popen(
         [*_command(), "batch", str(requests), "--max-in-flight", "1"],
@@ -70,10 +83,13 @@ def test_an_interrupted_batch_resumes_where_it_stopped(env: Path, llm, tmp_path:
         text=True,
     )
     try:
-        _wait_for(lambda: any(env.glob("batches/lines-*/*.json")), proc, timeout=240)
+        _wait_for(second_line_asked.is_set, proc, timeout=240)
+        _wait_for(lambda: any(env.glob("batches/lines-*/*.json")), proc, timeout=60)  # the first line's record
         proc.send_signal(signal.SIGINT)
+        interrupted.set()
         proc.wait(timeout=60)
     finally:
+        interrupted.set()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -83,7 +99,7 @@ def test_an_interrupted_batch_resumes_where_it_stopped(env: Path, llm, tmp_path:
     assert all(r["status"] == "completed" for r in kept.values())
     assert not list(env.glob("batches/*/results.jsonl")), "the interrupted batch wrote no results file"
 
-    llm.latency = 0.0
+    llm.set(respond="ok")
     answered = llm.calls["respond"]
     second = subprocess.run(
         [*_command(), "batch", str(requests), "--json"],
@@ -217,6 +233,39 @@ def test_a_batch_killed_three_times_runs_each_line_once(env: Path, llm, tmp_path
     done = Counter(run["request"] for run in completed)
     assert done == Counter(f"Rate: review {n}" for n in range(lines)), "a line completed twice, or never"
     assert {r["flow_run_id"] for r in records} == {run["flow_run_id"] for run in completed}
+
+
+def test_a_rerun_runs_the_failed_lines_again(env: Path, llm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second line's model fails in the first attempt: a rerun of the same file runs that line again, and only
+    it; its new record replaces the failed one."""
+    from tasks.experts.base import ExpertError
+    from tasks.experts.local import LocalBackend
+
+    requests = _requests(tmp_path, 3)
+    llm.set(respond="ok")
+    real_run = LocalBackend.run
+    calls: dict[str, int] = {}
+    broken = {"review number 1: lovely"}
+
+    def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+        text = str(inputs.get("text"))
+        calls[text] = calls.get(text, 0) + 1
+        if text in broken:
+            raise ExpertError(f"model {model.id!r} refused this text")
+        return real_run(self, task, model, inputs)
+
+    monkeypatch.setattr(LocalBackend, "run", run)
+    first = batch.run_batch(str(requests), max_in_flight=1)
+    assert (first.completed, first.failed, first.resumed) == (2, 1, 0)
+    assert [r.status for r in first.records] == ["completed", "failed", "completed"]
+
+    broken.clear()
+    before = dict(calls)
+    second = batch.run_batch(str(requests), max_in_flight=1)
+    assert (second.completed, second.failed, second.resumed) == (3, 0, 2)
+    assert {t for t in calls if calls[t] > before.get(t, 0)} == {"review number 1: lovely"}  # only the failed line
+    assert second.records[1].flow_run_id != first.records[1].flow_run_id
+    assert [r.flow_run_id for r in second.records[::2]] == [r.flow_run_id for r in first.records[::2]]
 
 
 def test_a_child_run_refused_with_503_is_started_again(monkeypatch) -> None:
