@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plan", metavar="FILE", help="run this plan (JSON or YAML, HuggingGPT format): no planning call")
     _add_run_options(run)
     from flows.batch_cli import register as register_batch
+    from flows.demos_cli import register as register_demos
     from flows.eval_cli import register as register_eval
     from flows.models_cli import register as register_models
     from flows.plan_cli import register as register_plan
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_batch(sub)
     register_plan(sub)
     register_models(sub)
+    register_demos(sub)
 
     chat = sub.add_parser(
         "chat",
@@ -536,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return drain_prefect_queues(cmd_resume(args))
         if args.command == "chat":
             return drain_prefect_queues(cmd_chat(args))
-        if args.command in ("eval", "batch", "plan", "models", "catalog"):
+        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos"):
             return drain_prefect_queues(args.func(args))
     except KeyboardInterrupt:
         error(None, "interrupted")

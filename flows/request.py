@@ -22,6 +22,7 @@ from prefect.utilities.annotations import allow_failure
 from flows import progress
 from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
+from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
 from tasks.execute import node_tags, run_node
 from tasks.inputs import InputPolicy
@@ -32,7 +33,6 @@ from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.respond import respond_task
 from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_prior
 from tasks.schemas import (
-    Assignment,
     ChatTurn,
     NodeResult,
     PlanNode,
@@ -318,14 +318,17 @@ def _run_stages(
     return response
 
 
-def node_task_options(settings: Settings, node: PlanNode, assignment: Assignment | None) -> dict[str, Any]:
-    """A node task run's tags (task type, model, backend), its retries of transient failures
-    (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the progress views."""
+def node_task_options(settings: Settings, tagging: Mapping[str, Any]) -> dict[str, Any]:
+    """A node task run's tags and ``on_running`` hooks as :func:`flows.tag_limits.node_tagging` gives them, its
+    retries of transient failures (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the
+    progress views."""
+    hooks = {**progress.NODE_STATE_HOOKS}
+    hooks["on_running"] = [*tagging["on_running"], *hooks.get("on_running", [])]
     return {
-        "tags": node_tags(node, assignment),
+        "tags": tagging["tags"],
         "retries": settings.node_retries,
         "retry_delay_seconds": settings.node_retry_wait,
-        **progress.NODE_STATE_HOOKS,
+        **hooks,
     }
 
 
@@ -353,26 +356,28 @@ def execute_graph(
     prior = prior or {}
     by_node = {a.node_id: a for a in assignments}
     futures: dict[int, PrefectFuture[Any]] = {}
+    limited = read_limited_tags() if nodes else frozenset()  # one API call, not a slot request per node
     with task_runner_for(settings) as runner:
         for node in nodes:  # nodes are in dependency order
-            node_task = run_node.with_options(
-                name=node.name,
-                task_run_name=node.name,
-                persist_result=settings.persist_results,
-                **node_task_options(settings, node, by_node.get(node.id)),
-            )
-            futures[node.id] = runner.submit(
-                node_task,
-                {
-                    "node": node,
-                    "assignment": by_node.get(node.id),
-                    "upstream": [allow_failure(futures[d]) for d in node.dep],
-                    "settings": settings,
-                    "run_id": run_id,
-                    "unassigned_reason": unassigned.get(node.id),
-                    "prior": prior.get(node.id),
-                },
-            )
+            with node_tagging(node_tags(node, by_node.get(node.id)), limited) as tagging:
+                node_task = run_node.with_options(
+                    name=node.name,
+                    task_run_name=node.name,
+                    persist_result=settings.persist_results,
+                    **node_task_options(settings, tagging),
+                )
+                futures[node.id] = runner.submit(
+                    node_task,
+                    {
+                        "node": node,
+                        "assignment": by_node.get(node.id),
+                        "upstream": [allow_failure(futures[d]) for d in node.dep],
+                        "settings": settings,
+                        "run_id": run_id,
+                        "unassigned_reason": unassigned.get(node.id),
+                        "prior": prior.get(node.id),
+                    },
+                )
         return [_collect(node, futures[node.id]) for node in nodes]
 
 

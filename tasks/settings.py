@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     local_llm_max_new_tokens: int = Field(
         default=768, ge=1, le=MAX_TOKENS, description="bound on one reply of the embedded controller, in tokens"
     )
+    demos: Literal["fixed", "similar"] = Field(
+        default="similar",
+        description="planning demos: 'similar' picks those closest to the request from the demo library "
+        "(tasks/demos.py), 'fixed' shows the prompt's own",
+    )
+    n_demos: int = Field(default=4, ge=1, le=20, description="demos shown with demos=similar")
 
     # --- storage and catalog ----------------------------------------------------
     storage: str = Field(default=DEFAULT_STORAGE, description="fsspec URL of the artifact store")
