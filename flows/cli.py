@@ -447,12 +447,17 @@ def _is_prefect_api_error(exc: BaseException) -> bool:
 
 
 def prefect_api_hint(exc: BaseException) -> str:
+    """What to do when the Prefect API could not be reached; the error quoted on one line, clipped (an API's
+    answer can quote a whole request, flow run parameters included)."""
     from prefect.settings import get_current_settings
+
+    from tasks.parsing import clip
 
     url = get_current_settings().api.url
     where = f"the Prefect API at {url}" if url else "Prefect's embedded local server"
     return (
-        f"could not reach {where} ({type(exc).__name__}: {exc}). Start a server with `prefect server start` and set "
+        f"could not reach {where} ({type(exc).__name__}: {clip(str(exc))}). Start a server with "
+        "`prefect server start` and set "
         "PREFECT_API_URL=http://127.0.0.1:4200/api, or unset PREFECT_API_URL to use the embedded one "
         "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS gives it more time to start)"
     )

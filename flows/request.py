@@ -23,15 +23,25 @@ from prefect.utilities.annotations import allow_failure
 from flows import progress
 from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
+from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
 from tasks.execute import answered_ahead, node_tags, run_node
 from tasks.inputs import InputPolicy, refused_inputs
 from tasks.llm import LLMError, LLMUnreachableError
+from tasks.parsing import clip
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.respond import respond_task
 from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_prior
-from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
+from tasks.schemas import (
+    ChatTurn,
+    NodeResult,
+    PlanNode,
+    ResponseResult,
+    RunSummary,
+    SelectionResult,
+    bounded_history,
+)
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.services import Services, services_for
 from tasks.settings import (
@@ -164,7 +174,7 @@ def hugginggpt_request(
     t_start = time.perf_counter()
     log = get_run_logger()
     inputs = list(inputs or [])
-    history = list(history or [])
+    history = bounded_history(history or [])  # what a caller passes is bounded like a chat's
     settings = load_settings(options, storage=storage, catalog=catalog)
     use_result_storage(settings)
     run_id = str(flow_run.id or uuid.uuid4())
@@ -221,7 +231,7 @@ def hugginggpt_request(
     summary.answer_source = response.source
     summary.answer_error = response.error
     summary.llm = summary.llm + response.usage
-    log.info("answer (%s): %s", response.source, response.answer)
+    log.info("answer (%s): %s", response.source, clip(response.answer, 2000))
     return _finish(summary, store, t_start, settings)
 
 
@@ -323,14 +333,17 @@ def _run_stages(
     return response
 
 
-def node_task_options(settings: Settings, node: PlanNode, assignment: Assignment | None) -> dict[str, Any]:
-    """A node task run's tags (task type, model, backend), its retries of transient failures
-    (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the progress views."""
+def node_task_options(settings: Settings, tagging: Mapping[str, Any]) -> dict[str, Any]:
+    """A node task run's tags and ``on_running`` hooks as :func:`flows.tag_limits.node_tagging` gives them, its
+    retries of transient failures (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the
+    progress views."""
+    hooks = {**progress.NODE_STATE_HOOKS}
+    hooks["on_running"] = [*tagging["on_running"], *hooks.get("on_running", [])]
     return {
-        "tags": node_tags(node, assignment),
+        "tags": tagging["tags"],
         "retries": settings.node_retries,
         "retry_delay_seconds": settings.node_retry_wait,
-        **progress.NODE_STATE_HOOKS,
+        **hooks,
     }
 
 
@@ -358,26 +371,28 @@ def execute_graph(
     prior = prior or {}
     by_node = {a.node_id: a for a in assignments}
     futures: dict[int, PrefectFuture[Any]] = {}
+    limited = read_limited_tags() if nodes else frozenset()  # one API call, not a slot request per node
     with task_runner_for(settings) as runner:
         for node in nodes:  # nodes are in dependency order
-            node_task = run_node.with_options(
-                name=node.name,
-                task_run_name=node.name,
-                persist_result=settings.persist_results,
-                **node_task_options(settings, node, by_node.get(node.id)),
-            )
-            futures[node.id] = runner.submit(
-                node_task,
-                {
-                    "node": node,
-                    "assignment": by_node.get(node.id),
-                    "upstream": [allow_failure(futures[d]) for d in node.dep],
-                    "settings": settings,
-                    "run_id": run_id,
-                    "unassigned_reason": unassigned.get(node.id),
-                    "prior": prior.get(node.id),
-                },
-            )
+            with node_tagging(node_tags(node, by_node.get(node.id)), limited) as tagging:
+                node_task = run_node.with_options(
+                    name=node.name,
+                    task_run_name=node.name,
+                    persist_result=settings.persist_results,
+                    **node_task_options(settings, tagging),
+                )
+                futures[node.id] = runner.submit(
+                    node_task,
+                    {
+                        "node": node,
+                        "assignment": by_node.get(node.id),
+                        "upstream": [allow_failure(futures[d]) for d in node.dep],
+                        "settings": settings,
+                        "run_id": run_id,
+                        "unassigned_reason": unassigned.get(node.id),
+                        "prior": prior.get(node.id),
+                    },
+                )
         return [_collect(node, futures[node.id]) for node in nodes]
 
 
