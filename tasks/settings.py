@@ -181,6 +181,11 @@ class Settings(BaseSettings):
         default=1.0, ge=0, le=MAX_WAIT, allow_inf_nan=False, description="first wait before a remote retry (doubles)"
     )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="candidates per task offered to the LLM")
+    unused_pins: Literal["refuse", "ignore"] = Field(
+        default="refuse",
+        description="a pinned model whose task the plan does not use: refuse the run, or ignore the pin (a chat "
+        "session's pins hold for every turn, and a turn need not use them all)",
+    )
     prefetch: bool = Field(
         default=True, description="download and load the plan's local models ahead of their nodes, once chosen"
     )
@@ -354,6 +359,7 @@ class RunOptions(BaseModel):
     )
     max_workers: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="nodes run at the same time")
     prefetch: bool | None = Field(default=None, description="load the plan's models ahead of their nodes")
+    unused_pins: Literal["refuse", "ignore"] | None = None
     task_runner: Literal["threads", "dask"] | None = None
     dask_address: str | None = Field(default=None, description="scheduler of an existing Dask cluster")
     persist_results: bool | None = None
