@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     local_llm_max_new_tokens: int = Field(
         default=768, ge=1, le=MAX_TOKENS, description="bound on one reply of the embedded controller, in tokens"
     )
+    demos: Literal["fixed", "similar"] = Field(
+        default="similar",
+        description="planning demos: 'similar' picks those closest to the request from the demo library "
+        "(tasks/demos.py), 'fixed' shows the prompt's own",
+    )
+    n_demos: int = Field(default=4, ge=1, le=20, description="demos shown with demos=similar")
 
     # --- storage and catalog ----------------------------------------------------
     storage: str = Field(default=DEFAULT_STORAGE, description="fsspec URL of the artifact store")
@@ -175,6 +181,11 @@ class Settings(BaseSettings):
         default=1.0, ge=0, le=MAX_WAIT, allow_inf_nan=False, description="first wait before a remote retry (doubles)"
     )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="candidates per task offered to the LLM")
+    unused_pins: Literal["refuse", "ignore"] = Field(
+        default="refuse",
+        description="a pinned model whose task the plan does not use: refuse the run, or ignore the pin (a chat "
+        "session's pins hold for every turn, and a turn need not use them all)",
+    )
     prefetch: bool = Field(
         default=True, description="download and load the plan's local models ahead of their nodes, once chosen"
     )
@@ -364,6 +375,7 @@ class RunOptions(BaseModel):
     )
     max_workers: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="nodes run at the same time")
     prefetch: bool | None = Field(default=None, description="load the plan's models ahead of their nodes")
+    unused_pins: Literal["refuse", "ignore"] | None = None
     task_runner: Literal["threads", "dask"] | None = None
     dask_address: str | None = Field(default=None, description="scheduler of an existing Dask cluster")
     persist_results: bool | None = None
