@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.llm import LLMError
+    from tasks.llm import LLMError, LLMUnreachableError
     from tasks.plan import PlanningError, plan_request
     from tasks.services import services_for
 
@@ -51,7 +51,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         result = plan_request(services_for(settings).chat_model, args.request, inputs=args.inputs)
     except (PlanningError, LLMError) as exc:
         error("plan", str(exc))
-        return EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, LLMUnreachableError) else EXIT_FAILED
     for repair in result.repairs:
         error("plan", f"repaired: {repair}")
     nodes = [{"id": n.id, "task": n.task, "dep": n.dep or [-1], "args": n.args} for n in result.nodes]
