@@ -8,6 +8,7 @@ dependents end as skipped, its siblings go on, and the response still runs.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -24,10 +25,12 @@ from flows import progress
 from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
 from flows.streaming import run_streamed
+from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
-from tasks.execute import node_tags, run_node
-from tasks.inputs import InputPolicy
-from tasks.llm import LLMError
+from tasks.execute import answered_ahead, node_tags, run_node
+from tasks.inputs import InputPolicy, refused_inputs
+from tasks.llm import LLMError, LLMUnreachableError
+from tasks.parsing import clip
 from tasks.plan import (
     PlanningError,
     PlanValidationError,
@@ -50,10 +53,18 @@ from tasks.schemas import (
     ResponseResult,
     RunSummary,
     SelectionResult,
+    bounded_history,
 )
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.services import Services, services_for
-from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
+from tasks.settings import (
+    LLMNotConfiguredError,
+    RunOptions,
+    RuntimeSettingError,
+    Settings,
+    check_runtime,
+    load_settings,
+)
 from tasks.storage import ArtifactStore, StorageError
 from tasks.task_types import TASK_TYPES
 
@@ -95,14 +106,19 @@ def request_run_name(request: str, suffix: str | None = None) -> str:
     return f"{text} · {suffix or uuid.uuid4().hex[:8]}"
 
 
+_GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+")  # the two-word name Prefect makes up for an unnamed run
+
+
 def _run_name() -> str:
-    """The run's name: the one it was created with when that is already this request's (``run_deployment`` with
-    :func:`request_run_name`), else the request and the start of the run's id."""
+    """The run's name: the one it was created with when one was given (``--flow-run-name``, ``run_deployment(...,
+    flow_run_name=...)``), else the request and the start of the run's id, after ``resume of {run}:`` for a resume."""
     request = str(flow_run.parameters.get("request", ""))
     current = str(flow_run.name or "")
-    if current.startswith(request_run_name(request, "-")[:-1]):
+    if current and not _GENERATED_NAME.fullmatch(current):
         return current
-    return request_run_name(request, str(flow_run.id or "")[:8] or None)
+    name = request_run_name(request, str(flow_run.id or "")[:8] or None)
+    resumed = flow_run.parameters.get("resume_from")
+    return f"resume of {str(resumed)[:8]}: {name}" if resumed else name
 
 
 def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
@@ -171,17 +187,19 @@ def hugginggpt_request(
     t_start = time.perf_counter()
     log = get_run_logger()
     inputs = list(inputs or [])
-    history = list(history or [])
+    history = bounded_history(history or [])  # what a caller passes is bounded like a chat's
     settings = load_settings(options, storage=storage, catalog=catalog)
     use_result_storage(settings)
     run_id = str(flow_run.id or uuid.uuid4())
     summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
+    summary.resumed_from = resume_from
     summary.plan_source = "resumed" if resume_from else plan_source or ("explicit" if plan is not None else "llm")
     store: ArtifactStore | None = None
     services = services_for(settings)
     try:
         store = services.store(run_id)
         summary.storage_uri = store.run_uri
+        check_runtime(settings)  # a device or Dask scheduler that is not there: before any LLM call
         prior = load_prior(
             store,
             resume_from or run_id,
@@ -190,6 +208,7 @@ def hugginggpt_request(
             availability=services.availability,
             request=request,
             inputs=inputs,
+            pins=parse_pins(models),
         )
         if prior is None:
             store.put_text(
@@ -207,6 +226,7 @@ def hugginggpt_request(
         PlanValidationError,
         LLMError,
         LLMNotConfiguredError,
+        RuntimeSettingError,
         SelectionError,
         StorageError,
         CatalogError,
@@ -215,6 +235,8 @@ def hugginggpt_request(
         if isinstance(exc, PlanningError | LLMError):  # the calls a failed stage made count too
             summary.llm = summary.llm + exc.usage
         summary.error = str(exc)
+        if isinstance(exc, LLMUnreachableError | LLMNotConfiguredError):  # a setting to change
+            summary.error_kind = "configuration"
         summary.answer = f"The request could not be completed: {exc}"
         summary.answer_source = "fallback"
         return _finish(summary, store, t_start, settings)
@@ -222,7 +244,7 @@ def hugginggpt_request(
     summary.answer_source = response.source
     summary.answer_error = response.error
     summary.llm = summary.llm + response.usage
-    log.info("answer (%s): %s", response.source, response.answer)
+    log.info("answer (%s): %s", response.source, clip(response.answer, 2000))
     return _finish(summary, store, t_start, settings)
 
 
@@ -246,6 +268,9 @@ def _run_stages(
 ) -> ResponseResult:
     settings = services.settings
     check_request(request)
+    refused = refused_inputs(inputs, InputPolicy.from_settings(settings))
+    if refused:  # said of the inputs themselves, before a plan could name them
+        raise RequestError("; ".join(refused))
     planning_started = datetime.now(UTC)
     futures: dict[int, PrefectFuture[Any]] = {}  # every node's task run, by id: later rounds' edges go to them
     if prior is None and plan is None and settings.stream_plan:
@@ -341,8 +366,10 @@ def _stages(
     progress.planned(str(flow_run.id), str(flow_run.name or ""), nodes, assignments)
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
-    if settings.prefetch:  # every node's model downloads and loads while upstream nodes run
-        prefetch_models(settings, assignments, lambda: services.local_backend, store.run_id)
+    if settings.prefetch:  # every node's model downloads and loads while upstream nodes run (not those answered)
+        answered = answered_ahead(settings, nodes, assignments, store, prior.results if prior else None)
+        unanswered = [a for a in assignments if a.node_id not in answered]
+        prefetch_models(settings, unanswered, lambda: services.local_backend, store.run_id)
 
     t0 = time.perf_counter()
     summary.results = execute_graph(
@@ -375,6 +402,7 @@ def _streamed_stages(
     log = get_run_logger()
     settings = services.settings
     t0 = time.perf_counter()
+    limited = read_limited_tags()
     with task_runner_for(settings) as runner:
         outcome = run_streamed(
             services,
@@ -383,7 +411,7 @@ def _streamed_stages(
             history,
             pins,
             lambda node, assignment, why, upstream: submit_node(
-                runner, settings, node, assignment, why, upstream, store.run_id
+                runner, settings, node, assignment, why, upstream, store.run_id, limited=limited
             ),
             run_id=str(flow_run.id),
             run_name=str(flow_run.name or ""),
@@ -473,14 +501,17 @@ def _replan_rounds(
         summary.timings["replan"] = summary.timings.get("replan", 0.0) + time.perf_counter() - t0
 
 
-def node_task_options(settings: Settings, node: PlanNode, assignment: Assignment | None) -> dict[str, Any]:
-    """A node task run's tags (task type, model, backend), its retries of transient failures
-    (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the progress views."""
+def node_task_options(settings: Settings, tagging: Mapping[str, Any]) -> dict[str, Any]:
+    """A node task run's tags and ``on_running`` hooks as :func:`flows.tag_limits.node_tagging` gives them, its
+    retries of transient failures (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the
+    progress views."""
+    hooks = {**progress.NODE_STATE_HOOKS}
+    hooks["on_running"] = [*tagging["on_running"], *hooks.get("on_running", [])]
     return {
-        "tags": node_tags(node, assignment),
+        "tags": tagging["tags"],
         "retries": settings.node_retries,
         "retry_delay_seconds": settings.node_retry_wait,
-        **progress.NODE_STATE_HOOKS,
+        **hooks,
     }
 
 
@@ -498,27 +529,31 @@ def submit_node(
     futures: Mapping[int, PrefectFuture[Any]],
     run_id: str,
     prior: NodeResult | None = None,
+    *,
+    limited: frozenset[str] | None = None,
 ) -> PrefectFuture[Any]:
     """Submit one node's task run to ``runner``, named after it, with the futures of the nodes it depends on
-    (``allow_failure``, so a node whose upstream failed still starts under its own name and ends as skipped)."""
-    node_task = run_node.with_options(
-        name=node.name,
-        task_run_name=node.name,
-        persist_result=settings.persist_results,
-        **node_task_options(settings, node, assignment),
-    )
-    return runner.submit(
-        node_task,
-        {
-            "node": node,
-            "assignment": assignment,
-            "upstream": [allow_failure(futures[d]) for d in node.dep],
-            "settings": settings,
-            "run_id": run_id,
-            "unassigned_reason": unassigned_reason,
-            "prior": prior,
-        },
-    )
+    (``allow_failure``, so a node whose upstream failed still starts under its own name and ends as skipped), tagged
+    as :func:`flows.tag_limits.node_tagging` says for the tags that have a limit (``limited``)."""
+    with node_tagging(node_tags(node, assignment), limited) as tagging:
+        node_task = run_node.with_options(
+            name=node.name,
+            task_run_name=node.name,
+            persist_result=settings.persist_results,
+            **node_task_options(settings, tagging),
+        )
+        return runner.submit(
+            node_task,
+            {
+                "node": node,
+                "assignment": assignment,
+                "upstream": [allow_failure(futures[d]) for d in node.dep],
+                "settings": settings,
+                "run_id": run_id,
+                "unassigned_reason": unassigned_reason,
+                "prior": prior,
+            },
+        )
 
 
 def execute_graph(
@@ -532,7 +567,7 @@ def execute_graph(
     futures: dict[int, PrefectFuture[Any]] | None = None,
     round: int = 0,
 ) -> list[NodeResult]:
-    """Submit one task run per node, each with its upstream futures (:func:`submit_node`); wait for all. Nodes that
+    """Submit one task run per node (:func:`submit_node`), each with its upstream futures; wait for all. Nodes that
     completed in ``prior`` (an earlier attempt) end Cached with their earlier outputs.
 
     ``futures`` holds the task runs of earlier rounds by node id (a node of a replan uses their outputs, and the
@@ -545,6 +580,7 @@ def execute_graph(
     prior = prior or {}
     by_node = {a.node_id: a for a in assignments}
     futures = futures if futures is not None else {}
+    limited = read_limited_tags() if nodes else frozenset()  # one API call, not a slot request per node
     with task_runner_for(settings) as runner:
         for node in nodes:  # nodes are in dependency order
             futures[node.id] = submit_node(
@@ -556,6 +592,7 @@ def execute_graph(
                 futures,
                 run_id,
                 prior.get(node.id),
+                limited=limited,
             )
         results = [_collect(node, futures[node.id]) for node in nodes]
     return [r.model_copy(update={"round": round}) for r in results] if round else results

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
-from tasks.parsing import clip
 from tasks.schemas import RunSummary
 
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
-_CELL_CHARS = 60
 
 
 def artifact_key(*parts: str) -> str:
@@ -20,38 +16,80 @@ def artifact_key(*parts: str) -> str:
     return _KEY_BAD.sub("-", key).strip("-")[:200]
 
 
-def browser_link(uri: str, fs: Any = None, *, expires: int = 3600) -> tuple[str, bool]:
-    """Where a stored file can be opened from a browser, and whether a page (the Prefect UI) can fetch it.
+# Characters markdown gives meaning inside a line (emphasis, code, links and images, headings, lists, HTML, tables)
+# and those autolinks are made of (``:`` of ``http://``, ``.`` of ``www.``, ``@`` of an email). The first set is
+# escaped with a backslash (every markdown dialect knows those escapes); the others are written as HTML character
+# references, which every renderer shows as the character and no autolinker or table reads.
+_MARKDOWN_ESCAPED = re.compile(r"([\\`*_{}\[\]()#+\-.!])")
+_AS_ENTITY = {c: f"&#{ord(c)};" for c in '&<>":@=~|'}
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
-    http(s) URLs as they are; object storage that can sign (s3fs, gcsfs) as a presigned URL; a local file as a
-    ``file://`` URL, which a browser opens only from the same machine and a web page cannot fetch. Without ``fs``,
-    nothing is signed.
-    """
-    if uri.startswith(("http://", "https://")):
-        return uri, True
-    if "://" not in uri:
-        return Path(uri).expanduser().resolve().as_uri(), False
-    if uri.startswith("file://"):
-        return uri, False
-    if fs is not None:
-        try:
-            signed = fs.sign(uri, expiration=expires)
-        except Exception:  # NotImplementedError for most file systems, no credentials to sign with, ...
-            signed = None
-        if isinstance(signed, str) and signed.startswith(("http://", "https://")):
-            return signed, True
-    return uri, False
+
+def markdown_text(text: object, *, one_line: bool = True) -> str:
+    """``text`` (from the LLM, a model or the user) as markdown that shows exactly that text: every character
+    markdown or HTML would read as a link, an image, a heading, a table, emphasis or a tag is escaped, autolinks
+    (``http://``, ``www.``, emails) are broken, control characters dropped. ``one_line``: newlines become spaces
+    (a table cell); otherwise each line stays a line (its paragraph breaks kept)."""
+    plain = _CONTROL.sub("", str(text))
+    escaped = "".join(_AS_ENTITY.get(c, c) for c in _MARKDOWN_ESCAPED.sub(r"\\\1", plain))
+    if one_line:
+        return " ".join(escaped.split())
+    lines = [line.strip() for line in escaped.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return "  \n".join(line for line in lines)  # a hard break keeps each line; a blank line keeps a paragraph
+
+
+def code_text(text: object) -> str:
+    """``text`` as an inline code span, whatever backticks it holds (the fence is longer than any run of them)."""
+    plain = " ".join(_CONTROL.sub("", str(text)).split())
+    longest = max((len(run) for run in re.findall(r"`+", plain)), default=0)
+    fence = "`" * (longest + 1)
+    return f"{fence} {plain} {fence}" if longest else f"`{plain}`"
 
 
 def _link_text(text: str) -> str:
     return re.sub(r"([\[\]()\\`*_|<>])", r"\\\1", text)
 
 
+def clip_shown(text: str, limit: int) -> str:
+    """``text`` on one line, cut after ``limit`` characters with a marker saying how much is left out and where the
+    whole is (``summary.json``, and ``--json``): for a table cell, never for what is stored."""
+    one = " ".join(str(text).split())
+    if len(one) <= limit:
+        return one
+    return f"{one[:limit]}… [{len(one) - limit} more characters in summary.json]"
+
+
+def breakable(text: str, every: int = 20) -> str:
+    """``text`` with a zero-width space every ``every`` characters of a run without spaces, so that a table cell
+    can wrap it (a long word would widen the column past the page)."""
+    return re.sub(
+        rf"\S{{{every + 1},}}",
+        lambda m: (
+            m.group()
+            if "://" in m.group()  # a URL stays whole: broken, the page would link to part of it
+            else "\u200b".join(m.group()[i : i + every] for i in range(0, len(m.group()), every))
+        ),
+        text,
+    )
+
+
+#: characters of a text output or an error shown in a cell: the artifact's table, the terminal's
+ARTIFACT_CELL_CHARS = 60
+TERMINAL_CELL_CHARS = 240
+
+
 def node_rows(
-    summary: RunSummary, *, short_files: bool = False, links: Mapping[str, str] | None = None
+    summary: RunSummary,
+    *,
+    short_files: bool = False,
+    links: Mapping[str, str] | None = None,
+    max_chars: int | None = None,
 ) -> list[dict[str, str]]:
     """One row per plan node. ``short_files`` shows stored files by name only (their full URIs are listed apart);
-    ``links`` (URI -> URL) makes them markdown links, for the artifacts; long text is clipped there too."""
+    ``links`` (URI -> URL) makes them markdown links, for the artifacts (text clipped to
+    :data:`ARTIFACT_CELL_CHARS` there); ``max_chars`` clips text outputs and errors (:func:`clip_shown`)."""
+    if links is not None and max_chars is None:
+        max_chars = ARTIFACT_CELL_CHARS
     by_id = {a.node_id: a for a in summary.assignments}
     rows = []
     for node in summary.plan:
@@ -63,9 +101,12 @@ def node_rows(
                 shown = []
                 for k, v in r.outputs.items():
                     if k == "text":
-                        shown.append(f"{k}: {clip(v, _CELL_CHARS) if links is not None else v}")
-                    elif links is not None:
-                        shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links.get(v, v)})")
+                        text = clip_shown(v, max_chars) if max_chars is not None else v
+                        shown.append(f"{k}: {markdown_text(breakable(text)) if links is not None else text}")
+                    elif links is not None and v in links:
+                        shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links[v]})")
+                    elif links is not None:  # no link a browser could open: the name, the path under "Files"
+                        shown.append(f"{k}: {code_text(v.rsplit('/', 1)[-1])}")
                     else:
                         shown.append(f"{k}: {v.rsplit('/', 1)[-1] if short_files else v}")
                 output = "; ".join(shown)
@@ -73,13 +114,14 @@ def node_rows(
                     run = r.reused_from or ""
                     output += f" (reused from run {run[:8] if links is not None else run})"
             else:
-                output = clip(r.error or "", _CELL_CHARS) if links is not None else r.error or ""
+                output = clip_shown(r.error or "", max_chars) if max_chars is not None else r.error or ""
+                output = markdown_text(breakable(output)) if links is not None else output
         rows.append(
             {
                 "node": f"{node.name} (replan {r.round})" if r is not None and r.round else node.name,
                 "task": node.task,
                 "depends on": ", ".join(str(d) for d in node.dep) or "none",
-                "model": a.model if a else "no model",
+                "model": (markdown_text(a.model) if links is not None else a.model) if a else "no model",
                 "status": ("cached" if r.cached else r.status) if r else "not run",
                 "seconds": f"{r.seconds:.2f}" if r else "",
                 "output": output,
@@ -88,25 +130,31 @@ def node_rows(
     return rows
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def summary_markdown(
-    summary: RunSummary, links: Mapping[str, str] | None = None, fetchable: frozenset[str] = frozenset()
+    summary: RunSummary,
+    links: Mapping[str, str] | None = None,
+    fetchable: frozenset[str] = frozenset(),
+    *,
+    resumed_page: str | None = None,
 ) -> str:
-    """The run as markdown. ``links`` (URI -> URL) turns stored files into links; images whose URL a browser can
-    fetch (``fetchable``) are shown inline."""
+    """The run as markdown. ``links`` (URI -> URL a browser can open) turns stored files into links; images whose
+    URL a page can fetch (``fetchable``) are shown inline; every other file is listed under "Files" as its path in
+    code, to copy (a local path or an unsigned ``s3://`` URI would be a dead link). A resumed run names the run it
+    resumes, linked to ``resumed_page`` (its page in the UI) when given."""
     links = links or {}
-    lines = [f"# HuggingGPT run: {summary.status}", "", f"**Request:** {_cell(summary.request)}", ""]
+    lines = [f"# HuggingGPT run: {summary.status}", "", f"**Request:** {markdown_text(summary.request)}", ""]
+    if summary.resumed_from:
+        run = code_text(summary.resumed_from)
+        lines += [f"**Resumes run:** {f'[{run}]({resumed_page})' if resumed_page else run}", ""]
     if summary.inputs:
-        lines += [f"**Inputs:** {', '.join(_cell(i) for i in summary.inputs)}", ""]
+        lines += [f"**Inputs:** {', '.join(markdown_text(i) for i in summary.inputs)}", ""]
     if summary.error:
-        lines += [f"**Error:** {_cell(summary.error)}", ""]
-    lines += ["## Answer", "", summary.answer or "(none)", ""]
+        lines += [f"**Error:** {markdown_text(summary.error)}", ""]
+    lines += ["## Answer", "", markdown_text(summary.answer, one_line=False) if summary.answer else "(none)", ""]
     if summary.answer_source == "fallback" and not summary.error:
         lines += [
-            f"_The LLM could not write the answer ({summary.answer_error}); this one is built from the results._",
+            f"_The LLM could not write the answer ({markdown_text(summary.answer_error or '')}); this one is built "
+            "from the results._",
             "",
         ]
     images = [
@@ -127,24 +175,32 @@ def summary_markdown(
         ]
         for row in node_rows(summary, links=links):
             lines.append(
-                f"| {row['node']} | {row['depends on']} | {_cell(row['model'])} | {row['status']} | {row['seconds']} "
-                f"| {_cell(row['output'])} |"
+                f"| {row['node']} | {row['depends on']} | {row['model']} | {row['status']} | {row['seconds']} "
+                f"| {' '.join(row['output'].split())} |"
             )
         lines.append("")
         lines += ["## Model choices", ""]
         for a in summary.assignments:
             lines.append(
-                f"- **{a.task}#{a.node_id}**: `{a.model}` of {len(a.candidates)} candidate(s): {_cell(a.reason)}"
+                f"- **{a.task}#{a.node_id}**: {code_text(a.model)} of {len(a.candidates)} candidate(s): "
+                f"{markdown_text(a.reason)}"
             )
         lines.append("")
+    files = [(f"{r.task}#{r.id}", m, uri) for r in summary.results for m, uri in r.outputs.items() if m != "text"]
+    if files:
+        lines += ["## Files", ""]
+        for name, modality, uri in files:
+            shown = f"[{_link_text(uri.rsplit('/', 1)[-1])}]({links[uri]})" if uri in links else code_text(uri)
+            lines.append(f"- {name} {modality}: {shown}")
+        lines.append("")
     if summary.plan_repairs:
-        lines += ["## Plan repairs", "", *[f"- {r}" for r in summary.plan_repairs], ""]
+        lines += ["## Plan repairs", "", *[f"- {markdown_text(r)}" for r in summary.plan_repairs], ""]
     llm = summary.llm
     lines += [
         "## Run",
         "",
-        f"- flow run: `{summary.flow_run_id}`",
-        f"- storage: `{summary.storage_uri}`",
+        f"- flow run: {code_text(summary.flow_run_id)}",
+        f"- storage: {code_text(summary.storage_uri)}",
         f"- LLM: {llm.calls} call(s), {llm.prompt_tokens} prompt + {llm.completion_tokens} completion tokens",
         "- seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()),
     ]
