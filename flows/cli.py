@@ -63,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.eval_cli import register as register_eval
     from flows.models_cli import register as register_models
     from flows.plan_cli import register as register_plan
+    from flows.serve_cli import register as register_serve
 
     register_eval(sub)
     register_batch(sub)
     register_plan(sub)
     register_models(sub)
     register_demos(sub)
+    register_serve(sub)
 
     chat = sub.add_parser(
         "chat",
@@ -544,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return drain_prefect_queues(cmd_resume(args))
         if args.command == "chat":
             return drain_prefect_queues(cmd_chat(args))
-        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos"):
+        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos", "serve"):
             return drain_prefect_queues(args.func(args))
     except KeyboardInterrupt:
         error(None, "interrupted")

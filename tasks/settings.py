@@ -252,10 +252,26 @@ class Settings(BaseSettings):
         default=None, ge=1, le=MAX_CONCURRENCY, description="worker processes of the local Dask cluster"
     )
 
+    # --- links to stored files through `hugginggpt serve` --------------------------------
+    public_url: str | None = Field(
+        default=None,
+        description="the URL of `hugginggpt serve` as browsers reach it (https://hugginggpt.example.com): run "
+        "artifacts link files through it when HUGGINGGPT_FILE_SECRET is set too",
+    )
+    file_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="secret that signs file links (HMAC); the server and the processes that run flows share it "
+        "(unset: the server makes one per start, and artifacts keep their own links)",
+    )
+    link_seconds: int = Field(
+        default=7 * 24 * 3600, ge=1, le=int(MAX_TTL), description="seconds a signed file link stays valid"
+    )
+
     # --- Prefect --------------------------------------------------------------------
     heartbeats: bool = Field(default=False, description="emit flow-run heartbeats (crash detection on long runs)")
 
-    @field_validator("openai_base_url", "catalog", mode="before")
+    @field_validator("openai_base_url", "catalog", "public_url", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v or None
@@ -309,7 +325,7 @@ class Settings(BaseSettings):
         messages and logs)."""
         from tasks.storage import credential_values
 
-        values = [s.get_secret_value() for s in (self.openai_api_key, self.hf_token) if s is not None]
+        values = [s.get_secret_value() for s in (self.openai_api_key, self.hf_token, self.file_secret) if s is not None]
         values += credential_values(self.storage_options)
         for url in (self.openai_base_url, self.hf_inference_url, self.storage, self.results_storage, self.dask_address):
             values += url_credentials(url)
