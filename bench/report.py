@@ -152,6 +152,21 @@ def batch_rows(r: Mapping[str, Any]) -> list[dict[str, str]]:
                     "target": "",
                 }
             )
+    scaling = r.get("in_flight_scaling")
+    for row in (scaling or {}).get("runs", []):
+        rows.append(
+            {
+                "benchmark": f"batch: {row['lines']} LLM-planned lines "
+                f"({scaling['llm_round_trips_per_line']} LLM round "
+                f"trips of {scaling['llm_latency_seconds']:g} s each), {row['in_flight']} in flight, Prefect API on "
+                f"{scaling['api']}",
+                "figure": "lines per minute (share of the bound); CPU s per line: batch process, API server",
+                "value": f"{row['lines_per_minute']:.0f}/min ({100 * row['of_bound']:.0f} %); "
+                f"{row['cpu_seconds_per_line']:.2f} s, {row['api_cpu_seconds_per_line']:.2f} s",
+                "baseline (same run)": f"bound {row['bound_per_minute']:.0f}/min",
+                "target": _target(">= 80 % of the bound", row["of_bound"] >= 0.8) if row["in_flight"] == 8 else "",
+            }
+        )
     return rows
 
 

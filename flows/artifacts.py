@@ -3,11 +3,13 @@ the nodes table, a link per stored file) under keys that stay the same from run 
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from tasks.parsing import clip
-from tasks.report import artifact_key, browser_link, node_rows, summary_markdown
+from tasks.report import artifact_key, code_text, node_rows, summary_markdown
 from tasks.schemas import RunSummary
 from tasks.storage import ArtifactStore, StorageError
 
@@ -20,6 +22,31 @@ def artifact_scope(flow_kind: str = "request") -> str:
 
     name = deployment.name
     return artifact_key("hugginggpt", str(name) if name else flow_kind)
+
+
+def file_link(uri: str, fs: Any = None, *, expires: int = 3600) -> str | None:
+    """The URL a browser showing the Prefect UI can open for the stored file ``uri``, or ``None`` when there is
+    none (the artifacts then show the path as text to copy): an http(s) URL as it is; on object storage that can
+    sign (s3fs, gcsfs, given as ``fs``), a presigned URL valid ``expires`` seconds. A local path, a ``file://`` URL
+    (browsers refuse them from a web page) or an unsigned ``s3://`` URI is no link. The one place file links are
+    made."""
+    if uri.startswith(("http://", "https://")):
+        return uri
+    if fs is None or "://" not in uri or uri.startswith("file://"):
+        return None
+    try:
+        signed = fs.sign(uri, expiration=expires)
+    except Exception:  # NotImplementedError for most file systems, no credentials to sign with, ...
+        return None
+    return signed if isinstance(signed, str) and signed.startswith(("http://", "https://")) else None
+
+
+def run_page(flow_run_id: str) -> str | None:
+    """The Prefect UI's page of a flow run (``PREFECT_UI_URL``), or ``None`` when no UI address is known."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
 
 
 def publish(summary: RunSummary, store: ArtifactStore | None, *, presign_seconds: int = 0) -> None:
@@ -44,16 +71,16 @@ def _create_artifacts(summary: RunSummary, store: ArtifactStore | None, presign_
     scope = artifact_scope()
     about = f"run {run}: {summary.request[:80]}"
     files = [uri for r in summary.results for modality, uri in r.outputs.items() if modality != "text"]
-    links: dict[str, str] = {}
-    fetchable: set[str] = set()
-    for uri in files:
-        signer = store.fs if store is not None and presign_seconds > 0 else None
-        links[uri], can_fetch = browser_link(uri, signer, expires=presign_seconds)
-        if can_fetch:
-            fetchable.add(uri)
+    signer = store.fs if store is not None and presign_seconds > 0 else None
+    links = {uri: url for uri in files if (url := file_link(uri, signer, expires=presign_seconds)) is not None}
     create_markdown_artifact(
         key=artifact_key(scope, "summary"),
-        markdown=summary_markdown(summary, links, frozenset(fetchable)),
+        markdown=summary_markdown(
+            summary,
+            links,
+            frozenset(links),
+            resumed_page=run_page(summary.resumed_from) if summary.resumed_from else None,
+        ),
         description=f"HuggingGPT summary of {about}",
     )
     rows = [{k: v for k, v in row.items() if k != "task"} for row in node_rows(summary, links=links)]  # in the name
@@ -65,10 +92,13 @@ def _create_artifacts(summary: RunSummary, store: ArtifactStore | None, presign_
         )
     for result in summary.results:
         for modality, uri in result.outputs.items():
-            if modality != "text" and uri in links:
+            if modality == "text":
+                continue
+            key = artifact_key(scope, result.task, modality)
+            description = f"{modality} output of {result.task}#{result.id}, {about}"
+            if uri in links:
                 create_link_artifact(
-                    key=artifact_key(scope, result.task, modality),
-                    link=links[uri],
-                    link_text=f"{result.task}#{result.id} {modality}",
-                    description=f"{modality} output of {result.task}#{result.id}, {about}",
+                    key=key, link=links[uri], link_text=f"{result.task}#{result.id} {modality}", description=description
                 )
+            else:  # no link a browser would open: the path, to copy
+                create_markdown_artifact(key=key, markdown=code_text(uri), description=description)

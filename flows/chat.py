@@ -8,7 +8,8 @@
 
 Every turn's flow run is tagged ``hugginggpt`` and ``chat-{session id}``, so the UI lists a conversation's runs
 together. The last ``history_turns`` turns (``HUGGINGGPT_CHAT_HISTORY``, default 5) go to the planner and the
-answer as history, and the files those turns produced (their storage URIs) are inputs of the next request, so
+answer as history (bounded in characters too: a long answer is clipped, the oldest messages left out first),
+and the files those turns produced (their storage URIs) are inputs of the next request, so
 "now make it French" can refer to an earlier result. ``hugginggpt chat`` is the same on a terminal.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.schemas import ChatTurn, RunSummary
+from tasks.schemas import MAX_HISTORY_MESSAGE_CHARS, ChatTurn, RunSummary, bounded_history, clip_history_text
 
 #: runs one turn: (request, inputs, pins, history, tags) -> its summary
 TurnRunner = Callable[[str, list[str], dict[str, str], list[ChatTurn], list[str]], RunSummary]
@@ -34,9 +35,15 @@ class Turn:
     files: list[str] = field(default_factory=list)
 
     def as_history(self) -> list[ChatTurn]:
+        """The turn as two messages, each within :data:`MAX_HISTORY_MESSAGE_CHARS`: a long answer is clipped, the
+        note of its files kept."""
         answer = self.summary.answer or self.summary.error or "(no answer)"
+        note = ""
         if self.files:
-            answer += "\n(files produced: " + ", ".join(self.files) + ")"
+            note = clip_history_text(
+                "\n(files produced: " + ", ".join(self.files) + ")", MAX_HISTORY_MESSAGE_CHARS // 2
+            )
+        answer = clip_history_text(answer, MAX_HISTORY_MESSAGE_CHARS - len(note)) + note
         return [ChatTurn(role="user", content=self.request), ChatTurn(role="assistant", content=answer)]
 
 
@@ -52,9 +59,18 @@ def _run_with_prefect(
         from prefect import tags as prefect_tags
 
         from flows.request import run_request
+        from tasks.settings import RunOptions
 
         with prefect_tags(*tags):
-            return run_request(request, inputs=inputs, models=pins, history=history, storage=storage, catalog=catalog)
+            return run_request(
+                request,
+                inputs=inputs,
+                models=pins,
+                history=history,
+                storage=storage,
+                catalog=catalog,
+                options=RunOptions(unused_pins="ignore"),  # the session's pins: a turn need not use them all
+            )
 
     return run
 
@@ -95,7 +111,8 @@ class ChatSession:
         return self.turns[-self.history_turns :] if self.history_turns else []
 
     def history(self) -> list[ChatTurn]:
-        return [message for turn in self.recent() for message in turn.as_history()]
+        """The recent turns as messages, bounded in characters as well as turns (:func:`bounded_history`)."""
+        return bounded_history([message for turn in self.recent() for message in turn.as_history()])
 
     def next_inputs(self, inputs: Sequence[str] = ()) -> list[str]:
         """This turn's inputs, the session's, then the files of the recent turns, each once, in that order."""

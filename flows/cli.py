@@ -63,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.eval_cli import register as register_eval
     from flows.models_cli import register as register_models
     from flows.plan_cli import register as register_plan
+    from flows.serve_cli import register as register_serve
 
     register_eval(sub)
     register_batch(sub)
     register_plan(sub)
     register_models(sub)
     register_demos(sub)
+    register_serve(sub)
 
     chat = sub.add_parser(
         "chat",
@@ -254,7 +256,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             storage=args.storage,
             catalog=args.catalog,
             history=history,
-            options=run_options(args),
+            options=run_options(args).model_copy(update={"unused_pins": "ignore"}),  # pins hold for the session
             tags=tags,
         )
         return result if isinstance(result, RunSummary) else RunSummary(request=request, status="failed", error=result)
@@ -367,6 +369,8 @@ def _execute(
         print(dump_json(summary_json(summary)))
     else:
         print_summary(summary)
+    if summary.error_kind == "configuration":  # e.g. the LLM could not be reached: a setting to change
+        return EXIT_USAGE
     return EXIT_OK if summary.status == "completed" else EXIT_FAILED
 
 
@@ -445,12 +449,17 @@ def _is_prefect_api_error(exc: BaseException) -> bool:
 
 
 def prefect_api_hint(exc: BaseException) -> str:
+    """What to do when the Prefect API could not be reached; the error quoted on one line, clipped (an API's
+    answer can quote a whole request, flow run parameters included)."""
     from prefect.settings import get_current_settings
+
+    from tasks.parsing import clip
 
     url = get_current_settings().api.url
     where = f"the Prefect API at {url}" if url else "Prefect's embedded local server"
     return (
-        f"could not reach {where} ({type(exc).__name__}: {exc}). Start a server with `prefect server start` and set "
+        f"could not reach {where} ({type(exc).__name__}: {clip(str(exc))}). Start a server with "
+        "`prefect server start` and set "
         "PREFECT_API_URL=http://127.0.0.1:4200/api, or unset PREFECT_API_URL to use the embedded one "
         "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS gives it more time to start)"
     )
@@ -481,16 +490,20 @@ def print_summary(summary: Any, console: Any = None) -> None:
     from rich.text import Text
 
     from flows.progress import safe_text
-    from tasks.report import node_rows
+    from tasks.report import TERMINAL_CELL_CHARS, node_rows
 
-    console = console or Console(highlight=False)
+    if console is None:  # into a pipe or a file: no wrapping at 80 columns, which would split paths and model ids
+        console = Console(highlight=False)
+        console = console if console.is_terminal else Console(highlight=False, width=100_000)
+    if summary.resumed_from:
+        console.print(Text(safe_text(f"resumes run {summary.resumed_from}", one_line=True), style="dim"))
     if summary.error:
         error(None, safe_text(summary.error, one_line=True))
     if summary.plan:
         table = Table(title="Tasks", show_lines=False)
         for col in ("node", "depends on", "model", "status", "seconds", "output"):
             table.add_column(col, overflow="fold")
-        for row in node_rows(summary, short_files=True):
+        for row in node_rows(summary, short_files=True, max_chars=TERMINAL_CELL_CHARS):
             table.add_row(
                 *(Text(safe_text(row[c])) for c in ("node", "depends on", "model")),
                 Text(row["status"], style=_STATUS_STYLES.get(row["status"], "")),
@@ -502,7 +515,7 @@ def print_summary(summary: Any, console: Any = None) -> None:
         # a request that failed before any task ran has no answer beyond its error, said above
         fallback = summary.answer_source == "fallback"
         title = "Answer (built from the results; the LLM could not answer)" if fallback else "Answer"
-        console.print(Panel(Text(safe_text(summary.answer)), title=title, expand=True))
+        console.print(Panel(Text(safe_text(summary.answer)), title=title, expand=console.is_terminal))
     files = [(r.task, r.id, k, v) for r in summary.results for k, v in r.outputs.items() if k != "text"]
     if files:
         console.print(Text("Files:", style="bold"))
@@ -533,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return drain_prefect_queues(cmd_resume(args))
         if args.command == "chat":
             return drain_prefect_queues(cmd_chat(args))
-        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos"):
+        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos", "serve"):
             return drain_prefect_queues(args.func(args))
     except KeyboardInterrupt:
         error(None, "interrupted")

@@ -9,6 +9,7 @@ dependents end as skipped, its siblings go on, and the response still runs.
 from __future__ import annotations
 
 import copy
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,14 +26,23 @@ from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
 from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
-from tasks.execute import node_tags, run_node
-from tasks.inputs import InputPolicy
-from tasks.llm import LLMError
+from tasks.execute import answered_ahead, node_tags, run_node
+from tasks.inputs import InputPolicy, refused_inputs
+from tasks.llm import LLMError, LLMUnreachableError
+from tasks.parsing import clip
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.respond import respond_task
 from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_prior
-from tasks.schemas import ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
+from tasks.schemas import (
+    ChatTurn,
+    NodeResult,
+    PlanNode,
+    ResponseResult,
+    RunSummary,
+    SelectionResult,
+    bounded_history,
+)
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.services import Services, services_for
 from tasks.settings import (
@@ -84,14 +94,19 @@ def request_run_name(request: str, suffix: str | None = None) -> str:
     return f"{text} · {suffix or uuid.uuid4().hex[:8]}"
 
 
+_GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+")  # the two-word name Prefect makes up for an unnamed run
+
+
 def _run_name() -> str:
-    """The run's name: the one it was created with when that is already this request's (``run_deployment`` with
-    :func:`request_run_name`), else the request and the start of the run's id."""
+    """The run's name: the one it was created with when one was given (``--flow-run-name``, ``run_deployment(...,
+    flow_run_name=...)``), else the request and the start of the run's id, after ``resume of {run}:`` for a resume."""
     request = str(flow_run.parameters.get("request", ""))
     current = str(flow_run.name or "")
-    if current.startswith(request_run_name(request, "-")[:-1]):
+    if current and not _GENERATED_NAME.fullmatch(current):
         return current
-    return request_run_name(request, str(flow_run.id or "")[:8] or None)
+    name = request_run_name(request, str(flow_run.id or "")[:8] or None)
+    resumed = flow_run.parameters.get("resume_from")
+    return f"resume of {str(resumed)[:8]}: {name}" if resumed else name
 
 
 def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
@@ -160,11 +175,12 @@ def hugginggpt_request(
     t_start = time.perf_counter()
     log = get_run_logger()
     inputs = list(inputs or [])
-    history = list(history or [])
+    history = bounded_history(history or [])  # what a caller passes is bounded like a chat's
     settings = load_settings(options, storage=storage, catalog=catalog)
     use_result_storage(settings)
     run_id = str(flow_run.id or uuid.uuid4())
     summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
+    summary.resumed_from = resume_from
     summary.plan_source = "resumed" if resume_from else plan_source or ("explicit" if plan is not None else "llm")
     store: ArtifactStore | None = None
     services = services_for(settings)
@@ -180,6 +196,7 @@ def hugginggpt_request(
             availability=services.availability,
             request=request,
             inputs=inputs,
+            pins=parse_pins(models),
         )
         if prior is None:
             store.put_text(
@@ -206,6 +223,8 @@ def hugginggpt_request(
         if isinstance(exc, PlanningError | LLMError):  # the calls a failed stage made count too
             summary.llm = summary.llm + exc.usage
         summary.error = str(exc)
+        if isinstance(exc, LLMUnreachableError | LLMNotConfiguredError):  # a setting to change
+            summary.error_kind = "configuration"
         summary.answer = f"The request could not be completed: {exc}"
         summary.answer_source = "fallback"
         return _finish(summary, store, t_start, settings)
@@ -213,7 +232,7 @@ def hugginggpt_request(
     summary.answer_source = response.source
     summary.answer_error = response.error
     summary.llm = summary.llm + response.usage
-    log.info("answer (%s): %s", response.source, response.answer)
+    log.info("answer (%s): %s", response.source, clip(response.answer, 2000))
     return _finish(summary, store, t_start, settings)
 
 
@@ -238,6 +257,9 @@ def _run_stages(
     log = get_run_logger()
     settings = services.settings
     check_request(request)
+    refused = refused_inputs(inputs, InputPolicy.from_settings(settings))
+    if refused:  # said of the inputs themselves, before a plan could name them
+        raise RequestError("; ".join(refused))
 
     t0 = time.perf_counter()
     if prior is not None:
@@ -290,8 +312,10 @@ def _run_stages(
     progress.planned(str(flow_run.id), str(flow_run.name or ""), nodes, assignments)
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
-    if settings.prefetch:  # every node's model downloads and loads while upstream nodes run
-        prefetch_models(settings, assignments, lambda: services.local_backend, store.run_id)
+    if settings.prefetch:  # every node's model downloads and loads while upstream nodes run (not those answered)
+        answered = answered_ahead(settings, nodes, assignments, store, prior.results if prior else None)
+        unanswered = [a for a in assignments if a.node_id not in answered]
+        prefetch_models(settings, unanswered, lambda: services.local_backend, store.run_id)
 
     t0 = time.perf_counter()
     summary.results = execute_graph(

@@ -102,6 +102,10 @@ class LLMUnavailableError(LLMError):
     """The LLM endpoint could not be reached or refused the credentials."""
 
 
+class LLMUnreachableError(LLMUnavailableError):
+    """No connection to the LLM endpoint, or it refused the key: a setting to change (the CLI exits 2)."""
+
+
 def extract_json(text: str) -> Any:
     """Read the first JSON value from an LLM reply (see :func:`tasks.parsing.extract_json`: bounded in size and
     nesting; a bare value, a value inside a code fence, or a value surrounded by prose)."""
@@ -271,12 +275,12 @@ class LLMClient:
                 "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT"
             )
         if isinstance(exc, openai.APIConnectionError):
-            return LLMUnavailableError(
+            return LLMUnreachableError(
                 f"could not reach {where}: {self._short(exc).rstrip('.')}. Set OPENAI_BASE_URL to a reachable "
                 "OpenAI-compatible server (or unset it and set OPENAI_API_KEY to use OpenAI)"
             )
         if isinstance(exc, openai.AuthenticationError):
-            return LLMUnavailableError(f"{where} refused the API key; set a valid OPENAI_API_KEY")
+            return LLMUnreachableError(f"{where} refused the API key; set a valid OPENAI_API_KEY")
         if isinstance(exc, openai.NotFoundError):
             return LLMError(f"{where} does not know that model; set HUGGINGGPT_LLM_MODEL to one it serves")
         if isinstance(exc, openai.RateLimitError):

@@ -22,7 +22,7 @@ from tasks.constraints import Layout, contract_only, plan_schema
 from tasks.inputs import InputPolicy
 from tasks.llm import ChatModel, LLMError, with_usage
 from tasks.parsing import ParseError, coerce_id, parse_plan_reply, quote
-from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
+from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult, bounded_history
 from tasks.services import services_for
 from tasks.settings import Settings
 from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, normalize_task_name
@@ -111,6 +111,7 @@ def build_plan_messages(
     for demo in load_demos() if demos is None else demos:
         messages.append({"role": "user", "content": _user_message(demo["request"], demo["inputs"])})
         messages.append({"role": "assistant", "content": json.dumps({"tasks": demo["plan"]})})
+    history = bounded_history(history)
     if history:
         convo = "\n".join(f"{t.role}: {t.content}" for t in history)
         messages.append(

@@ -9,7 +9,8 @@ the store, plans are validated again, model specs come from the catalog and sett
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from prefect import get_run_logger
 from pydantic import BaseModel, Field, ValidationError
@@ -20,6 +21,7 @@ from tasks.inputs import InputPolicy
 from tasks.parsing import clip
 from tasks.plan import PlanValidationError, validate_plan
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, RunSummary, SelectionResult
+from tasks.select import SelectionError, looks_like_folder, pinned_entry
 from tasks.settings import Settings
 from tasks.storage import ArtifactStore, StorageError, store_for
 from tasks.task_types import TASK_TYPES
@@ -91,6 +93,7 @@ def load_prior(
     availability: Availability,
     request: str,
     inputs: Sequence[str],
+    pins: Mapping[str, str] | None = None,
 ) -> PriorRun | None:
     """The earlier attempt ``run_id`` (this run's own folder on a Prefect retry), or ``None`` when there is none.
 
@@ -98,7 +101,9 @@ def load_prior(
     again like a user's (file arguments through the input policy); model choices keep only the model ids, whose
     specs (local folder, endpoint, provider) are looked up again in the catalog and settings, never taken from
     storage; a finished node is reused only when it is this plan's node and every file it names lies inside the
-    earlier run's own folder. Anything else is a :class:`RequestError` naming the file.
+    earlier run's own folder. A model that is a folder of weights is taken only when the run pins that very folder
+    for that task (``pins``: the run's ``--model`` pins, checked again like a new run's). Anything else is a
+    :class:`RequestError` naming the file.
     """
     other = store.for_run(run_id)
     plan_raw = other.read_json("plan.json")
@@ -128,7 +133,7 @@ def load_prior(
         repairs = RunSummary.model_validate(other.read_json("summary.json") or {"request": request}).plan_repairs
     except (StorageError, ValidationError):
         repairs = []
-    assignments, unassigned = _rederive_assignments(settings, availability, nodes, selection)
+    assignments, unassigned = _rederive_assignments(settings, availability, nodes, selection, pins or {})
     results: dict[int, NodeResult] = {}
     by_id = {n.id: n for n in nodes}
     for node in nodes:
@@ -159,11 +164,16 @@ def load_prior(
 
 
 def _rederive_assignments(
-    settings: Settings, available: Availability, nodes: Sequence[PlanNode], stored: SelectionResult
+    settings: Settings,
+    available: Availability,
+    nodes: Sequence[PlanNode],
+    stored: SelectionResult,
+    pins: Mapping[str, str],
 ) -> tuple[list[Assignment], dict[int, str]]:
     """The model choices of an earlier attempt with nothing but the model ids taken from storage: each spec and
-    its fallbacks come from the catalog and the settings, as at selection. A node whose recorded model is no longer
-    in the catalog, or cannot run here, is left unassigned with the reason."""
+    its fallbacks come from the catalog and the settings, as at selection (a model pinned for the task, a folder of
+    weights included, as the pin names it). A node whose recorded model is no longer in the catalog, or cannot run
+    here, is left unassigned with the reason."""
     chosen = {a.node_id: a for a in stored.assignments}
     assignments: list[Assignment] = []
     unassigned: dict[int, str] = {}
@@ -173,6 +183,13 @@ def _rederive_assignments(
             unassigned[node.id] = clip(stored.unassigned.get(node.id) or "no model was assigned")
             continue
         entry = available.catalog.get(node.task, recorded.model)
+        pin = pins.get(node.task)
+        if entry is None and pin and looks_like_folder(pin) and str(Path(pin).expanduser().resolve()) == recorded.model:
+            try:
+                entry = pinned_entry(node.task, recorded.model, available.catalog)
+            except SelectionError as exc:
+                unassigned[node.id] = f"the model pinned earlier cannot be used: {exc}"
+                continue
         if entry is None:
             unassigned[node.id] = (
                 f"the model {clip(recorded.model)} chosen earlier is not in the catalog for {node.task}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -62,6 +63,44 @@ class ChatTurn(BaseModel):
     content: str
 
 
+#: The most characters one earlier message carries as history: a longer one (an answer of megabytes) is clipped.
+MAX_HISTORY_MESSAGE_CHARS = 2_000
+#: The most characters a whole history carries: the oldest messages are left out first. With the message bound, it
+#: keeps the flow run's parameters (Prefect takes at most 512 kB), the planner's and the responder's prompts small.
+MAX_HISTORY_CHARS = 12_000
+
+
+def clip_history_text(text: str, limit: int = MAX_HISTORY_MESSAGE_CHARS) -> str:
+    """``text`` as history carries it: whole when it fits ``limit`` characters, else its start and a note of how
+    much was left out."""
+    if len(text) <= limit:
+        return text
+    note = f" ... [{len(text) - limit:,} more characters left out]"
+    return text[: max(0, limit - len(note))] + note
+
+
+def bounded_history(
+    history: Sequence[ChatTurn],
+    *,
+    message_chars: int = MAX_HISTORY_MESSAGE_CHARS,
+    total_chars: int = MAX_HISTORY_CHARS,
+) -> list[ChatTurn]:
+    """``history`` within bounds: each message clipped to ``message_chars``, then the oldest messages left out
+    until the rest holds at most ``total_chars`` (a history never starts with an answer whose question was left
+    out). The one place that bounds history, wherever it goes: the chat, the flow's parameters, the planner, the
+    responder."""
+    turns = [
+        t
+        if len(t.content) <= message_chars
+        else t.model_copy(update={"content": clip_history_text(t.content, message_chars)})
+        for t in history
+    ]
+    total = sum(len(t.content) for t in turns)
+    while turns and (total > total_chars or turns[0].role == "assistant"):
+        total -= len(turns.pop(0).content)
+    return turns
+
+
 class PlanNode(BaseModel):
     """One node of a plan, in HuggingGPT's format."""
 
@@ -74,8 +113,14 @@ class PlanNode(BaseModel):
 
     @property
     def name(self) -> str:
-        """The node's display name, also its Prefect task-run name: ``image-to-text#0``."""
+        """The node's display name, also its Prefect task-run name: ``image-to-text#0`` (``image-to-text#0 (cached)``
+        once it reused earlier outputs, see :data:`CACHED_SUFFIX`)."""
         return f"{self.task}#{self.id}"
+
+
+#: appended to a node's task-run name when it reused earlier outputs, so the run graph (which colours by state type:
+#: Cached is a Completed state) tells it from a node that ran
+CACHED_SUFFIX = " (cached)"
 
 
 class LLMUsage(BaseModel):
@@ -188,6 +233,10 @@ class RunSummary(BaseModel):
     plan_repairs: list[str] = Field(default_factory=list)
     plan_source: str = Field(
         default="llm", description="llm, explicit, resumed, or the batch line whose plan was reused"
+    )
+    resumed_from: str | None = Field(default=None, description="the flow run id of the run this one resumes")
+    error_kind: Literal["configuration"] | None = Field(
+        default=None, description="'configuration' when the run failed on a setting (an unreachable LLM, a refused key)"
     )
     assignments: list[Assignment] = Field(default_factory=list)
     candidate_checks: list[CandidateCheck] = Field(

@@ -170,7 +170,7 @@ def test_batch_of_many_requests_one_record_per_line(
     assert [row["status"] for row in table] == expected
 
 
-def test_batch_plans_a_shared_request_once(env: Path, llm, sample_files, tmp_path: Path) -> None:
+def test_batch_plans_a_shared_request_once(env: Path, llm, sample_files, tmp_path: Path, caplog) -> None:
     llm.set(plan=planner, respond="A photo.")
     photos = []
     for i in range(10):
@@ -183,6 +183,8 @@ def test_batch_plans_a_shared_request_once(env: Path, llm, sample_files, tmp_pat
 
     assert llm.calls["plan"] == 1  # counted at the server
     assert summary.status == "completed" and summary.completed == 10
+    started = [r.getMessage() for r in caplog.records if "in flight" in r.getMessage()]
+    assert len(started) == 1 and started[0].startswith("10 line(s), 0 invalid, batch ")  # no "0 completed earlier"
     assert (summary.plan_groups, summary.planning_calls, summary.plans_cached) == (1, 1, 9)
     assert summary.records[0].plan_source == "llm" and not summary.records[0].plan_cached
     for record in summary.records[1:]:

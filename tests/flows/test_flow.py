@@ -134,7 +134,10 @@ def test_graph_runs_as_task_runs_with_planned_edges(env: Path, llm, sample_files
     )
     kinds = {"markdown": by_key["hugginggpt-request-summary"], "table": by_key["hugginggpt-request-nodes"]}
     assert summary.flow_run_id in kinds["markdown"].description
-    assert f"[audio.wav]({Path(speech).as_uri()})" in kinds["markdown"].data  # stored files are links
+    # a local file is no link (browsers refuse file:// from a page): its path, as code to copy
+    assert "file://" not in kinds["markdown"].data and "](/" not in kinds["markdown"].data
+    assert f"- text-to-speech#1 audio: `{speech}`" in kinds["markdown"].data
+    assert by_key["hugginggpt-request-text-to-speech-audio"].data == f"`{speech}`"
     # node task runs are tagged with their task type, model and backend (for tag-based concurrency limits)
     assert {"hugginggpt", "task:image-to-text", "model:tiny/image-to-text", "backend:local"} <= set(
         runs["image-to-text#0"].tags
