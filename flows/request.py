@@ -8,6 +8,7 @@ dependents end as skipped, its siblings go on, and the response still runs.
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 import uuid
@@ -403,6 +404,7 @@ def _streamed_stages(
     settings = services.settings
     t0 = time.perf_counter()
     limited = read_limited_tags()
+    variants: dict[tuple[Any, ...], Any] = {}
     with task_runner_for(settings) as runner:
         outcome = run_streamed(
             services,
@@ -411,7 +413,7 @@ def _streamed_stages(
             history,
             pins,
             lambda node, assignment, why, upstream: submit_node(
-                runner, settings, node, assignment, why, upstream, store.run_id, limited=limited
+                runner, settings, node, assignment, why, upstream, store.run_id, limited=limited, variants=variants
             ),
             run_id=str(flow_run.id),
             run_name=str(flow_run.name or ""),
@@ -531,19 +533,21 @@ def submit_node(
     prior: NodeResult | None = None,
     *,
     limited: frozenset[str] | None = None,
+    variants: dict[tuple[Any, ...], Any] | None = None,
 ) -> PrefectFuture[Any]:
     """Submit one node's task run to ``runner``, named after it, with the futures of the nodes it depends on
     (``allow_failure``, so a node whose upstream failed still starts under its own name and ends as skipped), tagged
-    as :func:`flows.tag_limits.node_tagging` says for the tags that have a limit (``limited``)."""
+    as :func:`flows.tag_limits.node_tagging` says for the tags that have a limit (``limited``). Nodes with the same
+    tags and hooks share one task's options (``variants``, kept by the caller across its nodes)."""
+    variants = variants if variants is not None else {}
     with node_tagging(node_tags(node, assignment), limited) as tagging:
-        node_task = run_node.with_options(
-            name=node.name,
-            task_run_name=node.name,
-            persist_result=settings.persist_results,
-            **node_task_options(settings, tagging),
-        )
+        key = (frozenset(tagging["tags"]), tuple(tagging["on_running"]))
+        if key not in variants:
+            variants[key] = run_node.with_options(
+                persist_result=settings.persist_results, **node_task_options(settings, tagging)
+            )
         return runner.submit(
-            node_task,
+            _named(variants[key], node.name),
             {
                 "node": node,
                 "assignment": assignment,
@@ -581,6 +585,7 @@ def execute_graph(
     by_node = {a.node_id: a for a in assignments}
     futures = futures if futures is not None else {}
     limited = read_limited_tags() if nodes else frozenset()  # one API call, not a slot request per node
+    variants: dict[tuple[Any, ...], Any] = {}  # nodes with the same tags and hooks share one task's options
     with task_runner_for(settings) as runner:
         for node in nodes:  # nodes are in dependency order
             futures[node.id] = submit_node(
@@ -593,9 +598,20 @@ def execute_graph(
                 run_id,
                 prior.get(node.id),
                 limited=limited,
+                variants=variants,
             )
         results = [_collect(node, futures[node.id]) for node in nodes]
     return [r.model_copy(update={"round": round}) for r in results] if round else results
+
+
+def _named(task: Any, name: str) -> Any:
+    """``task.with_options(name=name, task_run_name=name)`` without building the task again: Prefect's
+    ``Task.__init__`` reads its function's source (``inspect.getsource``) every time, 10 to 40 ms per node on the
+    thread that submits them all, so wide levels started late. A copy with its name set is the same task."""
+    named = copy.copy(task)
+    named.name = name
+    named.task_run_name = name
+    return named
 
 
 def run_request(
