@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from flows import progress
 from serving import shapes
 from serving.config import InFlight, ServeSettings
-from serving.signing import FileSigner, LinkError
+from serving.signing import FileSigner, LinkError, PublicLinks
 from serving.uploads import FormError, parse_form
 from tasks.schemas import PlanNode, RunSummary
 from tasks.settings import RunOptions, Settings
@@ -87,9 +87,11 @@ class Server:
     # -- links ---------------------------------------------------------------------------------------------------
     def link(self, uri: str, base_url: str) -> str | None:
         """The signed link of a stored file, or ``None`` when the file is not in the store."""
-        rel = self.store.relative(uri)
+        from flows.artifacts import file_link
+
         assert self.signer is not None
-        return self.signer.link(rel, base_url=self.settings.public_url or base_url) if rel else None
+        public = PublicLinks(self.settings.public_url or base_url, self.signer)
+        return file_link(uri, store=self.store, public=public)
 
     # -- running -------------------------------------------------------------------------------------------------
     def run(self, spec: dict[str, Any], run_name: str) -> RunSummary:
