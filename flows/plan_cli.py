@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from tasks.llm import LLMError, LLMUnreachableError
-    from tasks.plan import PlanningError, plan_request
+    from tasks.plan import PlanningError, demos_for, plan_request
     from tasks.services import services_for
 
     settings = llm_settings("plan", llm_model=args.llm_model)
@@ -48,7 +48,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         error("plan", str(exc))
         return EXIT_USAGE
     try:
-        result = plan_request(services_for(settings).chat_model, args.request, inputs=args.inputs)
+        result = plan_request(
+            services_for(settings).chat_model,
+            args.request,
+            inputs=args.inputs,
+            demos=demos_for(settings, args.request),  # the demos a run would show
+        )
     except (PlanningError, LLMError) as exc:
         error("plan", str(exc))
         return EXIT_USAGE if isinstance(exc, LLMUnreachableError) else EXIT_FAILED

@@ -8,6 +8,7 @@ dependents end as skipped, its siblings go on, and the response still runs.
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 import uuid
@@ -373,17 +374,17 @@ def execute_graph(
     by_node = {a.node_id: a for a in assignments}
     futures: dict[int, PrefectFuture[Any]] = {}
     limited = read_limited_tags() if nodes else frozenset()  # one API call, not a slot request per node
+    variants: dict[tuple[Any, ...], Any] = {}  # nodes with the same tags and hooks share one task's options
     with task_runner_for(settings) as runner:
         for node in nodes:  # nodes are in dependency order
             with node_tagging(node_tags(node, by_node.get(node.id)), limited) as tagging:
-                node_task = run_node.with_options(
-                    name=node.name,
-                    task_run_name=node.name,
-                    persist_result=settings.persist_results,
-                    **node_task_options(settings, tagging),
-                )
+                key = (frozenset(tagging["tags"]), tuple(tagging["on_running"]))
+                if key not in variants:
+                    variants[key] = run_node.with_options(
+                        persist_result=settings.persist_results, **node_task_options(settings, tagging)
+                    )
                 futures[node.id] = runner.submit(
-                    node_task,
+                    _named(variants[key], node.name),
                     {
                         "node": node,
                         "assignment": by_node.get(node.id),
@@ -395,6 +396,16 @@ def execute_graph(
                     },
                 )
         return [_collect(node, futures[node.id]) for node in nodes]
+
+
+def _named(task: Any, name: str) -> Any:
+    """``task.with_options(name=name, task_run_name=name)`` without building the task again: Prefect's
+    ``Task.__init__`` reads its function's source (``inspect.getsource``) every time, 10 to 40 ms per node on the
+    thread that submits them all, so wide levels started late. A copy with its name set is the same task."""
+    named = copy.copy(task)
+    named.name = name
+    named.task_run_name = name
+    return named
 
 
 def run_request(
