@@ -248,7 +248,9 @@ def test_the_jarvis_endpoints(served: tuple[str, Server], env: Path) -> None:
     assert "message" not in results
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_requests_are_fifty_flow_runs(env: Path, tiny_catalog: Path, chat_model: Any) -> None:
+    """Explicit empty plans (the answer only): what is measured is the server and the flow runs, not models."""
     server = _server(env, chat_model, serve_max_in_flight=50, serve_max_runs=8)
     with serving_in_background(server) as url, ThreadPoolExecutor(50) as pool:
         api = client(url)
@@ -256,8 +258,8 @@ def test_fifty_concurrent_requests_are_fifty_flow_runs(env: Path, tiny_catalog: 
         def ask(i: int) -> Any:
             return api.chat.completions.create(
                 model="hugginggpt",
-                messages=[{"role": "user", "content": f"Classify request {i}: alpha"}],
-                extra_body={"plan": CLASSIFY, "models": PINS},
+                messages=[{"role": "user", "content": f"Request {i}: alpha"}],
+                extra_body={"plan": []},
             )
 
         replies = list(pool.map(ask, range(50)))
@@ -266,6 +268,7 @@ def test_fifty_concurrent_requests_are_fifty_flow_runs(env: Path, tiny_catalog: 
     ids = {i["flow_run_id"] for i in infos}
     assert len(ids) == 50
     assert all((env / run_id / "summary.json").is_file() for run_id in ids)
+    assert all(r.choices[0].message.content == "The answer about alpha." for r in replies)
 
 
 def test_serve_refuses_to_listen_beyond_this_machine_without_keys(
