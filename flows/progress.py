@@ -155,11 +155,33 @@ def planned(flow_run_id: str, run_name: str, nodes: Sequence[Any], assignments: 
 _PREFECT_STATES = {"Completed": "done", "Cached": "cached", "Skipped": "skipped"}
 
 
+#: task runs that ended failed, or that will end skipped because an upstream one did (their hooks run before their
+#: dependents start): a node whose upstream is among them is not reported ``running``, it is about to be skipped
+_ENDED_BADLY: dict[str, None] = {}
+_ENDED_BADLY_KEPT = 10_000
+_ended_lock = threading.Lock()
+
+
+def _ended_badly(task_run: Any, *, mark: bool = False) -> bool:
+    """Whether an upstream task run of ``task_run`` ended badly; with ``mark``, ``task_run`` is remembered as one."""
+    upstream = {str(getattr(r, "id", "")) for r in (getattr(task_run, "task_inputs", None) or {}).get("upstream", [])}
+    with _ended_lock:
+        blocked = any(u in _ENDED_BADLY for u in upstream)
+        if mark or blocked:
+            _ENDED_BADLY[str(task_run.id)] = None
+            while len(_ENDED_BADLY) > _ENDED_BADLY_KEPT:
+                _ENDED_BADLY.pop(next(iter(_ENDED_BADLY)))
+    return blocked
+
+
 def node_state_hook(task: Any, task_run: Any, state: Any) -> None:
-    """A Prefect state hook of the node task runs: reports the state they entered."""
+    """A Prefect state hook of the node task runs: reports the state they entered (a node about to be skipped, as
+    an upstream node ended badly, is not reported running)."""
     name = "running" if state.is_running() else _PREFECT_STATES.get(state.name, "failed" if state.is_failed() else None)
-    if name is None:
+    if name is None or (name == "running" and _ended_badly(task_run)):
         return
+    if name == "failed":
+        _ended_badly(task_run, mark=True)
     detail = (
         (state.message or "").removeprefix(f"{str(task_run.name).removesuffix(CACHED_SUFFIX)} ")
         if name in ("failed", "cached", "skipped")

@@ -118,7 +118,7 @@ def node_rows(
                 output = markdown_text(breakable(output)) if links is not None else output
         rows.append(
             {
-                "node": node.name,
+                "node": f"{node.name} (replan {r.round})" if r is not None and r.round else node.name,
                 "task": node.task,
                 "depends on": ", ".join(str(d) for d in node.dep) or "none",
                 "model": (markdown_text(a.model) if links is not None else a.model) if a else "no model",
@@ -167,18 +167,20 @@ def summary_markdown(
         lines += ["## Images", ""]
         lines += [f"![{name}]({url})" + "\n\n" + f"_{name}_" + "\n" for name, url in images]
     if summary.plan:
+        rows = node_rows(summary, links=links)
         lines += [
             "## Tasks",
             "",
-            "| node | depends on | model | status | seconds | output |",
-            "|---|---|---|---|---|---|",
+            "| node | depends on | model | status | seconds |",
+            "|---|---|---|---|---|",
         ]
-        for row in node_rows(summary, links=links):
+        for row in rows:
             lines.append(
-                f"| {row['node']} | {row['depends on']} | {row['model']} | {row['status']} | {row['seconds']} "
-                f"| {' '.join(row['output'].split())} |"
+                f"| {row['node']} | {row['depends on']} | {row['model']} | {row['status']} | {row['seconds']} |"
             )
         lines.append("")
+        # outputs and errors as a list, which wraps: the UI draws a table's cells on one line, past the page
+        lines += ["## Outputs", "", *[f"- **{row['node']}**: {' '.join(row['output'].split())}" for row in rows], ""]
         lines += ["## Model choices", ""]
         for a in summary.assignments:
             lines.append(

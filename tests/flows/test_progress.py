@@ -252,10 +252,13 @@ def test_summary_markdown_links_files_and_shows_fetchable_images() -> None:
     signed = "https://s3.example/b/run-1/image.png?X-Amz-Signature=abc"
     shown = summary_markdown(summary, {"s3://b/run-1/image.png": signed}, frozenset({"s3://b/run-1/image.png"}))
     assert f"![text-to-image#0]({signed})" in shown
-    assert f"| image: [image.png]({signed}) |" in shown and "| none |" in shown  # no bare "-" (a bullet)
+    assert f"- **text-to-image#0**: image: [image.png]({signed})" in shown and "| none |" in shown  # no bare "-"
     hidden = summary_markdown(summary, {})  # no link a browser could open: the path as code, to copy
     assert "![" not in hidden and "](" not in hidden
-    assert "| image: `image.png` |" in hidden and "- text-to-image#0 image: `s3://b/run-1/image.png`" in hidden
+    assert (
+        "- **text-to-image#0**: image: `image.png`" in hidden
+        and "- text-to-image#0 image: `s3://b/run-1/image.png`" in hidden
+    )
 
 
 @pytestmark_prefect
