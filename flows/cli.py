@@ -108,6 +108,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-ttl", type=float, metavar="SECONDS", help="reuse only outputs younger than this (HUGGINGGPT_CACHE_TTL)"
     )
+    parser.add_argument(
+        "--max-replans",
+        type=int,
+        metavar="N",
+        help="LLM calls that may plan new tasks after a task failed (HUGGINGGPT_MAX_REPLANS, default 1; 0: none)",
+    )
     add_output_options(parser)
 
 
@@ -132,6 +138,7 @@ def run_options(args: argparse.Namespace) -> Any:
         device=args.device,
         cache=False if args.no_cache else None,
         cache_ttl=args.cache_ttl,
+        max_replans=getattr(args, "max_replans", None),
     )
 
 

@@ -118,7 +118,7 @@ def node_rows(
                 output = markdown_text(breakable(output)) if links is not None else output
         rows.append(
             {
-                "node": node.name,
+                "node": f"{node.name} (replan {r.round})" if r is not None and r.round else node.name,
                 "task": node.task,
                 "depends on": ", ".join(str(d) for d in node.dep) or "none",
                 "model": (markdown_text(a.model) if links is not None else a.model) if a else "no model",

@@ -181,6 +181,17 @@ def check_pins(pins: Mapping[str, str], availability: Availability) -> dict[str,
     return checked
 
 
+def needs_llm_choice(
+    task_name: str, availability: Availability, pins: Mapping[str, str], *, top_k: int = 5, max_fallbacks: int = 2
+) -> bool:
+    """Whether :func:`select_models` would ask the LLM to choose a model for a node of ``task_name``: it is not
+    pinned and has more than one candidate that can run here."""
+    if task_name in pins:
+        return False
+    ranked = [e for e, _ in availability.runnable(task_name, limit=top_k + max_fallbacks)[0]]
+    return len(([e for e in ranked if e.tier == "recommended"] or ranked)[:top_k]) > 1
+
+
 def select_models(
     nodes: Sequence[PlanNode],
     availability: Availability,

@@ -30,6 +30,7 @@ MAX_TOP_K = 100
 MAX_CHAT_HISTORY = 1000
 MAX_CONCURRENCY = 1024
 MAX_PARAMS = 10**13
+MAX_REPLANS = 10  # LLM calls that may plan again after a failure, in one request
 MAX_INPUT_BYTES = 1 << 40
 
 
@@ -199,6 +200,15 @@ class Settings(BaseSettings):
         default=None, description="a .npy file of 512 floats: the x-vector SpeechT5 speaks with (default: zeros)"
     )
     max_workers: int = Field(default=4, ge=1, le=MAX_CONCURRENCY, description="nodes run at the same time")
+    max_replans: int = Field(
+        default=1,
+        ge=0,
+        le=MAX_REPLANS,
+        description="LLM calls that may plan new tasks after a node failed or was skipped (0: none)",
+    )
+    stream_plan: bool = Field(
+        default=True, description="start nodes while the plan streams, where the controller streams"
+    )
     input_timeout: float = Field(
         default=30.0,
         gt=0,
@@ -374,6 +384,8 @@ class RunOptions(BaseModel):
         default=None, ge=0, le=MAX_TTL, allow_inf_nan=False, description="seconds a cached output stays usable"
     )
     max_workers: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="nodes run at the same time")
+    max_replans: int | None = Field(default=None, ge=0, le=MAX_REPLANS, description="replans allowed after a failure")
+    stream_plan: bool | None = Field(default=None, description="start nodes while the plan streams")
     prefetch: bool | None = Field(default=None, description="load the plan's models ahead of their nodes")
     unused_pins: Literal["refuse", "ignore"] | None = None
     task_runner: Literal["threads", "dask"] | None = None

@@ -373,3 +373,23 @@ def test_warns_before_concurrent_requests_on_the_embedded_sqlite_server() -> Non
     ):
         warning = sqlite_concurrency_warning(4)  # `prefect server start` here, on this profile's SQLite
         assert warning and "http://127.0.0.1:4200/api" in warning and "SQLite" in warning
+
+
+def test_independent_lines_have_no_edge_between_them(env: Path, llm, tmp_path: Path) -> None:
+    """One line after the other (one in flight): the second line's task run names no upstream task run, though
+    the first returned a record holding the same values (its plan source, its storage) as the second's parameters."""
+    from tests.prefect_api import task_runs
+
+    rate = [{"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely day"}}]
+    requests = _write_jsonl(
+        tmp_path / "two.jsonl",
+        [
+            {"id": "a", "request": "Summarize the cat story", "plan": SUMMARIZE},
+            {"id": "b", "request": "Rate my day", "plan": rate},
+        ],
+    )
+    summary = run_batch(str(requests), max_in_flight=1)
+    assert [r.status for r in summary.records] == ["completed", "completed"]
+    runs = task_runs(summary.flow_run_id, {"line-1-a", "line-2-b"})
+    upstream = [str(getattr(ref, "id", "")) for refs in (runs["line-2-b"].task_inputs or {}).values() for ref in refs]
+    assert str(runs["line-1-a"].id) not in upstream, runs["line-2-b"].task_inputs
