@@ -8,6 +8,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from serving.signing import PublicLinks
 from tasks.parsing import clip
 from tasks.report import artifact_key, code_text, node_rows, summary_markdown
 from tasks.schemas import RunSummary
@@ -24,14 +25,24 @@ def artifact_scope(flow_kind: str = "request") -> str:
     return artifact_key("hugginggpt", str(name) if name else flow_kind)
 
 
-def file_link(uri: str, fs: Any = None, *, expires: int = 3600) -> str | None:
+def file_link(
+    uri: str,
+    fs: Any = None,
+    *,
+    expires: int = 3600,
+    store: ArtifactStore | None = None,
+    public: PublicLinks | None = None,
+) -> str | None:
     """The URL a browser showing the Prefect UI can open for the stored file ``uri``, or ``None`` when there is
-    none (the artifacts then show the path as text to copy): an http(s) URL as it is; on object storage that can
-    sign (s3fs, gcsfs, given as ``fs``), a presigned URL valid ``expires`` seconds. A local path, a ``file://`` URL
-    (browsers refuse them from a web page) or an unsigned ``s3://`` URI is no link. The one place file links are
-    made."""
+    none (the artifacts then show the path as text to copy): an http(s) URL as it is; a file of ``store`` through
+    the ``hugginggpt serve`` that ``public`` names (a signed link, local or object storage alike, no storage
+    credential in it); on object storage that can sign (s3fs, gcsfs, given as ``fs``), a presigned URL valid
+    ``expires`` seconds. A local path, a ``file://`` URL (browsers refuse them from a web page) or an unsigned
+    ``s3://`` URI is no link. The one place file links are made."""
     if uri.startswith(("http://", "https://")):
         return uri
+    if public is not None and store is not None and (rel := store.relative(uri)) is not None:
+        return public.link(rel)
     if fs is None or "://" not in uri or uri.startswith("file://"):
         return None
     try:
@@ -49,10 +60,13 @@ def run_page(flow_run_id: str) -> str | None:
     return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
 
 
-def publish(summary: RunSummary, store: ArtifactStore | None, *, presign_seconds: int = 0) -> None:
+def publish(
+    summary: RunSummary, store: ArtifactStore | None, *, presign_seconds: int = 0, public: PublicLinks | None = None
+) -> None:
     """summary.json beside the run's files, and the markdown, table and link artifacts. With ``presign_seconds``,
     files on object storage that can sign (S3) are linked by presigned URLs valid that long, which the browser
-    can open and show; a presigned URL holds the storage's access key id and grants read access to that file."""
+    can open and show; a presigned URL holds the storage's access key id and grants read access to that file. With
+    ``public`` (``HUGGINGGPT_PUBLIC_URL`` and ``HUGGINGGPT_FILE_SECRET``), files are linked through the server."""
     log = get_run_logger()
     if store is not None:
         try:
@@ -61,18 +75,24 @@ def publish(summary: RunSummary, store: ArtifactStore | None, *, presign_seconds
             log.error("could not store summary.json: %s", exc)
             summary.error = (summary.error + "; " if summary.error else "") + str(exc)
     try:
-        _create_artifacts(summary, store, presign_seconds)
+        _create_artifacts(summary, store, presign_seconds, public)
     except Exception as exc:  # the Prefect API went away: summary.json holds everything, the run goes on
         log.warning("could not create the run's artifacts (%s: %s)", type(exc).__name__, clip(str(exc)))
 
 
-def _create_artifacts(summary: RunSummary, store: ArtifactStore | None, presign_seconds: int) -> None:
+def _create_artifacts(
+    summary: RunSummary, store: ArtifactStore | None, presign_seconds: int, public: PublicLinks | None
+) -> None:
     run = summary.flow_run_id or "local"
     scope = artifact_scope()
     about = f"run {run}: {summary.request[:80]}"
     files = [uri for r in summary.results for modality, uri in r.outputs.items() if modality != "text"]
     signer = store.fs if store is not None and presign_seconds > 0 else None
-    links = {uri: url for uri in files if (url := file_link(uri, signer, expires=presign_seconds)) is not None}
+    links = {
+        uri: url
+        for uri in files
+        if (url := file_link(uri, signer, expires=presign_seconds, store=store, public=public)) is not None
+    }
     create_markdown_artifact(
         key=artifact_key(scope, "summary"),
         markdown=summary_markdown(

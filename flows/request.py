@@ -28,6 +28,7 @@ from flows.prefect_setup import prefect_run_settings, use_result_storage
 from flows.streaming import run_streamed
 from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
+from serving.signing import PublicLinks
 from tasks.execute import answered_ahead, node_tags, run_node
 from tasks.inputs import InputPolicy, refused_inputs
 from tasks.llm import LLMError, LLMUnreachableError
@@ -141,7 +142,7 @@ def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float, se
     failed = summary.unfinished()  # earlier rounds' failures were answered by a replan
     if summary.error or failed:
         summary.status = "failed"
-    publish(summary, store, presign_seconds=settings.presign_seconds)
+    publish(summary, store, presign_seconds=settings.presign_seconds, public=PublicLinks.from_settings(settings))
     if summary.status == "failed":
         reason = summary.error or f"{len(failed)} of {len(summary.results)} task(s) did not complete: " + "; ".join(
             f"{r.task}#{r.id} {r.status}: {r.error}" for r in failed

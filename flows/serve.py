@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import logging
 import mimetypes
@@ -36,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from flows import progress
 from serving import shapes
 from serving.config import InFlight, ServeSettings
-from serving.signing import FileSigner, LinkError
+from serving.signing import FileSigner, LinkError, PublicLinks
 from serving.uploads import FormError, parse_form
 from tasks.schemas import PlanNode, RunSummary
 from tasks.settings import RunOptions, Settings
@@ -57,7 +58,10 @@ class ApiError(Exception):
         self.status, self.kind, self.code = status, kind, code
 
 
-RunFn = Callable[..., RunSummary]
+#: The stream a run's progress events are for: set by :meth:`Server.run` in the thread that runs the request, read
+#: by the stream's listener in the thread that emits an event (the flow's, or a node task run's: Prefect copies the
+#: caller's context into them), so concurrent runs in one process never mix their events.
+STREAM: contextvars.ContextVar[str | None] = contextvars.ContextVar("hugginggpt_serve_stream", default=None)
 
 
 @dataclass
@@ -87,18 +91,25 @@ class Server:
     # -- links ---------------------------------------------------------------------------------------------------
     def link(self, uri: str, base_url: str) -> str | None:
         """The signed link of a stored file, or ``None`` when the file is not in the store."""
-        rel = self.store.relative(uri)
+        from flows.artifacts import file_link
+
         assert self.signer is not None
-        return self.signer.link(rel, base_url=self.settings.public_url or base_url) if rel else None
+        public = PublicLinks(self.settings.public_url or base_url, self.signer)
+        return file_link(uri, store=self.store, public=public)
 
     # -- running -------------------------------------------------------------------------------------------------
-    def run(self, spec: dict[str, Any], run_name: str) -> RunSummary:
-        """Run one request (blocking): in this process, or on the deployment's workers."""
-        if self.deployment:
-            return self._run_deployed(spec, run_name)
-        return _run_here(spec, self.options, self.services, run_name)
+    def run(self, spec: dict[str, Any], stream: str | None = None) -> RunSummary:
+        """Run one request (blocking): in this process, or on the deployment's workers. ``stream`` marks the
+        progress events of this run (:data:`STREAM`) for the stream that waits for them."""
+        token = STREAM.set(stream)
+        try:
+            if self.deployment:
+                return self._run_deployed(spec)
+            return _run_here(spec, self.options, self.services)
+        finally:
+            STREAM.reset(token)
 
-    def _run_deployed(self, spec: dict[str, Any], run_name: str) -> RunSummary:
+    def _run_deployed(self, spec: dict[str, Any]) -> RunSummary:
         from prefect.deployments import run_deployment
 
         from flows.batch import read_summary
@@ -106,12 +117,12 @@ class Server:
         flow_run = run_deployment(
             str(self.deployment),
             parameters=_deployment_parameters(spec, self.options),
-            flow_run_name=run_name,
+            flow_run_name=run_name(spec["request"]),
             tags=["hugginggpt", "hugginggpt-serve"],
             timeout=0,
         )
         run_id = str(flow_run.id)
-        _follow(run_id, run_name)
+        _follow(run_id, flow_run.name)
         summary = read_summary(run_id, storage=self.settings.storage)
         if summary is None:
             raise RuntimeError(f"flow run {run_id} of {self.deployment} ended without a summary.json in storage")
@@ -124,8 +135,8 @@ class Server:
         return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui and flow_run_id else None
 
 
-def _run_here(spec: dict[str, Any], options: RunOptions | None, services: Any, run_name: str) -> RunSummary:
-    """One request flow run in this process, named ``run_name``."""
+def _run_here(spec: dict[str, Any], options: RunOptions | None, services: Any) -> RunSummary:
+    """One request flow run in this process."""
     from flows.prefect_setup import prefect_run_settings
     from flows.request import hugginggpt_request, summary_of
     from tasks.services import override
@@ -133,7 +144,6 @@ def _run_here(spec: dict[str, Any], options: RunOptions | None, services: Any, r
 
     settings = load_settings(options)
     given = {name: getattr(services, name) for name in services.given} if services is not None else {}
-    flow_fn = hugginggpt_request.with_options(flow_run_name=run_name)
     from prefect import tags
 
     with (
@@ -142,7 +152,7 @@ def _run_here(spec: dict[str, Any], options: RunOptions | None, services: Any, r
         override(**given),
     ):
         if True:
-            state = flow_fn(
+            state = hugginggpt_request(
                 spec["request"],
                 inputs=spec["inputs"],
                 models=spec["models"],
@@ -523,7 +533,7 @@ def _plan_only(server: Server, spec: dict[str, Any]) -> list[PlanNode]:
     return list(result.nodes)
 
 
-def _run_name(request: str) -> str:
+def run_name(request: str) -> str:
     from flows.request import request_run_name
 
     return request_run_name(request, uuid.uuid4().hex[:8])
@@ -532,7 +542,7 @@ def _run_name(request: str) -> str:
 async def _run(server: Server, spec: dict[str, Any]) -> RunSummary:
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(server.runs, server.run, spec, _run_name(spec["request"]))
+        return await loop.run_in_executor(server.runs, server.run, spec)
     except ApiError:
         raise
     except Exception as exc:
@@ -546,12 +556,12 @@ async def _stream(
     """The run as Server-Sent Events: the plan, each node's start and end, then the answer and ``[DONE]``."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    run_name = _run_name(spec["request"])
+    stream = uuid.uuid4().hex
     mine: set[str] = set()
     lock = threading.Lock()
 
-    def listener(event: Any) -> None:
-        if isinstance(event, progress.PlanEvent) and event.run_name == run_name:
+    def listener(event: Any) -> None:  # called in the thread that emits, in its context
+        if isinstance(event, progress.PlanEvent) and STREAM.get() == stream:
             with lock:
                 mine.add(event.flow_run_id)
         elif not isinstance(event, progress.NodeEvent) or event.flow_run_id not in mine:
@@ -559,9 +569,9 @@ async def _stream(
         loop.call_soon_threadsafe(queue.put_nowait, event)
 
     try:
-        yield shapes.sse(shapes.chunk(completion_id, "", role=True, event={"event": "start", "run_name": run_name}))
+        yield shapes.sse(shapes.chunk(completion_id, "", role=True, event={"event": "start"}))
         with progress.subscribe(listener):
-            running = loop.run_in_executor(server.runs, server.run, spec, run_name)
+            running = loop.run_in_executor(server.runs, server.run, spec, stream)
             while True:
                 getter = asyncio.ensure_future(queue.get())
                 finished, _ = await asyncio.wait({getter, running}, return_when=asyncio.FIRST_COMPLETED)

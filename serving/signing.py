@@ -13,6 +13,7 @@ import hmac
 import posixpath
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 FILES_PREFIX = "/files/"
@@ -67,3 +68,23 @@ class FileSigner:
         if when < (time.time() if now is None else now):
             raise LinkError("the link has expired")
         return path
+
+
+@dataclass(frozen=True)
+class PublicLinks:
+    """Links to stored files through a ``hugginggpt serve`` reachable at ``base_url``, signed by ``signer``."""
+
+    base_url: str
+    signer: FileSigner
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PublicLinks | None:
+        """``HUGGINGGPT_PUBLIC_URL`` with ``HUGGINGGPT_FILE_SECRET`` (valid ``HUGGINGGPT_LINK_SECONDS``); ``None``
+        unless both are set."""
+        if not settings.public_url or settings.file_secret is None:
+            return None
+        secret = settings.file_secret.get_secret_value().encode()
+        return cls(str(settings.public_url), FileSigner(secret, seconds=settings.link_seconds))
+
+    def link(self, path: str) -> str:
+        return self.signer.link(path, base_url=self.base_url)

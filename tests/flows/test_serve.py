@@ -5,6 +5,7 @@ scripted, models tiny."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -247,7 +248,9 @@ def test_the_jarvis_endpoints(served: tuple[str, Server], env: Path) -> None:
     assert "message" not in results
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_requests_are_fifty_flow_runs(env: Path, tiny_catalog: Path, chat_model: Any) -> None:
+    """Explicit empty plans (the answer only): what is measured is the server and the flow runs, not models."""
     server = _server(env, chat_model, serve_max_in_flight=50, serve_max_runs=8)
     with serving_in_background(server) as url, ThreadPoolExecutor(50) as pool:
         api = client(url)
@@ -255,8 +258,8 @@ def test_fifty_concurrent_requests_are_fifty_flow_runs(env: Path, tiny_catalog: 
         def ask(i: int) -> Any:
             return api.chat.completions.create(
                 model="hugginggpt",
-                messages=[{"role": "user", "content": f"Classify request {i}: alpha"}],
-                extra_body={"plan": CLASSIFY, "models": PINS},
+                messages=[{"role": "user", "content": f"Request {i}: alpha"}],
+                extra_body={"plan": []},
             )
 
         replies = list(pool.map(ask, range(50)))
@@ -265,6 +268,7 @@ def test_fifty_concurrent_requests_are_fifty_flow_runs(env: Path, tiny_catalog: 
     ids = {i["flow_run_id"] for i in infos}
     assert len(ids) == 50
     assert all((env / run_id / "summary.json").is_file() for run_id in ids)
+    assert all(r.choices[0].message.content == "The answer about alpha." for r in replies)
 
 
 def test_serve_refuses_to_listen_beyond_this_machine_without_keys(
@@ -275,3 +279,35 @@ def test_serve_refuses_to_listen_beyond_this_machine_without_keys(
     monkeypatch.delenv("HUGGINGGPT_API_KEYS", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 2
     assert "HUGGINGGPT_API_KEYS" in capsys.readouterr().err
+
+
+def test_with_a_public_url_the_summary_artifact_links_files_through_the_server(
+    env: Path, tiny_catalog: Path, chat_model: FunctionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    secret = "shared-secret-0123456789"
+    monkeypatch.setenv("HUGGINGGPT_PUBLIC_URL", "https://hugginggpt.example")
+    monkeypatch.setenv("HUGGINGGPT_FILE_SECRET", secret)
+    server = _server(env, chat_model)
+    with serving_in_background(server) as url:
+        reply = client(url).chat.completions.create(
+            model="hugginggpt",
+            messages=[{"role": "user", "content": "speak"}],
+            extra_body={"plan": SPEAK, "models": SPEAK_PINS},
+        )
+        info = reply.model_extra["hugginggpt"]
+        assert info["files"][0]["url"].startswith("https://hugginggpt.example/files/")
+        with get_client(sync_client=True) as prefect:
+            artifacts = prefect.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[info["flow_run_id"]]))
+            )
+        summary = next(a for a in artifacts if a.key == "hugginggpt-request-summary")
+        link_artifact = next(a for a in artifacts if a.key == "hugginggpt-request-text-to-speech-audio")
+        assert "](https://hugginggpt.example/files/" in str(summary.data)
+        link = re.search(r"\((https://hugginggpt\.example/files/[^)]+)\)", str(link_artifact.data))
+        assert link is not None, link_artifact.data
+        # the flow signed it with the shared secret: the server opens it
+        opened = httpx.get(url + link.group(1).removeprefix("https://hugginggpt.example"))
+        assert opened.status_code == 200 and opened.headers["content-type"].startswith("audio/")
