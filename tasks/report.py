@@ -17,11 +17,11 @@ def artifact_key(*parts: str) -> str:
 
 
 # Characters markdown gives meaning inside a line (emphasis, code, links and images, headings, lists, HTML, tables)
-# and those autolinks are made of (``:`` of ``http://``, ``.`` of ``www.``, ``@`` of an email). The first set is
-# escaped with a backslash (every markdown dialect knows those escapes); the others are written as HTML character
-# references, which every renderer shows as the character and no autolinker or table reads.
-_MARKDOWN_ESCAPED = re.compile(r"([\\`*_{}\[\]()#+\-.!])")
-_AS_ENTITY = {c: f"&#{ord(c)};" for c in '&<>":@=~|'}
+# and those autolinks are made of (``:`` of ``http://``, ``.`` of ``www.``, ``@`` of an email): all ASCII
+# punctuation, each escaped with a backslash, which CommonMark shows as the character itself. A backslash inside
+# ``http\://`` or before ``@`` also breaks autolinks. HTML character references (``&#58;``) would do the same in a
+# renderer that decodes them, but Prefect's UI shows them as typed.
+_MARKDOWN_ESCAPED = re.compile(r"([\\`*_{}\[\]()#+\-.!&<>\":@=~|])")
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -31,7 +31,7 @@ def markdown_text(text: object, *, one_line: bool = True) -> str:
     (``http://``, ``www.``, emails) are broken, control characters dropped. ``one_line``: newlines become spaces
     (a table cell); otherwise each line stays a line (its paragraph breaks kept)."""
     plain = _CONTROL.sub("", str(text))
-    escaped = "".join(_AS_ENTITY.get(c, c) for c in _MARKDOWN_ESCAPED.sub(r"\\\1", plain))
+    escaped = _MARKDOWN_ESCAPED.sub(r"\\\1", plain)
     if one_line:
         return " ".join(escaped.split())
     lines = [line.strip() for line in escaped.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
