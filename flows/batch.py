@@ -25,7 +25,6 @@ at the end. A child run that the Prefect API refuses with 503 (a busy database) 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import mimetypes
 import posixpath
@@ -53,14 +52,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flows import progress as progress_events
 from flows.artifacts import artifact_scope
 from flows.prefect_setup import prefect_run_settings
-from flows.request import hugginggpt_request
+from flows.request import NoSummaryError, failure_reason, run_request
 from flows.runners import shared_cluster
 from tasks.llm import LLMError
 from tasks.parsing import ParseError, loads_json, parse_plan_value, split_lines
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key
 from tasks.runs import MAX_REQUEST_CHARS, RequestError, check_request
-from tasks.schemas import PlanNode, PlanResult, RunSummary
+from tasks.schemas import PlanNode, PlanResult, RequestSpec, RunSummary
 from tasks.services import prepare_controller
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError, read_uri, resolve_storage, store_for
@@ -442,35 +441,24 @@ def run_line(
             plan = adapt_plan(shared_plan.nodes, shared_inputs or [], spec.inputs, spec.request)
         except PlanValidationError as exc:
             return failed(f"the shared plan does not fit this line's inputs: {exc}")
-    child = hugginggpt_request.with_options(flow_run_name=functools.partial(str, _child_name(line, spec)))
+    request = RequestSpec(
+        request=spec.request, inputs=list(spec.inputs), models=dict(spec.models), plan=plan, plan_source=plan_source
+    )
+    run_options = (options or RunOptions()).model_copy(
+        update={k: v for k, v in {"storage": storage, "catalog": catalog}.items() if v is not None}
+    )
     try:
-        state = _start_child(
-            lambda: child(
-                spec.request,
-                inputs=list(spec.inputs),
-                models=dict(spec.models),
-                storage=storage,
-                catalog=catalog,
-                plan=plan,
-                plan_source=plan_source,
-                options=options,
-                return_state=True,
-            ),
-            line,
-        )
-        value = state.result(raise_on_failure=False)
+        value = _start_child(lambda: run_request(request, run_options, run_name=_child_name(line, spec)), line)
+    except NoSummaryError as exc:
+        return failed(f"the request's flow run ended without a summary: {exc}")
     except Exception as exc:  # the child could not even start (e.g. its parameters were rejected)
         return failed(f"{type(exc).__name__}: {exc}")
-    if isinstance(value, BaseException) and isinstance(getattr(value, "summary", None), RunSummary):
-        value = value.summary  # a failure that carries the run's summary
-    if not isinstance(value, RunSummary):
-        return failed(f"the request's flow run ended {state.name} without a summary: {value}")
     answer = value.answer if len(value.answer) <= _ANSWER_CHARS else value.answer[: _ANSWER_CHARS - 3] + "..."
     record = _record(
         line,
         spec,
         status="completed" if value.status == "completed" else "failed",
-        error=(value.error or state.message) if value.status != "completed" else None,
+        error=failure_reason(value) if value.status != "completed" else None,
         flow_run_id=value.flow_run_id,
         storage_uri=value.storage_uri,
         answer=answer,
@@ -496,7 +484,7 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 503
 
 
-def _start_child(start: Callable[[], State], line: int) -> State:
+def _start_child(start: Callable[[], RunSummary], line: int) -> RunSummary:
     """``start()`` (a child flow run of the request flow), again after a wait when the Prefect API answers 503."""
     for attempt in range(CHILD_START_ATTEMPTS):
         try:

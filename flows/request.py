@@ -8,12 +8,15 @@ dependents end as skipped, its siblings go on, and the response still runs.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect import tags as prefect_tags
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
@@ -24,18 +27,25 @@ from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
 from models_catalog.catalog import CatalogError
 from tasks.execute import node_tags, run_node
-from tasks.inputs import InputPolicy
 from tasks.llm import LLMError
-from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
+from tasks.plan import PlanningError, PlanValidationError, plan_task
 from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.respond import respond_task
-from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_prior
-from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, RunSummary, SelectionResult
-from tasks.select import SelectionError, check_pins, parse_pins, select_task
-from tasks.services import Services, services_for
+from tasks.runs import (
+    CheckedRequest,
+    PriorRun,
+    RequestError,
+    RunRecord,
+    already_checked,
+    checked_before,
+    load_prior,
+    preflight,
+)
+from tasks.schemas import Assignment, NodeResult, PlanNode, RequestSpec, ResponseResult, RunSummary, SelectionResult
+from tasks.select import SelectionError, select_task
+from tasks.services import Services, override, services_for
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import ArtifactStore, StorageError
-from tasks.task_types import TASK_TYPES
 
 progress.tidy_run_logs()
 
@@ -53,6 +63,10 @@ class RequestFailed(RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RequestFailed, (self.summary, str(self)))
+
+
+class NoSummaryError(RuntimeError):
+    """A request flow run ended without a summary (it crashed, or was cancelled before it could write one)."""
 
 
 def summary_of(state: State) -> RunSummary | None:
@@ -78,7 +92,8 @@ def request_run_name(request: str, suffix: str | None = None) -> str:
 def _run_name() -> str:
     """The run's name: the one it was created with when that is already this request's (``run_deployment`` with
     :func:`request_run_name`), else the request and the start of the run's id."""
-    request = str(flow_run.parameters.get("request", ""))
+    spec = flow_run.parameters.get("spec")
+    request = str(spec.get("request", "") if isinstance(spec, dict) else getattr(spec, "request", ""))
     current = str(flow_run.name or "")
     if current.startswith(request_run_name(request, "-")[:-1]):
         return current
@@ -99,64 +114,56 @@ def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
     return NodeResult(id=node.id, task=node.task, status="failed", error=f"task run ended {state.name}: {value}")
 
 
+def failure_reason(summary: RunSummary) -> str | None:
+    """Why a run failed (its error, or which nodes did not complete and why); ``None`` when it did not fail."""
+    failed = [r for r in summary.results if r.status != "completed"]
+    if summary.error:
+        return summary.error
+    if not failed:
+        return None
+    return f"{len(failed)} of {len(summary.results)} task(s) did not complete: " + "; ".join(
+        f"{r.task}#{r.id} {r.status}: {r.error}" for r in failed
+    )
+
+
 def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float, settings: Settings) -> RunSummary | State:
     summary.timings["total"] = time.perf_counter() - t_start
-    failed = [r for r in summary.results if r.status != "completed"]
-    if summary.error or failed:
+    reason = failure_reason(summary)
+    if reason is not None:
         summary.status = "failed"
     publish(summary, store, presign_seconds=settings.presign_seconds)
-    if summary.status == "failed":
-        reason = summary.error or f"{len(failed)} of {len(summary.results)} task(s) did not complete: " + "; ".join(
-            f"{r.task}#{r.id} {r.status}: {r.error}" for r in failed
-        )
+    if reason is not None:
         return Failed(message=reason, data=RequestFailed(summary, reason))
     return summary
 
 
 @flow(name="hugginggpt-request", flow_run_name=_run_name, validate_parameters=True)
-def hugginggpt_request(
-    request: str,
-    inputs: list[str] | None = None,
-    models: dict[str, str] | None = None,
-    history: list[ChatTurn] | None = None,
-    storage: str | None = None,
-    catalog: str | None = None,
-    plan: list[PlanNode] | None = None,
-    resume_from: str | None = None,
-    plan_source: str | None = None,
-    options: RunOptions | None = None,
-) -> RunSummary:
+def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> RunSummary:
     """Answer one request: plan, select models, run the plan's graph, respond.
 
     Args:
-        request: what the user asks, in plain language.
-        inputs: files the request refers to (paths, http(s) or fsspec URLs).
-        models: pinned models, ``{task: model id}``.
-        history: earlier turns of the conversation.
-        storage: fsspec URL of the artifact store (default ``HUGGINGGPT_STORAGE``).
-        catalog: extra catalog JSONL (default ``HUGGINGGPT_CATALOG``).
-        plan: an explicit plan (HuggingGPT format): no planning call is made.
-        resume_from: the flow run id of an earlier run of this request: its plan and model choices are
-            reused, and its completed nodes are not run again.
-        plan_source: where an explicit plan came from, recorded in the summary (e.g. a batch's plan cache).
-        options: settings for this run on top of the environment of the process that runs it (model, device,
-            cache, how many nodes at once, task runner, where Prefect keeps results). The flow builds its task
-            runner and result storage from them, so a CLI call, a batch line, a subflow and a deployed run alike
-            honour them.
+        spec: the request (:class:`~tasks.schemas.RequestSpec`): what is asked, its inputs, pinned models, history,
+            an explicit plan and where it came from, or the run to resume.
+        options: settings for this run on top of the environment of the process that runs it (storage, catalog,
+            model, device, cache, how many nodes at once, task runner, where Prefect keeps results). The flow builds
+            its task runner and result storage from them, so a CLI call, a batch line, a subflow and a deployed run
+            alike honour them.
 
-    Returns the :class:`RunSummary`; when a node failed the flow run ends Failed
-    with the summary as its data (``return_state=True`` gives it back). A retry of
-    the flow run by Prefect resumes the same way as ``resume_from``.
+    The services the run uses (chat model, expert backends, availability, artifact store) come from
+    :func:`tasks.services.services_for`: the settings', or those of a :func:`tasks.services.override` around the
+    call. Returns the :class:`RunSummary`; when a node failed the flow run ends Failed with the summary as its data
+    (``return_state=True`` gives it back; :func:`run_request` unwraps it). A retry of the flow run by Prefect
+    resumes the same way as ``resume_from``.
     """
     t_start = time.perf_counter()
     log = get_run_logger()
-    inputs = list(inputs or [])
-    history = list(history or [])
-    settings = load_settings(options, storage=storage, catalog=catalog)
+    settings = load_settings(options)
     use_result_storage(settings)
     run_id = str(flow_run.id or uuid.uuid4())
-    summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
-    summary.plan_source = "resumed" if resume_from else plan_source or ("explicit" if plan is not None else "llm")
+    summary = RunSummary(request=spec.request, inputs=spec.inputs, flow_run_id=run_id)
+    summary.plan_source = (
+        "resumed" if spec.resume_from else spec.plan_source or ("explicit" if spec.plan is not None else "llm")
+    )
     store: ArtifactStore | None = None
     services = services_for(settings)
     try:
@@ -164,23 +171,18 @@ def hugginggpt_request(
         summary.storage_uri = store.run_uri
         prior = load_prior(
             store,
-            resume_from or run_id,
-            explicit=resume_from is not None,
+            spec.resume_from or run_id,
+            explicit=spec.resume_from is not None,
             settings=settings,
             availability=services.availability,
-            request=request,
-            inputs=inputs,
+            request=spec.request,
+            inputs=spec.inputs,
         )
         if prior is None:
-            store.put_text(
-                "request.json",
-                RunRecord(request=request, inputs=inputs, models=dict(models or {}), history=history).model_dump_json(
-                    indent=2
-                ),
-            )
-        response = _run_stages(
-            services, request, inputs, _pins(services, models, prior), history, store, summary, plan=plan, prior=prior
-        )
+            record = RunRecord(request=spec.request, inputs=spec.inputs, models=spec.models, history=spec.history)
+            store.put_text("request.json", record.model_dump_json(indent=2))
+        checked = checked_before(spec, settings) or preflight(spec, services, resumed=prior is not None)
+        response = _run_stages(services, checked, store, summary, prior=prior)
     except (
         RequestError,
         PlanningError,
@@ -206,27 +208,17 @@ def hugginggpt_request(
     return _finish(summary, store, t_start, settings)
 
 
-def _pins(services: Services, models: Mapping[str, str] | None, prior: PriorRun | None) -> dict[str, str]:
-    """The pinned models, each checked to run here before any LLM call (a resumed run reuses its assignments)."""
-    pins = parse_pins(models)
-    return pins if prior is not None else check_pins(pins, services.availability)
-
-
 def _run_stages(
     services: Services,
-    request: str,
-    inputs: list[str],
-    pins: dict[str, str],
-    history: list[ChatTurn],
+    checked: CheckedRequest,
     store: ArtifactStore,
     summary: RunSummary,
     *,
-    plan: list[PlanNode] | None = None,
     prior: PriorRun | None = None,
 ) -> ResponseResult:
     log = get_run_logger()
     settings = services.settings
-    check_request(request)
+    request, inputs, history, pins = checked.spec.request, checked.spec.inputs, checked.spec.history, checked.pins
 
     t0 = time.perf_counter()
     if prior is not None:
@@ -237,14 +229,8 @@ def _run_stages(
             sum(r.ok for r in prior.results.values()),
             len(nodes),
         )
-    elif plan is not None:
-        nodes, repairs = validate_plan(
-            [n.model_dump() for n in plan],
-            inputs=inputs,
-            request=request,
-            allowed=TASK_TYPES,
-            policy=InputPolicy.from_settings(settings),
-        )
+    elif checked.plan is not None:
+        nodes, repairs = checked.plan, checked.repairs
         log.info("explicit plan: no planning call")
     else:
         planned = plan_task(settings, request, inputs, history)
@@ -358,32 +344,44 @@ def execute_graph(
 
 
 def run_request(
-    request: str,
-    inputs: Sequence[str] = (),
-    models: Mapping[str, str] | None = None,
-    history: Sequence[ChatTurn] = (),
-    storage: str | None = None,
-    catalog: str | None = None,
-    plan: Sequence[PlanNode] | None = None,
-    resume_from: str | None = None,
+    spec: RequestSpec | str,
     options: RunOptions | None = None,
+    *,
+    services: Services | None = None,
+    checked: CheckedRequest | None = None,
+    run_name: str | None = None,
+    tags: Sequence[str] = (),
 ) -> RunSummary:
-    """Run the flow and return its summary whatever the outcome (no Prefect state to unwrap)."""
-    settings = load_settings(options, storage=storage, catalog=catalog)
-    with prefect_run_settings(heartbeats=settings.heartbeats):
-        state = hugginggpt_request(
-            request,
-            inputs=list(inputs),
-            models=dict(models or {}),
-            history=list(history),
-            storage=storage,
-            catalog=catalog,
-            plan=list(plan) if plan is not None else None,
-            resume_from=resume_from,
-            options=options,
-            return_state=True,
-        )
+    """Run one request flow in this process and return its :class:`RunSummary` whatever the outcome (a failed run's
+    summary says what failed; no Prefect state to unwrap): the one way the CLI, batch lines, chat and library users
+    run a request.
+
+    Args:
+        spec: the request (or just its text).
+        options: settings for this run on top of the environment (storage, catalog, model, device, ...).
+        services: services for this run (those given to it, e.g. ``Services(settings, chat_model=...)``), as
+            :func:`tasks.services.override` would swap them; the others come from the settings.
+        checked: the :func:`tasks.runs.preflight` of ``spec`` the caller already made (the flow does not check again).
+        run_name: the flow run's name (default: the request and the start of the run's id).
+        tags: Prefect tags of the run (``hugginggpt`` is always one).
+
+    Raises what prevents the flow from running at all (an unreachable Prefect API, parameters it refuses).
+    """
+    if isinstance(spec, str):
+        spec = RequestSpec(request=spec)
+    settings = load_settings(options)
+    flow_fn = hugginggpt_request
+    if run_name is not None:
+        flow_fn = hugginggpt_request.with_options(flow_run_name=functools.partial(str, run_name))
+    given = {name: getattr(services, name) for name in services.given} if services is not None else {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(prefect_run_settings(heartbeats=settings.heartbeats))
+        stack.enter_context(prefect_tags("hugginggpt", *tags))
+        stack.enter_context(override(**given))
+        if checked is not None:
+            stack.enter_context(already_checked(checked, settings))
+        state = flow_fn(spec, options=options, return_state=True)
     summary = summary_of(state)
     if summary is not None:
         return summary
-    raise RuntimeError(f"the flow run ended {state.name} without a summary: {state.message}")
+    raise NoSummaryError(f"the run ended {state.name} without a summary: {state.message}")

@@ -78,6 +78,28 @@ class PlanNode(BaseModel):
         return f"{self.task}#{self.id}"
 
 
+class RequestSpec(BaseModel):
+    """One request, as the request flow takes it (its ``spec`` parameter), and as the CLI, a batch line, chat and
+    library users give it to :func:`flows.request.run_request`. How to run it (storage, catalog, model, device...) is
+    not part of it: that is :class:`~tasks.settings.RunOptions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: str = Field(description="what the user asks, in plain language")
+    inputs: list[str] = Field(default_factory=list, description="files it refers to: paths, http(s) or fsspec URLs")
+    models: dict[str, str] = Field(default_factory=dict, description="pinned models, {task: model id}")
+    history: list[ChatTurn] = Field(default_factory=list, description="earlier turns of the conversation")
+    plan: list[PlanNode] | None = Field(default=None, description="an explicit plan: no planning call is made")
+    plan_source: str | None = Field(
+        default=None, description="where an explicit plan came from, recorded in the summary (a batch's plan cache)"
+    )
+    resume_from: str | None = Field(
+        default=None,
+        description="the flow run id of an earlier run of this request: its plan and model choices are reused, and "
+        "its completed nodes are not run again",
+    )
+
+
 class LLMUsage(BaseModel):
     calls: int = 0
     prompt_tokens: int = 0

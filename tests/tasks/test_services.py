@@ -12,8 +12,9 @@ import pytest
 
 from tasks.experts.base import ExpertOutput, ModelSpec
 from tasks.llm import ChatCall, FunctionModel, LLMClient, scripted
+from tasks.schemas import RequestSpec
 from tasks.services import Services, overridden, override, services_for
-from tasks.settings import Settings
+from tasks.settings import RunOptions, Settings
 
 
 class RecordingBackend:
@@ -126,7 +127,9 @@ def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
     backend = RecordingBackend("recorded")
     with override(chat_model=model, local_backend=backend), prefect_run_settings():
         state = hugginggpt_request(
-            "Classify two texts", storage=str(tmp_path / "runs"), catalog=str(tiny_catalog), return_state=True
+            RequestSpec(request="Classify two texts"),
+            RunOptions(storage=str(tmp_path / "runs"), catalog=str(tiny_catalog)),
+            return_state=True,
         )
     summary = summary_of(state)
     assert summary is not None and summary.status == "completed", summary
