@@ -1,5 +1,5 @@
-"""The request path as it was before two changes that the fixed-overhead profile called for, restored in this
-process only, so the bench measures what each change saves against the code as it is, interleaved in the same run.
+"""The request path as it was before three changes that profiles called for, restored in this process only, so
+the bench measures what each change saves against the code as it is, in the same run.
 
 * ``new_llm_client_per_stage``: ``tasks.llm.LLMClient`` built a new ``openai.OpenAI`` client for every stage
   (planning, selection, response); each new client builds an HTTP client whose TLS context loads the CA bundle
@@ -9,6 +9,10 @@ process only, so the bench measures what each change saves against the code as i
   (``local-file-system/hugginggpt-results-...``), which Prefect loads from its API at the start of every flow
   run. Now: ``flows.prefect_setup.results_block`` saves it once per process and API, and the run uses the saved
   instance.
+* ``every_node_acquires_its_tags``: every node task run carried its tags (``task:``, ``model:``, ``backend:``) when
+  submitted, so Prefect's task engine asked the API for a slot of each tag's concurrency limit before running it,
+  whether a limit existed or not (``SyncTaskRunEngine.start`` -> ``prefect.concurrency._sync.concurrency``). Now:
+  :mod:`flows.tag_limits` reads once per run which tags have a limit, and only nodes with such a tag acquire.
 """
 
 from __future__ import annotations
@@ -53,9 +57,26 @@ def result_storage_by_slug() -> Iterator[None]:
         request.results_block = saved_once
 
 
+@contextlib.contextmanager
+def every_node_acquires_its_tags() -> Iterator[None]:
+    import flows.tag_limits as tag_limits
+
+    is_limited = tag_limits.is_limited
+
+    def always(tags: Any, limited: Any) -> bool:
+        return bool(set(tags))  # as if every tag had a limit: Prefect's engine acquires for all of them
+
+    tag_limits.is_limited = always  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        tag_limits.is_limited = is_limited
+
+
 BEFORE: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "a new LLM client for every stage": new_llm_client_per_stage,
     "result storage saved on every call and passed as a slug": result_storage_by_slug,
+    "every node acquiring its tags' concurrency slots": every_node_acquires_its_tags,
 }
 
 

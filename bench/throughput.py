@@ -226,8 +226,11 @@ def warm_up(bench: Bench) -> None:
 
 
 def run(bench: Bench, *, count: int | None = None) -> dict[str, Any]:
+    from bench import batch_scaling
+
     count = count or (6 if bench.quick else 50)
     m = models(bench)
+    scaling = batch_scaling.run(bench)
     requests = write_requests(bench.root / "requests.jsonl", count, m["ids"])
     results = []
     for name, url in apis(bench):
@@ -264,4 +267,5 @@ def run(bench: Bench, *, count: int | None = None) -> dict[str, Any]:
         "apis": results,
         "with_llm_latency": {"api": name, "llm_latency_seconds": latency, "modes": slow},
         "postgresql": bench.postgres_error or "measured",
+        "in_flight_scaling": scaling,
     }

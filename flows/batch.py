@@ -25,7 +25,8 @@ at the end. A child run that the Prefect API refuses with 503 (a busy database) 
 
 from __future__ import annotations
 
-import hashlib
+import concurrent.futures
+import contextlib
 import mimetypes
 import posixpath
 import re
@@ -42,7 +43,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -51,6 +52,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows import progress as progress_events
 from flows.artifacts import artifact_scope
+from flows.batch_budget import BudgetMeter, Budgets
+from flows.batch_ledger import BatchBusyError, BatchLock, completed_summary, line_tags, tagged_runs
 from flows.prefect_setup import prefect_run_settings
 from flows.request import NoSummaryError, failure_reason, run_request
 from flows.runners import shared_cluster
@@ -62,10 +65,21 @@ from tasks.runs import MAX_REQUEST_CHARS, RequestError, check_request
 from tasks.schemas import PlanNode, PlanResult, RequestSpec, RunSummary
 from tasks.services import prepare_controller
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
-from tasks.storage import ArtifactStore, StorageError, read_uri, resolve_storage, store_for
+from tasks.storage import BLOCK_PREFIX, ArtifactStore, StorageError, resolve_storage, store_for
+from tasks.tables import (
+    OUTCOME_COLUMNS,
+    ColumnMap,
+    ResultsWriter,
+    TableError,
+    TableRow,
+    content_key,
+    input_types,
+    read_rows,
+    table_format,
+)
 from tasks.task_types import TASK_TYPES
 
-LineStatus = Literal["completed", "failed", "invalid"]
+LineStatus = Literal["completed", "failed", "invalid", "not started"]
 _INPUT_RE = re.compile(r"<INPUT-(\d+)>")
 _ANSWER_CHARS = 4000
 _PROGRESS_EVERY = 0.5  # seconds between two updates of the progress artifact
@@ -115,15 +129,23 @@ class ParsedLine(BaseModel):
     error: str | None = None
     id: str | None = Field(default=None, description="the line's id, when it could be read")
     request: str | None = Field(default=None, description="the line's request, when it could be read")
+    columns: dict[str, Any] = Field(default_factory=dict, description="the mapped columns of a table's row")
+    meta_given: dict[str, Any] = Field(default_factory=dict, description="the carried columns, even when invalid")
 
     @property
     def valid(self) -> bool:
         return self.error is None and self.spec is not None
 
     def invalid_record(self) -> LineResult:
-        meta = self.spec.meta if self.spec is not None else {}
+        meta = self.spec.meta if self.spec is not None else self.meta_given
         return LineResult(
-            line=self.line, id=self.id, request=self.request, status="invalid", error=self.error, meta=meta
+            line=self.line,
+            id=self.id,
+            request=self.request,
+            status="invalid",
+            error=self.error,
+            meta=meta,
+            columns=self.columns,
         )
 
 
@@ -144,6 +166,13 @@ class LineResult(BaseModel):
     plan_cached: bool = Field(default=False, description="the plan was made once for an earlier line and reused")
     tasks: list[str] = Field(default_factory=list, description="the plan's nodes, e.g. image-to-text#0")
     seconds: float = 0.0
+    llm_tokens: int = Field(default=0, description="LLM tokens the line's run used (prompt and completion)")
+    files: dict[str, str] = Field(
+        default_factory=dict, description="every output file of the run: 'file:{node}.{modality}' -> its URI"
+    )
+    columns: dict[str, Any] = Field(
+        default_factory=dict, description="the line's request, id and input columns, when it came from a table"
+    )
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -158,7 +187,10 @@ class BatchSummary(BaseModel):
     completed: int = 0
     failed: int = 0
     invalid: int = 0
+    not_started: int = Field(default=0, description="lines a budget kept from starting: a rerun runs them")
     max_in_flight: int = 1
+    deployment: str | None = Field(default=None, description="the deployment each line ran as, if not a subflow")
+    llm_tokens: int = Field(default=0, description="LLM tokens used by this attempt's lines and shared plans")
     plan_groups: int = Field(default=0, description="request texts shared by several lines, each planned once")
     planning_calls: int = Field(default=0, description="LLM calls made to plan those shared requests")
     plans_cached: int = Field(default=0, description="lines that reused a plan made for an earlier line")
@@ -172,6 +204,13 @@ class BatchSummary(BaseModel):
     records: list[LineResult] = Field(default_factory=list)
 
 
+def _counts(summary: BatchSummary) -> str:
+    parts = [f"{summary.failed} failed", f"{summary.invalid} invalid"]
+    if summary.not_started:
+        parts.append(f"{summary.not_started} not started")
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 class BatchFailed(RuntimeError):
     """Some lines of a batch failed or were invalid (every other line ran); ``summary`` holds every result.
 
@@ -181,10 +220,7 @@ class BatchFailed(RuntimeError):
 
     def __init__(self, summary: BatchSummary) -> None:
         self.summary = summary
-        super().__init__(
-            f"{summary.failed} failed and {summary.invalid} invalid of {summary.lines} line(s); "
-            f"results: {summary.results_uri}"
-        )
+        super().__init__(f"{_counts(summary)} of {summary.lines} line(s); results: {summary.results_uri}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.summary,))
@@ -219,11 +255,32 @@ def parse_line(number: int, text: str) -> ParsedLine:
         return ParsedLine(line=number, error=str(exc))
     if not isinstance(value, dict):
         return ParsedLine(line=number, error=f"line {number}: expected a JSON object, got {type(value).__name__}")
+    return parse_value(number, value)
+
+
+def parse_row(row: TableRow) -> ParsedLine:
+    """One row read by :func:`tasks.tables.read_rows`: a JSONL line's text, or a table row already mapped."""
+    if row.text is not None:
+        return parse_line(row.number, row.text)
+    if row.value is None or row.error is not None:
+        value = row.value or {}
+        parsed = ParsedLine(line=row.number, error=row.error or f"row {row.number} cannot be read")
+        return parsed.model_copy(update=_known(value) | {"columns": row.columns, "meta_given": value.get("meta", {})})
+    parsed = parse_value(row.number, {k: v for k, v in row.value.items() if v is not None or k != "id"})
+    return parsed.model_copy(update={"columns": row.columns, "meta_given": row.value.get("meta", {})})
+
+
+def _known(value: dict[str, Any]) -> dict[str, Any]:
     raw_id = value.get("id")
-    known: dict[str, Any] = {
+    return {
         "id": str(raw_id)[:200] if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None,
         "request": value["request"][:MAX_REQUEST_CHARS] if isinstance(value.get("request"), str) else None,
     }
+
+
+def parse_value(number: int, value: dict[str, Any]) -> ParsedLine:
+    """One request given as an object (a JSONL line, a table's row): valid, or the reason it is invalid."""
+    known = _known(value)
     try:
         spec = BatchLine.model_validate(value)
     except ValidationError as exc:
@@ -252,46 +309,35 @@ def _options_for(url: str, settings: Settings) -> dict[str, Any]:
     return options if protocol == root_protocol else {}
 
 
-def read_requests(url: str, settings: Settings) -> str:
-    try:
-        data = read_uri(
-            url, _options_for(url, settings), retries=settings.storage_retries, retry_wait=settings.storage_retry_wait
-        )
-    except StorageError as exc:
-        raise BatchError(f"cannot read the requests file: {exc}") from exc
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BatchError(f"{url} is not UTF-8 text: {exc}") from exc
-
-
 # ---------------------------------------------------------------------------
 # finished lines, recorded as they finish
 # ---------------------------------------------------------------------------
 _PART = re.compile(r"([0-9]{1,9})\.json", re.ASCII)
 
 
-def batch_key(text: str, settings: Settings) -> str:
-    """What identifies a batch for resuming: its requests file's content and the storage it runs against."""
-    root, _ = resolve_storage(settings.storage, settings.storage_options)
-    return hashlib.sha256(f"{root}\0{text}".encode()).hexdigest()[:16]
-
-
 class LineParts:
     """One file per finished line, ``{storage}/batches/lines-{key}/{line}.json``, written (atomically) as the line
     finishes, so an interrupted batch keeps every finished line's record and a rerun of the same file against the
-    same storage skips the lines that completed. Parts are read back as untrusted input."""
+    same storage skips the lines that completed.
+
+    Parts are read back as untrusted input: a part counts only when the run it names holds, in its own folder, a
+    summary of that run, for that line's request, that says completed (:func:`flows.batch_ledger.completed_summary`),
+    and the line's record is rebuilt from that summary. A line whose run completed but whose part was never written
+    (the batch was killed in between) is found through the Prefect API by the run's tags."""
 
     def __init__(self, store: ArtifactStore, key: str) -> None:
         self.store = store
+        self.key = key
         self.folder = f"batches/lines-{key}"
 
     def record(self, result: LineResult) -> None:
         self.store.put_root_bytes(f"{self.folder}/{result.line:07d}.json", result.model_dump_json().encode("utf-8"))
 
     def completed(self, parsed: Sequence[ParsedLine]) -> dict[int, LineResult]:
-        """Positions in ``parsed`` of the lines an earlier attempt completed, with their records. A part that is
-        damaged, or does not match its line of the file (number, id, request), is ignored: that line runs again."""
+        """Positions in ``parsed`` of the lines an earlier attempt completed, with their records rebuilt from their
+        runs' summaries. A part that is damaged, does not match its line (number, id, request), or names a run that
+        did not complete that request is ignored, and so is a run the Prefect API lists whose summary is not there:
+        that line runs again."""
         log = get_run_logger()
         position = {p.line: pos for pos, p in enumerate(parsed) if p.valid and p.spec is not None}
         done: dict[int, LineResult] = {}
@@ -307,16 +353,51 @@ class LineParts:
             except (StorageError, ValidationError) as exc:
                 log.warning("line %d runs again: its earlier record is damaged (%s)", parsed[pos].line, str(exc)[:300])
                 continue
-            if (
-                record.status != "completed"
-                or record.line != parsed[pos].line
-                or record.request != spec.request
-                or record.id != spec.id
-                or (record.storage_uri is not None and not self.store.holds(record.storage_uri))
-            ):
+            if record.status != "completed" or record.line != parsed[pos].line or record.request != spec.request:
                 continue
-            done[pos] = record.model_copy(update={"meta": spec.meta})
+            if record.id != spec.id:
+                continue
+            summary = completed_summary(self.store, record.flow_run_id, spec.request)
+            if summary is None:
+                log.warning(
+                    "line %d runs again: its record names run %s, whose own summary does not show that request "
+                    "completed",
+                    parsed[pos].line,
+                    str(record.flow_run_id)[:60],
+                )
+                continue
+            done[pos] = _record_from_summary(parsed[pos], summary, record.plan_source or summary.plan_source)
+        missing = [pos for pos in position.values() if pos not in done]
+        if missing:
+            done.update(self._adopt(parsed, missing))
         return done
+
+    def _adopt(self, parsed: Sequence[ParsedLine], missing: list[int]) -> dict[int, LineResult]:
+        """Lines whose run completed while no record was kept (the batch stopped first): found by their runs' tags
+        in the Prefect API, checked against the runs' summaries, and recorded now."""
+        log = get_run_logger()
+        try:
+            runs = tagged_runs(self.key)
+        except Exception as exc:  # the API cannot say: those lines run again
+            log.warning("could not ask the Prefect API for this batch's earlier runs: %s", str(exc)[:300])
+            return {}
+        adopted: dict[int, LineResult] = {}
+        for pos in missing:
+            p = parsed[pos]
+            assert p.spec is not None
+            for flow_run_id in reversed(runs.get(p.line, [])):
+                summary = completed_summary(self.store, flow_run_id, p.spec.request)
+                if summary is None:
+                    continue
+                record = _record_from_summary(p, summary, summary.plan_source)
+                adopted[pos] = record
+                with contextlib.suppress(StorageError):
+                    self.record(record)
+                log.info(
+                    "line %d completed in an earlier attempt, run %s: recorded, not run again", p.line, flow_run_id
+                )
+                break
+        return adopted
 
 
 # ---------------------------------------------------------------------------
@@ -407,6 +488,77 @@ def _record(line: int, spec: BatchLine, **fields: Any) -> LineResult:
     return LineResult(line=line, id=spec.id, request=spec.request, meta=spec.meta, **fields)
 
 
+def output_files(summary: RunSummary) -> dict[str, str]:
+    """Every file a run produced, ``file:{node}.{modality}`` -> URI (text outputs are inline, not files)."""
+    names = {n.id: n.name for n in summary.plan}
+    files: dict[str, str] = {}
+    for result in summary.results:
+        for modality, value in result.outputs.items():
+            if modality != "text":
+                files[f"file:{names.get(result.id, f'{result.task}#{result.id}')}.{modality}"] = value
+    return files
+
+
+def summary_record(
+    line: int,
+    spec: BatchLine,
+    value: RunSummary,
+    *,
+    plan_source: str | None,
+    cached: bool,
+    seconds: float,
+    error: str | None = None,
+) -> LineResult:
+    """A line's record from its run's summary."""
+    answer = value.answer if len(value.answer) <= _ANSWER_CHARS else value.answer[: _ANSWER_CHARS - 3] + "..."
+    completed = value.status == "completed"
+    return _record(
+        line,
+        spec,
+        status="completed" if completed else "failed",
+        error=None if completed else (value.error or error),
+        flow_run_id=value.flow_run_id,
+        storage_uri=value.storage_uri,
+        answer=answer,
+        plan_source=plan_source,
+        plan_cached=cached,
+        tasks=[n.name for n in value.plan],
+        seconds=seconds,
+        llm_tokens=value.llm.prompt_tokens + value.llm.completion_tokens,
+        files=output_files(value),
+    )
+
+
+def _record_from_summary(parsed: ParsedLine, summary: RunSummary, plan_source: str | None) -> LineResult:
+    """The record of a line completed by an earlier attempt, rebuilt from its run's own summary."""
+    assert parsed.spec is not None
+    record = summary_record(
+        parsed.line,
+        parsed.spec,
+        summary,
+        plan_source=plan_source,
+        cached=bool(plan_source and plan_source.startswith("batch plan cache")),
+        seconds=float(summary.timings.get("total", 0.0)),
+    )
+    return record.model_copy(update={"columns": parsed.columns})
+
+
+def line_request(
+    spec: BatchLine,
+    plan: list[PlanNode] | None,
+    plan_source: str,
+    storage: str | None,
+    catalog: str | None,
+    options: RunOptions | None,
+) -> tuple[RequestSpec, RunOptions]:
+    """A line as the request flow's parameters: its request, and the batch's options with its storage and catalog."""
+    request = RequestSpec(
+        request=spec.request, inputs=list(spec.inputs), models=dict(spec.models), plan=plan, plan_source=plan_source
+    )
+    given = {k: v for k, v in {"storage": storage, "catalog": catalog}.items() if v is not None}
+    return request, (options or RunOptions()).model_copy(update=given)
+
+
 @task(name="batch-line", cache_policy=NO_CACHE)
 def run_line(
     line: int,
@@ -418,8 +570,11 @@ def run_line(
     storage: str | None = None,
     catalog: str | None = None,
     options: RunOptions | None = None,
+    deployment: str | None = None,
+    run_tags: list[str] | None = None,
 ) -> State:
-    """Prefect task: run one line as a child flow run of the request flow; never raises.
+    """Prefect task: run one line as a child flow run of the request flow, or as a run of ``deployment`` (a
+    deployment of the request flow, picked up by a worker of its pool); never raises.
 
     Ends Completed with the line's :class:`LineResult`, or Failed with it as data when the request failed.
     ``shared_plan`` is the plan made once for this line's group (or the exception that planning raised).
@@ -441,35 +596,99 @@ def run_line(
             plan = adapt_plan(shared_plan.nodes, shared_inputs or [], spec.inputs, spec.request)
         except PlanValidationError as exc:
             return failed(f"the shared plan does not fit this line's inputs: {exc}")
-    request = RequestSpec(
-        request=spec.request, inputs=list(spec.inputs), models=dict(spec.models), plan=plan, plan_source=plan_source
-    )
-    run_options = (options or RunOptions()).model_copy(
-        update={k: v for k, v in {"storage": storage, "catalog": catalog}.items() if v is not None}
-    )
+    if deployment:
+        return _run_deployed_line(
+            deployment, line, spec, plan, plan_source, cached, storage, catalog, options, run_tags or [], t0
+        )
+    request, run_options = line_request(spec, plan, plan_source, storage, catalog, options)
     try:
-        value = _start_child(lambda: run_request(request, run_options, run_name=_child_name(line, spec)), line)
+        value = _start_child(
+            lambda: run_request(request, run_options, run_name=_child_name(line, spec), tags=run_tags or []), line
+        )
     except NoSummaryError as exc:
         return failed(f"the request's flow run ended without a summary: {exc}")
     except Exception as exc:  # the child could not even start (e.g. its parameters were rejected)
         return failed(f"{type(exc).__name__}: {exc}")
-    answer = value.answer if len(value.answer) <= _ANSWER_CHARS else value.answer[: _ANSWER_CHARS - 3] + "..."
-    record = _record(
+    record = summary_record(
         line,
         spec,
-        status="completed" if value.status == "completed" else "failed",
-        error=failure_reason(value) if value.status != "completed" else None,
-        flow_run_id=value.flow_run_id,
-        storage_uri=value.storage_uri,
-        answer=answer,
+        value,
         plan_source=plan_source,
-        plan_cached=cached,
-        tasks=[n.name for n in value.plan],
+        cached=cached,
         seconds=time.perf_counter() - t0,
+        error=failure_reason(value),
     )
+    return _line_state(record)
+
+
+def _line_state(record: LineResult) -> State:
     if record.status == "failed":
-        return Failed(message=f"line {line}: {record.error}", data=record)
-    return Completed(data=record, message=f"line {line} completed")
+        return Failed(message=f"line {record.line}: {record.error}", data=record)
+    return Completed(data=record, message=f"line {record.line} completed")
+
+
+#: seconds between two looks at a deployment run's state
+DEPLOYED_POLL_SECONDS = 1.0
+
+
+def _run_deployed_line(
+    deployment: str,
+    line: int,
+    spec: BatchLine,
+    plan: list[PlanNode] | None,
+    plan_source: str,
+    cached: bool,
+    storage: str | None,
+    catalog: str | None,
+    options: RunOptions | None,
+    run_tags: list[str],
+    t0: float,
+) -> State:
+    """One line as a run of ``deployment`` on its work pool (a child of this task run in the UI), waited for; its
+    record is built from the summary the run wrote to storage."""
+    from prefect.deployments import run_deployment
+
+    request, run_options = line_request(spec, plan, plan_source, storage, catalog, options)
+    parameters: dict[str, Any] = {
+        "spec": request.model_dump(mode="json", exclude_none=True),
+        "options": run_options.model_dump(mode="json", exclude_none=True) or None,
+    }
+
+    def failed(error: str) -> State:
+        record = _record(line, spec, status="failed", error=error, plan_source=plan_source, plan_cached=cached)
+        record.seconds = time.perf_counter() - t0
+        return Failed(message=f"line {line}: {error}", data=record)
+
+    try:
+        run = run_deployment(
+            deployment,
+            parameters={k: v for k, v in parameters.items() if v is not None},
+            flow_run_name=_child_name(line, spec),
+            tags=["hugginggpt", *run_tags],
+            timeout=None,
+            poll_interval=DEPLOYED_POLL_SECONDS,
+        )
+    except Exception as exc:
+        return failed(f"could not run deployment {deployment}: {type(exc).__name__}: {exc}")
+    settings = load_settings(options, storage=storage, catalog=catalog)
+    try:
+        raw = store_for(settings, str(run.id)).read_json("summary.json")
+        value = None if raw is None else RunSummary.model_validate(raw)
+    except (StorageError, ValidationError) as exc:
+        return failed(f"the deployment run {run.id} left no readable summary: {exc}")
+    state_name = run.state.name if run.state is not None else "unknown"
+    if value is None:
+        return failed(
+            f"the deployment run {run.id} ended {state_name} without a summary in {settings.storage} (do its workers "
+            "use the same storage?)"
+        )
+    if value.flow_run_id != str(run.id):
+        return failed(f"the summary of deployment run {run.id} names another run ({value.flow_run_id})")
+    message = run.state.message if run.state is not None else None
+    record = summary_record(
+        line, spec, value, plan_source=plan_source, cached=cached, seconds=time.perf_counter() - t0, error=message
+    )
+    return _line_state(record)
 
 
 CHILD_START_ATTEMPTS = 4
@@ -506,9 +725,10 @@ def _collect_line(parsed: ParsedLine, future: PrefectFuture[Any]) -> LineResult:
     except Exception as exc:
         value = exc
     if isinstance(value, LineResult):
-        return value
+        return value.model_copy(update={"columns": parsed.columns})
     assert parsed.spec is not None
-    return _record(parsed.line, parsed.spec, status="failed", error=f"task run ended {state.name}: {value}")
+    record = _record(parsed.line, parsed.spec, status="failed", error=f"task run ended {state.name}: {value}")
+    return record.model_copy(update={"columns": parsed.columns})
 
 
 # ---------------------------------------------------------------------------
@@ -589,32 +809,129 @@ def hugginggpt_batch(
     max_in_flight: Annotated[int, Field(ge=1)] | None = None,
     results_url: str | None = None,
     options: RunOptions | None = None,
+    request_column: str = "request",
+    input_columns: list[str] | None = None,
+    id_column: str | None = None,
+    deployment: str | None = None,
+    max_llm_tokens: Annotated[int, Field(ge=1)] | None = None,
+    max_lines_per_minute: Annotated[int, Field(ge=1)] | None = None,
 ) -> BatchSummary:
-    """Run every request of a JSONL file as a child flow run of ``hugginggpt-request``.
+    """Run every request of a table (JSONL, CSV or Parquet) as a child flow run of ``hugginggpt-request``.
 
     Args:
-        requests_url: the JSONL file, a path or any fsspec URL (``s3://bucket/requests.jsonl``).
+        requests_url: the requests table, a path or any fsspec URL (``s3://bucket/requests.parquet``): JSONL, or
+            CSV / Parquet by its suffix.
         storage: fsspec URL of the artifact store (default ``HUGGINGGPT_STORAGE``).
         catalog: extra catalog JSONL (default ``HUGGINGGPT_CATALOG``).
         max_in_flight: requests running at the same time (default ``HUGGINGGPT_BATCH_MAX_IN_FLIGHT``).
-        results_url: where to write the results JSONL (default ``{storage}/batches/{flow run id}/results.jsonl``).
+        results_url: where to write the results: a ``.parquet`` or ``.csv`` URL for a table, anything else JSONL
+            (default ``{storage}/batches/{flow run id}/results.jsonl``).
         options: settings for every line's run on top of the environment (see ``hugginggpt_request``).
+        request_column: the column holding each request (CSV and Parquet).
+        input_columns: columns each holding one input file, a path, URL or the file's bytes (CSV and Parquet).
+        id_column: the column holding each line's id (default ``id`` when there is one).
+        deployment: run each line as a run of this deployment of the request flow (``hugginggpt-request/request``)
+            on its work pool, rather than as a subflow in this process.
+        max_llm_tokens: stop starting lines once this attempt's lines have used this many LLM tokens.
+        max_lines_per_minute: start at most this many lines in any 60 seconds.
 
-    Returns the :class:`BatchSummary`. When a line failed or was invalid, the flow run ends Failed (after every
-    other line has run) with a :class:`BatchFailed` as its data, whose ``summary`` is the same; ``run_batch``
-    returns the summary either way.
+    Returns the :class:`BatchSummary`. When a line failed, was invalid or was not started, the flow run ends Failed
+    (after every other line has run) with a :class:`BatchFailed` as its data, whose ``summary`` is the same;
+    ``run_batch`` returns the summary either way.
     """
     t_start = time.perf_counter()
     log = get_run_logger()
     settings = load_settings(options, storage=storage, catalog=catalog)
     run_id = str(flow_run.id or uuid.uuid4())
     in_flight = max_in_flight or settings.batch_max_in_flight
-    text = read_requests(requests_url, settings)
-    parsed = parse_requests(text)
-    key = batch_key(text, settings)
-    parts = LineParts(store_for(settings, run_id), key)
+    columns = ColumnMap(request=request_column, inputs=list(input_columns or []), id=id_column)
+    key = batch_key_of(requests_url, settings, columns)
+    batch_store = store_for(settings, run_id)
+    parts = LineParts(batch_store, key)
+    lock = BatchLock(batch_store, parts.folder, run_id, requests_url)
+    try:
+        lock.acquire()
+    except BatchBusyError as exc:
+        raise BatchError(str(exc)) from None
+    try:
+        return _run_lines(
+            requests_url,
+            settings,
+            storage=storage,
+            catalog=catalog,
+            in_flight=in_flight,
+            results_url=results_url,
+            options=options,
+            columns=columns,
+            deployment=deployment,
+            budgets=Budgets(max_llm_tokens=max_llm_tokens, max_lines_per_minute=max_lines_per_minute),
+            key=key,
+            parts=parts,
+            run_id=run_id,
+            t_start=t_start,
+            log=log,
+        )
+    finally:
+        lock.release()
+
+
+def batch_key_of(requests_url: str, settings: Settings, columns: ColumnMap) -> str:
+    """What identifies a batch for resuming and for holding it: the requests file's content, the storage it runs
+    against, and the column mapping when it is not the default."""
+    root, _ = resolve_storage(settings.storage, settings.storage_options)
+    salt = root if columns == ColumnMap() else f"{root}\0{columns.model_dump_json()}"
+    try:
+        return content_key(requests_url, _options_for(requests_url, settings), salt)
+    except TableError as exc:
+        raise BatchError(f"cannot read the requests file: {exc}") from exc
+
+
+def read_lines(requests_url: str, settings: Settings, columns: ColumnMap, key: str) -> list[ParsedLine]:
+    """Every row of the requests table as a :class:`ParsedLine`, read row group by row group. A cell holding a
+    file's bytes is written to ``{storage}/batches/inputs-{key}/{row}/{column}/{name}`` and given as that URI."""
+    store = store_for(settings, "batch-inputs")
+
+    def keep(number: int, column: str, data: bytes, name: str | None) -> str:
+        base = _basename(name or "") or "file"
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", base)[-100:] or "file"
+        column_part = re.sub(r"[^A-Za-z0-9._-]+", "-", column)[:60] or "column"
+        return store.put_root_bytes(f"batches/inputs-{key}/{number}/{column_part}/{safe}", data)
+
+    try:
+        return [
+            parse_row(row)
+            for row in read_rows(requests_url, _options_for(requests_url, settings), columns, store_bytes=keep)
+        ]
+    except TableError as exc:
+        raise BatchError(f"cannot read the requests file: {exc}") from exc
+
+
+def _run_lines(
+    requests_url: str,
+    settings: Settings,
+    *,
+    storage: str | None,
+    catalog: str | None,
+    in_flight: int,
+    results_url: str | None,
+    options: RunOptions | None,
+    columns: ColumnMap,
+    deployment: str | None,
+    budgets: Budgets,
+    key: str,
+    parts: LineParts,
+    run_id: str,
+    t_start: float,
+    log: Any,
+) -> BatchSummary:
+    parsed = read_lines(requests_url, settings, columns, key)
     summary = BatchSummary(
-        flow_run_id=run_id, requests_url=requests_url, lines=len(parsed), max_in_flight=in_flight, batch_key=key
+        flow_run_id=run_id,
+        requests_url=requests_url,
+        lines=len(parsed),
+        max_in_flight=in_flight,
+        batch_key=key,
+        deployment=deployment,
     )
     records: list[LineResult | None] = [None] * len(parsed)
     for pos, p in enumerate(parsed):
@@ -627,12 +944,12 @@ def hugginggpt_batch(
     summary.resumed = len(earlier)
     invalid = sum(not p.valid for p in parsed)
     log.info(
-        "%d line(s), %d invalid, %d completed by an earlier attempt (batch %s); at most %d in flight",
+        "%d line(s), %d invalid, %s; at most %d in flight%s",
         len(parsed),
         invalid,
-        len(earlier),
-        key,
+        f"{len(earlier)} completed by an earlier attempt (batch {key})" if earlier else f"batch {key}",
         in_flight,
+        f", each a run of deployment {deployment}" if deployment else "",
     )
 
     progress_id = create_progress_artifact(
@@ -662,9 +979,12 @@ def hugginggpt_batch(
         except LLMNotConfiguredError as exc:
             no_controller = str(exc)
     summary.plan_groups = len(groups)
+    meter = BudgetMeter(budgets)
+    line_storage = _absolute(storage or settings.storage) if deployment else storage
     with shared_cluster(settings) as cluster, ThreadPoolTaskRunner(max_workers=in_flight) as runner:
         line_options = (options or RunOptions()).model_copy(update={"dask_address": cluster} if cluster else {})
         plan_futures: dict[int, PrefectFuture[Any]] = {}  # first position of a group -> its planning task run
+        plans_counted: set[int] = set()
         group_of: dict[int, int] = {}  # position -> first position of its group
         if no_controller is None:
             for members in groups.values():
@@ -675,23 +995,48 @@ def hugginggpt_batch(
                     {"settings": settings, "request": first.spec.request, "inputs": first.spec.inputs, "history": []},
                 )
                 group_of.update({m: members[0] for m in members})
-        futures: dict[int, PrefectFuture[Any]] = {}
+
+        def count_plans() -> None:
+            for first, future in plan_futures.items():
+                if first in plans_counted or not future.wrapped_future.done():
+                    continue
+                plans_counted.add(first)
+                future.wait()  # done: this only takes the final state, with its result, from the wrapped future
+                try:
+                    value = future.state.result(raise_on_failure=False)
+                except Exception as exc:  # the planning task run's result is not there: its calls are not known
+                    log.warning("the shared plan of line %d: %s", parsed[first].line, str(exc)[:200])
+                    continue
+                # a plan refused twice, or a failed call, took its calls too
+                if isinstance(value, PlanResult | PlanningError | LLMError):
+                    summary.planning_calls += value.usage.calls
+                    meter.spend(value.usage.prompt_tokens + value.usage.completion_tokens)
+
+        todo: list[int] = []
         for pos, p in enumerate(parsed):
             if not p.valid or p.spec is None or pos in earlier:
                 continue
+            if p.plan is None and no_controller is not None:
+                records[pos] = _record(p.line, p.spec, status="failed", error=no_controller, plan_source="llm")
+                records[pos] = records[pos].model_copy(update={"columns": p.columns})  # type: ignore[union-attr]
+                done += 1
+                continue
+            todo.append(pos)
+
+        def submit(pos: int) -> PrefectFuture[Any]:
+            p = parsed[pos]
+            assert p.spec is not None
             params: dict[str, Any] = {
                 "line": p.line,
                 "spec": p.spec,
                 "plan": p.plan,
                 "plan_source": "explicit" if p.plan is not None else "llm",
-                "storage": storage,
+                "storage": line_storage,
                 "catalog": catalog,
                 "options": line_options,
+                "deployment": deployment,
+                "run_tags": list(line_tags(key, p.line)),
             }
-            if p.plan is None and no_controller is not None:
-                records[pos] = _record(p.line, p.spec, status="failed", error=no_controller, plan_source="llm")
-                done += 1
-                continue
             if pos in group_of:
                 first = group_of[pos]
                 assert parsed[first].spec is not None
@@ -701,55 +1046,90 @@ def hugginggpt_batch(
                 params["shared_inputs"] = parsed[first].spec.inputs
             ident = f"-{p.spec.id}" if p.spec.id else ""
             with tags("hugginggpt", f"batch-{run_id}"):  # the line's task run and child flow run: filter by batch
-                futures[pos] = runner.submit(run_line.with_options(task_run_name=f"line-{p.line}{ident}"), params)
+                return runner.submit(run_line.with_options(task_run_name=f"line-{p.line}{ident}"), params)
+
         progress(force=True)
-        position = {id(f): pos for pos, f in futures.items()}
-        for future in as_completed(list(futures.values())):
-            pos = position[id(future)]
-            record = _collect_line(parsed[pos], future)
-            records[pos] = record
-            done += 1
-            progress_events.emit(
-                progress_events.LineEvent(record.line, record.status, done, len(parsed), record.id or "")
+        queue = iter(todo)
+        running: dict[Any, tuple[int, PrefectFuture[Any]]] = {}
+        stopped: str | None = None
+        exhausted = False
+        while True:
+            wait_for_rate = 0.0
+            while not exhausted and stopped is None and len(running) < in_flight:
+                count_plans()
+                stopped = meter.stop_reason()
+                if stopped is not None:
+                    log.warning("no more lines start: %s", stopped)
+                    break
+                wait_for_rate = meter.wait()
+                if wait_for_rate > 0:
+                    break
+                pos = next(queue, None)
+                if pos is None:
+                    exhausted = True
+                    break
+                future = submit(pos)
+                meter.start()
+                running[future.wrapped_future] = (pos, future)
+            if not running:
+                if wait_for_rate > 0 and stopped is None:
+                    time.sleep(wait_for_rate)
+                    continue
+                break
+            finished, _ = concurrent.futures.wait(
+                list(running), timeout=wait_for_rate or None, return_when=concurrent.futures.FIRST_COMPLETED
             )
-            try:
-                parts.record(record)
-            except StorageError as exc:
-                log.warning("line %d: its record could not be kept for a resume: %s", record.line, exc)
-            log.info(
-                "line %d%s %s in %.1f s",
-                record.line,
-                f" ({record.id})" if record.id else "",
-                record.status,
-                record.seconds,
+            for wrapped in finished:
+                pos, future = running.pop(wrapped)
+                record = _collect_line(parsed[pos], future)
+                records[pos] = record
+                meter.spend(record.llm_tokens)
+                done += 1
+                progress_events.emit(
+                    progress_events.LineEvent(record.line, record.status, done, len(parsed), record.id or "")
+                )
+                try:
+                    parts.record(record)
+                except StorageError as exc:
+                    log.warning("line %d: its record could not be kept for a resume: %s", record.line, exc)
+                log.info(
+                    "line %d%s %s in %.1f s",
+                    record.line,
+                    f" ({record.id})" if record.id else "",
+                    record.status,
+                    record.seconds,
+                )
+                progress()
+        for pos in queue if stopped is not None else ():
+            p = parsed[pos]
+            assert p.spec is not None
+            records[pos] = _record(p.line, p.spec, status="not started", error=stopped).model_copy(
+                update={"columns": p.columns}
             )
-            progress()
         for future in plan_futures.values():
-            state = future.state
-            value = state.result(raise_on_failure=False) if state.is_final() else None
-            # a plan refused twice, or a failed call, took its calls too
-            if isinstance(value, PlanResult | PlanningError | LLMError):
-                summary.planning_calls += value.usage.calls
+            future.wait()
+        count_plans()
     progress(force=True)
 
     summary.records = [r for r in records if r is not None]
     summary.completed = sum(r.status == "completed" for r in summary.records)
     summary.failed = sum(r.status == "failed" for r in summary.records)
     summary.invalid = sum(r.status == "invalid" for r in summary.records)
+    summary.not_started = sum(r.status == "not started" for r in summary.records)
     summary.plans_cached = sum(r.plan_cached for r in summary.records)
+    summary.llm_tokens = meter.tokens
     summary.status = "completed" if summary.completed == summary.lines else "failed"
     summary.seconds = time.perf_counter() - t_start
 
-    store, results_rel = _results_target(settings, run_id, results_url)
-    body = "".join(r.model_dump_json() + "\n" for r in summary.records).encode("utf-8")
-    summary.results_uri = store.put_root_bytes(results_rel, body)
+    summary.results_uri = write_results(summary.records, parsed, requests_url, settings, run_id, results_url)
     batch_store = store_for(settings, run_id)
     batch_store.put_root_bytes(f"batches/{run_id}/summary.json", summary.model_dump_json(indent=2).encode("utf-8"))
     log.info(
-        "batch done: %d completed, %d failed, %d invalid of %d; %d line(s) reused a plan; results: %s",
+        "batch done: %d completed, %d failed, %d invalid, %d not started of %d; %d line(s) reused a plan; results: %s",
         summary.completed,
         summary.failed,
         summary.invalid,
+        summary.not_started,
         summary.lines,
         summary.plans_cached,
         summary.results_uri,
@@ -768,8 +1148,82 @@ def hugginggpt_batch(
     )
     if summary.status == "failed":
         failure = BatchFailed(summary)
-        return Failed(message=str(failure), data=failure)
+        return Failed(message=str(failure), data=failure)  # type: ignore[return-value]
     return summary
+
+
+def _absolute(url: str) -> str:
+    """A local storage folder as an absolute path (a deployment's worker runs elsewhere); URLs as given."""
+    if "://" in url or url.startswith(BLOCK_PREFIX):
+        return url
+    from pathlib import Path
+
+    return str(Path(url).expanduser().resolve())
+
+
+def write_results(
+    records: Sequence[LineResult],
+    parsed: Sequence[ParsedLine],
+    requests_url: str,
+    settings: Settings,
+    run_id: str,
+    results_url: str | None,
+) -> str:
+    """The results file: JSONL (one :class:`LineResult` per line), or a Parquet / CSV table when ``results_url``
+    ends so, with one row per line: the line's number, its columns, its outcome and one column per output file."""
+    store, results_rel = _results_target(settings, run_id, results_url)
+    if not results_url or table_format(results_url) == "jsonl":
+        body = "".join(r.model_dump_json() + "\n" for r in records).encode("utf-8")
+        return store.put_root_bytes(results_rel, body)
+    source = table_format(requests_url)
+    names: list[str] = ["line"]
+
+    def add(name: str) -> None:
+        if name not in names:
+            names.append(name)
+
+    if source == "jsonl":
+        for name in ("id", "request", "inputs"):
+            add(name)
+    for record in records:
+        for name in (*record.columns, *record.meta):
+            add(name)
+    outcome = [name for name, _ in OUTCOME_COLUMNS]
+    names = [n for n in names if n not in outcome] + outcome
+    for record in records:
+        for name in record.files:
+            add(name)
+    try:
+        types = input_types(requests_url, _options_for(requests_url, settings)) if source == "parquet" else {}
+    except TableError:
+        types = {}
+    inputs_of = {p.line: list(p.spec.inputs) for p in parsed if p.spec is not None}
+    writer = ResultsWriter(
+        results_url, _options_for(results_url, settings), names, {k: v for k, v in types.items() if k in names}
+    )
+    try:
+        for record in records:
+            row: dict[str, Any] = {"line": record.line}
+            if source == "jsonl":
+                row.update(id=record.id, request=record.request, inputs=inputs_of.get(record.line))
+            row.update(record.meta)
+            row.update(record.columns)
+            row.update(
+                status=record.status,
+                answer=record.answer,
+                error=record.error,
+                flow_run_id=record.flow_run_id,
+                storage_uri=record.storage_uri,
+                plan_source=record.plan_source,
+                llm_tokens=record.llm_tokens,
+                seconds=record.seconds,
+            )
+            row.update(record.files)
+            writer.write(row)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 # ---------------------------------------------------------------------------
@@ -816,8 +1270,17 @@ def run_batch(
     max_in_flight: int | None = None,
     results_url: str | None = None,
     options: RunOptions | None = None,
+    *,
+    request_column: str = "request",
+    input_columns: list[str] | None = None,
+    id_column: str | None = None,
+    deployment: str | None = None,
+    max_llm_tokens: int | None = None,
+    max_lines_per_minute: int | None = None,
 ) -> BatchSummary:
-    """Run the batch flow and return its summary whatever the outcome (no Prefect state to unwrap)."""
+    """Run the batch flow and return its summary whatever the outcome (no Prefect state to unwrap). Raises
+    :class:`BatchError` when the batch cannot run at all (its table cannot be read, a named column is missing,
+    another batch of the same file is running)."""
     settings = load_settings(options, storage=storage, catalog=catalog)
     with prefect_run_settings(heartbeats=settings.heartbeats):
         state = hugginggpt_batch(
@@ -827,6 +1290,12 @@ def run_batch(
             max_in_flight=max_in_flight,
             results_url=results_url,
             options=options,
+            request_column=request_column,
+            input_columns=input_columns,
+            id_column=id_column,
+            deployment=deployment,
+            max_llm_tokens=max_llm_tokens,
+            max_lines_per_minute=max_lines_per_minute,
             return_state=True,
         )
     value = state.result(raise_on_failure=False)

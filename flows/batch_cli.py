@@ -1,6 +1,9 @@
 """``hugginggpt batch``.
 
     hugginggpt batch requests.jsonl --max-in-flight 8         # one child flow run per line, results JSONL
+    hugginggpt batch s3://b/requests.parquet --request-column prompt --input-columns image \
+        --results s3://b/results.parquet                       # tables in and out
+    hugginggpt batch requests.csv --deployment hugginggpt-request/request   # lines on a work pool's workers
 
 It prints a table of the lines (or, with ``--json``, the batch summary) and exits 0 when every line completed, 1
 when one failed or was invalid, 2 on a usage error.
@@ -28,12 +31,16 @@ def register(subparsers: Any) -> None:
     """Add the ``batch`` subcommand; its handler is ``args.func``."""
     batch = subparsers.add_parser(
         "batch",
-        help="run every request of a JSONL file",
+        help="run every request of a JSONL, CSV or Parquet table",
         description="Run each line of a JSONL file ({'request': ..., 'inputs': [...], 'models': {...}, 'id': ..., "
-        "'plan': [...]}) as its own flow run, a bounded number at a time; write one result per line, in order, "
-        "to a results JSONL in storage.",
+        "'plan': [...]}) or each row of a CSV or Parquet table as its own flow run, a bounded number at a time; "
+        "write one result per line, in order, to a results JSONL in storage, or to a Parquet or CSV table.",
     )
-    batch.add_argument("requests_url", metavar="REQUESTS_URL", help="the JSONL file: a path or an fsspec URL")
+    batch.add_argument(
+        "requests_url",
+        metavar="REQUESTS_URL",
+        help="the requests: a .jsonl, .csv or .parquet file, a path or an fsspec URL (s3://...)",
+    )
     batch.add_argument(
         "--max-in-flight",
         type=positive_int,
@@ -45,7 +52,33 @@ def register(subparsers: Any) -> None:
     batch.add_argument(
         "--results",
         metavar="URL",
-        help="where to write the results JSONL (default {storage}/batches/{flow run id}/results.jsonl)",
+        help="where to write the results: a .parquet or .csv URL for a table with one row per line, anything else "
+        "JSONL (default {storage}/batches/{flow run id}/results.jsonl)",
+    )
+    tables = batch.add_argument_group("tables (CSV and Parquet)")
+    tables.add_argument("--request-column", default="request", metavar="NAME", help="the column holding the request")
+    tables.add_argument(
+        "--input-columns",
+        type=_names,
+        metavar="A,B",
+        help="columns each holding one input file: a path, a URL, or the file's bytes (image,audio)",
+    )
+    tables.add_argument("--id-column", metavar="NAME", help="the column holding each line's id (default: id)")
+    batch.add_argument(
+        "--deployment",
+        metavar="FLOW/DEPLOYMENT",
+        help="run each line as a run of this deployment of the request flow (hugginggpt-request/request), picked "
+        "up by the workers of its work pool, instead of in this process",
+    )
+    batch.add_argument(
+        "--max-llm-tokens",
+        type=positive_int,
+        metavar="N",
+        help="stop starting lines once this run's lines have used N LLM tokens; the rest are recorded as "
+        "'not started', and running the batch again runs them",
+    )
+    batch.add_argument(
+        "--max-lines-per-minute", type=positive_int, metavar="N", help="start at most N lines in any minute"
     )
     from flows.cli import add_output_options
 
@@ -53,15 +86,23 @@ def register(subparsers: Any) -> None:
     batch.set_defaults(func=cmd_batch)
 
 
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give column names separated by commas, e.g. image,audio")
+    return names
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from flows.batch import BatchError, BatchSummary, run_batch
-    from tasks.settings import load_settings
+    from tasks.settings import RuntimeSettingError, check_runtime, load_settings
 
     try:
         settings = load_settings(storage=args.storage, catalog=args.catalog)
-    except ValidationError as exc:
+        check_runtime(settings)
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error("batch", exc)
     url = args.requests_url
     if "://" not in url and not Path(url).expanduser().is_file():
@@ -92,6 +133,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 catalog=args.catalog,
                 max_in_flight=args.max_in_flight,
                 results_url=args.results,
+                request_column=args.request_column,
+                input_columns=args.input_columns,
+                id_column=args.id_column,
+                deployment=args.deployment,
+                max_llm_tokens=args.max_llm_tokens,
+                max_lines_per_minute=args.max_lines_per_minute,
             )
     except BatchError as exc:
         error("batch", str(exc))
@@ -118,7 +165,9 @@ def print_batch(summary: Any) -> None:
     for col in ("line", "id", "status", "plan", "answer or error"):
         table.add_column(col, overflow="fold")
     for row in table_rows(summary.records):
-        style = {"completed": "green", "failed": "red", "invalid": "yellow"}.get(row["status"], "")
+        style = {"completed": "green", "failed": "red", "invalid": "yellow", "not started": "blue"}.get(
+            row["status"], ""
+        )
         table.add_row(
             *(Text(safe_text(row[c])) for c in ("line", "id")),
             Text(row["status"], style=style),
@@ -127,8 +176,9 @@ def print_batch(summary: Any) -> None:
     console.print(table)
     console.print(
         Text(
-            f"{summary.completed} completed, {summary.failed} failed, {summary.invalid} invalid of {summary.lines} "
-            f"line(s) in {summary.seconds:.1f} s; {summary.plans_cached} line(s) reused a plan "
+            f"{summary.completed} completed, {summary.failed} failed, {summary.invalid} invalid, "
+            f"{summary.not_started} not started of {summary.lines} line(s) in {summary.seconds:.1f} s; "
+            f"{summary.plans_cached} line(s) reused a plan "
             f"({summary.planning_calls} planning call(s) for {summary.plan_groups} shared request(s))"
         )
     )

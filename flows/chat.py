@@ -8,7 +8,8 @@
 
 Every turn's flow run is tagged ``hugginggpt`` and ``chat-{session id}``, so the UI lists a conversation's runs
 together. The last ``history_turns`` turns (``HUGGINGGPT_CHAT_HISTORY``, default 5) go to the planner and the
-answer as history, and the files those turns produced (their storage URIs) are inputs of the next request, so
+answer as history (bounded in characters too: a long answer is clipped, the oldest messages left out first),
+and the files those turns produced (their storage URIs) are inputs of the next request, so
 "now make it French" can refer to an earlier result. ``hugginggpt chat`` is the same on a terminal.
 """
 
@@ -18,7 +19,14 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tasks.schemas import ChatTurn, RequestSpec, RunSummary
+from tasks.schemas import (
+    MAX_HISTORY_MESSAGE_CHARS,
+    ChatTurn,
+    RequestSpec,
+    RunSummary,
+    bounded_history,
+    clip_history_text,
+)
 from tasks.settings import RunOptions
 
 #: runs one turn: (its request, its Prefect tags) -> its summary
@@ -34,9 +42,15 @@ class Turn:
     files: list[str] = field(default_factory=list)
 
     def as_history(self) -> list[ChatTurn]:
+        """The turn as two messages, each within :data:`MAX_HISTORY_MESSAGE_CHARS`: a long answer is clipped, the
+        note of its files kept."""
         answer = self.summary.answer or self.summary.error or "(no answer)"
+        note = ""
         if self.files:
-            answer += "\n(files produced: " + ", ".join(self.files) + ")"
+            note = clip_history_text(
+                "\n(files produced: " + ", ".join(self.files) + ")", MAX_HISTORY_MESSAGE_CHARS // 2
+            )
+        answer = clip_history_text(answer, MAX_HISTORY_MESSAGE_CHARS - len(note)) + note
         return [ChatTurn(role="user", content=self.request), ChatTurn(role="assistant", content=answer)]
 
 
@@ -89,7 +103,8 @@ class ChatSession:
         return self.turns[-self.history_turns :] if self.history_turns else []
 
     def history(self) -> list[ChatTurn]:
-        return [message for turn in self.recent() for message in turn.as_history()]
+        """The recent turns as messages, bounded in characters as well as turns (:func:`bounded_history`)."""
+        return bounded_history([message for turn in self.recent() for message in turn.as_history()])
 
     def next_inputs(self, inputs: Sequence[str] = ()) -> list[str]:
         """This turn's inputs, the session's, then the files of the recent turns, each once, in that order."""

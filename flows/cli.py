@@ -32,6 +32,7 @@ from flows.cli_options import (
     controller_ready,
     error,
 )
+from tasks.settings import RuntimeSettingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plan", metavar="FILE", help="run this plan (JSON or YAML, HuggingGPT format): no planning call")
     _add_run_options(run)
     from flows.batch_cli import register as register_batch
+    from flows.demos_cli import register as register_demos
     from flows.eval_cli import register as register_eval
     from flows.models_cli import register as register_models
     from flows.plan_cli import register as register_plan
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_batch(sub)
     register_plan(sub)
     register_models(sub)
+    register_demos(sub)
 
     chat = sub.add_parser(
         "chat",
@@ -132,10 +135,13 @@ def run_options(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    """Settings with the flags applied, as the flow will see them."""
-    from tasks.settings import load_settings
+    """Settings with the flags applied, as the flow will see them, checked to work on this machine (raises
+    ``ValidationError`` or :class:`tasks.settings.RuntimeSettingError`)."""
+    from tasks.settings import check_runtime, load_settings
 
-    return load_settings(run_options(args))
+    settings = load_settings(run_options(args))
+    check_runtime(settings)
+    return settings
 
 
 def load_plan_file(path: str) -> list[Any]:
@@ -155,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-    except ValidationError as exc:
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error(None, exc)
     pins, problem = parsed_pins(args.models)
     plan = None
@@ -218,7 +224,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-    except ValidationError as exc:
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error("chat", exc)
     pins, problem = parsed_pins(args.models)
     if problem is None:  # the session's inputs and pins, checked once for every turn
@@ -293,7 +299,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     try:
         settings = _settings(args)
-    except ValidationError as exc:
+    except (ValidationError, RuntimeSettingError) as exc:
         return config_error(None, exc)
     try:
         store = services_for(settings).store(args.run_id)
@@ -378,12 +384,17 @@ def _is_prefect_api_error(exc: BaseException) -> bool:
 
 
 def prefect_api_hint(exc: BaseException) -> str:
+    """What to do when the Prefect API could not be reached; the error quoted on one line, clipped (an API's
+    answer can quote a whole request, flow run parameters included)."""
     from prefect.settings import get_current_settings
+
+    from tasks.parsing import clip
 
     url = get_current_settings().api.url
     where = f"the Prefect API at {url}" if url else "Prefect's embedded local server"
     return (
-        f"could not reach {where} ({type(exc).__name__}: {exc}). Start a server with `prefect server start` and set "
+        f"could not reach {where} ({type(exc).__name__}: {clip(str(exc))}). Start a server with "
+        "`prefect server start` and set "
         "PREFECT_API_URL=http://127.0.0.1:4200/api, or unset PREFECT_API_URL to use the embedded one "
         "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS gives it more time to start)"
     )
@@ -466,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return drain_prefect_queues(cmd_resume(args))
         if args.command == "chat":
             return drain_prefect_queues(cmd_chat(args))
-        if args.command in ("eval", "batch", "plan", "models", "catalog"):
+        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos"):
             return drain_prefect_queues(args.func(args))
     except KeyboardInterrupt:
         error(None, "interrupted")

@@ -17,8 +17,18 @@ def error(command: str | None, message: str) -> None:
 
 
 def config_error(command: str | None, exc: Any) -> int:
-    """Report a settings ``ValidationError`` (every field and what is wrong with it); return the usage exit code."""
-    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    """Report a settings ``ValidationError`` (every variable and what is wrong with it), or a
+    :class:`tasks.settings.RuntimeSettingError`; return the usage exit code."""
+    from tasks.settings import setting_variable
+
+    if not hasattr(exc, "errors"):
+        error(command, f"invalid configuration: {exc}")
+        return EXIT_USAGE
+    problems = "; ".join(
+        f"{'.'.join([setting_variable(str(e['loc'][0])), *map(str, e['loc'][1:])]) if e['loc'] else 'value'}: "
+        f"{e['msg']}"
+        for e in exc.errors()
+    )
     error(command, f"invalid configuration: {problems}")
     return EXIT_USAGE
 

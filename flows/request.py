@@ -25,9 +25,11 @@ from prefect.utilities.annotations import allow_failure
 from flows import progress
 from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
+from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
 from tasks.execute import node_tags, run_node
 from tasks.llm import LLMError
+from tasks.parsing import clip
 from tasks.plan import PlanningError, PlanValidationError, plan_task
 from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.respond import respond_task
@@ -41,10 +43,24 @@ from tasks.runs import (
     load_prior,
     preflight,
 )
-from tasks.schemas import Assignment, NodeResult, PlanNode, RequestSpec, ResponseResult, RunSummary, SelectionResult
+from tasks.schemas import (
+    NodeResult,
+    PlanNode,
+    RequestSpec,
+    ResponseResult,
+    RunSummary,
+    SelectionResult,
+)
 from tasks.select import SelectionError, select_task
 from tasks.services import Services, override, services_for
-from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
+from tasks.settings import (
+    LLMNotConfiguredError,
+    RunOptions,
+    RuntimeSettingError,
+    Settings,
+    check_runtime,
+    load_settings,
+)
 from tasks.storage import ArtifactStore, StorageError
 
 progress.tidy_run_logs()
@@ -169,6 +185,7 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
     try:
         store = services.store(run_id)
         summary.storage_uri = store.run_uri
+        check_runtime(settings)  # a device or Dask scheduler that is not there: before any LLM call
         prior = load_prior(
             store,
             spec.resume_from or run_id,
@@ -189,6 +206,7 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
         PlanValidationError,
         LLMError,
         LLMNotConfiguredError,
+        RuntimeSettingError,
         SelectionError,
         StorageError,
         CatalogError,
@@ -204,7 +222,7 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
     summary.answer_source = response.source
     summary.answer_error = response.error
     summary.llm = summary.llm + response.usage
-    log.info("answer (%s): %s", response.source, response.answer)
+    log.info("answer (%s): %s", response.source, clip(response.answer, 2000))
     return _finish(summary, store, t_start, settings)
 
 
@@ -285,14 +303,17 @@ def _run_stages(
     return response
 
 
-def node_task_options(settings: Settings, node: PlanNode, assignment: Assignment | None) -> dict[str, Any]:
-    """A node task run's tags (task type, model, backend), its retries of transient failures
-    (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the progress views."""
+def node_task_options(settings: Settings, tagging: Mapping[str, Any]) -> dict[str, Any]:
+    """A node task run's tags and ``on_running`` hooks as :func:`flows.tag_limits.node_tagging` gives them, its
+    retries of transient failures (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the
+    progress views."""
+    hooks = {**progress.NODE_STATE_HOOKS}
+    hooks["on_running"] = [*tagging["on_running"], *hooks.get("on_running", [])]
     return {
-        "tags": node_tags(node, assignment),
+        "tags": tagging["tags"],
         "retries": settings.node_retries,
         "retry_delay_seconds": settings.node_retry_wait,
-        **progress.NODE_STATE_HOOKS,
+        **hooks,
     }
 
 
@@ -320,26 +341,28 @@ def execute_graph(
     prior = prior or {}
     by_node = {a.node_id: a for a in assignments}
     futures: dict[int, PrefectFuture[Any]] = {}
+    limited = read_limited_tags() if nodes else frozenset()  # one API call, not a slot request per node
     with task_runner_for(settings) as runner:
         for node in nodes:  # nodes are in dependency order
-            node_task = run_node.with_options(
-                name=node.name,
-                task_run_name=node.name,
-                persist_result=settings.persist_results,
-                **node_task_options(settings, node, by_node.get(node.id)),
-            )
-            futures[node.id] = runner.submit(
-                node_task,
-                {
-                    "node": node,
-                    "assignment": by_node.get(node.id),
-                    "upstream": [allow_failure(futures[d]) for d in node.dep],
-                    "settings": settings,
-                    "run_id": run_id,
-                    "unassigned_reason": unassigned.get(node.id),
-                    "prior": prior.get(node.id),
-                },
-            )
+            with node_tagging(node_tags(node, by_node.get(node.id)), limited) as tagging:
+                node_task = run_node.with_options(
+                    name=node.name,
+                    task_run_name=node.name,
+                    persist_result=settings.persist_results,
+                    **node_task_options(settings, tagging),
+                )
+                futures[node.id] = runner.submit(
+                    node_task,
+                    {
+                        "node": node,
+                        "assignment": by_node.get(node.id),
+                        "upstream": [allow_failure(futures[d]) for d in node.dep],
+                        "settings": settings,
+                        "run_id": run_id,
+                        "unassigned_reason": unassigned.get(node.id),
+                        "prior": prior.get(node.id),
+                    },
+                )
         return [_collect(node, futures[node.id]) for node in nodes]
 
 

@@ -28,6 +28,24 @@ class CatalogError(ValueError):
     """A catalog file could not be read; the message names the file and line."""
 
 
+def repo_id_problem(model_id: object) -> str | None:
+    """Why ``model_id`` is no Hub repository id (``name`` or ``namespace/name``, at most 96 characters of letters,
+    digits, ``-``, ``_`` and ``.``; no ``..``), or ``None`` when it is one."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(model_id, str):
+        return f"the id is a {type(model_id).__name__}, not text"
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        return (
+            "not a Hub repository id (name or namespace/name, at most 96 letters, digits, '-', '_' or '.', "
+            "no '..' or '--')"
+        )
+    return None
+
+
 class CatalogEntry(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

@@ -29,6 +29,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import struct
 import threading
@@ -47,7 +48,7 @@ from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
 from tasks.experts.remote import SUPPORTED_TASKS as REMOTE_TASKS
 from tasks.experts.remote import RemoteBackend
 from tasks.schemas import CandidateCheck
-from tasks.settings import Settings
+from tasks.settings import MAX_PARAMS, Settings
 from tasks.shared import shared
 from tasks.task_types import normalize_task_name
 
@@ -105,6 +106,7 @@ class ModelFacts(BaseModel):
     providers: list[str] | None = Field(default=None, description="Inference Providers serving it; None: unknown")
     found: bool = Field(default=True, description="False when the Hub says the repository does not exist")
     source: str = "catalog"
+    problem: str | None = Field(default=None, description="why the weights at hand cannot be used (a bad header)")
 
 
 def facts_of_entry(entry: CatalogEntry | None) -> ModelFacts:
@@ -120,7 +122,8 @@ def facts_of_entry(entry: CatalogEntry | None) -> ModelFacts:
 
 
 def facts_of_folder(folder: Path) -> ModelFacts:
-    """Facts read from a folder of weights: ``config.json``'s ``model_type`` and the parameter count."""
+    """Facts read from a folder of weights: ``config.json``'s ``model_type`` and the parameter count (a weight file
+    whose header is malformed is a ``problem``: such weights cannot be loaded, and their size is unknown)."""
     architecture: str | None = None
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -128,23 +131,57 @@ def facts_of_folder(folder: Path) -> ModelFacts:
             architecture = config["model_type"]
     except (OSError, ValueError):
         pass
+    params: int | None = None
+    problem: str | None = None
+    try:
+        params = estimate_params(folder)
+    except WeightsError as exc:
+        problem = f"the weights in {folder} cannot be read: {exc}"
     return ModelFacts(
-        architecture=architecture, params=estimate_params(folder), library="transformers", source=f"weights in {folder}"
+        architecture=architecture,
+        params=params,
+        library="transformers",
+        source=f"weights in {folder}",
+        problem=problem,
     )
 
 
 def facts_of_model_info(info: Any) -> ModelFacts:
-    """Facts from a huggingface_hub ``ModelInfo`` asked with :data:`HUB_EXPAND`."""
+    """Facts from a huggingface_hub ``ModelInfo`` asked with :data:`HUB_EXPAND`: untrusted text, so a name that is no
+    plain name (markup, terminal escapes, spaces) is dropped, and a size that is no positive count is unknown."""
     config = info.config if isinstance(getattr(info, "config", None), dict) else {}
     safetensors = getattr(info, "safetensors", None)
     mapping = getattr(info, "inference_provider_mapping", None) or []
+    providers = [hub_name(getattr(m, "provider", None)) for m in mapping if getattr(m, "status", "live") == "live"]
     return ModelFacts(
-        architecture=config.get("model_type") if isinstance(config.get("model_type"), str) else None,
-        params=int(safetensors.total) if safetensors is not None and safetensors.total else None,
-        library=getattr(info, "library_name", None),
-        providers=[m.provider for m in mapping if getattr(m, "status", "live") == "live"],
+        architecture=hub_name(config.get("model_type")),
+        params=_param_count(getattr(safetensors, "total", None)),
+        library=hub_name(getattr(info, "library_name", None)),
+        providers=[p for p in providers if p is not None],
         source="the Hub",
     )
+
+
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+
+
+def hub_name(value: Any, *, allow: str = "") -> str | None:
+    """``value`` when it is a plain name as the Hub uses them (an architecture, a library, a provider, a tag; the
+    characters of ``allow`` also allowed), else ``None``."""
+    if not isinstance(value, str):
+        return None
+    if not allow:
+        return value if _HUB_NAME.fullmatch(value) else None
+    pattern = rf"[A-Za-z0-9][A-Za-z0-9_.\-{re.escape(allow)}]{{0,99}}"
+    return value if re.fullmatch(pattern, value) else None
+
+
+def _param_count(value: Any) -> int | None:
+    """A parameter count from an untrusted answer (the Hub's ``safetensors.total``): a whole number from 1 to
+    :data:`MAX_PARAMS`, else ``None`` (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_PARAMS:
+        return None
+    return value
 
 
 #: What ``model_info`` is asked for (huggingface_hub's ``ExpandModelProperty_T`` names).
@@ -335,6 +372,8 @@ class Availability:
             return False, why, facts
         if spec.local_path and folder is None:
             return False, f"the local weights folder {spec.local_path} does not exist", facts
+        if folder is not None and facts.problem:
+            return False, facts.problem, facts
         if folder is None and hub_offline():
             return False, "no local weights and the Hub is offline (HF_HUB_OFFLINE)", facts
         hub_why: str | None = None
@@ -577,12 +616,21 @@ _BYTES_PER_DTYPE: dict[str, float] = {
 }
 
 
+class WeightsError(ValueError):
+    """A weight file that cannot be what it says (a malformed safetensors header); the message names the file."""
+
+
+#: Longest safetensors header read (the format's own limit is 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+
+
 def estimate_params(folder: str | Path) -> int | None:
     """The parameter count of the weights in ``folder``, or ``None`` when it holds none.
 
     safetensors files are counted exactly from their headers (no tensor is read); other weight files (``.bin``,
     ``.pt``, ``.pth``) are estimated as their size in bytes / 4 (float32). When a folder has both, only the
-    safetensors files count (they hold the same weights).
+    safetensors files count (they hold the same weights). Raises :class:`WeightsError` when a safetensors header is
+    malformed: such a file cannot be loaded, and a count made from it (negative shapes) would mean nothing.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -601,34 +649,64 @@ def estimate_params(folder: str | Path) -> int | None:
 
 
 def size_hint(spec: ModelSpec) -> int | None:
-    """:func:`estimate_params` of the model's local folder, or of its snapshot in the Hugging Face cache."""
-    if spec.local_path:
-        return estimate_params(spec.local_path)
-    folder = hf_cache_folder(spec.id, spec.revision)
-    return estimate_params(folder) if folder is not None else None
+    """:func:`estimate_params` of the model's local folder, or of its snapshot in the Hugging Face cache; ``None``
+    when unknown (no weights, or weights whose header is malformed)."""
+    folder = Path(spec.local_path) if spec.local_path else hf_cache_folder(spec.id, spec.revision)
+    if folder is None:
+        return None
+    try:
+        return estimate_params(folder)
+    except WeightsError:
+        return None
+
+
+def _whole(value: Any) -> bool:
+    """A non-negative whole number (JSON ``true`` is no number)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _safetensors_params(path: Path) -> int | None:
-    """Parameters in a safetensors file, from its JSON header; ``None`` when the header cannot be read."""
+    """Parameters in a safetensors file, from its JSON header; ``None`` when the file cannot be read (too short, a
+    header longer than the format allows); :class:`WeightsError` when the header is not a safetensors header."""
     try:
         with path.open("rb") as fh:
             (length,) = struct.unpack("<Q", fh.read(8))
-            if length <= 0 or length > 100_000_000:
+            if length <= 0 or length > MAX_HEADER_BYTES:
                 return None
             header = json.loads(fh.read(length))
-    except (OSError, ValueError, struct.error):
+    except (OSError, struct.error):
         return None
+    except ValueError as exc:
+        raise WeightsError(f"{path.name}: the safetensors header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path.name}: the safetensors header is a JSON {type(header).__name__}, not an object")
     total = 0
     for name, info in header.items():
-        if name == "__metadata__" or not isinstance(info, dict):
+        if name == "__metadata__":
             continue
-        shape = info.get("shape") or []
+        what = f"{path.name}: tensor {str(name)[:80]!r}"
+        if not isinstance(info, dict):
+            raise WeightsError(f"{what} is described by a JSON {type(info).__name__}, not an object")
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not isinstance(shape, list) or not all(_whole(dim) for dim in shape):
+            raise WeightsError(f"{what} has shape {str(shape)[:80]}, not a list of whole numbers of at least 0")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_whole(o) for o in offsets)
+            or offsets[1] < offsets[0]
+        ):
+            raise WeightsError(f"{what} has data_offsets {str(offsets)[:80]}, not [begin, end] with 0 <= begin <= end")
         count = 1
         for dim in shape:
-            count *= int(dim)
-        offsets = info.get("data_offsets")
+            count *= dim
         width = _BYTES_PER_DTYPE.get(str(info.get("dtype")))
-        if not shape and isinstance(offsets, list) and width:
-            count = int((offsets[1] - offsets[0]) / width)
+        if width is not None and count * width != offsets[1] - offsets[0]:
+            raise WeightsError(
+                f"{what}: shape {shape} of {info.get('dtype')} needs {count * width} bytes, "
+                f"data_offsets {offsets} hold {offsets[1] - offsets[0]}"
+            )
         total += count
+    if total > MAX_PARAMS:
+        raise WeightsError(f"{path.name}: the header claims {total:,} parameters, more than any model has")
     return total

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from tasks.chat_template import render_chat_prompt
 from tasks.constraints import PlanSteps, contract_of, fit_strings
 from tasks.experts.cache import CacheEntry, ModelCache, default_cache
 from tasks.llm import LLMError, LLMUnavailableError, Message
@@ -246,6 +247,7 @@ class LocalChatModel:
         *,
         device: str = "cpu",
         max_new_tokens: int = 768,
+        timeout: float = 120.0,
         cache: ModelCache | None = None,
         max_items: int = 12,
         max_length: int = 400,
@@ -254,6 +256,8 @@ class LocalChatModel:
         self.model = source
         self.device = device
         self.max_new_tokens = max_new_tokens
+        #: seconds one call may take in all, its chat template and its generation (HUGGINGGPT_LLM_TIMEOUT)
+        self.timeout = timeout
         self.cache = cache if cache is not None else default_cache()
         self.bounds = {"max_items": max_items, "max_length": max_length, "max_int": max_int}
         self._lock = threading.Lock()
@@ -270,6 +274,7 @@ class LocalChatModel:
             settings.local_llm,
             device=settings.resolved_device(),
             max_new_tokens=settings.local_llm_max_new_tokens,
+            timeout=settings.llm_timeout,
             cache=cache,
         )
 
@@ -299,7 +304,7 @@ class LocalChatModel:
             start = time.perf_counter()
             try:
                 reply, prompt_tokens, completion_tokens = self._generate(ctl, messages, schema)
-            except (RuntimeError, ValueError) as exc:
+            except (RuntimeError, ValueError, TimeoutError) as exc:  # ChatTemplateError is a ValueError
                 raise LLMError(
                     f"the embedded controller {self.model} failed on the {stage} call: {exc}", usage=LLMUsage(calls=1)
                 ) from None
@@ -316,9 +321,14 @@ class LocalChatModel:
     ) -> tuple[str, int, int]:
         import llguidance
 
-        encoded = ctl.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        started = time.monotonic()
+        prompt = render_chat_prompt(
+            ctl.tokenizer,
+            messages,
+            seconds=self.timeout,
+            what=f"the chat template of the embedded controller {self.model}",
         )
+        encoded = ctl.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
         input_ids = encoded["input_ids"].to(self.device)
         prompt_length = input_ids.shape[1]
         processors = LogitsProcessorList()
@@ -349,6 +359,8 @@ class LocalChatModel:
                 # a whole config: the checkpoint's sampling defaults would only be warned about and ignored
                 generation_config=GenerationConfig(
                     max_new_tokens=self.max_new_tokens,
+                    # the whole call within HUGGINGGPT_LLM_TIMEOUT, as an endpoint's is
+                    max_time=max(self.timeout - (time.monotonic() - started), 0.001),
                     do_sample=False,
                     eos_token_id=ctl.eos_ids,
                     pad_token_id=ctl.eos_ids[0],
@@ -356,5 +368,13 @@ class LocalChatModel:
                 logits_processor=processors,
             )
         generated = output[0, prompt_length:]
+        finished = generated.numel() >= self.max_new_tokens or (
+            generated.numel() > 0 and int(generated[-1]) in ctl.eos_ids
+        )
+        if not finished and time.monotonic() - started >= self.timeout:
+            raise TimeoutError(
+                f"the reply was not finished within {self.timeout:g} s (HUGGINGGPT_LLM_TIMEOUT); "
+                f"{int(generated.numel())} token(s) were generated"
+            )
         reply = ctl.tokenizer.decode(generated, skip_special_tokens=True)
         return reply, prompt_length, int(generated.numel())

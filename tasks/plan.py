@@ -22,7 +22,7 @@ from tasks.constraints import Layout, contract_only, plan_schema
 from tasks.inputs import InputPolicy
 from tasks.llm import ChatModel, LLMError, with_usage
 from tasks.parsing import ParseError, coerce_id, parse_plan_reply, quote
-from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult
+from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult, bounded_history
 from tasks.services import services_for
 from tasks.settings import Settings
 from tasks.task_types import EXECUTABLE_TASKS, FILE_MODALITIES, TASK_TYPES, normalize_task_name
@@ -111,6 +111,7 @@ def build_plan_messages(
     for demo in load_demos() if demos is None else demos:
         messages.append({"role": "user", "content": _user_message(demo["request"], demo["inputs"])})
         messages.append({"role": "assistant", "content": json.dumps({"tasks": demo["plan"]})})
+    history = bounded_history(history)
     if history:
         convo = "\n".join(f"{t.role}: {t.content}" for t in history)
         messages.append(
@@ -449,8 +450,8 @@ def plan_task(
     history: list[ChatTurn],
 ) -> PlanResult:
     """Prefect task: stage 1, with the run's services (:func:`tasks.services.services_for`). The planner is offered
-    the task types that have a model able to run here; file arguments must be inputs the settings allow
-    (:class:`~tasks.inputs.InputPolicy`)."""
+    the task types that have a model able to run here, and the demos the settings ask for (:func:`demos_for`); file
+    arguments must be inputs the settings allow (:class:`~tasks.inputs.InputPolicy`)."""
     services = services_for(settings)
     return plan_request(
         services.chat_model,
@@ -459,7 +460,28 @@ def plan_task(
         history=history,
         allowed=plannable_tasks(services.availability),
         policy=InputPolicy.from_settings(settings),
+        demos=demos_for(settings, request),
     )
+
+
+def demos_for(settings: Settings, request: str) -> list[dict[str, Any]] | None:
+    """The demos a planning call shows: with ``HUGGINGGPT_DEMOS=similar``, the ``HUGGINGGPT_N_DEMOS`` closest to
+    the request from the demo library, the user's own demos in the storage included (:mod:`tasks.demos`);
+    ``None`` (the fixed demos) with ``fixed``. Demos that cannot be read are left out, never the planning."""
+    if settings.demos == "fixed":
+        return None
+    from tasks.demos import pick_demos
+    from tasks.storage import StorageError, store_for
+
+    try:
+        store = store_for(settings, "demos")
+    except StorageError:
+        store = None
+    try:
+        picked = pick_demos(request, settings.n_demos, store)
+    except StorageError:
+        picked = pick_demos(request, settings.n_demos)
+    return [d.model_dump(include={"request", "inputs", "plan"}) for d in picked]
 
 
 def plannable_tasks(availability: Availability) -> list[str]:

@@ -43,6 +43,36 @@ def browser_link(uri: str, fs: Any = None, *, expires: int = 3600) -> tuple[str,
     return uri, False
 
 
+# Characters markdown gives meaning inside a line (emphasis, code, links and images, headings, lists, HTML, tables)
+# and those autolinks are made of (``:`` of ``http://``, ``.`` of ``www.``, ``@`` of an email). The first set is
+# escaped with a backslash (every markdown dialect knows those escapes); the others are written as HTML character
+# references, which every renderer shows as the character and no autolinker or table reads.
+_MARKDOWN_ESCAPED = re.compile(r"([\\`*_{}\[\]()#+\-.!])")
+_AS_ENTITY = {c: f"&#{ord(c)};" for c in '&<>":@=~|'}
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def markdown_text(text: object, *, one_line: bool = True) -> str:
+    """``text`` (from the LLM, a model or the user) as markdown that shows exactly that text: every character
+    markdown or HTML would read as a link, an image, a heading, a table, emphasis or a tag is escaped, autolinks
+    (``http://``, ``www.``, emails) are broken, control characters dropped. ``one_line``: newlines become spaces
+    (a table cell); otherwise each line stays a line (its paragraph breaks kept)."""
+    plain = _CONTROL.sub("", str(text))
+    escaped = "".join(_AS_ENTITY.get(c, c) for c in _MARKDOWN_ESCAPED.sub(r"\\\1", plain))
+    if one_line:
+        return " ".join(escaped.split())
+    lines = [line.strip() for line in escaped.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return "  \n".join(line for line in lines)  # a hard break keeps each line; a blank line keeps a paragraph
+
+
+def _code(text: object) -> str:
+    """``text`` as an inline code span, whatever backticks it holds (the fence is longer than any run of them)."""
+    plain = " ".join(_CONTROL.sub("", str(text)).split())
+    longest = max((len(run) for run in re.findall(r"`+", plain)), default=0)
+    fence = "`" * (longest + 1)
+    return f"{fence} {plain} {fence}" if longest else f"`{plain}`"
+
+
 def _link_text(text: str) -> str:
     return re.sub(r"([\[\]()\\`*_|<>])", r"\\\1", text)
 
@@ -63,7 +93,7 @@ def node_rows(
                 shown = []
                 for k, v in r.outputs.items():
                     if k == "text":
-                        shown.append(f"{k}: {clip(v, _CELL_CHARS) if links is not None else v}")
+                        shown.append(f"{k}: {markdown_text(clip(v, _CELL_CHARS)) if links is not None else v}")
                     elif links is not None:
                         shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links.get(v, v)})")
                     else:
@@ -73,13 +103,13 @@ def node_rows(
                     run = r.reused_from or ""
                     output += f" (reused from run {run[:8] if links is not None else run})"
             else:
-                output = clip(r.error or "", _CELL_CHARS) if links is not None else r.error or ""
+                output = markdown_text(clip(r.error or "", _CELL_CHARS)) if links is not None else r.error or ""
         rows.append(
             {
                 "node": node.name,
                 "task": node.task,
                 "depends on": ", ".join(str(d) for d in node.dep) or "none",
-                "model": a.model if a else "no model",
+                "model": (markdown_text(a.model) if links is not None else a.model) if a else "no model",
                 "status": ("cached" if r.cached else r.status) if r else "not run",
                 "seconds": f"{r.seconds:.2f}" if r else "",
                 "output": output,
@@ -88,25 +118,22 @@ def node_rows(
     return rows
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def summary_markdown(
     summary: RunSummary, links: Mapping[str, str] | None = None, fetchable: frozenset[str] = frozenset()
 ) -> str:
     """The run as markdown. ``links`` (URI -> URL) turns stored files into links; images whose URL a browser can
     fetch (``fetchable``) are shown inline."""
     links = links or {}
-    lines = [f"# HuggingGPT run: {summary.status}", "", f"**Request:** {_cell(summary.request)}", ""]
+    lines = [f"# HuggingGPT run: {summary.status}", "", f"**Request:** {markdown_text(summary.request)}", ""]
     if summary.inputs:
-        lines += [f"**Inputs:** {', '.join(_cell(i) for i in summary.inputs)}", ""]
+        lines += [f"**Inputs:** {', '.join(markdown_text(i) for i in summary.inputs)}", ""]
     if summary.error:
-        lines += [f"**Error:** {_cell(summary.error)}", ""]
-    lines += ["## Answer", "", summary.answer or "(none)", ""]
+        lines += [f"**Error:** {markdown_text(summary.error)}", ""]
+    lines += ["## Answer", "", markdown_text(summary.answer, one_line=False) if summary.answer else "(none)", ""]
     if summary.answer_source == "fallback" and not summary.error:
         lines += [
-            f"_The LLM could not write the answer ({summary.answer_error}); this one is built from the results._",
+            f"_The LLM could not write the answer ({markdown_text(summary.answer_error or '')}); this one is built "
+            "from the results._",
             "",
         ]
     images = [
@@ -127,24 +154,25 @@ def summary_markdown(
         ]
         for row in node_rows(summary, links=links):
             lines.append(
-                f"| {row['node']} | {row['depends on']} | {_cell(row['model'])} | {row['status']} | {row['seconds']} "
-                f"| {_cell(row['output'])} |"
+                f"| {row['node']} | {row['depends on']} | {row['model']} | {row['status']} | {row['seconds']} "
+                f"| {' '.join(row['output'].split())} |"
             )
         lines.append("")
         lines += ["## Model choices", ""]
         for a in summary.assignments:
             lines.append(
-                f"- **{a.task}#{a.node_id}**: `{a.model}` of {len(a.candidates)} candidate(s): {_cell(a.reason)}"
+                f"- **{a.task}#{a.node_id}**: {_code(a.model)} of {len(a.candidates)} candidate(s): "
+                f"{markdown_text(a.reason)}"
             )
         lines.append("")
     if summary.plan_repairs:
-        lines += ["## Plan repairs", "", *[f"- {r}" for r in summary.plan_repairs], ""]
+        lines += ["## Plan repairs", "", *[f"- {markdown_text(r)}" for r in summary.plan_repairs], ""]
     llm = summary.llm
     lines += [
         "## Run",
         "",
-        f"- flow run: `{summary.flow_run_id}`",
-        f"- storage: `{summary.storage_uri}`",
+        f"- flow run: {_code(summary.flow_run_id)}",
+        f"- storage: {_code(summary.storage_uri)}",
         f"- LLM: {llm.calls} call(s), {llm.prompt_tokens} prompt + {llm.completion_tokens} completion tokens",
         "- seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()),
     ]

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.llm import ChatModel, LLMError
-from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult
+from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, ResponseResult, bounded_history
 from tasks.services import services_for
 from tasks.settings import Settings
 
@@ -48,7 +48,7 @@ def results_digest(
 
 def build_response_messages(request: str, digest: list[dict], history: Sequence[ChatTurn] = ()) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": _system_prompt()}]
-    messages += [{"role": t.role, "content": t.content} for t in history]
+    messages += [{"role": t.role, "content": t.content} for t in bounded_history(history)]
     if digest:
         body = f"Request: {request}\nResults:\n{json.dumps(digest, ensure_ascii=False, indent=1)}"
     else:

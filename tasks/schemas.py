@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 GENERATED_PREFIX = "<GENERATED>-"
 GENERATED_RE = re.compile(r"<GENERATED>-(-?[0-9]{1,9})", re.ASCII)  # a reference to node k's output, inside an argument
@@ -62,6 +63,44 @@ class ChatTurn(BaseModel):
     content: str
 
 
+#: The most characters one earlier message carries as history: a longer one (an answer of megabytes) is clipped.
+MAX_HISTORY_MESSAGE_CHARS = 2_000
+#: The most characters a whole history carries: the oldest messages are left out first. With the message bound, it
+#: keeps the flow run's parameters (Prefect takes at most 512 kB), the planner's and the responder's prompts small.
+MAX_HISTORY_CHARS = 12_000
+
+
+def clip_history_text(text: str, limit: int = MAX_HISTORY_MESSAGE_CHARS) -> str:
+    """``text`` as history carries it: whole when it fits ``limit`` characters, else its start and a note of how
+    much was left out."""
+    if len(text) <= limit:
+        return text
+    note = f" ... [{len(text) - limit:,} more characters left out]"
+    return text[: max(0, limit - len(note))] + note
+
+
+def bounded_history(
+    history: Sequence[ChatTurn],
+    *,
+    message_chars: int = MAX_HISTORY_MESSAGE_CHARS,
+    total_chars: int = MAX_HISTORY_CHARS,
+) -> list[ChatTurn]:
+    """``history`` within bounds: each message clipped to ``message_chars``, then the oldest messages left out
+    until the rest holds at most ``total_chars`` (a history never starts with an answer whose question was left
+    out). The one place that bounds history, wherever it goes: the chat, the flow's parameters, the planner, the
+    responder."""
+    turns = [
+        t
+        if len(t.content) <= message_chars
+        else t.model_copy(update={"content": clip_history_text(t.content, message_chars)})
+        for t in history
+    ]
+    total = sum(len(t.content) for t in turns)
+    while turns and (total > total_chars or turns[0].role == "assistant"):
+        total -= len(turns.pop(0).content)
+    return turns
+
+
 class PlanNode(BaseModel):
     """One node of a plan, in HuggingGPT's format."""
 
@@ -98,6 +137,12 @@ class RequestSpec(BaseModel):
         description="the flow run id of an earlier run of this request: its plan and model choices are reused, and "
         "its completed nodes are not run again",
     )
+
+    @field_validator("history")
+    @classmethod
+    def _bounded(cls, v: list[ChatTurn]) -> list[ChatTurn]:
+        """What a caller passes is bounded like a chat's (:func:`bounded_history`)."""
+        return bounded_history(v)
 
 
 class LLMUsage(BaseModel):

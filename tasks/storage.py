@@ -165,6 +165,12 @@ class ArtifactStore:
             raise StorageError(f"could not write {uri}: {_cause(exc)}") from exc
         return uri
 
+    def remove_root(self, rel: str) -> None:
+        """Delete the file ``rel`` under the root (nothing when it is not there)."""
+        path = posixpath.join(self._root_path, rel)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
     def exists(self, uri: str) -> bool:
         """Whether a stored file exists (``False`` also when storage cannot be reached)."""
         try:

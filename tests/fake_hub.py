@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -63,9 +64,11 @@ class HubModel:
 class FakeHub:
     """The fake Hub: add models with :meth:`add`, point ``HF_ENDPOINT`` at :attr:`url`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, info_delay: float = 0.0) -> None:
         self.models: dict[str, HubModel] = {}
         self.requests: list[tuple[str, str]] = []
+        #: seconds each answer about one model takes (``GET /api/models/{repo}``), as the real Hub's latency
+        self.info_delay = info_delay
         self._lock = threading.Lock()
         hub = self
 
@@ -152,6 +155,8 @@ class FakeHub:
             self._send(handler, 200, entries, head=head)
             return
         expand = query.get("expand") or query.get("expand[]")
+        if self.info_delay:
+            time.sleep(self.info_delay)
         self._send(handler, 200, model.info(expand), head=head)
 
     def _file(self, handler: BaseHTTPRequestHandler, repo: str, filename: str, *, head: bool) -> None:

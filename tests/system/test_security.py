@@ -488,20 +488,26 @@ async def _api_records(flow_run_ids: list[str]) -> list[tuple[str, str]]:
         LogFilterFlowRunId,
     )
 
+    from tests.prefect_api import read_until
+
     records: list[tuple[str, str]] = []
     async with get_client() as client:
         for run_id in flow_run_ids:
             flow_run = await client.read_flow_run(run_id)
             records.append((f"flow run {run_id}", flow_run.model_dump_json()))
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            by_run = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            runs = await read_until(  # recorded from events, a moment after the run
+                lambda c, by_run=by_run: c.read_task_runs(flow_run_filter=by_run),
+                lambda found: bool(found) and all(r.state and r.state.is_final() for r in found),
+                what=f"the task runs of {run_id} in a final state",
+            )
             records += [(f"task run {r.name}", r.model_dump_json()) for r in runs]
-            logs: list[Any] = []
-            deadline = time.monotonic() + 20
-            while not logs and time.monotonic() < deadline:  # the log worker sends in batches
-                logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-                if not logs:
-                    await asyncio.sleep(0.5)
-            assert logs, "the run sent no logs"
+            by_logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+            logs = await read_until(  # the log worker sends in batches: up to the flow run's last line
+                lambda c, by_logs=by_logs: c.read_logs(log_filter=by_logs),
+                lambda found: any(log.message.startswith("Finished in state") and not log.task_run_id for log in found),
+                what=f"the logs of {run_id} up to its last line",
+            )
             records += [("log", log.message) for log in logs]
             artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))

@@ -15,6 +15,7 @@ import pytest
 import s3fs
 from prefect.client.orchestration import get_client
 
+from flows import progress
 from flows.cli import main
 from flows.request import run_request, summary_of
 from tasks.experts.base import ExpertError
@@ -53,7 +54,7 @@ def _fs(server: S3Server) -> s3fs.S3FileSystem:
 
 @pytest.fixture
 def model_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Counts model runs per task; every run takes 0.3 s more, like a real model would."""
+    """Counts model runs per task."""
     calls: Counter[str] = Counter()
     real_run = LocalBackend.run
     lock = threading.Lock()
@@ -61,7 +62,6 @@ def model_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
         with lock:
             calls[task] += 1
-        time.sleep(0.3)
         return real_run(self, task, model, inputs)
 
     monkeypatch.setattr(LocalBackend, "run", run)
@@ -156,24 +156,33 @@ def test_storage_dies_mid_run_then_resume_finishes(
 ) -> None:
     monkeypatch.setenv("HUGGINGGPT_RESULTS_STORAGE", str(tmp_path / "prefect-results"))
     real_run = LocalBackend.run  # the counting wrapper
-    text_done = threading.Event()
     killed = threading.Event()
+    others = {"image-classification#0", "text-classification#1"}
+    completed: set[str] = set()
+    changed = threading.Condition()
+
+    def note(event: Any) -> None:
+        if isinstance(event, progress.NodeEvent) and event.state == "done":
+            with changed:
+                completed.add(event.node)
+                changed.notify_all()
 
     def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
         out = real_run(self, task, model, inputs)
         if task == "object-detection" and not killed.is_set():
             killed.set()
-            assert text_done.wait(20)
-            time.sleep(0.5)  # let the other branches store their outputs
+            with changed:  # the other branches have stored their outputs and completed
+                assert changed.wait_for(lambda: others <= completed, timeout=60), completed
             s3.stop()  # the store goes away while this node holds its outputs
-        if task == "text-classification":
-            text_done.set()
         return out
 
     monkeypatch.setattr(LocalBackend, "run", run)
     llm.set(plan=TWO_BRANCHES, respond="Partly done.")
     photo = str(sample_files["photo"])
-    first = run_request(RequestSpec(request="Classify photo.png, detect its objects, rate my words", inputs=[photo]))
+    with progress.subscribe(note):
+        first = run_request(
+            RequestSpec(request="Classify photo.png, detect its objects, rate my words", inputs=[photo])
+        )
     assert first.status == "failed"
     by_task = {r.task: r for r in first.results}
     failed = by_task["object-detection"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -391,19 +390,24 @@ def test_real_embedder_when_installed() -> None:
 # the runner
 # ---------------------------------------------------------------------------
 class _CountingClient(LLMClient):
-    """Answers every planning call with the same plan after a pause, counting calls in flight."""
+    """Answers every planning call with the same plan, counting calls in flight. The first ``hold`` calls wait
+    (bounded) until ``hold`` calls are in flight at once: a runner that keeps that many in flight gets there."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: int) -> None:
         self.model, self.base_url, self.usage = "counting", "memory://", LLMUsage()
-        self.in_flight = self.peak = 0
-        self._mutex = threading.Lock()
+        self.in_flight = self.peak = self.started = 0
+        self.hold = hold
+        self._changed = threading.Condition()
 
     def chat(self, messages: Any, **kwargs: Any) -> tuple[str, LLMUsage]:
-        with self._mutex:
+        with self._changed:
             self.in_flight += 1
+            self.started += 1
             self.peak = max(self.peak, self.in_flight)
-        time.sleep(0.02)
-        with self._mutex:
+            self._changed.notify_all()
+            if self.started <= self.hold:
+                self._changed.wait_for(lambda: self.peak >= self.hold, timeout=60)
+        with self._changed:
             self.in_flight -= 1
         return '{"tasks": [{"id": 0, "task": "summarization", "dep": [-1], "args": {"text": "x"}}]}', LLMUsage(calls=1)
 
@@ -414,10 +418,10 @@ def test_evaluate_bounds_concurrency_and_reports_progress() -> None:
         for i in range(9)
     ]
     dataset = EvalDataset(name="mem", path="mem", format="ours", items=items)
-    client = _CountingClient()
+    client = _CountingClient(hold=3)
     seen: list[int] = []
     report = evaluate(dataset, client, concurrency=3, progress=lambda r, done, total: seen.append(done))
-    assert 1 < client.peak <= 3
+    assert client.peak == 3
     assert sorted(seen) == list(range(1, 10))
     assert [r.id for r in report.items] == [str(i) for i in range(9)]
     assert report.overall.node_f1 == 1.0 and report.overall.exact == 1.0 and report.usage.calls == 9
@@ -633,7 +637,7 @@ def test_eval_and_plan_name_an_invalid_setting(llm, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("HUGGINGGPT_LLM_TIMEOUT", "-1")
     for command in (["eval"], ["plan", "Caption photo.jpg"]):
         code, _, err = _run(command, capsys)
-        assert code == 2 and f"hugginggpt {command[0]}: invalid configuration: llm_timeout" in err, err
+        assert code == 2 and f"hugginggpt {command[0]}: invalid configuration: HUGGINGGPT_LLM_TIMEOUT" in err, err
         assert "Traceback" not in err
 
 

@@ -12,9 +12,9 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,6 +191,36 @@ def test_question_answering_long_context(backend: LocalBackend, tiny_models: dic
     out = run(backend, tiny_models, "question-answering", text="What is the capital of France?", context=context)
     assert 0 <= out.json["start"] <= out.json["end"] <= len(context)
     assert out.text in context
+
+
+def _scores(out: ExpertOutput) -> dict[str, float]:
+    return {e["label"]: e["score"] for e in out.json}
+
+
+def _apart(a: dict[str, float], b: dict[str, float]) -> float:
+    """How far two score sets are: the largest score difference over their labels (1 for a label in one only)."""
+    return max(abs(a[k] - b[k]) if k in a and k in b else 1.0 for k in set(a) | set(b))
+
+
+def test_text_classification_reads_its_text(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    """Two different texts get different scores, further apart than the same text twice: the runner classifies
+    what it is given. (A random model barely leans: its scores differ in the sixth decimal, and do not differ at
+    all for the same text.)"""
+    loved, awful = "I loved this movie, it was wonderful.", "terrible food, cold soup, never again"
+    first = _scores(run(backend, tiny_models, "text-classification", text=loved))
+    second = _scores(run(backend, tiny_models, "text-classification", text=awful))
+    again = _scores(run(backend, tiny_models, "text-classification", text=loved))
+    assert set(first) == set(second) == {"POSITIVE", "NEGATIVE"}
+    assert _apart(first, second) > 10 * _apart(first, again), (first, second, again)
+
+
+def test_image_classification_reads_its_image(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
+    """Two different pictures get different scores, further apart than the same picture twice."""
+    inverted = Image.fromarray(255 - np.asarray(picture()), "RGB")
+    first = _scores(run(backend, tiny_models, "image-classification", image=picture()))
+    second = _scores(run(backend, tiny_models, "image-classification", image=inverted))
+    again = _scores(run(backend, tiny_models, "image-classification", image=picture()))
+    assert _apart(first, second) > 10 * _apart(first, again), (first, second, again)
 
 
 def test_image_classification(backend: LocalBackend, tiny_models: dict[str, pathlib.Path]) -> None:
@@ -475,7 +505,7 @@ def test_cache_loads_different_keys_concurrently() -> None:
         seen.append(name)
         if len(seen) == 2:
             both.set()
-        assert both.wait(timeout=5), "the second load never started while the first was running"
+        assert both.wait(timeout=60), "the second load never started while the first was running"
         return name
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -488,14 +518,20 @@ def test_cache_loads_different_keys_concurrently() -> None:
 def test_cache_same_key_waits_for_one_load() -> None:
     cache = ModelCache(max_models=4)
     calls: list[int] = []
+    arrived = threading.Semaphore(0)
 
-    def slow() -> object:
+    def slow() -> object:  # the load lasts until every caller has asked for the same key
         calls.append(1)
-        time.sleep(0.2)
+        for _ in range(6):  # this caller and the five others
+            assert arrived.acquire(timeout=60), "the other callers never came"
         return object()
 
+    def load(_: int) -> Any:
+        arrived.release()
+        return cache.get_or_load("k", slow)
+
     with ThreadPoolExecutor(max_workers=6) as pool:
-        entries = list(pool.map(lambda _: cache.get_or_load("k", slow), range(6)))
+        entries = list(pool.map(load, range(6)))
     assert len(calls) == 1
     assert all(e is entries[0] for e in entries)
     assert all(isinstance(e.lock, type(threading.Lock())) for e in entries)

@@ -40,6 +40,7 @@ from tasks.experts.remote import RemoteBackend
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES
 from tests.tiny_models import build_tiny_models
+from tests.waiting import wait_for
 
 # --- an inference server on 127.0.0.1 -----------------------------------------------------------------------------
 
@@ -675,10 +676,10 @@ def test_a_provider_job_that_never_completes_is_abandoned_in_bounded_time(hub: I
     assert "acme/stuck-video" in str(info.value)
     assert hub.received("/router/fal-ai/fal-ai-stuck-video/requests/job-1/status")  # it was polling
     hub.reset()  # the abandoned poller's next request gets a 404 and its thread ends
-    deadline = time.monotonic() + 5
-    while any(t.name.startswith("remote call:") for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(t.name.startswith("remote call:") for t in threading.enumerate())
+    wait_for(
+        lambda: not any(t.name.startswith("remote call:") for t in threading.enumerate()),
+        what="the abandoned poller's thread ended",
+    )
 
 
 def test_text_to_video_that_is_not_an_mp4_is_an_error(hub: InferenceServer) -> None:

@@ -1,0 +1,193 @@
+"""Exactly once per line: what a batch knows of its lines' runs, and who may run a batch of a file.
+
+A line's completion is made durable by the run that does the line: the request flow writes ``summary.json`` into
+its own folder in storage before it ends, and its flow run carries the tags ``batch-key-{key}`` and
+``batch-line-{n}`` from the moment Prefect creates it. A rerun of the batch (after Ctrl-C, a crash, a SIGKILL)
+therefore finds every completed line whatever moment the batch was stopped at, even one whose record the batch
+had no time to keep: it asks the Prefect API for the runs tagged with the batch's key and reads each one's summary
+back from storage. Nothing read back is taken on trust: a line record or a run counts as the line's completion only
+when the summary in the run's own folder names that run, that request, and says completed; the line's record is then
+rebuilt from that summary, never from the record file.
+
+One batch of a file at a time: the batch holds ``batches/lines-{key}/owner.lock`` (its flow run, host, process and
+a heartbeat renewed every few seconds) while it runs. A second batch of the same file and storage finds it and
+stops with a message naming the first; an owner whose process is gone (same host) or whose heartbeat is older than
+:data:`STALE_AFTER` is taken over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tasks.schemas import RunSummary
+from tasks.storage import ArtifactStore, StorageError, check_run_id
+
+#: seconds between two heartbeats of a running batch
+HEARTBEAT = 5.0
+#: a batch whose heartbeat is older than this is taken to be gone (another machine: its process cannot be checked)
+STALE_AFTER = 60.0
+KEY_TAG = "batch-key-{key}"
+LINE_TAG = "batch-line-{line}"
+
+
+class BatchBusyError(RuntimeError):
+    """Another batch of the same file and storage is running."""
+
+
+class Owner(BaseModel):
+    flow_run_id: str
+    host: str
+    pid: int
+    started: dt.datetime
+    heartbeat: dt.datetime
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class BatchLock:
+    """``{folder}/owner.lock``: which batch run holds a batch key (see the module's documentation)."""
+
+    def __init__(self, store: ArtifactStore, folder: str, flow_run_id: str, requests_url: str) -> None:
+        self.store = store
+        self.rel = f"{folder}/owner.lock"
+        self.requests_url = requests_url
+        now = _now()
+        self.me = Owner(flow_run_id=flow_run_id, host=socket.gethostname(), pid=os.getpid(), started=now, heartbeat=now)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def holder(self) -> Owner | None:
+        """The live owner other than this batch, if any."""
+        try:
+            raw = self.store.read_root_json(self.rel)
+            owner = None if raw is None else Owner.model_validate(raw)
+        except (StorageError, ValidationError):
+            return None  # damaged: nobody can be shown to hold it
+        if owner is None or owner.flow_run_id == self.me.flow_run_id:
+            return None
+        if owner.host == self.me.host and not _alive(owner.pid):
+            return None
+        if (_now() - owner.heartbeat).total_seconds() > STALE_AFTER:
+            return None
+        return owner
+
+    def _refuse(self, owner: Owner) -> BatchBusyError:
+        return BatchBusyError(
+            f"a batch of {self.requests_url} on the same storage is already running: flow run {owner.flow_run_id} "
+            f"(host {owner.host}, process {owner.pid}, started {owner.started:%Y-%m-%d %H:%M:%S} UTC). Running it "
+            "twice at once would run its lines twice: wait for that one to end, then run the batch again to finish "
+            "whatever it left (completed lines are not run again)"
+        )
+
+    def _write(self) -> None:
+        self.me.heartbeat = _now()
+        self.store.put_root_bytes(self.rel, self.me.model_dump_json().encode("utf-8"))
+
+    def acquire(self) -> None:
+        """Take the key, or raise :class:`BatchBusyError` naming the batch that holds it. Two batches starting at
+        the same moment both write and read back: the one whose record did not survive stops."""
+        owner = self.holder()
+        if owner is not None:
+            raise self._refuse(owner)
+        self._write()
+        time.sleep(0.2)  # let a concurrent writer's record land before reading back
+        owner = self.holder()
+        if owner is not None:
+            raise self._refuse(owner)
+        self._thread = threading.Thread(target=self._beat, name="batch-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            with suppress(StorageError):  # the next beat tries again; a batch is taken over only after STALE_AFTER
+                self._write()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with suppress(OSError, FileNotFoundError):
+            self.store.remove_root(self.rel)
+
+    @contextmanager
+    def held(self) -> Iterator[BatchLock]:
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+def completed_summary(store: ArtifactStore, flow_run_id: Any, request: str) -> RunSummary | None:
+    """The summary of ``flow_run_id`` read from its own folder in storage when it is that run's, for ``request``,
+    and completed; ``None`` otherwise (no such run, a damaged or foreign summary, a run that did not complete)."""
+    if not isinstance(flow_run_id, str):
+        return None
+    try:
+        run = store.for_run(check_run_id(flow_run_id))
+        raw = run.read_json("summary.json")
+        summary = None if raw is None else RunSummary.model_validate(raw)
+    except (StorageError, ValidationError, ValueError):
+        return None
+    if summary is None or summary.status != "completed" or summary.request != request:
+        return None
+    if summary.flow_run_id != flow_run_id or summary.storage_uri not in (None, run.run_uri):
+        return None
+    return summary
+
+
+async def _tagged(key: str) -> dict[int, list[str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    prefix = LINE_TAG.format(line="")
+    found: dict[int, list[str]] = {}
+    async with get_client() as client:
+        offset = 0
+        while True:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[KEY_TAG.format(key=key)])),
+                sort=FlowRunSort.START_TIME_ASC,
+                limit=200,
+                offset=offset,
+            )
+            for run in runs:
+                for tag in run.tags:
+                    if tag.startswith(prefix) and tag[len(prefix) :].isdigit():
+                        found.setdefault(int(tag[len(prefix) :]), []).append(str(run.id))
+            if len(runs) < 200:
+                return found
+            offset += len(runs)
+
+
+def tagged_runs(key: str) -> dict[int, list[str]]:
+    """The flow runs the Prefect API holds for each line of the batch ``key`` (by their tags), oldest first."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    return run_coro_as_sync(_tagged(key)) or {}
+
+
+def line_tags(key: str, line: int) -> tuple[str, str]:
+    return KEY_TAG.format(key=key), LINE_TAG.format(line=line)

@@ -1,0 +1,82 @@
+"""A batch whose lines run as deployment runs on a work pool: two process workers, each taking one run at a time,
+both pick lines up; the batch stays one flow run with one record per line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.batch import run_batch
+from tests.deployments.test_deploy import HOLD, PINS, ROOT, deployed  # noqa: F401  (a fixture)
+from tests.web_server import WebServer
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _worker(name: str, environ: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "hugginggpt", "--name", name, "--limit", "1"],
+        cwd=ROOT,
+        env=dict(environ, PREFECT_WORKER_QUERY_SECONDS="1"),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_lines_run_on_two_process_workers(
+    deployed: dict[str, str],  # noqa: F811
+    web: WebServer,
+    sample_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    photo = sample_files["photo"].read_bytes()
+    barrier = web.barrier(["/a.png", "/b.png"], photo, HOLD)  # each line's input waits for the other line's
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": name,
+                    "request": f"Classify {name}.png",
+                    "inputs": [web.url(f"/{name}.png")],
+                    "models": PINS,
+                    "plan": [{"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": f"{name}.png"}}],
+                }
+            )
+            + "\n"
+            for name in ("a", "b")
+        )
+    )
+    logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
+    workers = [_worker(f"batch-worker-{i}", deployed, log) for i, log in enumerate(logs, start=1)]
+    try:
+        summary = run_batch(str(requests), max_in_flight=2, deployment="hugginggpt-request/request")
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGINT)
+        for proc in workers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    said = [log.read_text(errors="replace") for log in logs]
+    assert summary.status == "completed", (summary.records, said)
+    assert summary.deployment == "hugginggpt-request/request"
+    runs = [r.flow_run_id for r in summary.records]
+    assert all(runs) and [r.answer for r in summary.records] == ["Both photos classified."] * 2
+    # each worker (one run at a time) took one line: the two ran at once, on two workers
+    for text in said:
+        taken = [run for run in runs if f"submitting flow run '{run}'" in text]
+        assert len(taken) == 1, text[-3000:]
+    assert [kind for kind, _ in barrier.events] == ["arrived", "arrived", "answered", "answered"]
+    for record in summary.records:
+        stored = json.loads(Path(record.storage_uri, "summary.json").read_text())
+        assert stored["flow_run_id"] == record.flow_run_id and stored["status"] == "completed"
+    assert os.environ.get("HUGGINGGPT_STORAGE") and record.storage_uri.startswith(os.environ["HUGGINGGPT_STORAGE"])
