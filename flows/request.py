@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect import tags as prefect_tags
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
@@ -398,7 +399,8 @@ def run_request(
         flow_fn = hugginggpt_request.with_options(flow_run_name=functools.partial(str, run_name))
     given = {name: getattr(services, name) for name in services.given} if services is not None else {}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(prefect_run_settings(heartbeats=settings.heartbeats))
+        if FlowRunContext.get() is None and TaskRunContext.get() is None:  # a parent run has set Prefect up
+            stack.enter_context(prefect_run_settings(heartbeats=settings.heartbeats))
         stack.enter_context(prefect_tags("hugginggpt", *tags))
         stack.enter_context(override(**given))
         if checked is not None:

@@ -109,8 +109,10 @@ def test_an_interrupted_batch_resumes_where_it_stopped(env: Path, llm, tmp_path:
     )
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(second.stdout)
-    assert summary["completed"] == LINES and summary["resumed"] == len(kept)
-    assert llm.calls["respond"] - answered == LINES - len(kept), "a completed line ran again"
+    # the line in flight when the batch stopped may have finished its run after the interruption: then it is
+    # adopted from its run's summary (found by its tags), not run again
+    assert summary["completed"] == LINES and len(kept) <= summary["resumed"] <= len(kept) + 1
+    assert llm.calls["respond"] - answered == LINES - summary["resumed"], "a completed line ran again"
     records = [json.loads(x) for x in Path(summary["results_uri"]).read_text().splitlines()]
     assert [r["line"] for r in records] == list(range(1, LINES + 1))
     for record in records:
