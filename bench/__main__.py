@@ -1,4 +1,5 @@
-"""``python -m bench [--only dag,llm,reuse,batch,memory,coldstart,pool] [--out PATH] [--quick] [--no-postgres]``
+"""``python -m bench [--only dag,llm,reuse,batch,memory,coldstart,pool,stream,serve] [--out PATH] [--quick]
+[--no-postgres]``
 
 Runs the benchmarks in one process against Prefect's own API started for the run, prints progress on stderr,
 the table of figures on stdout, and writes every figure with the machine's description to a JSON file
@@ -19,7 +20,7 @@ from typing import Any
 
 from bench.harness import Bench, bench_environment, log
 
-SECTIONS: tuple[str, ...] = ("dag", "llm", "reuse", "batch", "memory", "coldstart", "pool")
+SECTIONS: tuple[str, ...] = ("dag", "llm", "reuse", "batch", "memory", "coldstart", "pool", "stream", "serve")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -36,6 +37,10 @@ def _runner(name: str) -> Callable[[Bench], dict[str, Any]]:
         from bench.coldstart import run
     elif name == "pool":
         from bench.pool import run
+    elif name == "stream":
+        from bench.streaming import run
+    elif name == "serve":
+        from bench.serve import run
     else:
         from bench.memory import run
     return run

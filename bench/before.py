@@ -1,4 +1,4 @@
-"""The request path as it was before three changes that profiles called for, restored in this process only, so
+"""The request path as it was before four changes that profiles called for, restored in this process only, so
 the bench measures what each change saves against the code as it is, in the same run.
 
 * ``new_llm_client_per_stage``: ``tasks.llm.LLMClient`` built a new ``openai.OpenAI`` client for every stage
@@ -13,6 +13,10 @@ the bench measures what each change saves against the code as it is, in the same
   submitted, so Prefect's task engine asked the API for a slot of each tag's concurrency limit before running it,
   whether a limit existed or not (``SyncTaskRunEngine.start`` -> ``prefect.concurrency._sync.concurrency``). Now:
   :mod:`flows.tag_limits` reads once per run which tags have a limit, and only nodes with such a tag acquire.
+* ``task_options_per_node``: every node's task was built with ``run_node.with_options(...)``, and Prefect's
+  ``Task.__init__`` reads the function's source (``inspect.getsource``) each time: 10 to 40 ms per node on the
+  thread that submits them all. Now: nodes with the same options share one task, named on a copy
+  (``flows.request._named``).
 """
 
 from __future__ import annotations
@@ -73,10 +77,27 @@ def every_node_acquires_its_tags() -> Iterator[None]:
         tag_limits.is_limited = is_limited
 
 
+@contextlib.contextmanager
+def task_options_per_node() -> Iterator[None]:
+    import flows.request as request
+
+    named = request._named
+
+    def with_options(task: Any, name: str) -> Any:
+        return task.with_options(name=name, task_run_name=name)
+
+    request._named = with_options  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        request._named = named
+
+
 BEFORE: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
     "a new LLM client for every stage": new_llm_client_per_stage,
     "result storage saved on every call and passed as a slug": result_storage_by_slug,
     "every node acquiring its tags' concurrency slots": every_node_acquires_its_tags,
+    "a task built with with_options for every node": task_options_per_node,
 }
 
 

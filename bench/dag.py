@@ -234,7 +234,7 @@ def run(
             makespans.append(result.stage("execute"))
             overlap_ok = overlap_ok and overlapped
         shape = build(uuid.uuid4().hex[:8])
-        log(f"dag: {shape.name}, once as before bench/before.py's changes (every node acquires its tags' slots)")
+        log(f"dag: {shape.name}, once as before bench/before.py's changes")
         with as_before():
             before, _ = _measure(bench, shape, node_seconds, catalog, pins)
         shape = build(uuid.uuid4().hex[:8])

@@ -13,6 +13,8 @@ from typing import Any
 
 from bench.coldstart import rows as coldstart_rows
 from bench.pool import rows as pool_rows
+from bench.serve import rows as serve_rows
+from bench.streaming import rows as stream_rows
 
 COLUMNS: tuple[str, ...] = ("benchmark", "figure", "value", "baseline (same run)", "target")
 
@@ -189,6 +191,8 @@ def memory_rows(r: Mapping[str, Any]) -> list[dict[str, str]]:
 ROW_MAKERS = {"dag": dag_rows, "llm": llm_rows, "reuse": reuse_rows, "batch": batch_rows, "memory": memory_rows}
 ROW_MAKERS["coldstart"] = coldstart_rows
 ROW_MAKERS["pool"] = pool_rows
+ROW_MAKERS["stream"] = stream_rows
+ROW_MAKERS["serve"] = serve_rows
 
 
 def table_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:

@@ -7,7 +7,8 @@ server of the tests and tiny random models (nothing reaches the network), then r
 command, against that server:
 
 1. a request whose plan has completed nodes, a failed one and its skipped dependent;
-2. the same request again, whose successful nodes are reused (Cached);
+2. the same request again with one more node: its successful nodes are reused (Cached, named ``... (cached)``), the
+   new one runs (Completed);
 3. a batch of three lines;
 
 and takes headless-Chromium screenshots (Debian's ``chromium``) of the first run's graph, its summary artifact,
@@ -169,22 +170,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _wait_healthy(api, server)
         unreachable = "http://127.0.0.1:9/gone.png"
-        llm.set(
-            plan=plan_json(
-                {"id": 0, "task": "image-to-text", "dep": [-1], "args": {"image": str(photo)}},
-                {"id": 1, "task": "text-to-speech", "dep": [0], "args": {"text": "<GENERATED>-0"}},
-                {"id": 2, "task": "image-classification", "dep": [-1], "args": {"image": str(photo)}},
-                {"id": 3, "task": "image-segmentation", "dep": [-1], "args": {"image": str(photo)}},
-                {"id": 4, "task": "object-detection", "dep": [-1], "args": {"image": unreachable}},
-                {"id": 5, "task": "image-to-text", "dep": [4], "args": {"image": "<GENERATED>-4"}},
-            ),
-            respond="The photo shows a blue circle on a sand-coloured background; its caption was read aloud. "
-            "The second picture could not be fetched, so its objects were not detected.",
+        nodes = [
+            {"id": 0, "task": "image-to-text", "dep": [-1], "args": {"image": str(photo)}},
+            {"id": 1, "task": "text-to-speech", "dep": [0], "args": {"text": "<GENERATED>-0"}},
+            {"id": 2, "task": "image-classification", "dep": [-1], "args": {"image": str(photo)}},
+            {"id": 3, "task": "image-segmentation", "dep": [-1], "args": {"image": str(photo)}},
+            {"id": 4, "task": "object-detection", "dep": [-1], "args": {"image": unreachable}},
+            {"id": 5, "task": "image-to-text", "dep": [4], "args": {"image": "<GENERATED>-4"}},
+        ]
+        answer = (
+            "The photo shows a blue circle on a sand-coloured background; its caption was read aloud. "
+            "The second picture could not be fetched, so its objects were not detected."
         )
+        llm.set(plan=plan_json(*nodes), respond=answer)
         request = f"Caption {photo.name} and read it aloud, classify and segment it, and find objects in gone.png"
         inputs = ["--input", str(photo), "--input", unreachable]
         first = _hugginggpt(["run", request, *inputs], env, work)
-        second = _hugginggpt(["run", request, *inputs], env, work)
+        # the same again, and one new node: its reused nodes end Cached, the new one runs (Completed)
+        rate = {"id": 6, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely day"}}
+        llm.set(plan=plan_json(*nodes, rate), respond=answer)
+        second = _hugginggpt(["run", request + ", and rate 'what a lovely day'", *inputs], env, work)
 
         requests = work / "requests.jsonl"
         lines = [
@@ -214,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         shots.append(screenshot(f"{ui}/runs/flow-run/{second['flow_run_id']}", out / "request-cached-graph.png"))
         task_runs = _api(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [second["flow_run_id"]]}}})
-        for name, file in (("image-to-text#0", "cached-node.png"), ("image-to-text#5", "skipped-node.png")):
+        for name, file in (("image-to-text#0 (cached)", "cached-node.png"), ("image-to-text#5", "skipped-node.png")):
             task_run = next(t for t in task_runs if t["name"] == name)
             shots.append(screenshot(f"{ui}/runs/task-run/{task_run['id']}", out / file))
         shots.append(screenshot(f"{ui}/runs/flow-run/{batch['flow_run_id']}", out / "batch-run.png"))

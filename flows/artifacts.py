@@ -3,11 +3,14 @@ the nodes table, a link per stored file) under keys that stay the same from run 
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from serving.signing import PublicLinks
 from tasks.parsing import clip
-from tasks.report import artifact_key, browser_link, node_rows, summary_markdown
+from tasks.report import artifact_key, code_text, node_rows, summary_markdown
 from tasks.schemas import RunSummary
 from tasks.storage import ArtifactStore, StorageError
 
@@ -22,10 +25,48 @@ def artifact_scope(flow_kind: str = "request") -> str:
     return artifact_key("hugginggpt", str(name) if name else flow_kind)
 
 
-def publish(summary: RunSummary, store: ArtifactStore | None, *, presign_seconds: int = 0) -> None:
+def file_link(
+    uri: str,
+    fs: Any = None,
+    *,
+    expires: int = 3600,
+    store: ArtifactStore | None = None,
+    public: PublicLinks | None = None,
+) -> str | None:
+    """The URL a browser showing the Prefect UI can open for the stored file ``uri``, or ``None`` when there is
+    none (the artifacts then show the path as text to copy): an http(s) URL as it is; a file of ``store`` through
+    the ``hugginggpt serve`` that ``public`` names (a signed link, local or object storage alike, no storage
+    credential in it); on object storage that can sign (s3fs, gcsfs, given as ``fs``), a presigned URL valid
+    ``expires`` seconds. A local path, a ``file://`` URL (browsers refuse them from a web page) or an unsigned
+    ``s3://`` URI is no link. The one place file links are made."""
+    if uri.startswith(("http://", "https://")):
+        return uri
+    if public is not None and store is not None and (rel := store.relative(uri)) is not None:
+        return public.link(rel)
+    if fs is None or "://" not in uri or uri.startswith("file://"):
+        return None
+    try:
+        signed = fs.sign(uri, expiration=expires)
+    except Exception:  # NotImplementedError for most file systems, no credentials to sign with, ...
+        return None
+    return signed if isinstance(signed, str) and signed.startswith(("http://", "https://")) else None
+
+
+def run_page(flow_run_id: str) -> str | None:
+    """The Prefect UI's page of a flow run (``PREFECT_UI_URL``), or ``None`` when no UI address is known."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
+
+
+def publish(
+    summary: RunSummary, store: ArtifactStore | None, *, presign_seconds: int = 0, public: PublicLinks | None = None
+) -> None:
     """summary.json beside the run's files, and the markdown, table and link artifacts. With ``presign_seconds``,
     files on object storage that can sign (S3) are linked by presigned URLs valid that long, which the browser
-    can open and show; a presigned URL holds the storage's access key id and grants read access to that file."""
+    can open and show; a presigned URL holds the storage's access key id and grants read access to that file. With
+    ``public`` (``HUGGINGGPT_PUBLIC_URL`` and ``HUGGINGGPT_FILE_SECRET``), files are linked through the server."""
     log = get_run_logger()
     if store is not None:
         try:
@@ -34,26 +75,32 @@ def publish(summary: RunSummary, store: ArtifactStore | None, *, presign_seconds
             log.error("could not store summary.json: %s", exc)
             summary.error = (summary.error + "; " if summary.error else "") + str(exc)
     try:
-        _create_artifacts(summary, store, presign_seconds)
+        _create_artifacts(summary, store, presign_seconds, public)
     except Exception as exc:  # the Prefect API went away: summary.json holds everything, the run goes on
         log.warning("could not create the run's artifacts (%s: %s)", type(exc).__name__, clip(str(exc)))
 
 
-def _create_artifacts(summary: RunSummary, store: ArtifactStore | None, presign_seconds: int) -> None:
+def _create_artifacts(
+    summary: RunSummary, store: ArtifactStore | None, presign_seconds: int, public: PublicLinks | None
+) -> None:
     run = summary.flow_run_id or "local"
     scope = artifact_scope()
     about = f"run {run}: {summary.request[:80]}"
     files = [uri for r in summary.results for modality, uri in r.outputs.items() if modality != "text"]
-    links: dict[str, str] = {}
-    fetchable: set[str] = set()
-    for uri in files:
-        signer = store.fs if store is not None and presign_seconds > 0 else None
-        links[uri], can_fetch = browser_link(uri, signer, expires=presign_seconds)
-        if can_fetch:
-            fetchable.add(uri)
+    signer = store.fs if store is not None and presign_seconds > 0 else None
+    links = {
+        uri: url
+        for uri in files
+        if (url := file_link(uri, signer, expires=presign_seconds, store=store, public=public)) is not None
+    }
     create_markdown_artifact(
         key=artifact_key(scope, "summary"),
-        markdown=summary_markdown(summary, links, frozenset(fetchable)),
+        markdown=summary_markdown(
+            summary,
+            links,
+            frozenset(links),
+            resumed_page=run_page(summary.resumed_from) if summary.resumed_from else None,
+        ),
         description=f"HuggingGPT summary of {about}",
     )
     rows = [{k: v for k, v in row.items() if k != "task"} for row in node_rows(summary, links=links)]  # in the name
@@ -65,10 +112,13 @@ def _create_artifacts(summary: RunSummary, store: ArtifactStore | None, presign_
         )
     for result in summary.results:
         for modality, uri in result.outputs.items():
-            if modality != "text" and uri in links:
+            if modality == "text":
+                continue
+            key = artifact_key(scope, result.task, modality)
+            description = f"{modality} output of {result.task}#{result.id}, {about}"
+            if uri in links:
                 create_link_artifact(
-                    key=artifact_key(scope, result.task, modality),
-                    link=links[uri],
-                    link_text=f"{result.task}#{result.id} {modality}",
-                    description=f"{modality} output of {result.task}#{result.id}, {about}",
+                    key=key, link=links[uri], link_text=f"{result.task}#{result.id} {modality}", description=description
                 )
+            else:  # no link a browser would open: the path, to copy
+                create_markdown_artifact(key=key, markdown=code_text(uri), description=description)

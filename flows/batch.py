@@ -47,7 +47,7 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import allow_failure
+from prefect.utilities.annotations import allow_failure, quote
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from flows import progress as progress_events
@@ -1044,6 +1044,9 @@ def _run_lines(
                     params["plan_source"] = f"batch plan cache of line {parsed[first].line}"
                 params["shared_plan"] = allow_failure(plan_futures[first])
                 params["shared_inputs"] = parsed[first].spec.inputs
+            # plain values are quoted: Prefect links a task run to any earlier one that returned the same object (an
+            # interned string such as "llm"), which drew edges between independent lines; the shared plan stays a link
+            params = {k: v if k == "shared_plan" else quote(v) for k, v in params.items()}
             ident = f"-{p.spec.id}" if p.spec.id else ""
             with tags("hugginggpt", f"batch-{run_id}"):  # the line's task run and child flow run: filter by batch
                 return runner.submit(run_line.with_options(task_run_name=f"line-{p.line}{ident}"), params)

@@ -62,8 +62,10 @@ def produced_files(summary: RunSummary) -> list[str]:
 def _run_with_prefect(options: RunOptions | None) -> TurnRunner:
     def run(spec: RequestSpec, tags: list[str]) -> RunSummary:
         from flows.request import run_request
+        from tasks.settings import RunOptions
 
-        return run_request(spec, options, tags=tags)
+        # the session's pins: a turn need not use them all
+        return run_request(spec, (options or RunOptions()).model_copy(update={"unused_pins": "ignore"}), tags=tags)
 
     return run
 

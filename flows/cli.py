@@ -62,12 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.eval_cli import register as register_eval
     from flows.models_cli import register as register_models
     from flows.plan_cli import register as register_plan
+    from flows.serve_cli import register as register_serve
 
     register_eval(sub)
     register_batch(sub)
     register_plan(sub)
     register_models(sub)
     register_demos(sub)
+    register_serve(sub)
 
     chat = sub.add_parser(
         "chat",
@@ -105,6 +107,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-ttl", type=float, metavar="SECONDS", help="reuse only outputs younger than this (HUGGINGGPT_CACHE_TTL)"
     )
+    parser.add_argument(
+        "--max-replans",
+        type=int,
+        metavar="N",
+        help="LLM calls that may plan new tasks after a task failed (HUGGINGGPT_MAX_REPLANS, default 1; 0: none)",
+    )
     add_output_options(parser)
 
 
@@ -131,6 +139,7 @@ def run_options(args: argparse.Namespace) -> Any:
         device=args.device,
         cache=False if args.no_cache else None,
         cache_ttl=args.cache_ttl,
+        max_replans=getattr(args, "max_replans", None),
     )
 
 
@@ -176,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if plan is None and not controller_ready(None, settings):
         return EXIT_USAGE
-    return _execute(args, settings, checked.spec, checked=checked)
+    return _execute(args, settings, checked.spec)
 
 
 def parsed_pins(models: Sequence[str]) -> tuple[dict[str, str] | None, str | None]:
@@ -240,7 +249,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     def run_turn(spec: RequestSpec, tags: list[str]) -> Any:
-        result = run_flow(args, settings, spec, tags=tags)
+        options = run_options(args).model_copy(update={"unused_pins": "ignore"})  # pins hold for the session
+        result = run_flow(args, settings, spec, options=options, tags=tags)
         if isinstance(result, RunSummary):
             return result
         return RunSummary(request=spec.request, status="failed", error=result)
@@ -320,11 +330,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _execute(args, settings, spec)
 
 
-def _execute(args: argparse.Namespace, settings: Any, spec: Any, *, checked: Any = None) -> int:
+def _execute(args: argparse.Namespace, settings: Any, spec: Any) -> int:
     from tasks.schemas import RunSummary
 
     try:
-        summary = run_flow(args, settings, spec, checked=checked)
+        summary = run_flow(args, settings, spec)
     except PrefectUnreachableError as exc:
         error(None, str(exc))
         return EXIT_USAGE
@@ -335,6 +345,8 @@ def _execute(args: argparse.Namespace, settings: Any, spec: Any, *, checked: Any
         print(dump_json(summary_json(summary)))
     else:
         print_summary(summary)
+    if summary.error_kind == "configuration":  # e.g. the LLM could not be reached: a setting to change
+        return EXIT_USAGE
     return EXIT_OK if summary.status == "completed" else EXIT_FAILED
 
 
@@ -343,7 +355,7 @@ class PrefectUnreachableError(RuntimeError):
 
 
 def run_flow(
-    args: argparse.Namespace, settings: Any, spec: Any, *, checked: Any = None, tags: Sequence[str] = ()
+    args: argparse.Namespace, settings: Any, spec: Any, *, options: Any = None, tags: Sequence[str] = ()
 ) -> Any:
     """Run one request (:func:`flows.request.run_request`) with its progress shown as the flags say; the
     :class:`RunSummary`, or a message saying why the run has none. Raises :class:`PrefectUnreachableError`."""
@@ -361,7 +373,7 @@ def run_flow(
         ):
             if (started := start_temporary_server()) is not None:
                 error(None, temporary_server_notice(started))
-            return run_request(spec, run_options(args), checked=checked, tags=tags)
+            return run_request(spec, options or run_options(args), tags=tags)
     except Exception as exc:
         if isinstance(exc, NoSummaryError):
             return str(exc)
@@ -425,16 +437,20 @@ def print_summary(summary: Any, console: Any = None) -> None:
     from rich.text import Text
 
     from flows.progress import safe_text
-    from tasks.report import node_rows
+    from tasks.report import TERMINAL_CELL_CHARS, node_rows
 
-    console = console or Console(highlight=False)
+    if console is None:  # into a pipe or a file: no wrapping at 80 columns, which would split paths and model ids
+        console = Console(highlight=False)
+        console = console if console.is_terminal else Console(highlight=False, width=100_000)
+    if summary.resumed_from:
+        console.print(Text(safe_text(f"resumes run {summary.resumed_from}", one_line=True), style="dim"))
     if summary.error:
         error(None, safe_text(summary.error, one_line=True))
     if summary.plan:
         table = Table(title="Tasks", show_lines=False)
         for col in ("node", "depends on", "model", "status", "seconds", "output"):
             table.add_column(col, overflow="fold")
-        for row in node_rows(summary, short_files=True):
+        for row in node_rows(summary, short_files=True, max_chars=TERMINAL_CELL_CHARS):
             table.add_row(
                 *(Text(safe_text(row[c])) for c in ("node", "depends on", "model")),
                 Text(row["status"], style=_STATUS_STYLES.get(row["status"], "")),
@@ -446,7 +462,7 @@ def print_summary(summary: Any, console: Any = None) -> None:
         # a request that failed before any task ran has no answer beyond its error, said above
         fallback = summary.answer_source == "fallback"
         title = "Answer (built from the results; the LLM could not answer)" if fallback else "Answer"
-        console.print(Panel(Text(safe_text(summary.answer)), title=title, expand=True))
+        console.print(Panel(Text(safe_text(summary.answer)), title=title, expand=console.is_terminal))
     files = [(r.task, r.id, k, v) for r in summary.results for k, v in r.outputs.items() if k != "text"]
     if files:
         console.print(Text("Files:", style="bold"))
@@ -477,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return drain_prefect_queues(cmd_resume(args))
         if args.command == "chat":
             return drain_prefect_queues(cmd_chat(args))
-        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos"):
+        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos", "serve"):
             return drain_prefect_queues(args.func(args))
     except KeyboardInterrupt:
         error(None, "interrupted")

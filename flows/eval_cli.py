@@ -108,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tasks.demos import demo_library, selector_for
     from tasks.evaluation.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
     from tasks.evaluation.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
-    from tasks.llm import LLMError
+    from tasks.llm import LLMError, LLMUnreachableError
     from tasks.services import chat_model_for, services_for
 
     path = Path(args.dataset) if args.dataset else builtin_gold_path()
@@ -180,7 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
         except LLMError as exc:
             error("eval", str(exc))
-            return EXIT_FAILED
+            return EXIT_USAGE if isinstance(exc, LLMUnreachableError) else EXIT_FAILED
 
     document = report.model_dump(mode="json")
     try:

@@ -41,6 +41,7 @@ def register(subparsers: Any) -> None:
     )
     models.add_argument("--task", help="only this task type")
     models.add_argument("--json", action="store_true", help="one JSON object per candidate, a line each")
+    models.add_argument("--runnable", action="store_true", help="only the models that can run now, here or remotely")
     add_catalog(models)
     models.set_defaults(func=cmd_models)
     models_sub = models.add_subparsers(dest="models_command")
@@ -118,7 +119,34 @@ def candidate_record(availability: Any, entry: Any) -> dict[str, Any]:
         "requires": entry.requires,
         "local": local,
         "remote": remote,
+        "runnable": bool(verdict.local or verdict.remote),
+        "weights_here": verdict.weights_here,
     }
+
+
+def ranked_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` of one task (in the catalog's order) as selection would rank them, each with its ``rank``: those
+    that can run first, then the recommended tier, then models whose weights are on this machine, then the
+    catalog's order (downloads)."""
+    ordered = sorted(
+        enumerate(records),
+        key=lambda ir: (not ir[1]["runnable"], ir[1]["tier"] != "recommended", not ir[1]["weights_here"], ir[0]),
+    )
+    return [{"rank": n, **record} for n, (_, record) in enumerate(ordered, start=1)]
+
+
+def model_size(params: int | None) -> str:
+    """A parameter count for people: ``1.3B``, ``247M``, ``12k``, ``512``; ``?`` when unknown."""
+    if not params:
+        return "?"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if params >= scale:
+            shown = params / scale
+            return f"{shown:.1f}{unit}" if shown < 10 and unit != "k" else f"{shown:,.0f}{unit}"
+    return str(params)
+
+
+_COLUMNS = (("#", 3), ("task", 30), ("model", 55), ("tier", 11), ("architecture", 24), ("size", 8))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -138,19 +166,29 @@ def cmd_models(args: argparse.Namespace) -> int:
         tasks = sorted(catalog.tasks())
     entries = [e for task in tasks for e in catalog.ranked(task)]
     with ThreadPoolExecutor(max_workers=8) as pool:  # the Hub is asked once per model, a few at a time
-        records = list(pool.map(lambda e: candidate_record(availability, e), entries))
+        found = list(pool.map(lambda e: candidate_record(availability, e), entries))
+    records = [r for task in tasks for r in ranked_records(x for x in found if x["task"] == task)]
+    if args.runnable:
+        records = [r for r in records if r["runnable"]]
     try:
+        if not args.json:
+            head = " ".join(
+                f"{name:>{width}}" if name in ("#", "size") else f"{name:<{width}}" for name, width in _COLUMNS
+            )
+            print(f"{head}  where it can run")
         for record in records:
             if args.json:
                 print(escape_json_text(json.dumps(record, ensure_ascii=False)))
                 continue
-            size = f"{record['params'] / 1e6:,.0f}M" if record["params"] else "?"
             # catalog and Hub text, printed as text: control characters escaped, never markup or terminal codes
             shown = {k: safe_text(v if v is not None else "?", one_line=True) for k, v in record.items()}
             print(
-                f"{shown['task']:<30} {shown['id']:<55} {shown['tier']:<11} {shown['architecture']:<24} "
-                f"{size:>8}  local: {shown['local']}  |  remote: {shown['remote']}"
+                f"{record['rank']:>3} {shown['task']:<30} {shown['id']:<55} {shown['tier']:<11} "
+                f"{shown['architecture']:<24} {model_size(record['params']):>8}  local: {shown['local']}  |  "
+                f"remote: {shown['remote']}"
             )
+        if not args.json and not records:
+            error("models", "no model can run here" if args.runnable else "the catalog has no model for it")
     except BrokenPipeError:  # the reader stopped (| head): not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
     return EXIT_OK

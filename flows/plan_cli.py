@@ -33,8 +33,8 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from tasks.llm import LLMError
-    from tasks.plan import PlanningError, plan_request
+    from tasks.llm import LLMError, LLMUnreachableError
+    from tasks.plan import PlanningError, demos_for, plan_request
     from tasks.services import services_for
 
     settings = llm_settings("plan", llm_model=args.llm_model)
@@ -48,10 +48,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         error("plan", str(exc))
         return EXIT_USAGE
     try:
-        result = plan_request(services_for(settings).chat_model, args.request, inputs=args.inputs)
+        result = plan_request(
+            services_for(settings).chat_model,
+            args.request,
+            inputs=args.inputs,
+            demos=demos_for(settings, args.request),  # the demos a run would show
+        )
     except (PlanningError, LLMError) as exc:
         error("plan", str(exc))
-        return EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, LLMUnreachableError) else EXIT_FAILED
     for repair in result.repairs:
         error("plan", f"repaired: {repair}")
     nodes = [{"id": n.id, "task": n.task, "dep": n.dep or [-1], "args": n.args} for n in result.nodes]

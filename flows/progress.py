@@ -36,7 +36,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tasks.parsing import clip
 from tasks.prefetch import FETCHING_FOR
+from tasks.schemas import CACHED_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -153,15 +155,42 @@ def planned(flow_run_id: str, run_name: str, nodes: Sequence[Any], assignments: 
 _PREFECT_STATES = {"Completed": "done", "Cached": "cached", "Skipped": "skipped"}
 
 
+#: task runs that ended failed, or that will end skipped because an upstream one did (their hooks run before their
+#: dependents start): a node whose upstream is among them is not reported ``running``, it is about to be skipped
+_ENDED_BADLY: dict[str, None] = {}
+_ENDED_BADLY_KEPT = 10_000
+_ended_lock = threading.Lock()
+
+
+def _ended_badly(task_run: Any, *, mark: bool = False) -> bool:
+    """Whether an upstream task run of ``task_run`` ended badly; with ``mark``, ``task_run`` is remembered as one."""
+    upstream = {str(getattr(r, "id", "")) for r in (getattr(task_run, "task_inputs", None) or {}).get("upstream", [])}
+    with _ended_lock:
+        blocked = any(u in _ENDED_BADLY for u in upstream)
+        if mark or blocked:
+            _ENDED_BADLY[str(task_run.id)] = None
+            while len(_ENDED_BADLY) > _ENDED_BADLY_KEPT:
+                _ENDED_BADLY.pop(next(iter(_ENDED_BADLY)))
+    return blocked
+
+
 def node_state_hook(task: Any, task_run: Any, state: Any) -> None:
-    """A Prefect state hook of the node task runs: reports the state they entered."""
+    """A Prefect state hook of the node task runs: reports the state they entered (a node about to be skipped, as
+    an upstream node ended badly, is not reported running)."""
     name = "running" if state.is_running() else _PREFECT_STATES.get(state.name, "failed" if state.is_failed() else None)
-    if name is None:
+    if name is None or (name == "running" and _ended_badly(task_run)):
         return
-    detail = (state.message or "").removeprefix(f"{task_run.name} ") if name in ("failed", "cached", "skipped") else ""
+    if name == "failed":
+        _ended_badly(task_run, mark=True)
+    detail = (
+        (state.message or "").removeprefix(f"{str(task_run.name).removesuffix(CACHED_SUFFIX)} ")
+        if name in ("failed", "cached", "skipped")
+        else ""
+    )
     if name == "running" and task_run.run_count > 1:
         detail = f"attempt {task_run.run_count}"
-    emit(NodeEvent(str(task_run.flow_run_id), task_run.name, name, detail=detail))
+    node = str(task_run.name).removesuffix(CACHED_SUFFIX)
+    emit(NodeEvent(str(task_run.flow_run_id), node, name, detail=detail))
 
 
 #: the ``on_running``, ``on_completion`` and ``on_failure`` hooks of the node task
@@ -358,6 +387,8 @@ class Board:
         row = self.rows.setdefault((event.flow_run_id, event.node), NodeRow(event.flow_run_id, event.node))
         if event.state in FINAL_STATES and row.finished is not None and event.state == row.state:
             return None
+        if row.finished is not None and event.state not in FINAL_STATES and not event.detail.startswith("attempt"):
+            return None  # a node that ended stays so (a model loaded ahead for it, late, changes nothing); a retry runs
         if row.started is None and event.state != "waiting":
             row.started = event.at
         row.state, row.detail = event.state, event.detail
@@ -510,11 +541,19 @@ class _RunLogsOffConsole(logging.Filter):
         return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
+class _Shown(str):
+    """A string whose ``repr`` is itself (for a ``%r`` in a log record's format)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class _TidyRunLogs(logging.Filter):
     """Prefect's task-run log records, tidied: the ``exc_info`` of a record logged with ``exc_info=True`` outside
     any exception is dropped (Prefect logs a task run that returned a Failed state that way, which prints a stray
     "NoneType: None"); the end of a skipped node (Prefect logs every final state but Completed as an error) is
-    logged as information; Prefect's two lines around every call of :func:`node_state_hook` are dropped."""
+    logged as information; Prefect's two lines around every call of :func:`node_state_hook` are dropped, and so is
+    its "Task run failed with state" line, which dumps the node's whole result."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[0] is None:
@@ -522,6 +561,17 @@ class _TidyRunLogs(logging.Filter):
         message = str(record.msg)
         if record.levelno == logging.ERROR and message.startswith("Finished in state Skipped("):
             record.levelno, record.levelname = logging.INFO, "INFO"
+        if message.startswith("Task run failed with state") or (
+            message.startswith("Task run failed with %s")
+            and isinstance(record.args, tuple)
+            and record.args[:1] == ("state",)
+        ):
+            if isinstance(record.args, tuple) and len(record.args) == 5:  # a retry: kept, the state named briefly
+                state = record.args[1]
+                brief = f"{getattr(state, 'name', 'Failed')}({clip(str(getattr(state, 'message', '') or ''))!r})"
+                record.args = (record.args[0], _Shown(brief), *record.args[2:])
+                return True
+            return False  # the whole result object; the node logged why, and "Finished in state Failed" follows
         return not (record.levelno <= logging.INFO and "'node_state_hook'" in message)
 
 

@@ -9,10 +9,13 @@ dependents end as skipped, its siblings go on, and the response still runs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -26,33 +29,40 @@ from prefect.utilities.annotations import allow_failure
 from flows import progress
 from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
+from flows.streaming import run_streamed
 from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
-from tasks.execute import node_tags, run_node
-from tasks.llm import LLMError
+from serving.signing import PublicLinks
+from tasks.execute import answered_ahead, node_tags, run_node
+from tasks.inputs import InputPolicy, refused_inputs
+from tasks.llm import LLMError, LLMUnreachableError
 from tasks.parsing import clip
-from tasks.plan import PlanningError, PlanValidationError, plan_task
-from tasks.prefetch import prefetch_models, start_candidate_downloads
-from tasks.respond import respond_task
-from tasks.runs import (
-    CheckedRequest,
-    PriorRun,
-    RequestError,
-    RunRecord,
-    already_checked,
-    checked_before,
-    load_prior,
-    preflight,
+from tasks.plan import (
+    PlanningError,
+    PlanValidationError,
+    StreamedPlanError,
+    plan_again_task,
+    plan_task,
+    validate_plan,
 )
+from tasks.prefetch import prefetch_models, start_candidate_downloads
+from tasks.replan import needs_replan, replan_task
+from tasks.respond import respond_task
+from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_prior
 from tasks.schemas import (
+    Assignment,
+    ChatTurn,
+    LLMUsage,
     NodeResult,
     PlanNode,
+    PlanResult,
     RequestSpec,
     ResponseResult,
     RunSummary,
     SelectionResult,
+    bounded_history,
 )
-from tasks.select import SelectionError, select_task
+from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.services import Services, override, services_for
 from tasks.settings import (
     LLMNotConfiguredError,
@@ -63,6 +73,7 @@ from tasks.settings import (
     load_settings,
 )
 from tasks.storage import ArtifactStore, StorageError
+from tasks.task_types import TASK_TYPES
 
 progress.tidy_run_logs()
 
@@ -106,15 +117,21 @@ def request_run_name(request: str, suffix: str | None = None) -> str:
     return f"{text} · {suffix or uuid.uuid4().hex[:8]}"
 
 
+_GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+")  # the two-word name Prefect makes up for an unnamed run
+
+
 def _run_name() -> str:
-    """The run's name: the one it was created with when that is already this request's (``run_deployment`` with
-    :func:`request_run_name`), else the request and the start of the run's id."""
+    """The run's name: the one it was created with when one was given (``--flow-run-name``, ``run_deployment(...,
+    flow_run_name=...)``), else the request and the start of the run's id, after ``resume of {run}:`` for a resume."""
     spec = flow_run.parameters.get("spec")
-    request = str(spec.get("request", "") if isinstance(spec, dict) else getattr(spec, "request", ""))
+    fields = spec if isinstance(spec, dict) else (spec.model_dump() if isinstance(spec, RequestSpec) else {})
+    request = str(fields.get("request", ""))
     current = str(flow_run.name or "")
-    if current.startswith(request_run_name(request, "-")[:-1]):
+    if current and not _GENERATED_NAME.fullmatch(current):
         return current
-    return request_run_name(request, str(flow_run.id or "")[:8] or None)
+    name = request_run_name(request, str(flow_run.id or "")[:8] or None)
+    resumed = fields.get("resume_from")
+    return f"resume of {str(resumed)[:8]}: {name}" if resumed else name
 
 
 def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
@@ -133,7 +150,7 @@ def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
 
 def failure_reason(summary: RunSummary) -> str | None:
     """Why a run failed (its error, or which nodes did not complete and why); ``None`` when it did not fail."""
-    failed = [r for r in summary.results if r.status != "completed"]
+    failed = summary.unfinished()  # earlier rounds' failures were answered by a replan
     if summary.error:
         return summary.error
     if not failed:
@@ -148,7 +165,7 @@ def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float, se
     reason = failure_reason(summary)
     if reason is not None:
         summary.status = "failed"
-    publish(summary, store, presign_seconds=settings.presign_seconds)
+    publish(summary, store, presign_seconds=settings.presign_seconds, public=PublicLinks.from_settings(settings))
     if reason is not None:
         return Failed(message=reason, data=RequestFailed(summary, reason))
     return summary
@@ -172,15 +189,23 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
     (``return_state=True`` gives it back; :func:`run_request` unwraps it). A retry of the flow run by Prefect
     resumes the same way as ``resume_from``.
     """
+    request, models, plan, resume_from, plan_source = (
+        spec.request,
+        spec.models,
+        spec.plan,
+        spec.resume_from,
+        spec.plan_source,
+    )
     t_start = time.perf_counter()
     log = get_run_logger()
+    inputs = list(spec.inputs)
+    history = bounded_history(spec.history)  # what a caller passes is bounded like a chat's
     settings = load_settings(options)
     use_result_storage(settings)
     run_id = str(flow_run.id or uuid.uuid4())
-    summary = RunSummary(request=spec.request, inputs=spec.inputs, flow_run_id=run_id)
-    summary.plan_source = (
-        "resumed" if spec.resume_from else spec.plan_source or ("explicit" if spec.plan is not None else "llm")
-    )
+    summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
+    summary.resumed_from = resume_from
+    summary.plan_source = "resumed" if resume_from else plan_source or ("explicit" if plan is not None else "llm")
     store: ArtifactStore | None = None
     services = services_for(settings)
     try:
@@ -189,18 +214,24 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
         check_runtime(settings)  # a device or Dask scheduler that is not there: before any LLM call
         prior = load_prior(
             store,
-            spec.resume_from or run_id,
-            explicit=spec.resume_from is not None,
+            resume_from or run_id,
+            explicit=resume_from is not None,
             settings=settings,
             availability=services.availability,
-            request=spec.request,
-            inputs=spec.inputs,
+            request=request,
+            inputs=inputs,
+            pins=parse_pins(models),
         )
         if prior is None:
-            record = RunRecord(request=spec.request, inputs=spec.inputs, models=spec.models, history=spec.history)
-            store.put_text("request.json", record.model_dump_json(indent=2))
-        checked = checked_before(spec, settings) or preflight(spec, services, resumed=prior is not None)
-        response = _run_stages(services, checked, store, summary, prior=prior)
+            store.put_text(
+                "request.json",
+                RunRecord(request=request, inputs=inputs, models=dict(models or {}), history=history).model_dump_json(
+                    indent=2
+                ),
+            )
+        response = _run_stages(
+            services, request, inputs, _pins(services, models, prior), history, store, summary, plan=plan, prior=prior
+        )
     except (
         RequestError,
         PlanningError,
@@ -216,6 +247,8 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
         if isinstance(exc, PlanningError | LLMError):  # the calls a failed stage made count too
             summary.llm = summary.llm + exc.usage
         summary.error = str(exc)
+        if isinstance(exc, LLMUnreachableError | LLMNotConfiguredError):  # a setting to change
+            summary.error_kind = "configuration"
         summary.answer = f"The request could not be completed: {exc}"
         summary.answer_source = "fallback"
         return _finish(summary, store, t_start, settings)
@@ -227,18 +260,73 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
     return _finish(summary, store, t_start, settings)
 
 
+def _pins(services: Services, models: Mapping[str, str] | None, prior: PriorRun | None) -> dict[str, str]:
+    """The pinned models, each checked to run here before any LLM call (a resumed run reuses its assignments)."""
+    pins = parse_pins(models)
+    return pins if prior is not None else check_pins(pins, services.availability)
+
+
 def _run_stages(
     services: Services,
-    checked: CheckedRequest,
+    request: str,
+    inputs: list[str],
+    pins: dict[str, str],
+    history: list[ChatTurn],
     store: ArtifactStore,
     summary: RunSummary,
     *,
+    plan: list[PlanNode] | None = None,
     prior: PriorRun | None = None,
 ) -> ResponseResult:
+    settings = services.settings
+    check_request(request)
+    refused = refused_inputs(inputs, InputPolicy.from_settings(settings))
+    if refused:  # said of the inputs themselves, before a plan could name them
+        raise RequestError("; ".join(refused))
+    planning_started = datetime.now(UTC)
+    futures: dict[int, PrefectFuture[Any]] = {}  # every node's task run, by id: later rounds' edges go to them
+    if prior is None and plan is None and settings.stream_plan:
+        _streamed_stages(services, request, inputs, pins, history, store, summary, futures)
+    else:
+        _stages(services, request, inputs, pins, history, store, summary, futures, plan=plan, prior=prior)
+    _node_span(summary, planning_started)
+    _replan_rounds(services, request, inputs, pins, history, store, summary, futures)
+
+    t0 = time.perf_counter()
+    response = respond_task(settings, request, summary.plan, summary.assignments, summary.results, history)
+    summary.timings["respond"] = time.perf_counter() - t0
+    return response
+
+
+def _node_span(summary: RunSummary, planning_started: datetime) -> None:
+    """Seconds from the start of planning to the first node's start and to the last node's end (the nodes this run
+    ran, not those reused from an earlier attempt)."""
+    ran = [r for r in summary.results if r.started_at is not None and r.started_at >= planning_started]
+    if ran:
+        summary.timings["first_node_start"] = (min(r.started_at for r in ran) - planning_started).total_seconds()
+        ends = [r.finished_at for r in ran if r.finished_at is not None]
+        if ends:
+            summary.timings["last_node_end"] = (max(ends) - planning_started).total_seconds()
+
+
+def _stages(
+    services: Services,
+    request: str,
+    inputs: list[str],
+    pins: dict[str, str],
+    history: list[ChatTurn],
+    store: ArtifactStore,
+    summary: RunSummary,
+    futures: dict[int, PrefectFuture[Any]],
+    *,
+    plan: list[PlanNode] | None = None,
+    prior: PriorRun | None = None,
+    planned: PlanResult | None = None,
+) -> None:
+    """Plan (or take the plan ``planned`` by an earlier call), select, then run the graph: one stage after the
+    other."""
     log = get_run_logger()
     settings = services.settings
-    request, inputs, history, pins = checked.spec.request, checked.spec.inputs, checked.spec.history, checked.pins
-
     t0 = time.perf_counter()
     if prior is not None:
         nodes, repairs = prior.nodes, prior.repairs
@@ -248,14 +336,20 @@ def _run_stages(
             sum(r.ok for r in prior.results.values()),
             len(nodes),
         )
-    elif checked.plan is not None:
-        nodes, repairs = checked.plan, checked.repairs
+    elif plan is not None:
+        nodes, repairs = validate_plan(
+            [n.model_dump() for n in plan],
+            inputs=inputs,
+            request=request,
+            allowed=TASK_TYPES,
+            policy=InputPolicy.from_settings(settings),
+        )
         log.info("explicit plan: no planning call")
     else:
-        planned = plan_task(settings, request, inputs, history)
+        planned = planned if planned is not None else plan_task(settings, request, inputs, history)
         summary.llm = summary.llm + planned.usage
         nodes, repairs = planned.nodes, planned.repairs
-    summary.timings["plan"] = time.perf_counter() - t0
+    summary.timings["plan"] = summary.timings.get("plan", 0.0) + time.perf_counter() - t0
     summary.plan, summary.plan_repairs = nodes, repairs
     if prior is None:
         store.put_json("plan.json", [n.model_dump() for n in nodes])
@@ -284,8 +378,10 @@ def _run_stages(
     progress.planned(str(flow_run.id), str(flow_run.name or ""), nodes, assignments)
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
-    if settings.prefetch:  # every node's model downloads and loads while upstream nodes run
-        prefetch_models(settings, assignments, lambda: services.local_backend, store.run_id)
+    if settings.prefetch:  # every node's model downloads and loads while upstream nodes run (not those answered)
+        answered = answered_ahead(settings, nodes, assignments, store, prior.results if prior else None)
+        unanswered = [a for a in assignments if a.node_id not in answered]
+        prefetch_models(settings, unanswered, lambda: services.local_backend, store.run_id)
 
     t0 = time.perf_counter()
     summary.results = execute_graph(
@@ -295,13 +391,127 @@ def _run_stages(
         selection.unassigned if selection else {},
         store.run_id,
         prior=prior.results if prior else None,
+        futures=futures,
     )
     summary.timings["execute"] = time.perf_counter() - t0
 
+
+def _streamed_stages(
+    services: Services,
+    request: str,
+    inputs: list[str],
+    pins: dict[str, str],
+    history: list[ChatTurn],
+    store: ArtifactStore,
+    summary: RunSummary,
+    futures: dict[int, PrefectFuture[Any]],
+) -> None:
+    """Plan with a streamed reply, nodes starting as it arrives (:mod:`flows.streaming`). When the plan turns out
+    invalid or selection fails, the nodes already started are collected into the summary before the error is
+    raised."""
+    from flows.runners import task_runner_for
+
+    log = get_run_logger()
+    settings = services.settings
     t0 = time.perf_counter()
-    response = respond_task(settings, request, nodes, assignments, summary.results, history)
-    summary.timings["respond"] = time.perf_counter() - t0
-    return response
+    limited = read_limited_tags()
+    variants: dict[tuple[Any, ...], Any] = {}
+    with task_runner_for(settings) as runner:
+        outcome = run_streamed(
+            services,
+            request,
+            inputs,
+            history,
+            pins,
+            lambda node, assignment, why, upstream: submit_node(
+                runner, settings, node, assignment, why, upstream, store.run_id, limited=limited, variants=variants
+            ),
+            run_id=str(flow_run.id),
+            run_name=str(flow_run.name or ""),
+        )
+        summary.plan = outcome.nodes
+        summary.plan_repairs = outcome.plan.repairs if outcome.plan is not None else []
+        summary.plan_streamed = outcome.submitted_while_streaming > 0
+        summary.assignments = outcome.selection.assignments
+        summary.candidate_checks = outcome.selection.checks
+        summary.llm = summary.llm + outcome.selection.usage + (outcome.plan.usage if outcome.plan else LLMUsage())
+        summary.timings["plan"] = outcome.plan_seconds
+        summary.timings["select"] = outcome.select_seconds
+        if outcome.plan is not None:
+            store.put_json("plan.json", [n.model_dump() for n in outcome.plan.nodes])
+        if outcome.error is None:
+            store.put_text("assignments.json", outcome.selection.model_dump_json(indent=2))
+            log.info(
+                "plan (%d task(s), %d started while it streamed): %s",
+                len(outcome.nodes),
+                outcome.submitted_while_streaming,
+                "; ".join(_describe(n) for n in outcome.nodes) or "answer directly",
+            )
+        futures.update(outcome.futures)
+        summary.results = [_collect(n, outcome.futures[n.id]) for n in outcome.nodes if n.id in outcome.futures]
+    summary.timings["execute"] = time.perf_counter() - t0
+    if isinstance(outcome.error, StreamedPlanError):
+        # the tasks that had started have finished; the plan goes back to the LLM once, as without streaming, and the
+        # corrected plan runs whole (a task it repeats reuses the outputs of the one that ran, through the cache)
+        error = outcome.error
+        log.warning("%s; %d task(s) had started; asking for a corrected plan", error, len(summary.results))
+        summary.llm = summary.llm + error.usage
+        t0 = time.perf_counter()
+        corrected = plan_again_task(settings, request, inputs, error.retry)
+        summary.timings["plan"] += time.perf_counter() - t0
+        futures.clear()
+        _stages(services, request, inputs, pins, history, store, summary, futures, planned=corrected)
+        return
+    if outcome.error is not None:
+        raise outcome.error
+
+
+def _replan_rounds(
+    services: Services,
+    request: str,
+    inputs: list[str],
+    pins: dict[str, str],
+    history: list[ChatTurn],
+    store: ArtifactStore,
+    summary: RunSummary,
+    futures: dict[int, PrefectFuture[Any]],
+) -> None:
+    """While the last round left nodes not completed and ``HUGGINGGPT_MAX_REPLANS`` allows, ask the LLM for new tasks
+    (:mod:`tasks.replan`), choose their models, and run them as the next round of this flow run, with edges to the
+    earlier nodes whose outputs they use."""
+    log = get_run_logger()
+    settings = services.settings
+    for number in range(1, settings.max_replans + 1):
+        unfinished = needs_replan(summary.results)
+        if not unfinished:
+            return
+        t0 = time.perf_counter()
+        record, new = replan_task(
+            settings, request, summary.plan, summary.assignments, summary.results, number, inputs, history
+        )
+        summary.replans.append(record)
+        summary.llm = summary.llm + record.usage
+        if record.error:
+            log.warning("replan %d: %s", number, record.error)
+        if not new:
+            log.info("replan %d: no new task, answering with what there is", number)
+            summary.timings["replan"] = summary.timings.get("replan", 0.0) + time.perf_counter() - t0
+            return
+        log.info("replan %d (%d task(s)): %s", number, len(new), "; ".join(_describe(n) for n in new))
+        tasks = {n.task for n in new}
+        selection = select_task(settings, request, new, {t: m for t, m in pins.items() if t in tasks})
+        summary.llm = summary.llm + selection.usage
+        summary.plan = [*summary.plan, *new]
+        summary.assignments = [*summary.assignments, *selection.assignments]
+        summary.candidate_checks = [*summary.candidate_checks, *selection.checks]
+        progress.planned(str(flow_run.id), str(flow_run.name or ""), new, selection.assignments)
+        if settings.prefetch:
+            prefetch_models(settings, selection.assignments, lambda: services.local_backend, store.run_id)
+        results = execute_graph(
+            settings, new, selection.assignments, selection.unassigned, store.run_id, futures=futures, round=number
+        )
+        summary.results = [*summary.results, *results]
+        summary.timings["replan"] = summary.timings.get("replan", 0.0) + time.perf_counter() - t0
 
 
 def node_task_options(settings: Settings, tagging: Mapping[str, Any]) -> dict[str, Any]:
@@ -323,6 +533,44 @@ def _describe(node: PlanNode) -> str:
     return f"{node.name}{dep}"
 
 
+def submit_node(
+    runner: Any,
+    settings: Settings,
+    node: PlanNode,
+    assignment: Assignment | None,
+    unassigned_reason: str | None,
+    futures: Mapping[int, PrefectFuture[Any]],
+    run_id: str,
+    prior: NodeResult | None = None,
+    *,
+    limited: frozenset[str] | None = None,
+    variants: dict[tuple[Any, ...], Any] | None = None,
+) -> PrefectFuture[Any]:
+    """Submit one node's task run to ``runner``, named after it, with the futures of the nodes it depends on
+    (``allow_failure``, so a node whose upstream failed still starts under its own name and ends as skipped), tagged
+    as :func:`flows.tag_limits.node_tagging` says for the tags that have a limit (``limited``). Nodes with the same
+    tags and hooks share one task's options (``variants``, kept by the caller across its nodes)."""
+    variants = variants if variants is not None else {}
+    with node_tagging(node_tags(node, assignment), limited) as tagging:
+        key = (frozenset(tagging["tags"]), tuple(tagging["on_running"]))
+        if key not in variants:
+            variants[key] = run_node.with_options(
+                persist_result=settings.persist_results, **node_task_options(settings, tagging)
+            )
+        return runner.submit(
+            _named(variants[key], node.name),
+            {
+                "node": node,
+                "assignment": assignment,
+                "upstream": [allow_failure(futures[d]) for d in node.dep],
+                "settings": settings,
+                "run_id": run_id,
+                "unassigned_reason": unassigned_reason,
+                "prior": prior,
+            },
+        )
+
+
 def execute_graph(
     settings: Settings,
     nodes: Sequence[PlanNode],
@@ -330,10 +578,15 @@ def execute_graph(
     unassigned: Mapping[int, str],
     run_id: str,
     prior: Mapping[int, NodeResult] | None = None,
+    *,
+    futures: dict[int, PrefectFuture[Any]] | None = None,
+    round: int = 0,
 ) -> list[NodeResult]:
-    """Submit one task run per node, each with its upstream futures (``allow_failure`` so a node whose
-    upstream failed still starts under its own name and ends as skipped); wait for all. Nodes that
+    """Submit one task run per node (:func:`submit_node`), each with its upstream futures; wait for all. Nodes that
     completed in ``prior`` (an earlier attempt) end Cached with their earlier outputs.
+
+    ``futures`` holds the task runs of earlier rounds by node id (a node of a replan uses their outputs, and the
+    Prefect graph shows the edges); the new nodes' futures are added to it. Results are marked with ``round``.
 
     The nodes go to the task runner the settings describe (``HUGGINGGPT_TASK_RUNNER``, ``HUGGINGGPT_MAX_WORKERS``),
     built here rather than taken from the flow, so every way of running the flow honours them."""
@@ -341,30 +594,35 @@ def execute_graph(
 
     prior = prior or {}
     by_node = {a.node_id: a for a in assignments}
-    futures: dict[int, PrefectFuture[Any]] = {}
+    futures = futures if futures is not None else {}
     limited = read_limited_tags() if nodes else frozenset()  # one API call, not a slot request per node
+    variants: dict[tuple[Any, ...], Any] = {}  # nodes with the same tags and hooks share one task's options
     with task_runner_for(settings) as runner:
         for node in nodes:  # nodes are in dependency order
-            with node_tagging(node_tags(node, by_node.get(node.id)), limited) as tagging:
-                node_task = run_node.with_options(
-                    name=node.name,
-                    task_run_name=node.name,
-                    persist_result=settings.persist_results,
-                    **node_task_options(settings, tagging),
-                )
-                futures[node.id] = runner.submit(
-                    node_task,
-                    {
-                        "node": node,
-                        "assignment": by_node.get(node.id),
-                        "upstream": [allow_failure(futures[d]) for d in node.dep],
-                        "settings": settings,
-                        "run_id": run_id,
-                        "unassigned_reason": unassigned.get(node.id),
-                        "prior": prior.get(node.id),
-                    },
-                )
-        return [_collect(node, futures[node.id]) for node in nodes]
+            futures[node.id] = submit_node(
+                runner,
+                settings,
+                node,
+                by_node.get(node.id),
+                unassigned.get(node.id),
+                futures,
+                run_id,
+                prior.get(node.id),
+                limited=limited,
+                variants=variants,
+            )
+        results = [_collect(node, futures[node.id]) for node in nodes]
+    return [r.model_copy(update={"round": round}) for r in results] if round else results
+
+
+def _named(task: Any, name: str) -> Any:
+    """``task.with_options(name=name, task_run_name=name)`` without building the task again: Prefect's
+    ``Task.__init__`` reads its function's source (``inspect.getsource``) every time, 10 to 40 ms per node on the
+    thread that submits them all, so wide levels started late. A copy with its name set is the same task."""
+    named = copy.copy(task)
+    named.name = name
+    named.task_run_name = name
+    return named
 
 
 def run_request(
@@ -372,7 +630,6 @@ def run_request(
     options: RunOptions | None = None,
     *,
     services: Services | None = None,
-    checked: CheckedRequest | None = None,
     run_name: str | None = None,
     tags: Sequence[str] = (),
 ) -> RunSummary:
@@ -385,11 +642,11 @@ def run_request(
         options: settings for this run on top of the environment (storage, catalog, model, device, ...).
         services: services for this run (those given to it, e.g. ``Services(settings, chat_model=...)``), as
             :func:`tasks.services.override` would swap them; the others come from the settings.
-        checked: the :func:`tasks.runs.preflight` of ``spec`` the caller already made (the flow does not check again).
         run_name: the flow run's name (default: the request and the start of the run's id).
         tags: Prefect tags of the run (``hugginggpt`` is always one).
 
-    Raises what prevents the flow from running at all (an unreachable Prefect API, parameters it refuses).
+    Raises what prevents the flow from running at all (an unreachable Prefect API, parameters it refuses);
+    :class:`NoSummaryError` when the run ended without a summary.
     """
     if isinstance(spec, str):
         spec = RequestSpec(request=spec)
@@ -403,8 +660,6 @@ def run_request(
             stack.enter_context(prefect_run_settings(heartbeats=settings.heartbeats))
         stack.enter_context(prefect_tags("hugginggpt", *tags))
         stack.enter_context(override(**given))
-        if checked is not None:
-            stack.enter_context(already_checked(checked, settings))
         state = flow_fn(spec, options=options, return_state=True)
     summary = summary_of(state)
     if summary is not None:

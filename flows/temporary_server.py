@@ -7,6 +7,7 @@ the same one) and times it, so the command can say once what keeping a server ru
 
 from __future__ import annotations
 
+import logging
 import time
 
 KEEP_RUNNING = "prefect server start"
@@ -26,9 +27,27 @@ def start_temporary_server() -> float | None:
     server = SubprocessASGIServer()
     if server.running:
         return None
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    quiet_server_notices()
     start = time.perf_counter()
-    server.start(timeout=settings.server.ephemeral.startup_timeout_seconds)
+    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):  # no telemetry (nor its errors offline)
+        server.start(timeout=settings.server.ephemeral.startup_timeout_seconds)
     return time.perf_counter() - start
+
+
+class _OwnNotice(logging.Filter):
+    """Drops Prefect's own lines about the temporary server: the command says it once, with what it cost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Starting temporary server", "Stopping temporary server"))
+
+
+def quiet_server_notices() -> None:
+    """Keep Prefect's "Starting/Stopping temporary server" lines off the console (once per process)."""
+    prefect_logger = logging.getLogger("prefect")
+    if not any(isinstance(f, _OwnNotice) for f in prefect_logger.filters):
+        prefect_logger.addFilter(_OwnNotice())
 
 
 def temporary_server_notice(seconds: float) -> str:

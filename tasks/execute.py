@@ -24,7 +24,7 @@ from tasks.experts.fallback import AllCandidatesFailed, Chooser, run_with_fallba
 from tasks.inputs import InputError, InputPolicy, decode, read_input_bytes
 from tasks.parsing import clip
 from tasks.result_cache import ResultCache, digest_bytes, digest_text, node_cache_key
-from tasks.schemas import GENERATED_RE, Assignment, NodeResult, PlanNode
+from tasks.schemas import CACHED_SUFFIX, GENERATED_RE, Assignment, NodeResult, PlanNode
 from tasks.services import services_for
 from tasks.settings import Settings
 from tasks.storage import ArtifactStore, StorageError, read_uri
@@ -266,6 +266,43 @@ def reuse_prior(node: PlanNode, prior: NodeResult | None, store: ArtifactStore, 
     return prior.model_copy(update={"cached": True, "reused_from": prior.reused_from or run_id})
 
 
+def answered_ahead(
+    settings: Settings,
+    nodes: Sequence[PlanNode],
+    assignments: Sequence[Assignment],
+    store: ArtifactStore,
+    prior: Mapping[int, NodeResult] | None = None,
+) -> set[int]:
+    """The nodes that will run no model: completed in an earlier attempt (``prior``), or whose outputs the result
+    cache already holds (looked up as :func:`execute_node` will, for nodes whose inputs are files or text given
+    here or the outputs of nodes answered so). A prefetch leaves their models alone. Never raises: a node that
+    cannot be judged here counts as one that will run."""
+    by_node = {a.node_id: a for a in assignments}
+    answered: dict[int, NodeResult] = {n: r for n, r in (prior or {}).items() if r.ok}
+    cache = ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None
+    for node in nodes:  # in dependency order
+        assignment = by_node.get(node.id)
+        if cache is None or node.id in answered or assignment is None or any(d not in answered for d in node.dep):
+            continue
+        if any(str(v).startswith(("http://", "https://")) for v in node.args.values()):
+            continue  # fetched once, by the node itself
+        try:
+            _, digests = resolve_args(
+                node,
+                answered,
+                store,
+                input_timeout=settings.input_timeout,
+                input_policy=InputPolicy.from_settings(settings),
+            )
+            hit = cache.lookup(node_cache_key(node, assignment, digests, cache_params(settings)))
+        except Exception as exc:
+            logger.debug("%s: cache not looked up ahead: %s", node.name, exc)
+            continue
+        if hit is not None:
+            answered[node.id] = hit.result
+    return set(answered)
+
+
 # ---------------------------------------------------------------------------
 # the Prefect task
 # ---------------------------------------------------------------------------
@@ -353,6 +390,7 @@ def run_node(
         shown = ", ".join(f"{k}={clip(v, 80)}" for k, v in result.outputs.items())
         if result.cached:
             log.info("%s reused the outputs of run %s: %s", node.name, result.reused_from, shown)
+            _mark_cached(node)
             return Completed(data=result, name="Cached", message=f"{node.name} reused run {result.reused_from}")
         if len(result.attempts) > 1:
             log.warning("%s: %s", node.name, "; ".join(a.describe() for a in result.attempts))
@@ -365,6 +403,16 @@ def run_node(
         return Cancelled(data=result, name="Skipped", message=result.error)
     log.error("%s failed: %s", node.name, result.error)
     return Failed(data=result, message=result.error)
+
+
+def _mark_cached(node: PlanNode) -> None:
+    """Name the running task run ``{node} (cached)``: its final state reports the name to the API, and the run
+    graph shows it (a Cached state is coloured like any Completed one)."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is not None and ctx.task_run is not None:
+        ctx.task_run.name = node.name + CACHED_SUFFIX
 
 
 def cache_params(settings: Settings) -> dict[str, Any]:

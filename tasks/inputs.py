@@ -127,14 +127,20 @@ class InputPolicy:
 
     @classmethod
     def from_settings(cls, settings: Any, *, cwd: Path | None = None) -> InputPolicy:
-        """The policy of ``settings``: the working directory and ``input_roots``; the allowed schemes and the
-        storage's own; ``allow_private_urls``, ``max_input_bytes``, ``input_timeout``."""
+        """The policy of ``settings``: the working directory, ``input_roots`` and a local artifact store's folder
+        (files earlier runs produced, which a chat's next turn reads, wherever the store is); the allowed schemes
+        and the storage's own; ``allow_private_urls``, ``max_input_bytes``, ``input_timeout``."""
         schemes = set(settings.allowed_url_schemes)
         storage_scheme = url_scheme(settings.storage)
         if storage_scheme and storage_scheme != "file":
             schemes.add(storage_scheme)
+        roots = [cwd or Path.cwd(), *settings.input_roots]
+        if storage_scheme in ("", "file"):
+            store = Path(os.path.realpath(Path(settings.storage.removeprefix("file://")).expanduser()))
+            if not any(store.is_relative_to(os.path.realpath(Path(r).expanduser())) for r in roots):
+                roots.append(store)
         return cls(
-            roots=(cwd or Path.cwd(), *settings.input_roots),
+            roots=tuple(roots),
             schemes=frozenset(schemes),
             allow_private_urls=settings.allow_private_urls,
             max_bytes=settings.max_input_bytes,
@@ -454,6 +460,14 @@ def _limit_socket_wait(resp: Any, seconds: float) -> None:
 # --- decoding -------------------------------------------------------------------------------------------------------
 
 
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(exc: BaseException) -> str:
+    """What a decoder said, without the in-memory buffer it was handed (``<_io.BytesIO object at 0x...>``)."""
+    return _BUFFER_REPR.sub("", str(exc)).strip() or type(exc).__name__
+
+
 def decode_image(data: bytes, ref: str) -> Any:
     from PIL import Image, UnidentifiedImageError
 
@@ -461,7 +475,7 @@ def decode_image(data: bytes, ref: str) -> Any:
         img = Image.open(io.BytesIO(data))
         img.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"input {ref} is not a readable image ({exc})") from None
+        raise InputError(f"input {ref} is not a readable image ({_reason(exc)})") from None
     return img.convert("RGB")
 
 
@@ -471,7 +485,7 @@ def decode_audio(data: bytes, ref: str) -> Audio:
     try:
         array, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as exc:
-        raise InputError(f"input {ref} is not readable audio ({exc})") from None
+        raise InputError(f"input {ref} is not readable audio ({_reason(exc)})") from None
     mono = array.mean(axis=1).astype(np.float32)
     if mono.size == 0:
         raise InputError(f"input {ref} is empty audio")

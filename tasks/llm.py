@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,12 +39,15 @@ __all__ = [
     "LLMError",
     "LLMUnavailableError",
     "extract_json",
+    "stream_chat",
     "with_usage",
 ]
 
 logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
+#: Called with each piece of a reply as it arrives.
+TextCallback = Callable[[str], None]
 
 #: The header that tells an OpenAI-compatible server which stage is asking (``plan``, ``select``, ``respond``).
 STAGE_HEADER = "X-HuggingGPT-Stage"
@@ -70,6 +73,38 @@ class ChatModel(Protocol):
         schema: dict[str, Any] | None = None,
         temperature: float = 0.0,
     ) -> tuple[str, LLMUsage]: ...
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        on_text: TextCallback,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """:meth:`chat`, calling ``on_text`` with each piece of the reply as it is generated (a controller that
+        cannot stream calls it once, with the whole reply); returns the whole reply and the usage, as ``chat``."""
+        ...
+
+
+def stream_chat(
+    llm: ChatModel,
+    messages: list[Message],
+    *,
+    on_text: TextCallback,
+    stage: str = "reply",
+    schema: dict[str, Any] | None = None,
+    temperature: float = 0.0,
+) -> tuple[str, LLMUsage]:
+    """``llm.stream(...)``; for a chat model written before streaming (no ``stream``), ``chat`` with the whole reply
+    handed to ``on_text`` at once."""
+    method = getattr(llm, "stream", None)
+    if method is None:
+        reply, usage = llm.chat(messages, stage=stage, schema=schema, temperature=temperature)
+        on_text(reply)
+        return reply, usage
+    return method(messages, on_text=on_text, stage=stage, schema=schema, temperature=temperature)
 
 
 class LLMError(RuntimeError):
@@ -98,8 +133,16 @@ def with_usage(exc: LLMError, spent: LLMUsage) -> LLMError:
     return exc
 
 
+class LLMRejectedError(LLMError):
+    """The LLM endpoint refused the request itself (HTTP 400)."""
+
+
 class LLMUnavailableError(LLMError):
     """The LLM endpoint could not be reached or refused the credentials."""
+
+
+class LLMUnreachableError(LLMUnavailableError):
+    """No connection to the LLM endpoint, or it refused the key: a setting to change (the CLI exits 2)."""
 
 
 def extract_json(text: str) -> Any:
@@ -153,6 +196,7 @@ class LLMClient:
             api_key, settings.openai_base_url, settings.llm_timeout, settings.llm_max_retries
         )
         self._schema_supported = settings.llm_json_schema
+        self._stream_supported = True
         self._secrets = settings.secret_values()
         self._lock = threading.Lock()
         self.usage = LLMUsage()
@@ -172,6 +216,46 @@ class LLMClient:
         that rejects ``response_format`` is asked again without it, and not asked with it again by this client.
         The stage also travels in the :data:`STAGE_HEADER` header.
         """
+        return self._call(self._request(messages, stage, schema, temperature), self._create)
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        on_text: TextCallback,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """:meth:`chat` with ``stream=True``: ``on_text`` gets each piece of the reply as the server sends it.
+
+        A server that answers a streamed request with one whole completion (it does not stream) is read as such,
+        ``on_text`` gets the whole reply, and this client asks it without ``stream`` from then on; one that refuses
+        ``stream`` (HTTP 400) is asked again without it. The whole call is bounded as :meth:`chat` is."""
+        if self._stream_supported:
+            kwargs = self._request(messages, stage, schema, temperature)
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
+            try:
+                return self._call(kwargs, lambda kw: self._consume_stream(kw, on_text))
+            except LLMRejectedError as exc:
+                logger.info("LLM server rejected a streamed request (%s); asking without streaming", exc)
+                self._stream_supported = False
+                spent = exc.usage
+            else:  # pragma: no cover - returned above
+                spent = LLMUsage()
+        else:
+            spent = LLMUsage()
+        try:
+            reply, usage = self.chat(messages, stage=stage, schema=schema, temperature=temperature)
+        except LLMError as exc:
+            raise with_usage(exc, spent) from None
+        on_text(reply)
+        return reply, spent + usage
+
+    def _request(
+        self, messages: list[Message], stage: str, schema: dict[str, Any] | None, temperature: float
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -184,12 +268,17 @@ class LLMClient:
                 "type": "json_schema",
                 "json_schema": {"name": stage, "schema": sent_schema, "strict": False},
             }
+        return kwargs
+
+    def _call(self, kwargs: dict[str, Any], send: Callable[[dict[str, Any]], Any]) -> tuple[str, LLMUsage]:
+        """``send(kwargs)`` (a completion, or a streamed reply read as one), counted; a server that rejects
+        ``response_format`` is asked again without it, and not asked with it again by this client."""
         asked = 1  # a server that refuses response_format is asked a second time
         counter = [0]  # requests the HTTP client sent, its retries included
         token = _requests_sent.set(counter)
         try:
             try:
-                response = self._create(kwargs)
+                response = send(kwargs)
             except openai.BadRequestError as exc:
                 if "response_format" not in kwargs:
                     raise self._wrap(exc) from None
@@ -198,7 +287,7 @@ class LLMClient:
                 kwargs.pop("response_format")
                 asked = 2
                 try:
-                    response = self._create(kwargs)
+                    response = send(kwargs)
                 except openai.OpenAIError as exc2:
                     raise self._wrap(exc2) from None
             except openai.OpenAIError as exc:  # not chained: what the server said may echo the key
@@ -228,6 +317,75 @@ class LLMClient:
         if not isinstance(content, str):
             raise LLMError(f"the LLM at {self.base_url} returned a message whose content is not text", usage=usage)
         return content, usage
+
+    def _consume_stream(self, kwargs: dict[str, Any], on_text: TextCallback) -> Any:
+        """Send a streamed request and read it to its end within the call's bound (as :meth:`_create`); the whole
+        reply comes back as a completion."""
+        attempts = 1 + self.settings.llm_max_retries
+        seconds = self.settings.llm_timeout * attempts
+
+        def read() -> tuple[str, LLMUsage]:
+            stream = self._client.chat.completions.create(**kwargs)
+            http = getattr(stream, "response", None)
+            kind = str(http.headers.get("content-type", "")) if http is not None else "text/event-stream"
+            if http is not None and not kind.startswith("text/event-stream"):
+                return self._whole_reply(http, on_text)
+            parts: list[str] = []
+            size = 0
+            reported: Any = None
+            for chunk in stream:
+                if getattr(chunk, "usage", None) is not None:
+                    reported = chunk.usage
+                for choice in getattr(chunk, "choices", None) or []:
+                    text = getattr(getattr(choice, "delta", None), "content", None)
+                    if isinstance(text, str) and text:
+                        size += len(text)
+                        if size > parsing.MAX_DOCUMENT_CHARS:
+                            raise LLMError(
+                                f"the LLM at {self.base_url} sent a reply longer than {parsing.MAX_DOCUMENT_CHARS} "
+                                "characters"
+                            )
+                        parts.append(text)
+                        on_text(text)
+            return _Completion("".join(parts), reported)
+
+        try:
+            return timebound.within(
+                seconds,
+                read,
+                f"streamed LLM call to {self.base_url}",
+                lambda: LLMUnavailableError(
+                    f"the LLM at {self.base_url} (model {self.model!r}) did not answer within {seconds:g} s; "
+                    "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT "
+                    f"({self.settings.llm_timeout:g} s for each of {attempts} attempt(s), however slowly it sends)"
+                ),
+            )
+        except (ValueError, RecursionError) as exc:  # an event that is not JSON
+            raise LLMError(
+                f"the LLM at {self.base_url} streamed something that is not JSON ({type(exc).__name__}); "
+                "check OPENAI_BASE_URL: it must be an OpenAI-compatible API (usually ending in /v1)"
+            ) from None
+
+    def _whole_reply(self, http: Any, on_text: TextCallback) -> Any:
+        """A streamed request answered with one whole completion: the server does not stream."""
+        from openai.types.chat import ChatCompletion
+        from pydantic import ValidationError
+
+        self._stream_supported = False
+        logger.info("the LLM at %s does not stream; asking without streaming from now on", self.base_url)
+        body = http.read()
+        try:
+            response = ChatCompletion.model_validate(parsing.loads_json(body.decode("utf-8", "replace"), "the reply"))
+        except (parsing.ParseError, ValidationError):
+            raise LLMError(
+                f"the LLM at {self.base_url} answered with something that is not a chat completion: "
+                f"{redact(parsing.quote(body.decode('utf-8', 'replace')), self._secrets)}; check OPENAI_BASE_URL: "
+                "it must be an OpenAI-compatible API (usually ending in /v1)"
+            ) from None
+        content = getattr(getattr(response.choices[0], "message", None), "content", None) if response.choices else None
+        if isinstance(content, str):
+            on_text(content)
+        return response
 
     def _create(self, kwargs: dict[str, Any]) -> Any:
         """One completion within ``HUGGINGGPT_LLM_TIMEOUT`` per attempt in all (the client's own timeout bounds
@@ -271,19 +429,39 @@ class LLMClient:
                 "check OPENAI_BASE_URL or raise HUGGINGGPT_LLM_TIMEOUT"
             )
         if isinstance(exc, openai.APIConnectionError):
-            return LLMUnavailableError(
+            return LLMUnreachableError(
                 f"could not reach {where}: {self._short(exc).rstrip('.')}. Set OPENAI_BASE_URL to a reachable "
                 "OpenAI-compatible server (or unset it and set OPENAI_API_KEY to use OpenAI)"
             )
         if isinstance(exc, openai.AuthenticationError):
-            return LLMUnavailableError(f"{where} refused the API key; set a valid OPENAI_API_KEY")
+            return LLMUnreachableError(f"{where} refused the API key; set a valid OPENAI_API_KEY")
         if isinstance(exc, openai.NotFoundError):
             return LLMError(f"{where} does not know that model; set HUGGINGGPT_LLM_MODEL to one it serves")
         if isinstance(exc, openai.RateLimitError):
             return LLMError(f"{where} is rate limiting requests (429) after retries: {self._short(exc)}")
+        if isinstance(exc, openai.BadRequestError):
+            return LLMRejectedError(f"{where} answered HTTP {exc.status_code}: {self._short(exc)}")
         if isinstance(exc, openai.APIStatusError):
             return LLMError(f"{where} answered HTTP {exc.status_code}: {self._short(exc)}")
         return LLMError(f"{where} failed: {self._short(exc)}")
+
+
+@dataclass
+class _Message:
+    content: str
+
+
+@dataclass
+class _Choice:
+    message: _Message
+
+
+class _Completion:
+    """A streamed reply read to its end, in the shape of a completion: its text and the usage the server sent."""
+
+    def __init__(self, content: str, usage: Any) -> None:
+        self.choices = [_Choice(_Message(content))]
+        self.usage = usage
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -304,7 +482,8 @@ class ChatCall:
 
 
 class FunctionModel:
-    """A :class:`ChatModel` whose replies come from ``function(call) -> str``, in process.
+    """A :class:`ChatModel` whose replies come from ``function(call) -> str`` (or an iterable of the pieces of a
+    streamed reply), in process.
 
     Every call is kept in ``calls``; an exception the function raises (an :class:`LLMError` to stand for a failed
     call) reaches the stage as it would from a server. Usage counts one call and whitespace-separated words.
@@ -312,7 +491,7 @@ class FunctionModel:
         model = FunctionModel(lambda call: '{"tasks": []}' if call.stage == "plan" else "Hello.")
     """
 
-    def __init__(self, function: Callable[[ChatCall], str], *, model: str = "function") -> None:
+    def __init__(self, function: Callable[[ChatCall], str | Iterable[str]], *, model: str = "function") -> None:
         self.function = function
         self.model = model
         self.base_url = "in-process function"
@@ -327,15 +506,33 @@ class FunctionModel:
         schema: dict[str, Any] | None = None,
         temperature: float = 0.0,
     ) -> tuple[str, LLMUsage]:
+        return self.stream(messages, on_text=lambda text: None, stage=stage, schema=schema, temperature=temperature)
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        on_text: TextCallback,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """The function's reply, handed to ``on_text`` piece by piece when the function returns an iterable of
+        pieces (a generator may wait between them), at once when it returns a string."""
         call = ChatCall(messages=list(messages), stage=stage, schema=schema, temperature=temperature)
         with self._lock:
             self.calls.append(call)
+        pieces: list[str] = []
         try:
-            reply = self.function(call)
+            answer = self.function(call)
+            for piece in [answer] if isinstance(answer, str) else answer:
+                pieces.append(piece)
+                on_text(piece)
         except LLMError as exc:  # a failed call is a call
             if exc.usage.calls == 0:
                 exc.usage = exc.usage + LLMUsage(calls=1)
             raise
+        reply = "".join(pieces)
         usage = LLMUsage(
             calls=1,
             prompt_tokens=sum(len(m.get("content", "").split()) for m in messages),
@@ -353,7 +550,7 @@ def scripted(**replies: str | list[str]) -> Callable[[ChatCall], str]:
     (``{"tasks": []}``, ``{"choices": []}``) or ``Done.``."""
     queues = {stage: list(r) if isinstance(r, list) else [r] for stage, r in replies.items()}
     lock = threading.Lock()
-    defaults = {"plan": '{"tasks": []}', "select": '{"choices": []}'}
+    defaults = {"plan": '{"tasks": []}', "replan": '{"tasks": []}', "select": '{"choices": []}'}
 
     def reply(call: ChatCall) -> str:
         with lock:

@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.streamers import BaseStreamer
 
 from tasks.chat_template import render_chat_prompt
 from tasks.constraints import PlanSteps, contract_of, fit_strings
 from tasks.experts.cache import CacheEntry, ModelCache, default_cache
-from tasks.llm import LLMError, LLMUnavailableError, Message
+from tasks.llm import LLMError, LLMUnavailableError, Message, TextCallback
 from tasks.schemas import LLMUsage
 from tasks.settings import DEFAULT_LLM_MODEL, Settings
 
@@ -157,6 +158,37 @@ class SchemaLogitsProcessor(LogitsProcessor):
         if allowed.numel() < vocab:
             allowed = torch.cat([allowed, torch.zeros(vocab - allowed.numel(), dtype=torch.bool)])
         return scores.masked_fill(~allowed[:vocab].to(scores.device), float("-inf"))
+
+
+class _TextCallbackStreamer(BaseStreamer):
+    """Hands each new piece of the reply to a callback as tokens are generated: after every token, the text
+    decoded so far beyond what was handed out (held back while it ends inside a character). transformers'
+    ``TextStreamer`` waits for a space, which a compact JSON reply never has."""
+
+    def __init__(self, tokenizer: Any, on_text: TextCallback) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.tokens: list[int] = []
+        self.sent = 0
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() hands the prompt first
+            self.prompt_seen = True
+            return
+        self.tokens.extend(int(t) for t in value.flatten().tolist())
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+
+    def _emit(self, *, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent:
+            piece, self.sent = text[self.sent :], len(text)
+            self.on_text(piece)
 
 
 class ContractLogitsProcessor(LogitsProcessor):
@@ -298,12 +330,24 @@ class LocalChatModel:
     ) -> tuple[str, LLMUsage]:
         """Generate the assistant's reply to ``messages`` (greedily; ``temperature`` is not used), constrained to
         ``schema`` when one is given."""
+        return self.stream(messages, on_text=lambda text: None, stage=stage, schema=schema, temperature=temperature)
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        on_text: TextCallback,
+        stage: str = "reply",
+        schema: dict[str, Any] | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[str, LLMUsage]:
+        """:meth:`chat`, with ``on_text`` called with each piece of text as the model generates it."""
         entry = self.loaded()
         ctl = entry.value
         with entry.lock:
             start = time.perf_counter()
             try:
-                reply, prompt_tokens, completion_tokens = self._generate(ctl, messages, schema)
+                reply, prompt_tokens, completion_tokens = self._generate(ctl, messages, schema, on_text)
             except (RuntimeError, ValueError, TimeoutError) as exc:  # ChatTemplateError is a ValueError
                 raise LLMError(
                     f"the embedded controller {self.model} failed on the {stage} call: {exc}", usage=LLMUsage(calls=1)
@@ -317,7 +361,11 @@ class LocalChatModel:
         return reply, usage
 
     def _generate(
-        self, ctl: LoadedController, messages: list[Message], schema: dict[str, Any] | None
+        self,
+        ctl: LoadedController,
+        messages: list[Message],
+        schema: dict[str, Any] | None,
+        on_text: TextCallback | None = None,
     ) -> tuple[str, int, int]:
         import llguidance
 
@@ -366,6 +414,7 @@ class LocalChatModel:
                     pad_token_id=ctl.eos_ids[0],
                 ),
                 logits_processor=processors,
+                streamer=_TextCallbackStreamer(ctl.tokenizer, on_text) if on_text is not None else None,
             )
         generated = output[0, prompt_length:]
         finished = generated.numel() >= self.max_new_tokens or (

@@ -250,3 +250,103 @@ def clip(text: str, limit: int = QUOTE_CHARS) -> str:
     """``text`` on one line, at most ``limit`` characters (``...`` where cut): what a message quotes."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------
+# plans, as they stream
+# ---------------------------------------------------------------------------
+class PlanStreamParser:
+    """Reads a planning reply as it arrives and hands out each task object as soon as it closes.
+
+    :meth:`feed` takes the next piece of the reply and returns the raw task objects completed by it (each read by
+    :func:`loads_json`, so bounded like any document). The task list is the first JSON list of the reply when the
+    reply is a list, or the list under one of :data:`PLAN_KEYS` when it is an object; prose or a code fence around
+    it is skipped. The parser only ever reads ahead: the whole reply, read by :func:`parse_plan_reply` once it has
+    arrived, is what counts, and a caller compares what was handed out with it. Past :data:`MAX_DOCUMENT_CHARS` or
+    :data:`MAX_DEPTH`, or at a task object that is not JSON, it stops handing out tasks (``stopped`` says why).
+    """
+
+    def __init__(self, limit: int = MAX_DOCUMENT_CHARS) -> None:
+        self.limit = limit
+        self.chars = 0
+        self.stopped: str | None = None
+        self.done = False  # the task list has closed
+        self._stack: list[str] = []
+        self._in_string = False
+        self._escape = False
+        self._started = False
+        self._list_level: int | None = None  # len(stack) inside the task list
+        self._key: list[str] | None = None  # characters of a string at the top object's level
+        self._last_key = ""
+        self._node: list[str] | None = None  # characters of the task object being read
+        self._handed = 0
+
+    def feed(self, chunk: str) -> list[Any]:
+        """The task objects that ``chunk`` completes, in order."""
+        out: list[Any] = []
+        if self.stopped or self.done or not chunk:
+            return out
+        self.chars += len(chunk)
+        if self.chars > self.limit:
+            self.stopped = f"the reply is longer than {self.limit} characters"
+            return out
+        for ch in chunk:
+            if self._node is not None:
+                self._node.append(ch)
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif ch == "\\":
+                    self._escape = True
+                elif ch == '"':
+                    self._in_string = False
+                    if self._key is not None:
+                        self._last_key = "".join(self._key)
+                        self._key = None
+                elif self._key is not None and len(self._key) < 64:
+                    self._key.append(ch)
+                continue
+            if not self._started:
+                if ch not in "[{":
+                    continue
+                self._started = True
+            if ch == '"':
+                self._in_string = True
+                self._escape = False
+                if len(self._stack) == 1 and self._stack[0] == "{":
+                    self._key = []
+            elif ch in "[{":
+                self._stack.append(ch)
+                if len(self._stack) > MAX_DEPTH:
+                    self.stopped = f"the reply nests lists or objects more than {MAX_DEPTH} deep"
+                    return out
+                level = len(self._stack)
+                if self._list_level is None and ch == "[":
+                    top_list = level == 1
+                    under_key = level == 2 and self._stack[0] == "{" and self._last_key in PLAN_KEYS
+                    if top_list or under_key:
+                        self._list_level = level
+                elif ch == "{" and self._list_level is not None and level == self._list_level + 1:
+                    self._node = ["{"]
+            elif ch in "]}":
+                if not self._stack:
+                    continue
+                self._stack.pop()
+                level = len(self._stack)
+                if ch == "}" and self._node is not None and self._list_level is not None and level == self._list_level:
+                    text, self._node = "".join(self._node), None
+                    try:
+                        out.append(loads_json(text, "a task of the plan"))
+                    except ParseError as exc:
+                        self.stopped = str(exc)
+                        return out
+                elif ch == "]" and self._list_level is not None and level == self._list_level - 1:
+                    if self._handed or out:
+                        self.done = True
+                        self._handed += len(out)
+                        return out
+                    self._list_level = None  # an empty list, or prose in brackets: look further
+                if not self._stack and self._list_level is None:
+                    self._started = False  # a value that held no task list: look for the next one
+        self._handed += len(out)
+        return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import PurePosixPath
@@ -20,8 +20,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.constraints import Layout, contract_only, plan_schema
 from tasks.inputs import InputPolicy
-from tasks.llm import ChatModel, LLMError, with_usage
-from tasks.parsing import ParseError, coerce_id, parse_plan_reply, quote
+from tasks.llm import ChatModel, LLMError, stream_chat, with_usage
+from tasks.parsing import ParseError, PlanStreamParser, coerce_id, parse_plan_reply, quote
 from tasks.schemas import GENERATED_PREFIX, GENERATED_RE, ChatTurn, LLMUsage, PlanNode, PlanResult, bounded_history
 from tasks.services import services_for
 from tasks.settings import Settings
@@ -410,13 +410,15 @@ def ask_for_plan(
     policy: InputPolicy | None = None,
     schema: dict[str, Any] | None = PLAN_SCHEMA,
     correction: str = 'Reply with the corrected plan only, as {"tasks": [...]}.',
+    first_attempt: int = 1,
 ) -> PlanResult:
     """Send the planning ``messages``, validate the reply; when it is invalid, send the problems back once (followed
-    by ``correction``); raise :class:`PlanningError` with them when the second reply is invalid too."""
+    by ``correction``); raise :class:`PlanningError` with them when the second reply is invalid too
+    (``first_attempt=2``: ``messages`` already send an invalid reply back; one call is left)."""
     usage = LLMUsage()
     last_error: PlanValidationError | None = None
     reply = ""
-    for attempt in (1, 2):
+    for attempt in range(first_attempt, 3):
         try:
             reply, call_usage = llm.chat(messages, stage="plan", schema=schema)
         except LLMError as exc:
@@ -439,6 +441,156 @@ def ask_for_plan(
         f"the LLM's plan was invalid twice; last error: {str(last_error).removeprefix('invalid plan: ')}",
         usage=usage,
         last_reply=reply,
+    )
+
+
+class StreamedPlanError(PlanningError):
+    """The whole streamed plan turned out invalid after some of its tasks had been handed out (and may be running);
+    ``started`` lists them, and ``retry`` is the conversation that sends the invalid plan back with its problems
+    (for :func:`plan_again`)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        started: Sequence[PlanNode],
+        retry: list[dict[str, str]],
+        usage: LLMUsage,
+        last_reply: str,
+    ) -> None:
+        super().__init__(message, usage=usage, last_reply=last_reply)
+        self.started = list(started)
+        self.retry = retry
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_streamed_error, (str(self), self.started, self.retry, self.usage, self.last_reply))
+
+
+def _rebuild_streamed_error(
+    message: str, started: list[PlanNode], retry: list[dict[str, str]], usage: LLMUsage, last_reply: str
+) -> StreamedPlanError:
+    return StreamedPlanError(message, started=started, retry=retry, usage=usage, last_reply=last_reply or "")
+
+
+def _sent_back(messages: list[dict[str, str]], reply: str, problems: Sequence[str]) -> list[dict[str, str]]:
+    correction = 'Reply with the corrected plan only, as {"tasks": [...]}.'
+    return [
+        *messages,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": f"That plan is invalid: {'; '.join(problems)}. {correction}"},
+    ]
+
+
+def plan_again(
+    llm: ChatModel,
+    messages: list[dict[str, str]],
+    *,
+    request: str,
+    inputs: Sequence[str] = (),
+    allowed: Iterable[str] = EXECUTABLE_TASKS,
+    policy: InputPolicy | None = None,
+) -> PlanResult:
+    """The second planning call, not streamed: ``messages`` send an invalid plan back with its problems
+    (:attr:`StreamedPlanError.retry`); a second invalid plan is a :class:`PlanningError`, as in :func:`ask_for_plan`."""
+    allowed = tuple(allowed)
+    schema = plan_reply_schema(allowed, inputs, policy)
+    return ask_for_plan(
+        llm, messages, request=request, inputs=inputs, allowed=allowed, policy=policy, schema=schema, first_attempt=2
+    )
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_again_task(settings: Settings, request: str, inputs: list[str], messages: list[dict[str, str]]) -> PlanResult:
+    """Prefect task: the planning call that follows a streamed plan found invalid (see :func:`plan_again`)."""
+    services = services_for(settings)
+    return plan_again(
+        services.chat_model,
+        messages,
+        request=request,
+        inputs=inputs,
+        allowed=plannable_tasks(services.availability),
+        policy=InputPolicy.from_settings(settings),
+    )
+
+
+def plan_request_streamed(
+    llm: ChatModel,
+    request: str,
+    on_node: Callable[[PlanNode], None],
+    *,
+    inputs: Sequence[str] = (),
+    history: Sequence[ChatTurn] = (),
+    allowed: Iterable[str] = EXECUTABLE_TASKS,
+    policy: InputPolicy | None = None,
+    demos: Sequence[Mapping[str, Any]] | None = None,
+) -> PlanResult:
+    """:func:`plan_request` with the reply streamed: ``on_node`` gets each task, validated, as soon as it and the tasks
+    it depends on have arrived (:class:`StreamedPlan`); the whole plan comes back at the end.
+
+    A reply found invalid before any task was handed out is sent back once with its problems, as
+    :func:`plan_request` does (without streaming: the tasks come back whole). Once tasks were handed out, an invalid
+    whole plan is a :class:`StreamedPlanError`: no more tasks are handed out, the caller stops what it has not
+    started, and sends the plan back itself (:func:`plan_again`)."""
+    allowed = tuple(allowed)
+    messages = build_plan_messages(request, inputs, history, allowed, demos=demos)
+    schema = plan_reply_schema(allowed, inputs, policy)
+    streamed = StreamedPlan(inputs=inputs, request=request, allowed=allowed, policy=policy)
+
+    def on_text(text: str) -> None:
+        for node in streamed.feed(text):
+            on_node(node)
+
+    reply, usage = stream_chat(llm, messages, on_text=on_text, stage="plan", schema=schema)
+    try:
+        nodes, repairs = streamed.finish(reply)
+        return PlanResult(nodes=nodes, repairs=repairs, attempts=1, usage=usage)
+    except PlanValidationError as exc:
+        if streamed.accepted:
+            raise StreamedPlanError(
+                f"the LLM's plan turned out invalid once {len(streamed.accepted)} of its task(s) had arrived: "
+                f"{str(exc).removeprefix('invalid plan: ')}",
+                started=streamed.accepted,
+                retry=_sent_back(messages, reply, exc.problems),
+                usage=usage,
+                last_reply=reply,
+            ) from None
+        again = _sent_back(messages, reply, exc.problems)
+    try:
+        result = ask_for_plan(
+            llm,
+            again,
+            request=request,
+            inputs=inputs,
+            allowed=allowed,
+            policy=policy,
+            schema=schema,
+            first_attempt=2,
+        )
+    except (PlanningError, LLMError) as exc:
+        exc.usage = usage + exc.usage
+        raise
+    return result.model_copy(update={"usage": usage + result.usage})
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_streamed_task(
+    settings: Settings,
+    request: str,
+    inputs: list[str],
+    history: list[ChatTurn],
+    on_node: Callable[[PlanNode], None],
+) -> PlanResult:
+    """Prefect task: stage 1 with the reply streamed, each task handed to ``on_node`` as soon as it is valid (see
+    :func:`plan_task`)."""
+    services = services_for(settings)
+    return plan_request_streamed(
+        services.chat_model,
+        request,
+        on_node,
+        inputs=inputs,
+        history=history,
+        allowed=plannable_tasks(services.availability),
+        policy=InputPolicy.from_settings(settings),
     )
 
 
@@ -488,3 +640,120 @@ def plannable_tasks(availability: Availability) -> list[str]:
     """Task types of the table with at least one catalog model that can run (as ``availability`` decides)."""
     runnable = availability.runnable_tasks() & set(TASK_TYPES)
     return sorted(runnable) if runnable else sorted(EXECUTABLE_TASKS)
+
+
+# ---------------------------------------------------------------------------
+# a plan as it streams
+# ---------------------------------------------------------------------------
+class StreamedPlan:
+    """Validates a planning reply task by task while it streams (see :class:`~tasks.parsing.PlanStreamParser`).
+
+    :meth:`feed` takes the next piece of the reply and returns the tasks it made ready: a task is validated, with
+    the same rules as :func:`validate_plan`, once every task it depends on (``dep`` and ``<GENERATED>-k``) has been
+    accepted; until then it waits. A task that breaks a rule stops the stream: ``problem`` holds the error and no
+    task is handed out after it. :meth:`finish` reads the whole reply as :func:`validate_plan` does and checks
+    that every task handed out is the whole plan's task of the same id; it raises :class:`PlanValidationError`
+    otherwise.
+    """
+
+    def __init__(
+        self,
+        *,
+        inputs: Sequence[str] = (),
+        request: str = "",
+        allowed: Iterable[str] = EXECUTABLE_TASKS,
+        policy: InputPolicy | None = None,
+    ) -> None:
+        self.inputs = tuple(inputs)
+        self.request = request
+        self.allowed = tuple(allowed)
+        self.policy = policy
+        self.parser = PlanStreamParser()
+        self.accepted: list[PlanNode] = []
+        self.problem: PlanValidationError | None = None
+        self._raw: list[dict[str, Any]] = []  # accepted tasks, as they were written
+        self._waiting: list[dict[str, Any]] = []
+        self._chunks: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self._chunks)
+
+    def feed(self, chunk: str) -> list[PlanNode]:
+        """The tasks that ``chunk`` made ready, validated, in the order they became ready."""
+        self._chunks.append(chunk)
+        if self.problem is not None:
+            return []
+        ready: list[PlanNode] = []
+        for raw in self.parser.feed(chunk):
+            if not isinstance(raw, dict) or len(self._raw) + len(self._waiting) >= MAX_PLAN_NODES:
+                self.problem = PlanValidationError([f"task {quote(raw, 60)} cannot be read as a task"])
+                break
+            self._waiting.append(raw)
+            ready += self._release()
+            if self.problem is not None:
+                break
+        return ready
+
+    def _needs(self, raw: dict[str, Any]) -> set[int]:
+        dep_raw = raw.get("dep", [])
+        deps = dep_raw if isinstance(dep_raw, list) else [dep_raw]
+        needed = {d for d in (coerce_id(x) for x in deps) if d is not None and d >= 0}
+        args = raw.get("args")
+        for value in args.values() if isinstance(args, dict) else ():
+            if isinstance(value, str):
+                needed |= {int(k) for k in GENERATED_RE.findall(value)}
+        return needed - {coerce_id(raw.get("id"))}
+
+    def _release(self) -> list[PlanNode]:
+        ready: list[PlanNode] = []
+        progress = True
+        while progress and self.problem is None:
+            progress = False
+            have = {n.id for n in self.accepted}
+            for raw in list(self._waiting):
+                if not self._needs(raw) <= have:
+                    continue
+                self._waiting.remove(raw)
+                try:
+                    nodes, _ = validate_plan(
+                        [*self._raw, raw],
+                        inputs=self.inputs,
+                        request=self.request,
+                        allowed=self.allowed,
+                        policy=self.policy,
+                    )
+                except PlanValidationError as exc:
+                    self.problem = exc
+                    return ready
+                known = {n.id for n in self.accepted}
+                node = next(n for n in nodes if n.id not in known)
+                self._raw.append(raw)
+                self.accepted.append(node)
+                ready.append(node)
+                progress = True
+                break
+        return ready
+
+    def finish(self, reply: str | None = None) -> tuple[list[PlanNode], list[str]]:
+        """The whole plan (from ``reply``, or the pieces fed) and its repairs, once the tasks handed out agree
+        with it."""
+        text = self.text if reply is None else reply
+        nodes, repairs = validate_plan(
+            parse_plan(text), inputs=self.inputs, request=self.request, allowed=self.allowed, policy=self.policy
+        )
+        by_id = {n.id: n for n in nodes}
+        for early in self.accepted:
+            whole = by_id.get(early.id)
+            if (
+                whole is None
+                or whole.task != early.task
+                or set(whole.dep) != set(early.dep)
+                or whole.args != early.args
+            ):
+                raise PlanValidationError(
+                    [f"task {early.id} ({early.task}) was read one way while the reply streamed and another at its end"]
+                )
+        if self.problem is not None:  # the whole reply validated although a task did not when it arrived
+            raise self.problem
+        return nodes, repairs

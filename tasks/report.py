@@ -4,43 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
-from tasks.parsing import clip
 from tasks.schemas import RunSummary
 
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
-_CELL_CHARS = 60
 
 
 def artifact_key(*parts: str) -> str:
     """A Prefect artifact key: lowercase letters, digits and dashes only."""
     key = "-".join(p for p in parts if p).lower()
     return _KEY_BAD.sub("-", key).strip("-")[:200]
-
-
-def browser_link(uri: str, fs: Any = None, *, expires: int = 3600) -> tuple[str, bool]:
-    """Where a stored file can be opened from a browser, and whether a page (the Prefect UI) can fetch it.
-
-    http(s) URLs as they are; object storage that can sign (s3fs, gcsfs) as a presigned URL; a local file as a
-    ``file://`` URL, which a browser opens only from the same machine and a web page cannot fetch. Without ``fs``,
-    nothing is signed.
-    """
-    if uri.startswith(("http://", "https://")):
-        return uri, True
-    if "://" not in uri:
-        return Path(uri).expanduser().resolve().as_uri(), False
-    if uri.startswith("file://"):
-        return uri, False
-    if fs is not None:
-        try:
-            signed = fs.sign(uri, expiration=expires)
-        except Exception:  # NotImplementedError for most file systems, no credentials to sign with, ...
-            signed = None
-        if isinstance(signed, str) and signed.startswith(("http://", "https://")):
-            return signed, True
-    return uri, False
 
 
 # Characters markdown gives meaning inside a line (emphasis, code, links and images, headings, lists, HTML, tables)
@@ -65,7 +38,7 @@ def markdown_text(text: object, *, one_line: bool = True) -> str:
     return "  \n".join(line for line in lines)  # a hard break keeps each line; a blank line keeps a paragraph
 
 
-def _code(text: object) -> str:
+def code_text(text: object) -> str:
     """``text`` as an inline code span, whatever backticks it holds (the fence is longer than any run of them)."""
     plain = " ".join(_CONTROL.sub("", str(text)).split())
     longest = max((len(run) for run in re.findall(r"`+", plain)), default=0)
@@ -77,11 +50,46 @@ def _link_text(text: str) -> str:
     return re.sub(r"([\[\]()\\`*_|<>])", r"\\\1", text)
 
 
+def clip_shown(text: str, limit: int) -> str:
+    """``text`` on one line, cut after ``limit`` characters with a marker saying how much is left out and where the
+    whole is (``summary.json``, and ``--json``): for a table cell, never for what is stored."""
+    one = " ".join(str(text).split())
+    if len(one) <= limit:
+        return one
+    return f"{one[:limit]}… [{len(one) - limit} more characters in summary.json]"
+
+
+def breakable(text: str, every: int = 20) -> str:
+    """``text`` with a zero-width space every ``every`` characters of a run without spaces, so that a table cell
+    can wrap it (a long word would widen the column past the page)."""
+    return re.sub(
+        rf"\S{{{every + 1},}}",
+        lambda m: (
+            m.group()
+            if "://" in m.group()  # a URL stays whole: broken, the page would link to part of it
+            else "\u200b".join(m.group()[i : i + every] for i in range(0, len(m.group()), every))
+        ),
+        text,
+    )
+
+
+#: characters of a text output or an error shown in a cell: the artifact's table, the terminal's
+ARTIFACT_CELL_CHARS = 60
+TERMINAL_CELL_CHARS = 240
+
+
 def node_rows(
-    summary: RunSummary, *, short_files: bool = False, links: Mapping[str, str] | None = None
+    summary: RunSummary,
+    *,
+    short_files: bool = False,
+    links: Mapping[str, str] | None = None,
+    max_chars: int | None = None,
 ) -> list[dict[str, str]]:
     """One row per plan node. ``short_files`` shows stored files by name only (their full URIs are listed apart);
-    ``links`` (URI -> URL) makes them markdown links, for the artifacts; long text is clipped there too."""
+    ``links`` (URI -> URL) makes them markdown links, for the artifacts (text clipped to
+    :data:`ARTIFACT_CELL_CHARS` there); ``max_chars`` clips text outputs and errors (:func:`clip_shown`)."""
+    if links is not None and max_chars is None:
+        max_chars = ARTIFACT_CELL_CHARS
     by_id = {a.node_id: a for a in summary.assignments}
     rows = []
     for node in summary.plan:
@@ -93,9 +101,12 @@ def node_rows(
                 shown = []
                 for k, v in r.outputs.items():
                     if k == "text":
-                        shown.append(f"{k}: {markdown_text(clip(v, _CELL_CHARS)) if links is not None else v}")
-                    elif links is not None:
-                        shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links.get(v, v)})")
+                        text = clip_shown(v, max_chars) if max_chars is not None else v
+                        shown.append(f"{k}: {markdown_text(breakable(text)) if links is not None else text}")
+                    elif links is not None and v in links:
+                        shown.append(f"{k}: [{_link_text(v.rsplit('/', 1)[-1])}]({links[v]})")
+                    elif links is not None:  # no link a browser could open: the name, the path under "Files"
+                        shown.append(f"{k}: {code_text(v.rsplit('/', 1)[-1])}")
                     else:
                         shown.append(f"{k}: {v.rsplit('/', 1)[-1] if short_files else v}")
                 output = "; ".join(shown)
@@ -103,10 +114,11 @@ def node_rows(
                     run = r.reused_from or ""
                     output += f" (reused from run {run[:8] if links is not None else run})"
             else:
-                output = markdown_text(clip(r.error or "", _CELL_CHARS)) if links is not None else r.error or ""
+                output = clip_shown(r.error or "", max_chars) if max_chars is not None else r.error or ""
+                output = markdown_text(breakable(output)) if links is not None else output
         rows.append(
             {
-                "node": node.name,
+                "node": f"{node.name} (replan {r.round})" if r is not None and r.round else node.name,
                 "task": node.task,
                 "depends on": ", ".join(str(d) for d in node.dep) or "none",
                 "model": (markdown_text(a.model) if links is not None else a.model) if a else "no model",
@@ -119,12 +131,21 @@ def node_rows(
 
 
 def summary_markdown(
-    summary: RunSummary, links: Mapping[str, str] | None = None, fetchable: frozenset[str] = frozenset()
+    summary: RunSummary,
+    links: Mapping[str, str] | None = None,
+    fetchable: frozenset[str] = frozenset(),
+    *,
+    resumed_page: str | None = None,
 ) -> str:
-    """The run as markdown. ``links`` (URI -> URL) turns stored files into links; images whose URL a browser can
-    fetch (``fetchable``) are shown inline."""
+    """The run as markdown. ``links`` (URI -> URL a browser can open) turns stored files into links; images whose
+    URL a page can fetch (``fetchable``) are shown inline; every other file is listed under "Files" as its path in
+    code, to copy (a local path or an unsigned ``s3://`` URI would be a dead link). A resumed run names the run it
+    resumes, linked to ``resumed_page`` (its page in the UI) when given."""
     links = links or {}
     lines = [f"# HuggingGPT run: {summary.status}", "", f"**Request:** {markdown_text(summary.request)}", ""]
+    if summary.resumed_from:
+        run = code_text(summary.resumed_from)
+        lines += [f"**Resumes run:** {f'[{run}]({resumed_page})' if resumed_page else run}", ""]
     if summary.inputs:
         lines += [f"**Inputs:** {', '.join(markdown_text(i) for i in summary.inputs)}", ""]
     if summary.error:
@@ -146,24 +167,33 @@ def summary_markdown(
         lines += ["## Images", ""]
         lines += [f"![{name}]({url})" + "\n\n" + f"_{name}_" + "\n" for name, url in images]
     if summary.plan:
+        rows = node_rows(summary, links=links)
         lines += [
             "## Tasks",
             "",
-            "| node | depends on | model | status | seconds | output |",
-            "|---|---|---|---|---|---|",
+            "| node | depends on | model | status | seconds |",
+            "|---|---|---|---|---|",
         ]
-        for row in node_rows(summary, links=links):
+        for row in rows:
             lines.append(
-                f"| {row['node']} | {row['depends on']} | {row['model']} | {row['status']} | {row['seconds']} "
-                f"| {' '.join(row['output'].split())} |"
+                f"| {row['node']} | {row['depends on']} | {row['model']} | {row['status']} | {row['seconds']} |"
             )
         lines.append("")
+        # outputs and errors as a list, which wraps: the UI draws a table's cells on one line, past the page
+        lines += ["## Outputs", "", *[f"- **{row['node']}**: {' '.join(row['output'].split())}" for row in rows], ""]
         lines += ["## Model choices", ""]
         for a in summary.assignments:
             lines.append(
-                f"- **{a.task}#{a.node_id}**: {_code(a.model)} of {len(a.candidates)} candidate(s): "
+                f"- **{a.task}#{a.node_id}**: {code_text(a.model)} of {len(a.candidates)} candidate(s): "
                 f"{markdown_text(a.reason)}"
             )
+        lines.append("")
+    files = [(f"{r.task}#{r.id}", m, uri) for r in summary.results for m, uri in r.outputs.items() if m != "text"]
+    if files:
+        lines += ["## Files", ""]
+        for name, modality, uri in files:
+            shown = f"[{_link_text(uri.rsplit('/', 1)[-1])}]({links[uri]})" if uri in links else code_text(uri)
+            lines.append(f"- {name} {modality}: {shown}")
         lines.append("")
     if summary.plan_repairs:
         lines += ["## Plan repairs", "", *[f"- {markdown_text(r)}" for r in summary.plan_repairs], ""]
@@ -171,8 +201,8 @@ def summary_markdown(
     lines += [
         "## Run",
         "",
-        f"- flow run: {_code(summary.flow_run_id)}",
-        f"- storage: {_code(summary.storage_uri)}",
+        f"- flow run: {code_text(summary.flow_run_id)}",
+        f"- storage: {code_text(summary.storage_uri)}",
         f"- LLM: {llm.calls} call(s), {llm.prompt_tokens} prompt + {llm.completion_tokens} completion tokens",
         "- seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()),
     ]

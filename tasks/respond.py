@@ -43,6 +43,8 @@ def results_digest(
                 "error": r.error if r else None,
             }
         )
+        if r is not None and r.round:  # planned by a replan after earlier tasks failed
+            digest[-1]["round"] = r.round
     return digest
 
 

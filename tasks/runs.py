@@ -8,10 +8,8 @@ the store, plans are validated again, model specs come from the catalog and sett
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -23,7 +21,7 @@ from tasks.inputs import InputPolicy, refused_inputs
 from tasks.parsing import clip
 from tasks.plan import PlanValidationError, validate_plan
 from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, RequestSpec, RunSummary, SelectionResult
-from tasks.select import check_pins, parse_pins
+from tasks.select import SelectionError, check_pins, looks_like_folder, parse_pins, pinned_entry
 from tasks.services import Services
 from tasks.settings import Settings
 from tasks.storage import ArtifactStore, StorageError, store_for
@@ -70,13 +68,10 @@ class CheckedRequest(BaseModel):
 def preflight(
     spec: RequestSpec, services: Services, *, inputs_here: bool = False, resumed: bool = False
 ) -> CheckedRequest:
-    """Everything checked before any LLM call, the one preflight of the CLI and the flow: the request rule
-    (:func:`check_request`), the pinned models (each one that can run here, :func:`tasks.select.check_pins`), an
-    explicit plan (validated against the request's inputs, file arguments through the input policy).
-
-    ``inputs_here``: the inputs are files of this machine, checked now (the CLI; the flow leaves each node to read
-    its own, so that one missing file fails its node alone). ``resumed``: the run reuses an earlier attempt's plan
-    and model choices, which are checked as they are read back instead (:func:`load_prior`).
+    """Everything checked before any LLM call: the request rule (:func:`check_request`), the inputs (``inputs_here``:
+    files of this machine, checked now, as the CLI does), the pinned models (each one that can run here,
+    :func:`tasks.select.check_pins`), an explicit plan (validated against the request's inputs, file arguments
+    through the input policy). ``resumed``: the run reuses an earlier attempt's choices, checked as they are read.
 
     Raises :class:`RequestError`, :class:`~tasks.select.SelectionError`, :class:`~tasks.plan.PlanValidationError` or
     :class:`~models_catalog.catalog.CatalogError`, each naming what is wrong.
@@ -99,31 +94,6 @@ def preflight(
         policy=InputPolicy.from_settings(settings),
     )
     return CheckedRequest(spec=spec, pins=pins, plan=nodes, repairs=repairs)
-
-
-_checked: contextvars.ContextVar[tuple[CheckedRequest, Settings] | None] = contextvars.ContextVar(
-    "hugginggpt_checked_request", default=None
-)
-
-
-@contextlib.contextmanager
-def already_checked(checked: CheckedRequest, settings: Settings) -> Iterator[None]:
-    """Within the block, a flow run of ``checked.spec`` under the same settings takes this :func:`preflight`'s result
-    rather than checking again (the CLI checks before it starts the flow, to exit before Prefect starts)."""
-    token = _checked.set((checked, settings))
-    try:
-        yield
-    finally:
-        _checked.reset(token)
-
-
-def checked_before(spec: RequestSpec, settings: Settings) -> CheckedRequest | None:
-    """The :func:`preflight` result for ``spec`` given by an :func:`already_checked` block around the caller."""
-    found = _checked.get()
-    if found is None:
-        return None
-    checked, checked_settings = found
-    return checked if checked.spec == spec and checked_settings == settings else None
 
 
 class RunRecord(BaseModel):
@@ -176,6 +146,7 @@ def load_prior(
     availability: Availability,
     request: str,
     inputs: Sequence[str],
+    pins: Mapping[str, str] | None = None,
 ) -> PriorRun | None:
     """The earlier attempt ``run_id`` (this run's own folder on a Prefect retry), or ``None`` when there is none.
 
@@ -183,7 +154,9 @@ def load_prior(
     again like a user's (file arguments through the input policy); model choices keep only the model ids, whose
     specs (local folder, endpoint, provider) are looked up again in the catalog and settings, never taken from
     storage; a finished node is reused only when it is this plan's node and every file it names lies inside the
-    earlier run's own folder. Anything else is a :class:`RequestError` naming the file.
+    earlier run's own folder. A model that is a folder of weights is taken only when the run pins that very folder
+    for that task (``pins``: the run's ``--model`` pins, checked again like a new run's). Anything else is a
+    :class:`RequestError` naming the file.
     """
     other = store.for_run(run_id)
     plan_raw = other.read_json("plan.json")
@@ -213,7 +186,7 @@ def load_prior(
         repairs = RunSummary.model_validate(other.read_json("summary.json") or {"request": request}).plan_repairs
     except (StorageError, ValidationError):
         repairs = []
-    assignments, unassigned = _rederive_assignments(settings, availability, nodes, selection)
+    assignments, unassigned = _rederive_assignments(settings, availability, nodes, selection, pins or {})
     results: dict[int, NodeResult] = {}
     by_id = {n.id: n for n in nodes}
     for node in nodes:
@@ -244,11 +217,16 @@ def load_prior(
 
 
 def _rederive_assignments(
-    settings: Settings, available: Availability, nodes: Sequence[PlanNode], stored: SelectionResult
+    settings: Settings,
+    available: Availability,
+    nodes: Sequence[PlanNode],
+    stored: SelectionResult,
+    pins: Mapping[str, str],
 ) -> tuple[list[Assignment], dict[int, str]]:
     """The model choices of an earlier attempt with nothing but the model ids taken from storage: each spec and
-    its fallbacks come from the catalog and the settings, as at selection. A node whose recorded model is no longer
-    in the catalog, or cannot run here, is left unassigned with the reason."""
+    its fallbacks come from the catalog and the settings, as at selection (a model pinned for the task, a folder of
+    weights included, as the pin names it). A node whose recorded model is no longer in the catalog, or cannot run
+    here, is left unassigned with the reason."""
     chosen = {a.node_id: a for a in stored.assignments}
     assignments: list[Assignment] = []
     unassigned: dict[int, str] = {}
@@ -258,6 +236,13 @@ def _rederive_assignments(
             unassigned[node.id] = clip(stored.unassigned.get(node.id) or "no model was assigned")
             continue
         entry = available.catalog.get(node.task, recorded.model)
+        pin = pins.get(node.task)
+        if entry is None and pin and looks_like_folder(pin) and str(Path(pin).expanduser().resolve()) == recorded.model:
+            try:
+                entry = pinned_entry(node.task, recorded.model, available.catalog)
+            except SelectionError as exc:
+                unassigned[node.id] = f"the model pinned earlier cannot be used: {exc}"
+                continue
         if entry is None:
             unassigned[node.id] = (
                 f"the model {clip(recorded.model)} chosen earlier is not in the catalog for {node.task}"

@@ -113,7 +113,8 @@ class PlanNode(BaseModel):
 
     @property
     def name(self) -> str:
-        """The node's display name, also its Prefect task-run name: ``image-to-text#0``."""
+        """The node's display name, also its Prefect task-run name: ``image-to-text#0`` (``image-to-text#0 (cached)``
+        once it reused earlier outputs, see :data:`CACHED_SUFFIX`)."""
         return f"{self.task}#{self.id}"
 
 
@@ -143,6 +144,11 @@ class RequestSpec(BaseModel):
     def _bounded(cls, v: list[ChatTurn]) -> list[ChatTurn]:
         """What a caller passes is bounded like a chat's (:func:`bounded_history`)."""
         return bounded_history(v)
+
+
+#: appended to a node's task-run name when it reused earlier outputs, so the run graph (which colours by state type:
+#: Cached is a Completed state) tells it from a node that ran
+CACHED_SUFFIX = " (cached)"
 
 
 class LLMUsage(BaseModel):
@@ -226,6 +232,7 @@ class NodeResult(BaseModel):
     model_wait_seconds: float | None = Field(
         default=None, description="seconds the node waited for its model to download and load (0: it was ready)"
     )
+    round: int = Field(default=0, ge=0, description="0: the node was planned first; k: by the k-th replan")
 
     @property
     def ok(self) -> bool:
@@ -245,6 +252,18 @@ class ResponseResult(BaseModel):
 RunStatus = Literal["completed", "failed"]
 
 
+class ReplanRound(BaseModel):
+    """One replanning call after a round of the graph left nodes not completed."""
+
+    round: int = Field(ge=1, description="the round it planned: 1 for the first replan")
+    after: list[int] = Field(default_factory=list, description="the nodes that had failed or were skipped")
+    tasks: list[int] = Field(default_factory=list, description="ids of the new tasks; none: answer with what there is")
+    repairs: list[str] = Field(default_factory=list)
+    error: str | None = Field(default=None, description="why the replan gave no usable tasks")
+    seconds: float = 0.0
+    usage: LLMUsage = Field(default_factory=LLMUsage)
+
+
 class RunSummary(BaseModel):
     """Everything about one request; stored as ``summary.json`` beside the run's files."""
 
@@ -255,6 +274,10 @@ class RunSummary(BaseModel):
     plan_repairs: list[str] = Field(default_factory=list)
     plan_source: str = Field(
         default="llm", description="llm, explicit, resumed, or the batch line whose plan was reused"
+    )
+    resumed_from: str | None = Field(default=None, description="the flow run id of the run this one resumes")
+    error_kind: Literal["configuration"] | None = Field(
+        default=None, description="'configuration' when the run failed on a setting (an unreachable LLM, a refused key)"
     )
     assignments: list[Assignment] = Field(default_factory=list)
     candidate_checks: list[CandidateCheck] = Field(
@@ -269,7 +292,21 @@ class RunSummary(BaseModel):
     storage_uri: str | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage and in total")
     error: str | None = None
+    replans: list[ReplanRound] = Field(
+        default_factory=list, description="each replan after a round left nodes not completed (its round, new tasks)"
+    )
+    plan_streamed: bool = Field(default=False, description="nodes started while the plan was still streaming")
 
     @property
     def failed_nodes(self) -> list[NodeResult]:
         return [r for r in self.results if r.status != "completed"]
+
+    @property
+    def last_round(self) -> int:
+        return max((r.round for r in self.results), default=0)
+
+    def unfinished(self) -> list[NodeResult]:
+        """The nodes of the last round that did not complete: the request completed when there are none (earlier
+        rounds' failures were answered by a replan)."""
+        last = self.last_round
+        return [r for r in self.results if r.round == last and r.status != "completed"]

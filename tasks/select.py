@@ -181,6 +181,17 @@ def check_pins(pins: Mapping[str, str], availability: Availability) -> dict[str,
     return checked
 
 
+def needs_llm_choice(
+    task_name: str, availability: Availability, pins: Mapping[str, str], *, top_k: int = 5, max_fallbacks: int = 2
+) -> bool:
+    """Whether :func:`select_models` would ask the LLM to choose a model for a node of ``task_name``: it is not
+    pinned and has more than one candidate that can run here."""
+    if task_name in pins:
+        return False
+    ranked = [e for e, _ in availability.runnable(task_name, limit=top_k + max_fallbacks)[0]]
+    return len(([e for e in ranked if e.tier == "recommended"] or ranked)[:top_k]) > 1
+
+
 def select_models(
     nodes: Sequence[PlanNode],
     availability: Availability,
@@ -190,14 +201,16 @@ def select_models(
     pins: Mapping[str, str] | None = None,
     top_k: int = 5,
     max_fallbacks: int = 2,
+    unused_pins: str = "refuse",
 ) -> SelectionResult:
     """Choose a model for every node (see the module doc). Candidates that cannot run here (``availability``) are
     removed first, so the LLM never picks one, and every check is kept in ``SelectionResult.checks``. Each
     assignment keeps up to ``max_fallbacks`` next-ranked runnable candidates. Nodes with no runnable model are
-    left out, listed in ``SelectionResult.unassigned`` with the reason, so they fail alone at execution."""
+    left out, listed in ``SelectionResult.unassigned`` with the reason, so they fail alone at execution. A pin for
+    a task the plan does not use is refused, or with ``unused_pins="ignore"`` left aside."""
     catalog = availability.catalog
-    pins = dict(pins or {})
     planned_tasks = {n.task for n in nodes}
+    pins = {t: m for t, m in (pins or {}).items() if unused_pins != "ignore" or t in planned_tasks}
     stray = sorted(set(pins) - planned_tasks)
     if stray:
         raise SelectionError(
@@ -324,4 +337,5 @@ def select_task(
         pins=pins,
         top_k=settings.top_k,
         max_fallbacks=settings.max_fallbacks,
+        unused_pins=settings.unused_pins,
     )

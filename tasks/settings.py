@@ -30,6 +30,7 @@ MAX_TOP_K = 100
 MAX_CHAT_HISTORY = 1000
 MAX_CONCURRENCY = 1024
 MAX_PARAMS = 10**13
+MAX_REPLANS = 10  # LLM calls that may plan again after a failure, in one request
 MAX_INPUT_BYTES = 1 << 40
 
 
@@ -181,6 +182,11 @@ class Settings(BaseSettings):
         default=1.0, ge=0, le=MAX_WAIT, allow_inf_nan=False, description="first wait before a remote retry (doubles)"
     )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="candidates per task offered to the LLM")
+    unused_pins: Literal["refuse", "ignore"] = Field(
+        default="refuse",
+        description="a pinned model whose task the plan does not use: refuse the run, or ignore the pin (a chat "
+        "session's pins hold for every turn, and a turn need not use them all)",
+    )
     prefetch: bool = Field(
         default=True, description="download and load the plan's local models ahead of their nodes, once chosen"
     )
@@ -194,6 +200,15 @@ class Settings(BaseSettings):
         default=None, description="a .npy file of 512 floats: the x-vector SpeechT5 speaks with (default: zeros)"
     )
     max_workers: int = Field(default=4, ge=1, le=MAX_CONCURRENCY, description="nodes run at the same time")
+    max_replans: int = Field(
+        default=1,
+        ge=0,
+        le=MAX_REPLANS,
+        description="LLM calls that may plan new tasks after a node failed or was skipped (0: none)",
+    )
+    stream_plan: bool = Field(
+        default=True, description="start nodes while the plan streams, where the controller streams"
+    )
     input_timeout: float = Field(
         default=30.0,
         gt=0,
@@ -247,10 +262,26 @@ class Settings(BaseSettings):
         default=None, ge=1, le=MAX_CONCURRENCY, description="worker processes of the local Dask cluster"
     )
 
+    # --- links to stored files through `hugginggpt serve` --------------------------------
+    public_url: str | None = Field(
+        default=None,
+        description="the URL of `hugginggpt serve` as browsers reach it (https://hugginggpt.example.com): run "
+        "artifacts link files through it when HUGGINGGPT_FILE_SECRET is set too",
+    )
+    file_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="secret that signs file links (HMAC); the server and the processes that run flows share it "
+        "(unset: the server makes one per start, and artifacts keep their own links)",
+    )
+    link_seconds: int = Field(
+        default=7 * 24 * 3600, ge=1, le=int(MAX_TTL), description="seconds a signed file link stays valid"
+    )
+
     # --- Prefect --------------------------------------------------------------------
     heartbeats: bool = Field(default=False, description="emit flow-run heartbeats (crash detection on long runs)")
 
-    @field_validator("openai_base_url", "catalog", mode="before")
+    @field_validator("openai_base_url", "catalog", "public_url", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v or None
@@ -304,7 +335,7 @@ class Settings(BaseSettings):
         messages and logs)."""
         from tasks.storage import credential_values
 
-        values = [s.get_secret_value() for s in (self.openai_api_key, self.hf_token) if s is not None]
+        values = [s.get_secret_value() for s in (self.openai_api_key, self.hf_token, self.file_secret) if s is not None]
         values += credential_values(self.storage_options)
         for url in (self.openai_base_url, self.hf_inference_url, self.storage, self.results_storage, self.dask_address):
             values += url_credentials(url)
@@ -355,7 +386,10 @@ class RunOptions(BaseModel):
         default=None, ge=0, le=MAX_TTL, allow_inf_nan=False, description="seconds a cached output stays usable"
     )
     max_workers: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY, description="nodes run at the same time")
+    max_replans: int | None = Field(default=None, ge=0, le=MAX_REPLANS, description="replans allowed after a failure")
+    stream_plan: bool | None = Field(default=None, description="start nodes while the plan streams")
     prefetch: bool | None = Field(default=None, description="load the plan's models ahead of their nodes")
+    unused_pins: Literal["refuse", "ignore"] | None = None
     task_runner: Literal["threads", "dask"] | None = None
     dask_address: str | None = Field(default=None, description="scheduler of an existing Dask cluster")
     persist_results: bool | None = None

@@ -129,6 +129,30 @@ class ArtifactStore:
             return False
         return path == base or path.startswith(base.rstrip("/") + "/")
 
+    def relative(self, uri: str) -> str | None:
+        """The place of ``uri`` under the store's root (``{run id}/nodes/...``), or ``None`` when the store does
+        not hold it (:meth:`holds`)."""
+        if not self.holds(uri):
+            return None
+        if _is_local(self.fs):
+            path = Path(uri.removeprefix("file://")).expanduser().resolve()
+            rel = path.relative_to(Path(self._root_path).resolve()).as_posix()
+        else:
+            rel = posixpath.normpath(self.fs._strip_protocol(uri))[len(self._root_path.rstrip("/")) + 1 :]
+        return rel if rel and rel != "." else None
+
+    def open_root(self, rel: str) -> Any:
+        """A binary file object of ``rel`` under the store's root, for reading in pieces; ``rel`` must stay inside
+        the store (no ``..``, no symbolic link out of a local store), else :class:`StorageError`. A missing file is
+        :class:`FileNotFoundError`."""
+        uri = self.root_uri(rel)
+        if ".." in rel.split("/") or not self.holds(uri):
+            raise StorageError(f"{rel!r} is not inside the store")
+        path = uri if _is_local(self.fs) else self.fs._strip_protocol(uri)
+        if not self.fs.isfile(path):
+            raise FileNotFoundError(rel)
+        return self.fs.open(path, "rb")
+
     @property
     def run_uri(self) -> str:
         return self.uri()

@@ -6,21 +6,29 @@ it is refused with 400). A script entry is a reply string, a callable
 taking the request body and returning one (or an :class:`HTTPFault`), or an
 :class:`HTTPFault` to answer with an error status. A list of entries is consumed
 in order, the last repeating.
+
+A request with ``"stream": true`` is answered with Server-Sent Events, as OpenAI streams: the reply in pieces of
+at most 8 characters (:func:`pieces`), one every ``piece_seconds``, then the usage (when the request asks for it)
+and ``data: [DONE]``. ``on_piece(stage, index, count)`` is called before each piece is sent (a test can wait there
+for an event); with ``streams = False`` the server answers every request with one whole completion, as a server
+that does not stream.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tasks.llm import STAGE_HEADER
 
-STAGES = ("plan", "select", "respond")
+STAGES = ("plan", "select", "respond", "replan")
 
 
 @dataclass
@@ -40,6 +48,14 @@ class ScriptedLLM:
         self.reject_response_format = False
         #: seconds every successful answer takes, as a hosted model's response time
         self.latency = 0.0
+        #: seconds between two pieces of a streamed reply
+        self.piece_seconds = 0.0
+        #: whether a request asking for a stream gets one (False: one whole completion, as a server that cannot)
+        self.streams = True
+        #: called with (stage, index of the piece, number of pieces) before each piece of a streamed reply is sent
+        self.on_piece: Callable[[str, int, int], None] | None = None
+        #: how many streamed replies were sent, per stage
+        self.streamed: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -62,7 +78,38 @@ class ScriptedLLM:
                     self._send(400, {"error": {"message": f"no {STAGE_HEADER} header naming one of {STAGES}"}})
                     return
                 status, payload = outer._answer(body, stage)
+                if status == 200 and body.get("stream") and outer.streams:
+                    self._stream(stage, payload, bool((body.get("stream_options") or {}).get("include_usage")))
+                    return
                 self._send(status, payload)
+
+            def _stream(self, stage: str, payload: dict[str, Any], with_usage: bool) -> None:
+                with outer._lock:
+                    outer.streamed[stage] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                content = payload["choices"][0]["message"]["content"]
+                base = {k: payload[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+                parts = pieces(content)
+                first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                self._event({**base, "choices": [first]})
+                for index, piece in enumerate(parts):
+                    if outer.on_piece is not None:
+                        outer.on_piece(stage, index, len(parts))
+                    if outer.piece_seconds and index:
+                        time.sleep(outer.piece_seconds)
+                    self._event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                if with_usage:
+                    self._event({**base, "choices": [], "usage": payload["usage"]})
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
+            def _event(self, data: dict[str, Any]) -> None:
+                self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+                self.wfile.flush()
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
@@ -96,9 +143,13 @@ class ScriptedLLM:
             self.script.clear()
             self.reject_response_format = False
             self.latency = 0.0
+            self.piece_seconds = 0.0
+            self.streams = True
+            self.on_piece = None
+            self.streamed.clear()
 
-    def set(self, *, plan: Any = None, select: Any = None, respond: Any = None) -> None:
-        for stage, entry in (("plan", plan), ("select", select), ("respond", respond)):
+    def set(self, *, plan: Any = None, select: Any = None, respond: Any = None, replan: Any = None) -> None:
+        for stage, entry in (("plan", plan), ("select", select), ("respond", respond), ("replan", replan)):
             if entry is not None:
                 self.script[stage] = list(entry) if isinstance(entry, list) else [entry]
 
@@ -127,6 +178,8 @@ class ScriptedLLM:
         content = entry
         if self.latency:
             time.sleep(self.latency)
+        if self.piece_seconds and not (body.get("stream") and self.streams):  # generated at the same rate, unseen
+            time.sleep(self.piece_seconds * max(len(pieces(content)) - 1, 0))
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         return 200, {
             "id": f"chatcmpl-{len(self.requests)}",
@@ -142,8 +195,16 @@ class ScriptedLLM:
         }
 
 
+_PIECE = re.compile(r"\s*\S{1,8}|\s+$")
+
+
+def pieces(content: str) -> list[str]:
+    """A reply as a server streams it: pieces of at most 8 characters (with the spaces before them)."""
+    return _PIECE.findall(content) or [content]
+
+
 def default_reply(stage: str, body: dict[str, Any]) -> str:
-    if stage == "plan":
+    if stage in ("plan", "replan"):
         return '{"tasks": []}'
     if stage == "select":
         return '{"choices": []}'

@@ -155,6 +155,31 @@ def test_batch_rows_compare_each_mode_with_one_by_one() -> None:
     assert rows[1]["baseline (same run)"].startswith("one by one (run_request): 40/min")
 
 
+def test_in_flight_rows_are_set_against_the_llm_bound() -> None:
+    from bench.batch_scaling import bound_per_minute
+
+    assert bound_per_minute(4) == 160.0 and bound_per_minute(8) == 320.0  # three 0.5 s round trips per line
+
+    def run(in_flight: int, per_minute: float) -> dict[str, Any]:
+        bound = bound_per_minute(in_flight)
+        return {
+            "in_flight": in_flight,
+            "lines": 6 * in_flight,
+            "lines_per_minute": per_minute,
+            "bound_per_minute": bound,
+            "of_bound": per_minute / bound,
+            "cpu_seconds_per_line": 0.25,
+            "api_cpu_seconds_per_line": 0.5,
+        }
+
+    scaling = {"api": "postgresql", "llm_latency_seconds": 0.5, "llm_round_trips_per_line": 3}
+    scaling["runs"] = [run(4, 150.0), run(8, 200.0)]
+    rows = report.batch_rows({"requests": 50, "models": 6, "max_models": 2, "apis": [], "in_flight_scaling": scaling})
+    assert [r["value"].split(";")[0] for r in rows] == ["150/min (94 %)", "200/min (62 %)"]
+    assert rows[0]["target"] == "" and rows[1]["target"] == ">= 80 % of the bound: MISSED"
+    assert rows[1]["baseline (same run)"] == "bound 320/min" and "0.25 s, 0.50 s" in rows[1]["value"]
+
+
 def test_arguments() -> None:
     assert parse_args([]).sections == list(SECTIONS)
     assert parse_args(["--only", "llm,dag", "--quick"]).sections == ["dag", "llm"]

@@ -170,7 +170,7 @@ def test_batch_of_many_requests_one_record_per_line(
     assert [row["status"] for row in table] == expected
 
 
-def test_batch_plans_a_shared_request_once(env: Path, llm, sample_files, tmp_path: Path) -> None:
+def test_batch_plans_a_shared_request_once(env: Path, llm, sample_files, tmp_path: Path, caplog) -> None:
     llm.set(plan=planner, respond="A photo.")
     photos = []
     for i in range(10):
@@ -183,6 +183,8 @@ def test_batch_plans_a_shared_request_once(env: Path, llm, sample_files, tmp_pat
 
     assert llm.calls["plan"] == 1  # counted at the server
     assert summary.status == "completed" and summary.completed == 10
+    started = [r.getMessage() for r in caplog.records if "in flight" in r.getMessage()]
+    assert len(started) == 1 and started[0].startswith("10 line(s), 0 invalid, batch ")  # no "0 completed earlier"
     assert (summary.plan_groups, summary.planning_calls, summary.plans_cached) == (1, 1, 9)
     assert summary.records[0].plan_source == "llm" and not summary.records[0].plan_cached
     for record in summary.records[1:]:
@@ -370,3 +372,23 @@ def test_warns_before_concurrent_requests_on_the_embedded_sqlite_server() -> Non
     ):
         warning = sqlite_concurrency_warning(4)  # `prefect server start` here, on this profile's SQLite
         assert warning and "http://127.0.0.1:4200/api" in warning and "SQLite" in warning
+
+
+def test_independent_lines_have_no_edge_between_them(env: Path, llm, tmp_path: Path) -> None:
+    """One line after the other (one in flight): the second line's task run names no upstream task run, though
+    the first returned a record holding the same values (its plan source, its storage) as the second's parameters."""
+    from tests.prefect_api import task_runs
+
+    rate = [{"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely day"}}]
+    requests = _write_jsonl(
+        tmp_path / "two.jsonl",
+        [
+            {"id": "a", "request": "Summarize the cat story", "plan": SUMMARIZE},
+            {"id": "b", "request": "Rate my day", "plan": rate},
+        ],
+    )
+    summary = run_batch(str(requests), max_in_flight=1)
+    assert [r.status for r in summary.records] == ["completed", "completed"]
+    runs = task_runs(summary.flow_run_id, {"line-1-a", "line-2-b"})
+    upstream = [str(getattr(ref, "id", "")) for refs in (runs["line-2-b"].task_inputs or {}).values() for ref in refs]
+    assert str(runs["line-1-a"].id) not in upstream, runs["line-2-b"].task_inputs

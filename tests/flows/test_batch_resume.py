@@ -109,8 +109,8 @@ def test_an_interrupted_batch_resumes_where_it_stopped(env: Path, llm, tmp_path:
     )
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(second.stdout)
-    # the line in flight when the batch stopped may have finished its run after the interruption: then it is
-    # adopted from its run's summary (found by its tags), not run again
+    # the line that was running when the batch was interrupted may have completed before the process ended: its run
+    # is found by its tags and counted as done, not run again
     assert summary["completed"] == LINES and len(kept) <= summary["resumed"] <= len(kept) + 1
     assert llm.calls["respond"] - answered == LINES - summary["resumed"], "a completed line ran again"
     records = [json.loads(x) for x in Path(summary["results_uri"]).read_text().splitlines()]

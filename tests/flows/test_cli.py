@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
+from tasks.schemas import RequestSpec
 from tests.llm_server import plan_json
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -123,7 +125,7 @@ def test_cli_unreachable_llm_one_clear_message(env: Path) -> None:
     proc = _run_cli(
         "run", "Summarize this: a b c", OPENAI_BASE_URL="http://127.0.0.1:9/v1", HUGGINGGPT_LLM_MAX_RETRIES="0"
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a setting to change, as every configuration problem
     both = proc.stdout + proc.stderr
     assert both.count("could not reach the LLM at http://127.0.0.1:9/v1") == 1, both[-3000:]
     assert "Connection error. Set OPENAI_BASE_URL" in both and ".." not in both
@@ -143,9 +145,10 @@ def test_cli_failed_node_prints_no_stray_traceback(env: Path, llm, sample_files)
 
 def test_cli_unreachable_llm_says_what_to_set(env: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    assert main(["run", "Summarize this: a b c", "--json"]) == 1
+    assert main(["run", "Summarize this: a b c", "--json"]) == 2  # a configuration problem
     out = json.loads(capsys.readouterr().out)
     assert "could not reach the LLM at http://127.0.0.1:9/v1" in out["error"]
+    assert out["error_kind"] == "configuration"
     assert "Set OPENAI_BASE_URL" in out["error"]
 
 
@@ -254,3 +257,113 @@ def test_cli_quiet_shows_no_progress(env: Path, llm, capsys) -> None:
     assert main(["run", "Say hi", "--json", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["answer"] == "Hi." and "plan: no task" not in captured.err
+
+
+def _chat(turns: str, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, list[dict], str]:
+    """``hugginggpt chat --json ARGS`` in this process, reading ``turns`` from a pipe."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(turns))
+    code = main(["chat", "--json", *args])
+    captured = capsys.readouterr()
+    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
+def test_chat_pins_hold_for_the_turns_that_use_them(env: Path, llm, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A session's ``--model`` pin is used by the turns whose plan has its task; a turn without it is not refused."""
+    llm.set(
+        plan=[
+            plan_json({"id": 0, "task": "text-to-speech", "dep": [-1], "args": {"text": "hello there"}}),
+            plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "so lovely"}}),
+        ],
+        respond=["Read aloud.", "Positive."],
+    )
+    code, summaries, err = _chat(
+        "Read 'hello there' aloud\nIs 'so lovely' positive?\n",
+        ["-m", "text-to-speech=tiny/text-to-speech"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err[-2000:]
+    assert [s["status"] for s in summaries] == ["completed", "completed"], [s["error"] for s in summaries]
+    assert summaries[0]["assignments"][0]["reason"].startswith("pinned by the user")
+    assert summaries[1]["results"][0]["task"] == "text-classification"
+    # a single run still refuses a pin its plan does not use (the user asked for that model)
+    llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "so lovely"}}))
+    assert main(["run", "Is 'so lovely' positive?", "-m", "text-to-speech=tiny/text-to-speech", "--json"]) == 1
+    assert "pins task(s) text-to-speech that the plan does not use" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_chat_reads_the_files_it_produced_with_storage_anywhere(
+    env: Path, llm, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Storage outside the working directory and outside HUGGINGGPT_INPUT_ROOTS: a later turn still reads the
+    files an earlier turn stored; a file the user never gave is refused naming the input, not the LLM's plan."""
+    monkeypatch.setenv("HUGGINGGPT_INPUT_ROOTS", "[]")
+    assert not env.resolve().is_relative_to(Path.cwd().resolve())
+
+    def transcribe_the_earlier_audio(body: dict) -> str:
+        wav = re.search(r"[^\"\s,()]*/audio\.wav", json.dumps(body["messages"]))
+        assert wav, "the earlier turn's file was not offered to the planner"
+        return plan_json({"id": 0, "task": "automatic-speech-recognition", "dep": [-1], "args": {"audio": wav.group()}})
+
+    llm.set(
+        plan=[
+            plan_json({"id": 0, "task": "text-to-speech", "dep": [-1], "args": {"text": "hello there"}}),
+            transcribe_the_earlier_audio,
+        ],
+        respond=["Read aloud.", "It says hello."],
+    )
+    code, summaries, _ = _chat("Read 'hello there' aloud\nNow transcribe that audio\n", [], monkeypatch, capsys)
+    assert code == 0, [s["error"] for s in summaries]
+    assert summaries[1]["results"][0]["status"] == "completed"
+
+    outside = env.parent / "elsewhere.wav"
+    outside.write_bytes(Path(summaries[0]["results"][0]["outputs"]["audio"]).read_bytes())
+    from flows.request import run_request
+
+    refused = run_request(RequestSpec(request="Transcribe elsewhere.wav", inputs=[str(outside)]))
+    assert refused.status == "failed" and f"input {outside} is outside the folders" in (refused.error or "")
+    assert "plan" not in (refused.error or "")
+
+
+def test_summary_into_a_pipe_keeps_paths_whole_and_clips_long_outputs(capsys) -> None:
+    """Printed into a pipe (capsys is no terminal): no wrapping at 80 columns that would split a path or a model id;
+    a long text output is clipped in the table with a marker saying where the whole is, and kept whole in the
+    summary."""
+    from flows.cli import print_summary
+    from tasks.schemas import Assignment, ModelSpec, NodeResult, PlanNode, RunSummary
+
+    folder = "/data/" + "very-long-folder-name/" * 6 + "runs/0123456789abcdef/nodes/1-text-to-speech/audio.wav"
+    model = "an-organisation-with-a-long-name/a-text-generation-model-with-an-even-longer-name-v2"
+    story = " ".join(f"word{i}" for i in range(3000))
+    summary = RunSummary(
+        request="Write a story and read it aloud",
+        plan=[
+            PlanNode(id=0, task="text-generation", dep=[], args={"text": "a story"}),
+            PlanNode(id=1, task="text-to-speech", dep=[0], args={"text": "<GENERATED>-0"}),
+        ],
+        assignments=[
+            Assignment(
+                node_id=0,
+                task="text-generation",
+                model=model,
+                reason="r",
+                spec=ModelSpec(id=model, task="text-generation"),
+            )
+        ],
+        results=[
+            NodeResult(id=0, task="text-generation", status="completed", outputs={"text": story}, model=model),
+            NodeResult(id=1, task="text-to-speech", status="completed", outputs={"audio": folder}),
+        ],
+        answer="Here it is.",
+        flow_run_id="run-1",
+        storage_uri="/data/runs/run-1",
+    )
+    print_summary(summary)
+    out = capsys.readouterr().out
+    assert folder in out and model in out  # whole, on one line each
+    assert "word9 word10" in out and "word2999" not in out
+    assert f"[{len(story) - 240} more characters in summary.json]" in out
+    assert len(out.splitlines()) < 20
+    assert summary.results[0].outputs["text"] == story

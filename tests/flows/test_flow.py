@@ -136,7 +136,10 @@ def test_graph_runs_as_task_runs_with_planned_edges(env: Path, llm, sample_files
     )
     kinds = {"markdown": by_key["hugginggpt-request-summary"], "table": by_key["hugginggpt-request-nodes"]}
     assert summary.flow_run_id in kinds["markdown"].description
-    assert f"[audio.wav]({Path(speech).as_uri()})" in kinds["markdown"].data  # stored files are links
+    # a local file is no link (browsers refuse file:// from a page): its path, as code to copy
+    assert "file://" not in kinds["markdown"].data and "](/" not in kinds["markdown"].data
+    assert f"- text-to-speech#1 audio: `{speech}`" in kinds["markdown"].data
+    assert by_key["hugginggpt-request-text-to-speech-audio"].data == f"`{speech}`"
     # node task runs are tagged with their task type, model and backend (for tag-based concurrency limits)
     assert {"hugginggpt", "task:image-to-text", "model:tiny/image-to-text", "backend:local"} <= set(
         runs["image-to-text#0"].tags
@@ -172,14 +175,20 @@ def test_failed_node_skips_dependents_and_spares_siblings(
         ),
         respond=lambda body: "Captioning failed: " + ("could not load" in body["messages"][-1]["content"]) * "yes",
     )
-    state, summary = _run(
-        "Caption and classify the photo, read the caption aloud",
-        inputs=[photo],
-        models={"image-to-text": "tiny/broken-captioner"},
-        catalog=str(catalog),
-    )
+    from flows import progress
+
+    events: list[Any] = []
+    with progress.subscribe(events.append):
+        state, summary = _run(
+            "Caption and classify the photo, read the caption aloud",
+            inputs=[photo],
+            models={"image-to-text": "tiny/broken-captioner"},
+            catalog=str(catalog),
+        )
     assert state.is_failed()
     assert "2 of 3 task(s) did not complete" in state.message
+    shown = [e.state for e in events if isinstance(e, progress.NodeEvent) and e.node == "text-to-speech#1"]
+    assert shown == ["skipped"]  # never shown running: it does not run
     by_id = {r.id: r for r in summary.results}
     assert by_id[0].status == "failed" and "tiny/broken-captioner" in by_id[0].error
     assert by_id[1].status == "skipped" and "upstream task 0 (image-to-text) failed" in by_id[1].error

@@ -103,6 +103,37 @@ def test_models_says_where_each_candidate_runs(hub: FakeHub, tiny: pathlib.Path,
     assert hub.asked("/api/models/acme/hub-bert") == ["/api/models/acme/hub-bert"]
 
 
+def test_models_offline_ranks_weights_here_first_with_a_header(
+    hub: FakeHub, tiny: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """Offline, the models whose weights are on this machine come first, as selection ranks them; the listing has a
+    header; ``--runnable`` keeps only those that can run; a tiny model's size is not ``0M``."""
+    catalog = tmp_path / "catalog.jsonl"
+    records = [
+        {
+            "id": "acme/popular",
+            "task": "text-classification",
+            "downloads": 10**6,
+            "architecture": "bert",
+            "params": 10**8,
+        },
+        {"id": "acme/liked", "task": "text-classification", "downloads": 10**5, "architecture": "bert"},
+        {"id": "tiny/tc", "task": "text-classification", "downloads": 1, "local_path": str(tiny), "params": 9_000},
+    ]
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["models", "--task", "text-classification", "--catalog", str(catalog)]
+    done = hugginggpt(args, hub, tmp_path / "home", HF_HUB_OFFLINE="1")
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split()[:6] == ["#", "task", "model", "tier", "architecture", "size"]
+    assert rows[0].split()[:3] == ["1", "text-classification", "tiny/tc"]  # the weights are here: it runs
+    assert " 9k  local: ready" in rows[0] and " 0M " not in done.stdout
+    assert [r.split()[2] for r in rows].index("acme/popular") < [r.split()[2] for r in rows].index("acme/liked")
+
+    runnable = hugginggpt([*args, "--runnable", "--json"], hub, tmp_path / "home", HF_HUB_OFFLINE="1")
+    assert [json.loads(line)["id"] for line in runnable.stdout.splitlines()] == ["tiny/tc"]
+
+
 def test_pull_downloads_with_the_hub_client_and_refuses_offline(hub: FakeHub, tmp_path: pathlib.Path) -> None:
     files = {"config.json": b'{"model_type": "bert"}', "model.safetensors": b"\0" * 64, "tf_model.h5": b"tf"}
     hub.add(HubModel(id="acme/pullme", pipeline_tag="text-classification", files=files))

@@ -25,7 +25,7 @@ from flows import progress
 from flows.prefect_setup import prefect_run_settings
 from flows.request import request_run_name, run_request
 from tasks.execute import is_transient
-from tasks.report import browser_link, node_rows
+from tasks.report import node_rows
 from tasks.schemas import NodeResult, RequestSpec
 from tests.llm_server import plan_json
 from tests.prefect_api import api_until, task_runs
@@ -63,6 +63,21 @@ def test_board_follows_node_states_and_batch_rate() -> None:
     assert progress.batch_line(board) == "lines 2/4 done · 0.50/s · about 4 s left"
 
 
+def test_a_node_that_ended_stays_ended_on_the_board() -> None:
+    """A model loaded ahead for a node the cache answered reports late: the node still shows ``cached``."""
+    board = progress.Board(started=100.0)
+    board.apply(progress.PlanEvent("run", "my run", (("a#0", "m/a", ""),), at=100.0))
+    board.apply(progress.NodeEvent("run", "a#0", "cached", "reused run r", at=101.0))
+    for late in ("loading", "waiting"):
+        assert board.apply(progress.NodeEvent("run", "a#0", late, "model loaded", at=102.0)) is None
+    row = board.rows[("run", "a#0")]
+    assert (row.state, progress.describe(row), board.seconds(row, now=999.0)) == ("cached", "cached: reused run r", 0.0)
+    # a Prefect retry of a failed node runs again
+    board.apply(progress.NodeEvent("run", "a#0", "failed", "boom", at=103.0))
+    assert board.apply(progress.NodeEvent("run", "a#0", "running", "attempt 2", at=104.0)) is not None
+    assert board.rows[("run", "a#0")].state == "running"
+
+
 def test_plain_view_writes_one_safe_line_per_change() -> None:
     out = io.StringIO()
     view = progress.PlainView(out)
@@ -88,24 +103,30 @@ def test_transient_failures_are_told_apart() -> None:
 
 
 def test_links_of_stored_files(tmp_path: Path) -> None:
+    from flows.artifacts import file_link
+
     local = tmp_path / "a b.png"
-    assert browser_link(str(local)) == (local.resolve().as_uri(), False)
-    assert browser_link("https://cdn.example/x.png") == ("https://cdn.example/x.png", True)
+    assert file_link(str(local)) is None  # a browser refuses file:// from a page: no dead link
+    assert file_link(local.as_uri()) is None
+    assert file_link("https://cdn.example/x.png") == "https://cdn.example/x.png"
 
     class Signer:
         def sign(self, path: str, expiration: int) -> str:
             return f"https://s3.example/{path.removeprefix('s3://')}?X-Amz-Expires={expiration}"
 
-    url, fetchable = browser_link("s3://bucket/run/image.png", Signer(), expires=60)
-    assert (url, fetchable) == ("https://s3.example/bucket/run/image.png?X-Amz-Expires=60", True)
-    assert browser_link("memory://run/image.png", object()) == ("memory://run/image.png", False)
+    url = file_link("s3://bucket/run/image.png", Signer(), expires=60)
+    assert url == "https://s3.example/bucket/run/image.png?X-Amz-Expires=60"
+    assert file_link("s3://bucket/run/image.png") is None  # unsigned: not something a browser opens
+    assert file_link("memory://run/image.png", object()) is None
 
 
 def test_presigned_links_from_s3fs() -> None:
+    from flows.artifacts import file_link
+
     s3fs = pytest.importorskip("s3fs")
     fs = s3fs.S3FileSystem(key="AKIDEXAMPLE", secret="secret", client_kwargs={"endpoint_url": "http://127.0.0.1:9"})
-    url, fetchable = browser_link("s3://bucket/run/nodes/0-text-to-image/image.png", fs, expires=600)
-    assert fetchable and url.startswith("http://127.0.0.1:9/bucket/run/nodes/0-text-to-image/image.png?")
+    url = file_link("s3://bucket/run/nodes/0-text-to-image/image.png", fs, expires=600)
+    assert url is not None and url.startswith("http://127.0.0.1:9/bucket/run/nodes/0-text-to-image/image.png?")
     import time
     from urllib.parse import parse_qs, urlsplit
 
@@ -231,15 +252,20 @@ def test_summary_markdown_links_files_and_shows_fetchable_images() -> None:
     signed = "https://s3.example/b/run-1/image.png?X-Amz-Signature=abc"
     shown = summary_markdown(summary, {"s3://b/run-1/image.png": signed}, frozenset({"s3://b/run-1/image.png"}))
     assert f"![text-to-image#0]({signed})" in shown
-    assert f"| image: [image.png]({signed}) |" in shown and "| none |" in shown  # no bare "-" (a bullet)
-    hidden = summary_markdown(summary, {"s3://b/run-1/image.png": "file:///x/image.png"})
-    assert "![" not in hidden and "[image.png](file:///x/image.png)" in hidden
+    assert f"- **text-to-image#0**: image: [image.png]({signed})" in shown and "| none |" in shown  # no bare "-"
+    hidden = summary_markdown(summary, {})  # no link a browser could open: the path as code, to copy
+    assert "![" not in hidden and "](" not in hidden
+    assert (
+        "- **text-to-image#0**: image: `image.png`" in hidden
+        and "- text-to-image#0 image: `s3://b/run-1/image.png`" in hidden
+    )
 
 
 @pytestmark_prefect
 def test_a_run_created_with_its_name_keeps_it(env: Path, llm) -> None:
     """A flow run created already named (what run_deployment(flow_run_name=request_run_name(...)) does) keeps the
-    name when it starts; one created with a random name gets the request's."""
+    name when it starts, and so does one given any other name (``prefect deployment run --flow-run-name``); one
+    created with Prefect's made-up two-word name gets the request's."""
     from prefect.flow_engine import run_flow
 
     from flows.request import hugginggpt_request
@@ -257,7 +283,8 @@ def test_a_run_created_with_its_name_keeps_it(env: Path, llm) -> None:
         async with get_client() as client:
             return (await client.read_flow_run(flow_run_id)).name
 
-    for given, expected in ((named, named), ("random-fox", None)):
+    given_by_hand = "Caption photo.jpg · 120301"
+    for given, expected in ((named, named), (given_by_hand, given_by_hand), ("random-fox", None)):
         flow_run = asyncio.run(create(given))
         with prefect_run_settings():
             run_flow(
@@ -336,6 +363,50 @@ def test_live_view_renders_states_as_text() -> None:
     batch = progress.LiveView(console, batch=True)
     batch(progress.LineEvent(1, "completed", 1, 3))
     assert str(batch._render()).startswith("lines 1/3 done")
+
+
+def test_prefect_s_failed_task_line_does_not_dump_the_node_s_result() -> None:
+    """Prefect logs a task run that returned a Failed state with the state's whole repr (the node's result in it):
+    that line is dropped; a retry's line is kept, the state named briefly."""
+    import logging
+
+    from prefect.states import Failed
+
+    from tasks.schemas import NodeResult
+
+    state = Failed(
+        message="model m failed: boom", data=NodeResult(id=0, task="image-to-text", status="failed", error="x" * 500)
+    )
+    tidy = progress._TidyRunLogs()
+
+    def record(msg: str, args: tuple = ()) -> logging.LogRecord:
+        return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, msg, args, None)
+
+    assert not tidy.filter(record(f"Task run failed with state: {state!r}"))
+    retry = record("Task run failed with %s: %r - Retry %s/%s will start %s", ("state", state, 1, 2, "in 2 s"))
+    assert tidy.filter(retry)
+    assert (
+        retry.getMessage() == "Task run failed with state: Failed('model m failed: boom') - Retry 1/2 will start in 2 s"
+    )
+    assert tidy.filter(record("Finished in state Failed('model m failed: boom')"))
+
+
+def test_the_artifact_table_clips_long_outputs_and_lets_them_wrap() -> None:
+    from tasks.schemas import PlanNode, RunSummary
+
+    word = "ummarize" * 40  # a tiny model's output: one long word
+    summary = RunSummary(
+        request="Summarize",
+        plan=[PlanNode(id=0, task="summarization", dep=[], args={"text": "a story"})],
+        results=[NodeResult(id=0, task="summarization", status="completed", outputs={"text": word})],
+    )
+    cell = node_rows(summary, links={})[0]["output"]
+    assert (
+        cell.startswith("text: ummarizeummarizeumma\u200b")
+        and f"\\[{len(word) - 60} more characters in summary\\.json\\]" in cell  # as markdown
+    )
+    assert all(len(part) <= 40 for part in cell.replace("\u200b", " ").split())  # no run the table cannot wrap
+    assert summary.results[0].outputs["text"] == word  # the summary keeps it whole
 
 
 def test_node_tagging_attaches_tags_for_acquisition_only_where_a_limit_exists() -> None:

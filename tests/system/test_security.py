@@ -406,7 +406,9 @@ def test_given_inputs_outside_the_roots_are_refused(
         RequestSpec(request="Classify photo.png and caption the other photo", inputs=["photo.png", outside])
     )
     assert summary.status == "failed"
-    assert f"task 1 (image-to-text): argument 'image': input {outside} is outside the folders" in summary.error
+    # said of the input itself, before any plan names it (no LLM call is spent on it)
+    assert summary.error.startswith(f"input {outside} is outside the folders")
+    assert llm.calls["plan"] == 0
 
 
 @pytestmark_flow

@@ -94,3 +94,13 @@ def test_settings_from_env_and_dotenv(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(LLMNotConfiguredError, match="Set OPENAI_API_KEY"):
         Settings().require_llm()
     assert "sk-secret" not in repr(Settings(openai_api_key="sk-secret"))
+
+
+def test_an_undecodable_input_is_named_without_the_decoder_s_buffer() -> None:
+    from tasks.task_types import Modality
+
+    for modality, kind in ((Modality.IMAGE, "a readable image"), (Modality.AUDIO, "readable audio")):
+        with pytest.raises(InputError) as caught:
+            decode(b"these bytes are no picture nor sound", modality, "photo.png")
+        assert str(caught.value).startswith(f"input photo.png is not {kind} (")
+        assert "BytesIO" not in str(caught.value) and " at 0x" not in str(caught.value)

@@ -84,6 +84,28 @@ def test_constrained_replies_match_their_schema(controllers: dict[int, Path], st
         jsonschema.validate(json.loads(free), SCHEMAS[stage])
 
 
+def test_the_embedded_controller_streams_its_reply_into_the_plan_parser(controller_dir: Path) -> None:
+    """The pieces handed out while generating make the reply chat gives, and the incremental parser reads the tasks
+    of a constrained plan from them as they come."""
+    from tasks.parsing import PlanStreamParser
+
+    model = _model(controller_dir)
+    at_least_one = copy.deepcopy(SCHEMAS["plan"])
+    at_least_one["properties"]["tasks"]["minItems"] = 1
+    parser = PlanStreamParser()
+    pieces: list[str] = []
+    tasks: list[object] = []
+
+    def on_text(text: str) -> None:
+        pieces.append(text)
+        tasks.extend(parser.feed(text))
+
+    reply, usage = model.stream(PROMPTS[0], on_text=on_text, stage="plan", schema=at_least_one)
+    assert "".join(pieces) == reply and len(pieces) > 1 and usage.calls == 1
+    assert reply == model.chat(PROMPTS[0], stage="plan", schema=at_least_one)[0]  # greedy: the same reply
+    assert tasks == json.loads(reply)["tasks"] and tasks
+
+
 def _strings(value: object) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -176,13 +198,13 @@ def test_whole_request_through_the_embedded_controller(
     decoded), selects and answers, and the summary counts every call it made."""
     assert isinstance(chat_model_for(Settings()), LocalChatModel)
     made: list[str] = []
-    real_chat = LocalChatModel.chat
+    real_stream = LocalChatModel.stream
 
     def counted(self: LocalChatModel, messages: list, **kwargs: object) -> tuple[str, object]:
-        made.append(str(kwargs.get("stage")))
-        return real_chat(self, messages, **kwargs)  # type: ignore[arg-type]
+        made.append(str(kwargs.get("stage")))  # every call, streamed (planning) or not (chat streams to nowhere)
+        return real_stream(self, messages, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(LocalChatModel, "chat", counted)
+    monkeypatch.setattr(LocalChatModel, "stream", counted)
     code = main(["run", "Is this positive: what a lovely day", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]

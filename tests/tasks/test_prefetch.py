@@ -18,7 +18,7 @@ import pytest
 from tasks.experts.base import ModelSpec
 from tasks.experts.cache import ModelCache, track_model_wait
 from tasks.prefetch import PrefetchPlan, plan_prefetch, start_prefetch
-from tasks.schemas import Assignment
+from tasks.schemas import Assignment, RequestSpec
 
 TIMEOUT = 30.0
 
@@ -256,3 +256,64 @@ def test_prefetch_of_the_flow_loads_into_the_nodes_backend_and_never_fails_the_r
         raise RuntimeError("no device")
 
     assert prefetch_models(load_settings(), chain, broken).loads == {}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_no_model_is_fetched_ahead_for_nodes_the_cache_or_a_resume_answers(
+    env: Path, llm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second identical request is answered by the result cache, a resume by its earlier attempt: the
+    prefetch is handed only the nodes that will run a model."""
+    import flows.request as request_flow
+    from flows.request import run_request
+    from tasks.experts.base import ExpertError
+    from tasks.experts.local import LocalBackend
+    from tests.llm_server import plan_json
+
+    fetched: list[list[int]] = []
+    real_prefetch = request_flow.prefetch_models
+
+    def spy(settings: Any, assignments: Any, backend: Any, flow_run_id: Any = None) -> Any:
+        fetched.append([a.node_id for a in assignments])
+        return real_prefetch(settings, assignments, backend, flow_run_id)
+
+    monkeypatch.setattr(request_flow, "prefetch_models", spy)
+    real_run = LocalBackend.run
+    failures = {"summarization": 1}
+
+    def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+        if failures.get(task):
+            failures[task] -= 1
+            raise ExpertError(f"model {model.id!r} failed on {task}: a fault")
+        return real_run(self, task, model, inputs)
+
+    monkeypatch.setattr(LocalBackend, "run", run)
+    llm.set(
+        plan=plan_json(
+            {"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "so lovely"}},
+            {"id": 1, "task": "summarization", "dep": [-1], "args": {"text": "a long story about a cat"}},
+            {"id": 2, "task": "translation", "dep": [0], "args": {"text": "<GENERATED>-0"}},
+        ),
+        respond="ok",
+    )
+    first = run_request("Rate, summarize, translate")
+    assert [r.status for r in first.results] == ["completed", "failed", "completed"]
+    resumed = run_request(RequestSpec(request="Rate, summarize, translate", resume_from=first.flow_run_id))
+    assert [(r.status, r.cached) for r in resumed.results] == [
+        ("completed", True),
+        ("completed", False),
+        ("completed", True),
+    ]
+    from flows import progress
+
+    events: list[Any] = []
+    with progress.subscribe(events.append):
+        again = run_request("Rate, summarize, translate")
+    assert all(r.cached for r in again.results)
+    assert fetched == [[0, 1, 2], [1], []]
+    # the board hears each node run then end cached, under the node's own name: no model load, nothing after
+    shown: dict[str, list[str]] = {}
+    for e in events:
+        if isinstance(e, progress.NodeEvent):
+            shown.setdefault(e.node, []).append(e.state)
+    assert shown == {n: ["running", "cached"] for n in ("text-classification#0", "summarization#1", "translation#2")}

@@ -72,6 +72,7 @@ def test_hostile_text_is_shown_as_text_in_the_summary_markdown() -> None:
             "HuggingGPT run: completed",
             "Answer",
             "Tasks",
+            "Outputs",
             "Model choices",
             "Plan repairs",
             "Run",
@@ -122,5 +123,5 @@ def test_the_published_artifact_escapes_the_llm_answer_and_the_request(env: Path
         links = re.findall(r'<a href="([^"]*)"', html)  # only the run's own files are linked
         assert all(Path(summary.storage_uri).as_uri() in link for link in links), links
         assert "<img" not in html
-        assert re.findall(r"<h2>([^<]*)</h2>", html) == ["Answer", "Tasks", "Model choices", "Run"]
+        assert re.findall(r"<h2>([^<]*)</h2>", html) == ["Answer", "Tasks", "Outputs", "Model choices", "Files", "Run"]
         assert html.count("<table>") == 1

@@ -112,8 +112,8 @@ def test_request_stores_everything_in_the_bucket(s3: S3Server, llm, sample_files
         per_file = [a for a in found if a.key and a.key.startswith("hugginggpt-request-")]
         return [a for a in per_file if a.key not in ("hugginggpt-request-summary", "hugginggpt-request-nodes")]
 
-    linked = [str(a.data) for a in asyncio.run(links())]  # each stored file of an object store gets a link artifact
-    assert any(f"({detections['image']})" in d for d in linked) and any(f"({detections['json']})" in d for d in linked)
+    shown = [str(a.data) for a in asyncio.run(links())]  # each stored file gets an artifact: unsigned, its URI as code
+    assert any(f"`{detections['image']}`" == d for d in shown) and any(f"`{detections['json']}`" == d for d in shown)
 
 
 def test_second_identical_request_runs_no_model(s3: S3Server, llm, sample_files, model_calls) -> None:
@@ -134,8 +134,12 @@ def test_second_identical_request_runs_no_model(s3: S3Server, llm, sample_files,
     assert all(r.cached and r.reused_from == first.flow_run_id for r in second.results)
     assert [r.outputs for r in second.results] == [r.outputs for r in first.results]
     names = ("image-classification#0", "text-classification#1", "object-detection#2")
-    runs = task_runs(second.flow_run_id, names)
-    assert {runs[n].state.name for n in names} == {"Cached"}
+    # told apart from nodes that ran at a glance in the run graph: the name says it, the state is named Cached
+    cached = [f"{n} (cached)" for n in names]
+    runs = task_runs(second.flow_run_id, cached)
+    assert {runs[n].state.name for n in cached} == {"Cached"}
+    ran = task_runs(first.flow_run_id, names)
+    assert {ran[n].state.name for n in names} == {"Completed"}
 
     # off by flag: the models run again
     assert main(["run", "Classify copy-of-photo.png ...", "-i", str(copy), "--no-cache", "--json"]) == 0
@@ -319,3 +323,55 @@ def test_storage_named_by_a_prefect_block(env: Path, llm, tmp_path: Path, monkey
     assert (
         broken.status == "failed" and "cannot load the Prefect block 'local-file-system/no-such-block'" in broken.error
     )
+
+
+def test_resume_of_a_run_with_models_pinned_as_folders(
+    env: Path, llm, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A run whose models were pinned as folders of weights resumes with those folders (they are in no catalog),
+    under a name that says it is a resume, and its summary and artifact name the run it resumes."""
+    real_run = LocalBackend.run
+    failures = {"summarization": 1}
+
+    def run(self: LocalBackend, task: str, model: Any, inputs: dict[str, Any]) -> Any:
+        if failures.get(task):
+            failures[task] -= 1
+            raise ExpertError(f"model {model.id!r} failed on {task}: transient fault")
+        return real_run(self, task, model, inputs)
+
+    monkeypatch.setattr(LocalBackend, "run", run)
+    llm.set(
+        plan=plan_json(
+            {"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "long story"}},
+            {"id": 1, "task": "summarization", "dep": [-1], "args": {"text": "a long story about a cat"}},
+        ),
+        respond="ok",
+    )
+    pins = [f"--model=text-classification={tiny_models['text-classification']}"]
+    pins.append(f"--model=summarization={tiny_models['summarization']}")
+    assert main(["run", "Rate and summarize", *pins, "--json", "--quiet"]) == 1
+    first = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in first["results"]] == ["completed", "failed"]
+
+    assert main(["resume", first["flow_run_id"], "--json", "--quiet"]) == 0, capsys.readouterr().err
+    second = json.loads(capsys.readouterr().out)
+    assert [(r["status"], r["cached"]) for r in second["results"]] == [("completed", True), ("completed", False)]
+    assert [r["model"] for r in second["results"]] == [
+        str(tiny_models[t]) for t in ("text-classification", "summarization")
+    ]
+    assert second["resumed_from"] == first["flow_run_id"]
+
+    async def read() -> tuple[Any, Any]:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(second["flow_run_id"])
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[second["flow_run_id"]]))
+            )
+        return flow_run, next(a for a in found if a.key == "hugginggpt-request-summary")
+
+    flow_run, artifact = asyncio.run(read())
+    assert flow_run.name.startswith(f"resume of {first['flow_run_id'][:8]}: Rate and summarize · ")
+    assert f"**Resumes run:** [`{first['flow_run_id']}`](http" in str(artifact.data)  # its page in the UI
+    assert f"/runs/flow-run/{first['flow_run_id']})" in str(artifact.data)

@@ -644,7 +644,7 @@ def test_eval_and_plan_name_an_invalid_setting(llm, monkeypatch: pytest.MonkeyPa
 def test_eval_unreachable_llm_stops(llm, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     code, _, err = _run(["eval", "--limit", "3", "--out", str(tmp_path / "r.json")], capsys)
-    assert code == 1 and "could not reach the LLM at http://127.0.0.1:9/v1" in err
+    assert code == 2 and "could not reach the LLM at http://127.0.0.1:9/v1" in err  # a setting to change
     assert not (tmp_path / "r.json").exists()
 
 

@@ -1,6 +1,6 @@
 """Every architecture the local backend offers, proven on a tiny random model of the real checkpoint's classes.
 
-Each tiny model (``tests/tiny_models.py``, :data:`ARCHITECTURE_BUILDERS`) is built from the same config class and the
+Each tiny model (``tests/tiny_models/``, :data:`ARCHITECTURE_BUILDERS`) is built from the same config class and the
 same processor / tokenizer class as the real checkpoint, saved, and run through :class:`LocalBackend`. The tests
 assert what the model was asked (the prompt it was given, the number of tokens it generated, the text it spoke),
 not only that something came back. :data:`PROOFS` maps each (task, architecture) pair of
