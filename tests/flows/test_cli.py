@@ -284,8 +284,10 @@ def test_chat_pins_hold_for_the_turns_that_use_them(env: Path, llm, monkeypatch:
         monkeypatch,
         capsys,
     )
+    assert [s["status"] for s in summaries] == ["completed", "completed"], [
+        (s["error"], [r["error"] for r in s["results"]]) for s in summaries
+    ]
     assert code == 0, err[-2000:]
-    assert [s["status"] for s in summaries] == ["completed", "completed"], [s["error"] for s in summaries]
     assert summaries[0]["assignments"][0]["reason"].startswith("pinned by the user")
     assert summaries[1]["results"][0]["task"] == "text-classification"
     # a single run still refuses a pin its plan does not use (the user asked for that model)

