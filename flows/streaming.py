@@ -202,7 +202,7 @@ def run_streamed(
                 whole: PlanResult = payload
                 out.plan = whole
                 stray = sorted(set(pins) - {n.task for n in whole.nodes})
-                if stray and settings.unused_pins != "ignore":  # a chat's session pins need not all be used
+                if stray and settings.unused_pins != "ignore":  # a chat session's pins need not all be used
                     raise SelectionError(
                         f"--model pins task(s) {', '.join(stray)} that the plan does not use "
                         f"(plan tasks: {', '.join(sorted({n.task for n in whole.nodes})) or 'none'})"
