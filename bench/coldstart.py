@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.schemas import RequestSpec
+from tasks.settings import RunOptions
+
 CHAIN: tuple[str, ...] = ("summarization", "translation", "text-classification")
 ORG = "bench-hub"
 REQUEST = "Summarize this, translate the summary, and say whether it is positive."
@@ -112,18 +115,13 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from flows.prefect_setup import prefect_run_settings
     from flows.request import run_request
     from tasks.schemas import PlanNode
-    from tasks.settings import RunOptions
 
     plan = [PlanNode.model_validate(n) for n in spec["plan"]]
     with prefect_run_settings(quiet=True):
         t0 = time.perf_counter()
         summary = run_request(
-            REQUEST,
-            plan=plan,
-            models=spec["pins"],
-            storage=spec["storage"],
-            catalog=spec["catalog"],
-            options=RunOptions(prefetch=spec["prefetch"]),
+            RequestSpec(request=REQUEST, models=spec["pins"], plan=plan),
+            RunOptions(storage=spec["storage"], catalog=spec["catalog"], prefetch=spec["prefetch"]),
         )
         wall = time.perf_counter() - t0
     return {

@@ -459,7 +459,8 @@ def run_flow(
     """Run ``hugginggpt-request`` once (a thread pool of ``max_workers`` for its nodes) and time it from the
     caller's side: flow run creation, every stage, and the final state."""
     from flows.request import hugginggpt_request, summary_of
-    from tasks.schemas import PlanNode, RunSummary
+    from tasks.schemas import PlanNode, RequestSpec, RunSummary
+    from tasks.settings import RunOptions
 
     nodes = [n if isinstance(n, PlanNode) else PlanNode.model_validate(n) for n in plan] if plan is not None else None
     with env_vars(
@@ -471,12 +472,8 @@ def run_flow(
     ):
         t0 = time.perf_counter()
         state = hugginggpt_request(
-            request,
-            inputs=list(inputs),
-            models=dict(models or {}),
-            storage=storage,
-            catalog=str(catalog) if catalog else None,
-            plan=nodes,
+            RequestSpec(request=request, inputs=list(inputs), models=dict(models or {}), plan=nodes),
+            RunOptions(storage=storage, catalog=str(catalog) if catalog else None),
             return_state=True,
         )
         value = summary_of(state)

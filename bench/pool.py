@@ -45,14 +45,12 @@ def pooled_request(
     the deployed run."""
     start = time.perf_counter()
     from flows.request import hugginggpt_request, summary_of
-    from tasks.schemas import PlanNode
+    from tasks.schemas import PlanNode, RequestSpec
+    from tasks.settings import RunOptions
 
     state = hugginggpt_request(
-        request,
-        plan=[PlanNode.model_validate(n) for n in plan],
-        models=models,
-        storage=storage,
-        catalog=catalog,
+        RequestSpec(request=request, plan=[PlanNode.model_validate(n) for n in plan], models=models),
+        RunOptions(storage=storage, catalog=catalog),
         return_state=True,
     )
     summary = summary_of(state)
@@ -225,8 +223,8 @@ def throughput(bench: Any, catalog: Path, pins: dict[str, str], workers: int, co
     from bench.harness import env_vars
     from flows.request import hugginggpt_request, summary_of
     from flows.runners import warm_workers
-    from tasks.schemas import PlanNode
-    from tasks.settings import load_settings
+    from tasks.schemas import PlanNode, RequestSpec
+    from tasks.settings import RunOptions, load_settings
 
     plan = [PlanNode(id=0, task="text-classification", dep=[], args={"text": LONG_TEXT})]
     model = {"text-classification": pins["text-classification"]}
@@ -245,11 +243,8 @@ def throughput(bench: Any, catalog: Path, pins: dict[str, str], workers: int, co
 
         def one(i: int) -> bool:
             state = hugginggpt_request(
-                f"Is review {i} positive?",
-                plan=plan,
-                models=model,
-                storage=storage,
-                catalog=str(catalog),
+                RequestSpec(request=f"Is review {i} positive?", plan=plan, models=model),
+                RunOptions(storage=storage, catalog=str(catalog)),
                 return_state=True,
             )
             summary = summary_of(state)

@@ -38,7 +38,7 @@ def run(bench: Bench, *, rounds: int | None = None, concurrent: int | None = Non
     from flows.request import run_request
     from flows.serve import Server, serving_in_background
     from serving.config import ServeSettings
-    from tasks.schemas import PlanNode
+    from tasks.schemas import PlanNode, RequestSpec
     from tasks.services import Services
     from tasks.settings import load_settings
 
@@ -79,7 +79,7 @@ def run(bench: Bench, *, rounds: int | None = None, concurrent: int | None = Non
 
             def direct(i: int) -> tuple[float, Any]:
                 t0 = time.perf_counter()
-                summary = run_request(f"Is this review positive? ({i})", models=MODELS, plan=plan)
+                summary = run_request(RequestSpec(request=f"Is this review positive? ({i})", models=MODELS, plan=plan))
                 return time.perf_counter() - t0, summary
 
             served(-1), direct(-1)  # warm-up: imports, the first flow run, the HTTP connection

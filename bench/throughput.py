@@ -37,6 +37,8 @@ from bench.harness import (
     reset_local_backends,
     write_catalog,
 )
+from tasks.schemas import RequestSpec
+from tasks.settings import RunOptions
 
 TASK = "text-classification"
 MODELS = 6
@@ -142,7 +144,8 @@ def one_by_one(count: int, storage: str, catalog: Path, ids: Sequence[str]) -> t
     for i in range(count):
         plan = [PlanNode.model_validate(n) for n in plan_for(i)]
         summary = run_request(
-            request_text(i), models=pins_for(ids, i), storage=storage, catalog=str(catalog), plan=plan
+            RequestSpec(request=request_text(i), models=pins_for(ids, i), plan=plan),
+            RunOptions(storage=storage, catalog=str(catalog)),
         )
         completed += summary.status == "completed"
     return time.perf_counter() - t0, completed

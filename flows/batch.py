@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import mimetypes
 import posixpath
 import re
@@ -56,14 +55,14 @@ from flows.artifacts import artifact_scope
 from flows.batch_budget import BudgetMeter, Budgets
 from flows.batch_ledger import BatchBusyError, BatchLock, completed_summary, line_tags, tagged_runs
 from flows.prefect_setup import prefect_run_settings
-from flows.request import hugginggpt_request
+from flows.request import NoSummaryError, failure_reason, run_request
 from flows.runners import shared_cluster
 from tasks.llm import LLMError
 from tasks.parsing import ParseError, loads_json, parse_plan_value, split_lines
 from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
 from tasks.report import artifact_key
 from tasks.runs import MAX_REQUEST_CHARS, RequestError, check_request
-from tasks.schemas import PlanNode, PlanResult, RunSummary
+from tasks.schemas import PlanNode, PlanResult, RequestSpec, RunSummary
 from tasks.services import prepare_controller
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import BLOCK_PREFIX, ArtifactStore, StorageError, resolve_storage, store_for
@@ -544,6 +543,22 @@ def _record_from_summary(parsed: ParsedLine, summary: RunSummary, plan_source: s
     return record.model_copy(update={"columns": parsed.columns})
 
 
+def line_request(
+    spec: BatchLine,
+    plan: list[PlanNode] | None,
+    plan_source: str,
+    storage: str | None,
+    catalog: str | None,
+    options: RunOptions | None,
+) -> tuple[RequestSpec, RunOptions]:
+    """A line as the request flow's parameters: its request, and the batch's options with its storage and catalog."""
+    request = RequestSpec(
+        request=spec.request, inputs=list(spec.inputs), models=dict(spec.models), plan=plan, plan_source=plan_source
+    )
+    given = {k: v for k, v in {"storage": storage, "catalog": catalog}.items() if v is not None}
+    return request, (options or RunOptions()).model_copy(update=given)
+
+
 @task(name="batch-line", cache_policy=NO_CACHE)
 def run_line(
     line: int,
@@ -585,32 +600,23 @@ def run_line(
         return _run_deployed_line(
             deployment, line, spec, plan, plan_source, cached, storage, catalog, options, run_tags or [], t0
         )
-    child = hugginggpt_request.with_options(flow_run_name=functools.partial(str, _child_name(line, spec)))
+    request, run_options = line_request(spec, plan, plan_source, storage, catalog, options)
     try:
-        with tags(*(run_tags or [])):
-            state = _start_child(
-                lambda: child(
-                    spec.request,
-                    inputs=list(spec.inputs),
-                    models=dict(spec.models),
-                    storage=storage,
-                    catalog=catalog,
-                    plan=plan,
-                    plan_source=plan_source,
-                    options=options,
-                    return_state=True,
-                ),
-                line,
-            )
-        value = state.result(raise_on_failure=False)
+        value = _start_child(
+            lambda: run_request(request, run_options, run_name=_child_name(line, spec), tags=run_tags or []), line
+        )
+    except NoSummaryError as exc:
+        return failed(f"the request's flow run ended without a summary: {exc}")
     except Exception as exc:  # the child could not even start (e.g. its parameters were rejected)
         return failed(f"{type(exc).__name__}: {exc}")
-    if isinstance(value, BaseException) and isinstance(getattr(value, "summary", None), RunSummary):
-        value = value.summary  # a failure that carries the run's summary
-    if not isinstance(value, RunSummary):
-        return failed(f"the request's flow run ended {state.name} without a summary: {value}")
     record = summary_record(
-        line, spec, value, plan_source=plan_source, cached=cached, seconds=time.perf_counter() - t0, error=state.message
+        line,
+        spec,
+        value,
+        plan_source=plan_source,
+        cached=cached,
+        seconds=time.perf_counter() - t0,
+        error=failure_reason(value),
     )
     return _line_state(record)
 
@@ -642,15 +648,10 @@ def _run_deployed_line(
     record is built from the summary the run wrote to storage."""
     from prefect.deployments import run_deployment
 
+    request, run_options = line_request(spec, plan, plan_source, storage, catalog, options)
     parameters: dict[str, Any] = {
-        "request": spec.request,
-        "inputs": list(spec.inputs),
-        "models": dict(spec.models),
-        "storage": storage,
-        "catalog": catalog,
-        "plan": [n.model_dump(mode="json") for n in plan] if plan is not None else None,
-        "plan_source": plan_source,
-        "options": options.model_dump(mode="json", exclude_none=True) if options is not None else None,
+        "spec": request.model_dump(mode="json", exclude_none=True),
+        "options": run_options.model_dump(mode="json", exclude_none=True) or None,
     }
 
     def failed(error: str) -> State:
@@ -702,7 +703,7 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 503
 
 
-def _start_child(start: Callable[[], State], line: int) -> State:
+def _start_child(start: Callable[[], RunSummary], line: int) -> RunSummary:
     """``start()`` (a child flow run of the request flow), again after a wait when the Prefect API answers 503."""
     for attempt in range(CHILD_START_ATTEMPTS):
         try:

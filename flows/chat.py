@@ -18,12 +18,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from tasks.schemas import MAX_HISTORY_MESSAGE_CHARS, ChatTurn, RunSummary, bounded_history, clip_history_text
+from tasks.schemas import (
+    MAX_HISTORY_MESSAGE_CHARS,
+    ChatTurn,
+    RequestSpec,
+    RunSummary,
+    bounded_history,
+    clip_history_text,
+)
+from tasks.settings import RunOptions
 
-#: runs one turn: (request, inputs, pins, history, tags) -> its summary
-TurnRunner = Callable[[str, list[str], dict[str, str], list[ChatTurn], list[str]], RunSummary]
+#: runs one turn: (its request, its Prefect tags) -> its summary
+TurnRunner = Callable[[RequestSpec, list[str]], RunSummary]
 
 
 @dataclass
@@ -52,25 +59,13 @@ def produced_files(summary: RunSummary) -> list[str]:
     return [uri for r in summary.results if r.ok for modality, uri in r.outputs.items() if modality != "text"]
 
 
-def _run_with_prefect(
-    storage: str | None, catalog: str | None
-) -> Callable[[str, list[str], dict[str, str], list[ChatTurn], list[str]], RunSummary]:
-    def run(request: str, inputs: list[str], pins: dict[str, str], history: list[ChatTurn], tags: list[str]) -> Any:
-        from prefect import tags as prefect_tags
-
+def _run_with_prefect(options: RunOptions | None) -> TurnRunner:
+    def run(spec: RequestSpec, tags: list[str]) -> RunSummary:
         from flows.request import run_request
         from tasks.settings import RunOptions
 
-        with prefect_tags(*tags):
-            return run_request(
-                request,
-                inputs=inputs,
-                models=pins,
-                history=history,
-                storage=storage,
-                catalog=catalog,
-                options=RunOptions(unused_pins="ignore"),  # the session's pins: a turn need not use them all
-            )
+        # the session's pins: a turn need not use them all
+        return run_request(spec, (options or RunOptions()).model_copy(update={"unused_pins": "ignore"}), tags=tags)
 
     return run
 
@@ -81,8 +76,7 @@ class ChatSession:
     def __init__(
         self,
         *,
-        storage: str | None = None,
-        catalog: str | None = None,
+        options: RunOptions | None = None,
         history_turns: int | None = None,
         inputs: Sequence[str] = (),
         models: Mapping[str, str] | None = None,
@@ -92,7 +86,7 @@ class ChatSession:
         if history_turns is None:
             from tasks.settings import load_settings
 
-            history_turns = load_settings(storage=storage, catalog=catalog).chat_history
+            history_turns = load_settings(options).chat_history
         if history_turns < 0:
             raise ValueError("history_turns must be 0 or more")
         self.session_id = session_id or uuid.uuid4().hex[:8]
@@ -100,7 +94,7 @@ class ChatSession:
         self.inputs = list(inputs)
         self.models = dict(models or {})
         self.turns: list[Turn] = []
-        self._run = runner or _run_with_prefect(storage, catalog)
+        self._run = runner or _run_with_prefect(options)
 
     @property
     def tags(self) -> list[str]:
@@ -121,7 +115,12 @@ class ChatSession:
 
     def ask(self, request: str, inputs: Sequence[str] = (), models: Mapping[str, str] | None = None) -> RunSummary:
         """Run ``request`` as the next turn; the summary is returned whatever happened, and kept as history."""
-        pins = {**self.models, **dict(models or {})}
-        summary = self._run(request, self.next_inputs(inputs), pins, self.history(), self.tags)
+        spec = RequestSpec(
+            request=request,
+            inputs=self.next_inputs(inputs),
+            models={**self.models, **dict(models or {})},
+            history=self.history(),
+        )
+        summary = self._run(spec, self.tags)
         self.turns.append(Turn(request, summary, produced_files(summary)))
         return summary

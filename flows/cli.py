@@ -15,7 +15,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -134,6 +133,8 @@ def run_options(args: argparse.Namespace) -> Any:
     from tasks.settings import RunOptions
 
     return RunOptions(
+        storage=args.storage,
+        catalog=args.catalog,
         llm_model=args.llm_model,
         device=args.device,
         cache=False if args.no_cache else None,
@@ -147,7 +148,7 @@ def _settings(args: argparse.Namespace) -> Any:
     ``ValidationError`` or :class:`tasks.settings.RuntimeSettingError`)."""
     from tasks.settings import check_runtime, load_settings
 
-    settings = load_settings(run_options(args), storage=args.storage, catalog=args.catalog)
+    settings = load_settings(run_options(args))
     check_runtime(settings)
     return settings
 
@@ -165,62 +166,41 @@ def load_plan_file(path: str) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tasks.runs import RequestError, check_request
+    from tasks.schemas import RequestSpec
 
     try:
         settings = _settings(args)
     except (ValidationError, RuntimeSettingError) as exc:
         return config_error(None, exc)
-    try:
-        check_request(args.request)
-    except RequestError as exc:
-        error(None, str(exc))
-        return EXIT_USAGE
-    problem = validate_request_options(settings, args.inputs)
-    pins = None
-    if problem is None:
-        pins, problem = validated_pins(settings, args.models)
+    pins, problem = parsed_pins(args.models)
     plan = None
     if problem is None and args.plan:
-        plan, problem = validated_plan_file(args.plan, args.inputs, args.request)
-    if problem is not None or pins is None:
-        error(None, problem or "invalid --model")
+        plan, problem = plan_file(args.plan, args.inputs, args.request)
+    checked = None
+    if problem is None:
+        spec = RequestSpec(request=args.request, inputs=list(args.inputs), models=pins or {}, plan=plan)
+        checked, problem = checked_request(settings, spec)
+    if problem is not None or checked is None:
+        error(None, problem or "invalid request")
         return EXIT_USAGE
     if plan is None and not controller_ready(None, settings):
         return EXIT_USAGE
-    return _execute(args, settings, args.request, list(args.inputs), pins, plan=plan)
+    return _execute(args, settings, checked.spec)
 
 
-def validate_request_options(settings: Any, inputs: Sequence[str]) -> str | None:
-    """What is wrong with the catalog file or the inputs of a request, checked before any LLM call; ``None``
-    when nothing is."""
-    from tasks.inputs import InputPolicy, refused_inputs
-
-    if settings.catalog is not None and not Path(settings.catalog).is_file():
-        return f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)"
-    missing = [p for p in inputs if "://" not in p and not Path(p).expanduser().is_file()]
-    if missing:
-        return f"input file(s) not found: {', '.join(missing)}"
-    refused = refused_inputs(list(inputs), InputPolicy.from_settings(settings))
-    return "; ".join(refused) if refused else None
-
-
-def validated_pins(settings: Any, models: Sequence[str]) -> tuple[dict[str, str] | None, str | None]:
-    """The ``--model`` pins as ``{task: model id}``, each one a model that can run under these settings
-    (:func:`tasks.select.check_pins`); or the problem."""
-    from models_catalog.catalog import CatalogError
-    from tasks.select import SelectionError, check_pins, parse_pins
-    from tasks.services import services_for
+def parsed_pins(models: Sequence[str]) -> tuple[dict[str, str] | None, str | None]:
+    """The ``--model TASK=MODEL`` flags as ``{task: model id}``; or the problem."""
+    from tasks.select import SelectionError, parse_pins
 
     try:
-        pins = parse_pins(list(models))
-        return (check_pins(pins, services_for(settings).availability) if pins else pins), None
-    except (SelectionError, CatalogError) as exc:
+        return parse_pins(list(models)), None
+    except SelectionError as exc:
         return None, str(exc)
 
 
-def validated_plan_file(path: str, inputs: Sequence[str], request: str) -> tuple[list[Any] | None, str | None]:
-    """The nodes of a ``--plan`` file, validated against the request's inputs; or the problem."""
+def plan_file(path: str, inputs: Sequence[str], request: str) -> tuple[list[Any] | None, str | None]:
+    """The nodes of a ``--plan`` file, read as a plan in HuggingGPT's format (repaired where the validator repairs);
+    or the problem."""
     from tasks.plan import validate_plan
 
     try:
@@ -230,18 +210,36 @@ def validated_plan_file(path: str, inputs: Sequence[str], request: str) -> tuple
     return nodes, None
 
 
+def checked_request(settings: Any, spec: Any) -> tuple[Any, str | None]:
+    """The request through the one preflight (:func:`tasks.runs.preflight`: the request rule, the inputs, here on this
+    machine, the pins, the plan), before Prefect starts; the checked request, or the problem."""
+    from models_catalog.catalog import CatalogError
+    from tasks.plan import PlanValidationError
+    from tasks.runs import RequestError, preflight
+    from tasks.select import SelectionError
+    from tasks.services import services_for
+
+    try:
+        return preflight(spec, services_for(settings), inputs_here=True), None
+    except PlanValidationError as exc:
+        return None, f"plan: {exc}"
+    except (RequestError, SelectionError, CatalogError) as exc:
+        return None, str(exc)
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from flows.chat import ChatSession
-    from tasks.schemas import RunSummary
+    from tasks.schemas import RequestSpec, RunSummary
 
     try:
         settings = _settings(args)
     except (ValidationError, RuntimeSettingError) as exc:
         return config_error("chat", exc)
-    problem = validate_request_options(settings, args.inputs)
-    pins = None
-    if problem is None:
-        pins, problem = validated_pins(settings, args.models)
+    pins, problem = parsed_pins(args.models)
+    if problem is None:  # the session's inputs and pins, checked once for every turn
+        probe = RequestSpec(request="chat", inputs=list(args.inputs), models=pins or {})
+        checked, problem = checked_request(settings, probe)
+        pins = checked.pins if checked is not None else None
     if problem is None and args.history is not None and args.history < 0:
         problem = "--history must be 0 or more"
     if problem is not None or pins is None:
@@ -250,27 +248,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if not controller_ready("chat", settings):
         return EXIT_USAGE
 
-    def run_turn(
-        request: str, inputs: list[str], turn_pins: dict[str, str], history: list[Any], tags: list[str]
-    ) -> Any:
-        result = run_flow(
-            settings,
-            request,
-            inputs,
-            turn_pins,
-            mode=progress_mode(args),
-            quiet_logs=args.json,
-            storage=args.storage,
-            catalog=args.catalog,
-            history=history,
-            options=run_options(args).model_copy(update={"unused_pins": "ignore"}),  # pins hold for the session
-            tags=tags,
-        )
-        return result if isinstance(result, RunSummary) else RunSummary(request=request, status="failed", error=result)
+    def run_turn(spec: RequestSpec, tags: list[str]) -> Any:
+        options = run_options(args).model_copy(update={"unused_pins": "ignore"})  # pins hold for the session
+        result = run_flow(args, settings, spec, options=options, tags=tags)
+        if isinstance(result, RunSummary):
+            return result
+        return RunSummary(request=spec.request, status="failed", error=result)
 
     session = ChatSession(
-        storage=args.storage,
-        catalog=args.catalog,
+        options=run_options(args),
         history_turns=settings.chat_history if args.history is None else args.history,
         inputs=args.inputs,
         models=pins,
@@ -317,6 +303,7 @@ def escape_json_line(document: Any) -> str:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from tasks.runs import RequestError, load_run_record
+    from tasks.schemas import RequestSpec
     from tasks.services import services_for
     from tasks.storage import StorageError
 
@@ -333,39 +320,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if record is None:
         error(None, f"no run {args.run_id} in {settings.storage} ({store.uri('request.json')} does not exist)")
         return EXIT_USAGE
-    return _execute(
-        args, settings, record.request, record.inputs, record.models, history=record.history, resume_from=args.run_id
+    spec = RequestSpec(
+        request=record.request,
+        inputs=record.inputs,
+        models=record.models,
+        history=record.history,
+        resume_from=args.run_id,
     )
+    return _execute(args, settings, spec)
 
 
-def _execute(
-    args: argparse.Namespace,
-    settings: Any,
-    request: str,
-    inputs: list[str],
-    pins: dict[str, str],
-    *,
-    history: list[Any] | None = None,
-    plan: list[Any] | None = None,
-    resume_from: str | None = None,
-) -> int:
+def _execute(args: argparse.Namespace, settings: Any, spec: Any) -> int:
     from tasks.schemas import RunSummary
 
     try:
-        summary = run_flow(
-            settings,
-            request,
-            inputs,
-            pins,
-            mode=progress_mode(args),
-            quiet_logs=args.json,
-            storage=args.storage,
-            catalog=args.catalog,
-            history=history,
-            plan=plan,
-            resume_from=resume_from,
-            options=run_options(args),
-        )
+        summary = run_flow(args, settings, spec)
     except PrefectUnreachableError as exc:
         error(None, str(exc))
         return EXIT_USAGE
@@ -386,64 +355,35 @@ class PrefectUnreachableError(RuntimeError):
 
 
 def run_flow(
-    settings: Any,
-    request: str,
-    inputs: list[str],
-    pins: dict[str, str],
-    *,
-    mode: str,
-    quiet_logs: bool = False,
-    storage: str | None = None,
-    catalog: str | None = None,
-    history: list[Any] | None = None,
-    plan: list[Any] | None = None,
-    resume_from: str | None = None,
-    options: Any = None,
-    tags: Sequence[str] = (),
+    args: argparse.Namespace, settings: Any, spec: Any, *, options: Any = None, tags: Sequence[str] = ()
 ) -> Any:
-    """Run one request flow in this process, its progress shown in ``mode``; the :class:`RunSummary`, or a
-    message saying why the run has none. Raises :class:`PrefectUnreachableError`."""
-    from prefect import tags as prefect_tags
-
+    """Run one request (:func:`flows.request.run_request`) with its progress shown as the flags say; the
+    :class:`RunSummary`, or a message saying why the run has none. Raises :class:`PrefectUnreachableError`."""
     from flows.prefect_setup import prefect_run_settings
     from flows.progress import progress_view
-    from flows.request import hugginggpt_request, summary_of
+    from flows.request import NoSummaryError, run_request
     from flows.temporary_server import start_temporary_server, temporary_server_notice
     from tasks.runs import stored_summary
 
     began = time.time()
     try:
         with (
-            prefect_run_settings(heartbeats=settings.heartbeats, quiet=quiet_logs),
-            progress_view(mode=mode),
-            prefect_tags("hugginggpt", *tags),
+            prefect_run_settings(heartbeats=settings.heartbeats, quiet=args.json),
+            progress_view(mode=progress_mode(args)),
         ):
             if (started := start_temporary_server()) is not None:
                 error(None, temporary_server_notice(started))
-            state = hugginggpt_request(
-                request,
-                inputs=inputs,
-                models=pins,
-                history=history or [],
-                storage=storage,
-                catalog=catalog,
-                plan=plan,
-                resume_from=resume_from,
-                options=options,
-                return_state=True,
-            )
+            return run_request(spec, options or run_options(args), tags=tags)
     except Exception as exc:
+        if isinstance(exc, NoSummaryError):
+            return str(exc)
         if not _is_prefect_api_error(exc):
             raise
-        summary = stored_summary(settings, request, began)  # the run may have finished before the API went
+        summary = stored_summary(settings, spec.request, began)  # the run may have finished before the API went
         if summary is None:
             raise PrefectUnreachableError(prefect_api_hint(exc)) from None
         error(None, prefect_api_hint(exc))
         return summary
-    summary = summary_of(state)
-    if summary is None:
-        return f"the run ended {state.name} without a summary: {state.message}"
-    return summary
 
 
 def _is_prefect_api_error(exc: BaseException) -> bool:

@@ -8,7 +8,9 @@ dependents end as skipped, its siblings go on, and the response still runs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import re
 import time
 import uuid
@@ -17,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect import tags as prefect_tags
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
@@ -52,13 +56,14 @@ from tasks.schemas import (
     NodeResult,
     PlanNode,
     PlanResult,
+    RequestSpec,
     ResponseResult,
     RunSummary,
     SelectionResult,
     bounded_history,
 )
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
-from tasks.services import Services, services_for
+from tasks.services import Services, override, services_for
 from tasks.settings import (
     LLMNotConfiguredError,
     RunOptions,
@@ -88,6 +93,10 @@ class RequestFailed(RuntimeError):
         return (RequestFailed, (self.summary, str(self)))
 
 
+class NoSummaryError(RuntimeError):
+    """A request flow run ended without a summary (it crashed, or was cancelled before it could write one)."""
+
+
 def summary_of(state: State) -> RunSummary | None:
     """The run summary of a finished request flow run, whether it completed or failed."""
     try:
@@ -114,12 +123,14 @@ _GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+")  # the two-word name Prefect make
 def _run_name() -> str:
     """The run's name: the one it was created with when one was given (``--flow-run-name``, ``run_deployment(...,
     flow_run_name=...)``), else the request and the start of the run's id, after ``resume of {run}:`` for a resume."""
-    request = str(flow_run.parameters.get("request", ""))
+    spec = flow_run.parameters.get("spec")
+    fields = spec if isinstance(spec, dict) else (spec.model_dump() if isinstance(spec, RequestSpec) else {})
+    request = str(fields.get("request", ""))
     current = str(flow_run.name or "")
     if current and not _GENERATED_NAME.fullmatch(current):
         return current
     name = request_run_name(request, str(flow_run.id or "")[:8] or None)
-    resumed = flow_run.parameters.get("resume_from")
+    resumed = fields.get("resume_from")
     return f"resume of {str(resumed)[:8]}: {name}" if resumed else name
 
 
@@ -137,60 +148,59 @@ def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
     return NodeResult(id=node.id, task=node.task, status="failed", error=f"task run ended {state.name}: {value}")
 
 
+def failure_reason(summary: RunSummary) -> str | None:
+    """Why a run failed (its error, or which nodes did not complete and why); ``None`` when it did not fail."""
+    failed = summary.unfinished()  # earlier rounds' failures were answered by a replan
+    if summary.error:
+        return summary.error
+    if not failed:
+        return None
+    return f"{len(failed)} of {len(summary.results)} task(s) did not complete: " + "; ".join(
+        f"{r.task}#{r.id} {r.status}: {r.error}" for r in failed
+    )
+
+
 def _finish(summary: RunSummary, store: ArtifactStore | None, t_start: float, settings: Settings) -> RunSummary | State:
     summary.timings["total"] = time.perf_counter() - t_start
-    failed = summary.unfinished()  # earlier rounds' failures were answered by a replan
-    if summary.error or failed:
+    reason = failure_reason(summary)
+    if reason is not None:
         summary.status = "failed"
     publish(summary, store, presign_seconds=settings.presign_seconds, public=PublicLinks.from_settings(settings))
-    if summary.status == "failed":
-        reason = summary.error or f"{len(failed)} of {len(summary.results)} task(s) did not complete: " + "; ".join(
-            f"{r.task}#{r.id} {r.status}: {r.error}" for r in failed
-        )
+    if reason is not None:
         return Failed(message=reason, data=RequestFailed(summary, reason))
     return summary
 
 
 @flow(name="hugginggpt-request", flow_run_name=_run_name, validate_parameters=True)
-def hugginggpt_request(
-    request: str,
-    inputs: list[str] | None = None,
-    models: dict[str, str] | None = None,
-    history: list[ChatTurn] | None = None,
-    storage: str | None = None,
-    catalog: str | None = None,
-    plan: list[PlanNode] | None = None,
-    resume_from: str | None = None,
-    plan_source: str | None = None,
-    options: RunOptions | None = None,
-) -> RunSummary:
+def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> RunSummary:
     """Answer one request: plan, select models, run the plan's graph, respond.
 
     Args:
-        request: what the user asks, in plain language.
-        inputs: files the request refers to (paths, http(s) or fsspec URLs).
-        models: pinned models, ``{task: model id}``.
-        history: earlier turns of the conversation.
-        storage: fsspec URL of the artifact store (default ``HUGGINGGPT_STORAGE``).
-        catalog: extra catalog JSONL (default ``HUGGINGGPT_CATALOG``).
-        plan: an explicit plan (HuggingGPT format): no planning call is made.
-        resume_from: the flow run id of an earlier run of this request: its plan and model choices are
-            reused, and its completed nodes are not run again.
-        plan_source: where an explicit plan came from, recorded in the summary (e.g. a batch's plan cache).
-        options: settings for this run on top of the environment of the process that runs it (model, device,
-            cache, how many nodes at once, task runner, where Prefect keeps results). The flow builds its task
-            runner and result storage from them, so a CLI call, a batch line, a subflow and a deployed run alike
-            honour them.
+        spec: the request (:class:`~tasks.schemas.RequestSpec`): what is asked, its inputs, pinned models, history,
+            an explicit plan and where it came from, or the run to resume.
+        options: settings for this run on top of the environment of the process that runs it (storage, catalog,
+            model, device, cache, how many nodes at once, task runner, where Prefect keeps results). The flow builds
+            its task runner and result storage from them, so a CLI call, a batch line, a subflow and a deployed run
+            alike honour them.
 
-    Returns the :class:`RunSummary`; when a node failed the flow run ends Failed
-    with the summary as its data (``return_state=True`` gives it back). A retry of
-    the flow run by Prefect resumes the same way as ``resume_from``.
+    The services the run uses (chat model, expert backends, availability, artifact store) come from
+    :func:`tasks.services.services_for`: the settings', or those of a :func:`tasks.services.override` around the
+    call. Returns the :class:`RunSummary`; when a node failed the flow run ends Failed with the summary as its data
+    (``return_state=True`` gives it back; :func:`run_request` unwraps it). A retry of the flow run by Prefect
+    resumes the same way as ``resume_from``.
     """
+    request, models, plan, resume_from, plan_source = (
+        spec.request,
+        spec.models,
+        spec.plan,
+        spec.resume_from,
+        spec.plan_source,
+    )
     t_start = time.perf_counter()
     log = get_run_logger()
-    inputs = list(inputs or [])
-    history = bounded_history(history or [])  # what a caller passes is bounded like a chat's
-    settings = load_settings(options, storage=storage, catalog=catalog)
+    inputs = list(spec.inputs)
+    history = bounded_history(spec.history)  # what a caller passes is bounded like a chat's
+    settings = load_settings(options)
     use_result_storage(settings)
     run_id = str(flow_run.id or uuid.uuid4())
     summary = RunSummary(request=request, inputs=inputs, flow_run_id=run_id)
@@ -616,32 +626,42 @@ def _named(task: Any, name: str) -> Any:
 
 
 def run_request(
-    request: str,
-    inputs: Sequence[str] = (),
-    models: Mapping[str, str] | None = None,
-    history: Sequence[ChatTurn] = (),
-    storage: str | None = None,
-    catalog: str | None = None,
-    plan: Sequence[PlanNode] | None = None,
-    resume_from: str | None = None,
+    spec: RequestSpec | str,
     options: RunOptions | None = None,
+    *,
+    services: Services | None = None,
+    run_name: str | None = None,
+    tags: Sequence[str] = (),
 ) -> RunSummary:
-    """Run the flow and return its summary whatever the outcome (no Prefect state to unwrap)."""
-    settings = load_settings(options, storage=storage, catalog=catalog)
-    with prefect_run_settings(heartbeats=settings.heartbeats):
-        state = hugginggpt_request(
-            request,
-            inputs=list(inputs),
-            models=dict(models or {}),
-            history=list(history),
-            storage=storage,
-            catalog=catalog,
-            plan=list(plan) if plan is not None else None,
-            resume_from=resume_from,
-            options=options,
-            return_state=True,
-        )
+    """Run one request flow in this process and return its :class:`RunSummary` whatever the outcome (a failed run's
+    summary says what failed; no Prefect state to unwrap): the one way the CLI, batch lines, chat and library users
+    run a request.
+
+    Args:
+        spec: the request (or just its text).
+        options: settings for this run on top of the environment (storage, catalog, model, device, ...).
+        services: services for this run (those given to it, e.g. ``Services(settings, chat_model=...)``), as
+            :func:`tasks.services.override` would swap them; the others come from the settings.
+        run_name: the flow run's name (default: the request and the start of the run's id).
+        tags: Prefect tags of the run (``hugginggpt`` is always one).
+
+    Raises what prevents the flow from running at all (an unreachable Prefect API, parameters it refuses);
+    :class:`NoSummaryError` when the run ended without a summary.
+    """
+    if isinstance(spec, str):
+        spec = RequestSpec(request=spec)
+    settings = load_settings(options)
+    flow_fn = hugginggpt_request
+    if run_name is not None:
+        flow_fn = hugginggpt_request.with_options(flow_run_name=functools.partial(str, run_name))
+    given = {name: getattr(services, name) for name in services.given} if services is not None else {}
+    with contextlib.ExitStack() as stack:
+        if FlowRunContext.get() is None and TaskRunContext.get() is None:  # a parent run has set Prefect up
+            stack.enter_context(prefect_run_settings(heartbeats=settings.heartbeats))
+        stack.enter_context(prefect_tags("hugginggpt", *tags))
+        stack.enter_context(override(**given))
+        state = flow_fn(spec, options=options, return_state=True)
     summary = summary_of(state)
     if summary is not None:
         return summary
-    raise RuntimeError(f"the flow run ended {state.name} without a summary: {state.message}")
+    raise NoSummaryError(f"the run ended {state.name} without a summary: {state.message}")

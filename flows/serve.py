@@ -136,47 +136,19 @@ class Server:
 
 
 def _run_here(spec: dict[str, Any], options: RunOptions | None, services: Any) -> RunSummary:
-    """One request flow run in this process."""
-    from flows.prefect_setup import prefect_run_settings
-    from flows.request import hugginggpt_request, summary_of
-    from tasks.services import override
-    from tasks.settings import load_settings
+    """One request flow run in this process (:func:`flows.request.run_request`)."""
+    from flows.request import run_request
+    from tasks.schemas import RequestSpec
 
-    settings = load_settings(options)
-    given = {name: getattr(services, name) for name in services.given} if services is not None else {}
-    from prefect import tags
-
-    with (
-        prefect_run_settings(heartbeats=settings.heartbeats),
-        tags("hugginggpt", "hugginggpt-serve"),
-        override(**given),
-    ):
-        if True:
-            state = hugginggpt_request(
-                spec["request"],
-                inputs=spec["inputs"],
-                models=spec["models"],
-                history=spec["history"],
-                plan=spec["plan"],
-                options=options,
-                return_state=True,
-            )
-    summary = summary_of(state)
-    if summary is None:
-        raise RuntimeError(f"the run ended {state.name} without a summary: {state.message}")
-    return summary
+    return run_request(RequestSpec(**spec), options, services=services, tags=["hugginggpt-serve"])
 
 
 def _deployment_parameters(spec: dict[str, Any], options: RunOptions | None) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "request": spec["request"],
-        "inputs": spec["inputs"],
-        "models": spec["models"],
-        "history": [t.model_dump() for t in spec["history"]],
-        "plan": [n.model_dump() for n in spec["plan"]] if spec["plan"] is not None else None,
-    }
+    from tasks.schemas import RequestSpec
+
+    params: dict[str, Any] = {"spec": RequestSpec(**spec).model_dump(mode="json", exclude_none=True)}
     if options is not None:
-        params["options"] = options.model_dump(exclude_none=True)
+        params["options"] = options.model_dump(mode="json", exclude_none=True)
     return params
 
 

@@ -17,11 +17,12 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tasks.availability import Availability
 from tasks.execute import node_folder
-from tasks.inputs import InputPolicy
+from tasks.inputs import InputPolicy, refused_inputs
 from tasks.parsing import clip
 from tasks.plan import PlanValidationError, validate_plan
-from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, RunSummary, SelectionResult
-from tasks.select import SelectionError, looks_like_folder, pinned_entry
+from tasks.schemas import Assignment, ChatTurn, NodeResult, PlanNode, RequestSpec, RunSummary, SelectionResult
+from tasks.select import SelectionError, check_pins, looks_like_folder, parse_pins, pinned_entry
+from tasks.services import Services
 from tasks.settings import Settings
 from tasks.storage import ArtifactStore, StorageError, store_for
 from tasks.task_types import TASK_TYPES
@@ -41,6 +42,58 @@ def check_request(request: str) -> str:
     if len(request) > MAX_REQUEST_CHARS:
         raise RequestError(f"the request is {len(request)} characters long; the limit is {MAX_REQUEST_CHARS}")
     return request
+
+
+def input_problems(settings: Settings, inputs: Sequence[str]) -> str | None:
+    """What is wrong with the catalog file or with inputs that must be on this machine, or refused by the input
+    policy; ``None`` when nothing is."""
+    if settings.catalog is not None and not Path(settings.catalog).is_file():
+        return f"catalog file {settings.catalog} does not exist (HUGGINGGPT_CATALOG / --catalog)"
+    missing = [p for p in inputs if "://" not in p and not Path(p).expanduser().is_file()]
+    if missing:
+        return f"input file(s) not found: {', '.join(missing)}"
+    refused = refused_inputs(list(inputs), InputPolicy.from_settings(settings))
+    return "; ".join(refused) if refused else None
+
+
+class CheckedRequest(BaseModel):
+    """A request that passed :func:`preflight`: its pins checked to run here, its explicit plan validated."""
+
+    spec: RequestSpec
+    pins: dict[str, str] = Field(default_factory=dict)
+    plan: list[PlanNode] | None = None
+    repairs: list[str] = Field(default_factory=list)
+
+
+def preflight(
+    spec: RequestSpec, services: Services, *, inputs_here: bool = False, resumed: bool = False
+) -> CheckedRequest:
+    """Everything checked before any LLM call: the request rule (:func:`check_request`), the inputs (``inputs_here``:
+    files of this machine, checked now, as the CLI does), the pinned models (each one that can run here,
+    :func:`tasks.select.check_pins`), an explicit plan (validated against the request's inputs, file arguments
+    through the input policy). ``resumed``: the run reuses an earlier attempt's choices, checked as they are read.
+
+    Raises :class:`RequestError`, :class:`~tasks.select.SelectionError`, :class:`~tasks.plan.PlanValidationError` or
+    :class:`~models_catalog.catalog.CatalogError`, each naming what is wrong.
+    """
+    settings = services.settings
+    check_request(spec.request)
+    if inputs_here and (problem := input_problems(settings, spec.inputs)):
+        raise RequestError(problem)
+    pins = parse_pins(spec.models)
+    if resumed:
+        return CheckedRequest(spec=spec, pins=pins)
+    pins = check_pins(pins, services.availability)
+    if spec.plan is None:
+        return CheckedRequest(spec=spec, pins=pins)
+    nodes, repairs = validate_plan(
+        [n.model_dump() for n in spec.plan],
+        inputs=spec.inputs,
+        request=spec.request,
+        allowed=TASK_TYPES,
+        policy=InputPolicy.from_settings(settings),
+    )
+    return CheckedRequest(spec=spec, pins=pins, plan=nodes, repairs=repairs)
 
 
 class RunRecord(BaseModel):

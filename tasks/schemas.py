@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 GENERATED_PREFIX = "<GENERATED>-"
 GENERATED_RE = re.compile(r"<GENERATED>-(-?[0-9]{1,9})", re.ASCII)  # a reference to node k's output, inside an argument
@@ -116,6 +116,34 @@ class PlanNode(BaseModel):
         """The node's display name, also its Prefect task-run name: ``image-to-text#0`` (``image-to-text#0 (cached)``
         once it reused earlier outputs, see :data:`CACHED_SUFFIX`)."""
         return f"{self.task}#{self.id}"
+
+
+class RequestSpec(BaseModel):
+    """One request, as the request flow takes it (its ``spec`` parameter), and as the CLI, a batch line, chat and
+    library users give it to :func:`flows.request.run_request`. How to run it (storage, catalog, model, device...) is
+    not part of it: that is :class:`~tasks.settings.RunOptions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: str = Field(description="what the user asks, in plain language")
+    inputs: list[str] = Field(default_factory=list, description="files it refers to: paths, http(s) or fsspec URLs")
+    models: dict[str, str] = Field(default_factory=dict, description="pinned models, {task: model id}")
+    history: list[ChatTurn] = Field(default_factory=list, description="earlier turns of the conversation")
+    plan: list[PlanNode] | None = Field(default=None, description="an explicit plan: no planning call is made")
+    plan_source: str | None = Field(
+        default=None, description="where an explicit plan came from, recorded in the summary (a batch's plan cache)"
+    )
+    resume_from: str | None = Field(
+        default=None,
+        description="the flow run id of an earlier run of this request: its plan and model choices are reused, and "
+        "its completed nodes are not run again",
+    )
+
+    @field_validator("history")
+    @classmethod
+    def _bounded(cls, v: list[ChatTurn]) -> list[ChatTurn]:
+        """What a caller passes is bounded like a chat's (:func:`bounded_history`)."""
+        return bounded_history(v)
 
 
 #: appended to a node's task-run name when it reused earlier outputs, so the run graph (which colours by state type:

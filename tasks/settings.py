@@ -376,6 +376,8 @@ class RunOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    storage: str | None = Field(default=None, description="fsspec URL of the artifact store (HUGGINGGPT_STORAGE)")
+    catalog: str | None = Field(default=None, description="extra catalog JSONL (HUGGINGGPT_CATALOG)")
     llm_model: str | None = Field(default=None, description="chat model of the controller")
     device: str | None = Field(default=None, description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
     inference_mode: Literal["local", "remote", "hybrid"] | None = None

@@ -63,10 +63,12 @@ def _run_deployed(environ: dict[str, str], web: WebServer, photo: bytes, options
     flow_run = run_deployment(
         "hugginggpt-request/request",
         parameters={
-            "request": "Classify a.png and b.png",
-            "inputs": [web.url("/a.png"), web.url("/b.png")],
-            "plan": PLAN,
-            "models": PINS,
+            "spec": {
+                "request": "Classify a.png and b.png",
+                "inputs": [web.url("/a.png"), web.url("/b.png")],
+                "plan": PLAN,
+                "models": PINS,
+            },
             "options": options,
         },
         timeout=0,

@@ -19,7 +19,7 @@ from flows.cli import main
 from flows.prefect_setup import prefect_run_settings
 from flows.request import hugginggpt_request, summary_of
 from flows.runners import task_runner_for
-from tasks.schemas import PlanNode, RunSummary
+from tasks.schemas import PlanNode, RequestSpec, RunSummary
 from tasks.settings import load_settings
 from tests.llm_server import plan_json
 
@@ -334,9 +334,8 @@ def test_request_runs_on_a_dask_cluster_with_a_model_cache_per_worker(
         stats = []
         for _ in range(2):
             with prefect_run_settings():
-                state = hugginggpt_request(
-                    "Caption both photos, rate the captions", inputs=[photo, missing], plan=plan, return_state=True
-                )
+                spec = RequestSpec(request="Caption both photos, rate the captions", inputs=[photo, missing], plan=plan)
+                state = hugginggpt_request(spec, return_state=True)
             summary = summary_of(state)
             assert isinstance(summary, RunSummary), summary
             # nodes ran on the cluster; a failed node's dependent still started there, and ended skipped

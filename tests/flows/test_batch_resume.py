@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 from prefect import flow
-from prefect.states import Completed
 
 from flows import batch
 from flows.batch import BatchLine, LineResult, run_line
@@ -285,9 +284,9 @@ def test_a_child_run_refused_with_503_is_started_again(monkeypatch) -> None:
                 raise httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request))
             from tasks.schemas import RunSummary
 
-            return Completed(data=RunSummary(request="Rate", answer="ok", flow_run_id="child-1"))
+            return RunSummary(request="Rate", answer="ok", flow_run_id="child-1")
 
-    monkeypatch.setattr(batch, "hugginggpt_request", Child())
+    monkeypatch.setattr(batch, "run_request", Child())
 
     @flow
     def parent() -> Any:

@@ -18,6 +18,7 @@ from tasks.schemas import (
     MAX_HISTORY_CHARS,
     MAX_HISTORY_MESSAGE_CHARS,
     ChatTurn,
+    RequestSpec,
     RunSummary,
     bounded_history,
 )
@@ -61,11 +62,11 @@ def test_planner_and_responder_prompts_carry_a_bounded_history() -> None:
 def test_chat_session_sends_a_bounded_history() -> None:
     seen: list[list[ChatTurn]] = []
 
-    def runner(request: str, inputs: list[str], pins: dict[str, str], history: list[ChatTurn], tags: Any) -> Any:
-        seen.append(history)
-        return RunSummary(request=request, answer=("X" * HUGE) if request.startswith("big") else "ok")
+    def runner(spec: RequestSpec, tags: Any) -> Any:
+        seen.append(spec.history)
+        return RunSummary(request=spec.request, answer=("X" * HUGE) if spec.request.startswith("big") else "ok")
 
-    session = ChatSession(history_turns=5, runner=runner, storage="/tmp/unused")
+    session = ChatSession(history_turns=5, runner=runner)
     for n in range(6):
         session.ask(f"big {n}")
     session.ask("small")

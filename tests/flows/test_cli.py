@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
+from tasks.schemas import RequestSpec
 from tests.llm_server import plan_json
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -283,8 +284,10 @@ def test_chat_pins_hold_for_the_turns_that_use_them(env: Path, llm, monkeypatch:
         monkeypatch,
         capsys,
     )
+    assert [s["status"] for s in summaries] == ["completed", "completed"], [
+        (s["error"], [r["error"] for r in s["results"]]) for s in summaries
+    ]
     assert code == 0, err[-2000:]
-    assert [s["status"] for s in summaries] == ["completed", "completed"], [s["error"] for s in summaries]
     assert summaries[0]["assignments"][0]["reason"].startswith("pinned by the user")
     assert summaries[1]["results"][0]["task"] == "text-classification"
     # a single run still refuses a pin its plan does not use (the user asked for that model)
@@ -321,7 +324,7 @@ def test_chat_reads_the_files_it_produced_with_storage_anywhere(
     outside.write_bytes(Path(summaries[0]["results"][0]["outputs"]["audio"]).read_bytes())
     from flows.request import run_request
 
-    refused = run_request("Transcribe elsewhere.wav", inputs=[str(outside)])
+    refused = run_request(RequestSpec(request="Transcribe elsewhere.wav", inputs=[str(outside)]))
     assert refused.status == "failed" and f"input {outside} is outside the folders" in (refused.error or "")
     assert "plan" not in (refused.error or "")
 

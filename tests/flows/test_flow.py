@@ -17,16 +17,18 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.prefect_setup import prefect_run_settings
 from flows.request import hugginggpt_request, run_request, summary_of
 from tasks.experts.local import LocalBackend
-from tasks.schemas import RunSummary
+from tasks.schemas import RequestSpec, RunSummary
+from tasks.settings import RunOptions
 from tests.llm_server import HTTPFault, plan_json
 from tests.prefect_api import task_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def _run(request: str, **kwargs: Any) -> tuple[Any, RunSummary]:
+def _run(request: str, **fields: Any) -> tuple[Any, RunSummary]:
+    options = RunOptions(**{k: fields.pop(k) for k in ("storage", "catalog") if k in fields})
     with prefect_run_settings():
-        state = hugginggpt_request(request, return_state=True, **kwargs)
+        state = hugginggpt_request(RequestSpec(request=request, **fields), options, return_state=True)
     summary = summary_of(state)
     assert isinstance(summary, RunSummary), summary
     return state, summary
@@ -236,7 +238,9 @@ def test_response_fallback_when_llm_errors(env: Path, llm) -> None:
 
 def test_storage_on_an_fsspec_url(env: Path, llm) -> None:
     llm.set(plan=plan_json({"id": 0, "task": "summarization", "dep": [-1], "args": {"text": "a b c d e f"}}))
-    summary = run_request("Summarize 'a b c d e f'", storage="memory://hugginggpt-test")
+    summary = run_request(
+        RequestSpec(request="Summarize 'a b c d e f'"), RunOptions(storage="memory://hugginggpt-test")
+    )
     assert summary.storage_uri.startswith("memory://") and "/hugginggpt-test/" in summary.storage_uri
     fs = fsspec.filesystem("memory")
     stored = json.loads(fs.cat(summary.storage_uri + "/summary.json"))

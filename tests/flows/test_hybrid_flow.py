@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from flows.request import run_request
+from tasks.schemas import RequestSpec
 from tests.llm_server import plan_json
 from tests.tasks.experts.test_experts_remote import (
     MP4,
@@ -60,7 +61,7 @@ def test_missing_weights_are_never_offered_and_a_failing_model_falls_back(
         plan=plan_json({"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": photo}}),
         select=json.dumps({"choices": [{"id": 0, "model": "acme/popular-but-broken", "reason": "most popular"}]}),
     )
-    summary = run_request("What is in the photo?", inputs=[photo])
+    summary = run_request(RequestSpec(request="What is in the photo?", inputs=[photo]))
 
     offered = llm.stage_requests("select")[0]["messages"][-1]["content"]
     assert "acme/popular-but-broken" in offered and "tiny/image-classification" in offered

@@ -12,7 +12,7 @@ from flows.prefect_setup import prefect_run_settings
 from flows.request import hugginggpt_request, summary_of
 from flows.runners import node_model, workers_holding
 from tasks.experts.base import ModelSpec
-from tasks.schemas import Assignment, PlanNode, RunSummary
+from tasks.schemas import Assignment, PlanNode, RequestSpec, RunSummary
 from tasks.settings import load_settings
 
 
@@ -68,9 +68,8 @@ def test_second_run_on_the_pool_loads_nothing(env: Path, llm, monkeypatch: pytes
         def run() -> tuple[RunSummary, int]:
             # each run builds its own runner, as a deployment's new flow-run process does
             with prefect_run_settings():
-                state = hugginggpt_request(
-                    "Summarize, then rate the summary", plan=plan, models=pins, return_state=True
-                )
+                spec = RequestSpec(request="Summarize, then rate the summary", plan=plan, models=pins)
+                state = hugginggpt_request(spec, return_state=True)
             summary = summary_of(state)
             assert isinstance(summary, RunSummary) and summary.status == "completed", summary
             return summary, sum(s["loads"] for s in client.run(cache_stats, settings).values())

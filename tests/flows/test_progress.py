@@ -26,7 +26,7 @@ from flows.prefect_setup import prefect_run_settings
 from flows.request import request_run_name, run_request
 from tasks.execute import is_transient
 from tasks.report import node_rows
-from tasks.schemas import NodeResult
+from tasks.schemas import NodeResult, RequestSpec
 from tests.llm_server import plan_json
 from tests.prefect_api import api_until, task_runs
 
@@ -178,7 +178,7 @@ def test_transient_node_failure_is_retried_by_prefect(
     )
     events: list[Any] = []
     with progress.subscribe(events.append):
-        summary = run_request(f"Classify {url} and missing.png", inputs=[url, "missing.png"])
+        summary = run_request(RequestSpec(request=f"Classify {url} and missing.png", inputs=[url, "missing.png"]))
     by_id = {r.id: r for r in summary.results}
     assert by_id[0].status == "completed" and calls["n"] == 2
     assert by_id[1].status == "failed" and "missing.png" in (by_id[1].error or "")
@@ -275,7 +275,9 @@ def test_a_run_created_with_its_name_keeps_it(env: Path, llm) -> None:
 
     async def create(name: str | None) -> Any:
         async with get_client() as client:
-            return await client.create_flow_run(hugginggpt_request, name=name, parameters={"request": request})
+            return await client.create_flow_run(
+                hugginggpt_request, name=name, parameters={"spec": {"request": request}}
+            )
 
     async def name_of(flow_run_id: Any) -> str:
         async with get_client() as client:
@@ -285,7 +287,9 @@ def test_a_run_created_with_its_name_keeps_it(env: Path, llm) -> None:
     for given, expected in ((named, named), (given_by_hand, given_by_hand), ("random-fox", None)):
         flow_run = asyncio.run(create(given))
         with prefect_run_settings():
-            run_flow(hugginggpt_request, flow_run=flow_run, parameters={"request": request}, return_type="state")
+            run_flow(
+                hugginggpt_request, flow_run=flow_run, parameters={"spec": {"request": request}}, return_type="state"
+            )
         name = asyncio.run(name_of(flow_run.id))
         assert name == (expected or request_run_name(request, str(flow_run.id)[:8]))
 
@@ -296,11 +300,11 @@ def test_chat_session_bounds_history_and_offers_earlier_files() -> None:
 
     seen: list[tuple[str, list[str], list[str], list[str]]] = []
 
-    def fake_run(request: str, inputs: list[str], pins: dict, history: list, run_tags: list[str]) -> RunSummary:
-        seen.append((request, inputs, [t.content for t in history], run_tags))
+    def fake_run(spec: RequestSpec, run_tags: list[str]) -> RunSummary:
+        seen.append((spec.request, spec.inputs, [t.content for t in spec.history], run_tags))
         n = len(seen)
         result = NodeResult(id=0, task="text-to-speech", status="completed", outputs={"audio": f"/runs/{n}/a.wav"})
-        return RunSummary(request=request, answer=f"answer {n}", results=[result])
+        return RunSummary(request=spec.request, answer=f"answer {n}", results=[result])
 
     chat = ChatSession(history_turns=1, inputs=["photo.png"], session_id="s1", runner=fake_run)
     chat.ask("first")

@@ -13,7 +13,8 @@ import pytest
 from flows.cli import main
 from flows.request import run_request
 from tasks.runs import MAX_REQUEST_CHARS
-from tasks.schemas import RunSummary
+from tasks.schemas import RequestSpec, RunSummary
+from tasks.settings import RunOptions
 from tests.llm_server import plan_json
 from tests.web_server import WebServer
 
@@ -159,13 +160,13 @@ def test_generated_reference_of_the_wrong_modality(env: Path, llm: Any) -> None:
 # --- input files --------------------------------------------------------------------------------------------------
 
 
-def _one_bad_input(llm: Any, task: str, arg: str, ref: str, **kwargs: Any) -> RunSummary:
+def _one_bad_input(llm: Any, task: str, arg: str, ref: str) -> RunSummary:
     """A request with a healthy node beside one that reads ``ref``: the healthy one's result is kept."""
     llm.set(
         plan=plan_json(LOVELY, {"id": 1, "task": task, "dep": [-1], "args": {arg: ref}}),
         respond=lambda body: "One task could not read its input.",
     )
-    summary = run_request(f"Rate 'what a lovely day' and run {task} on {ref}", inputs=[ref], **kwargs)
+    summary = run_request(RequestSpec(request=f"Rate 'what a lovely day' and run {task} on {ref}", inputs=[ref]))
     assert summary.status == "failed"
     ok, bad = summary.results
     assert ok.status == "completed" and ok.outputs["text"]
@@ -234,20 +235,22 @@ def test_catalog_file_with_a_broken_line(env: Path, llm: Any, tiny_catalog: Path
     lines = tiny_catalog.read_text().splitlines()
     broken.write_text("\n".join([lines[0], '{"id": "acme/half-written", "task": ', *lines[1:]]) + "\n")
     llm.set(plan=plan_json(LOVELY))
-    summary = run_request("Rate 'what a lovely day'", catalog=str(broken))
+    summary = run_request(RequestSpec(request="Rate 'what a lovely day'"), RunOptions(catalog=str(broken)))
     assert summary.status == "failed"
     assert f"{broken}:2: not valid JSON" in summary.error
     assert _stored(summary)["error"] == summary.error
 
     missing_field = tmp_path / "catalog-2.jsonl"
     missing_field.write_text(lines[0] + "\n" + json.dumps({"id": "acme/no-task"}) + "\n")
-    summary = run_request("Rate 'what a lovely day'", catalog=str(missing_field))
+    summary = run_request(RequestSpec(request="Rate 'what a lovely day'"), RunOptions(catalog=str(missing_field)))
     assert f"{missing_field}:2: not a catalog entry (task: Field required)" in summary.error
 
 
 def test_model_id_not_in_the_catalog(env: Path, llm: Any) -> None:
     llm.set(plan=plan_json(LOVELY))
-    summary = run_request("Rate 'what a lovely day'", models={"text-classification": "acme/not-in-catalog"})
+    summary = run_request(
+        RequestSpec(request="Rate 'what a lovely day'", models={"text-classification": "acme/not-in-catalog"})
+    )
     assert summary.status == "failed"
     assert "text-classification=acme/not-in-catalog: not in the catalog for task 'text-classification'" in summary.error
     assert "distilbert" in summary.error  # it says what the catalog has
@@ -256,7 +259,9 @@ def test_model_id_not_in_the_catalog(env: Path, llm: Any) -> None:
 
 def test_model_pin_for_a_task_not_in_the_plan(env: Path, llm: Any, capsys: pytest.CaptureFixture[str]) -> None:
     llm.set(plan=plan_json(LOVELY))
-    summary = run_request("Rate 'what a lovely day'", models={"image-classification": "tiny/image-classification"})
+    summary = run_request(
+        RequestSpec(request="Rate 'what a lovely day'", models={"image-classification": "tiny/image-classification"})
+    )
     assert summary.status == "failed"
     assert (
         "--model pins task(s) image-classification that the plan does not use (plan tasks: text-classification)"

@@ -25,6 +25,7 @@ from tasks.experts.base import CannotRunHereError, ExpertError, ModelSpec
 from tasks.experts.cache import ModelCache
 from tasks.experts.local import LocalBackend
 from tasks.experts.local import loading as local_loading
+from tasks.schemas import RequestSpec
 from tasks.settings import Settings
 from tests.llm_server import HTTPFault, plan_json
 from tests.tasks.experts.test_experts_remote import InferenceServer, Reply
@@ -331,7 +332,9 @@ def test_storage_write_failing_once_is_retried(
 ) -> None:
     failing_writes.update(where="/nodes/1-object-detection/", times=1)
     llm.set(plan=plan_json(LOVELY, DETECT, CLASSIFY_DRAWING))
-    summary = run_request("Rate my words, find the objects in photo.png", inputs=[str(sample_files["photo"])])
+    summary = run_request(
+        RequestSpec(request="Rate my words, find the objects in photo.png", inputs=[str(sample_files["photo"])])
+    )
     assert summary.status == "completed", summary.error
     assert failing_writes["failed"] == 1
     assert Path(summary.results[1].outputs["image"]).is_file()
@@ -343,7 +346,9 @@ def test_storage_write_failing_for_good_fails_the_node_alone(
 ) -> None:
     failing_writes.update(where="/nodes/1-object-detection/")
     llm.set(plan=plan_json(LOVELY, DETECT, CLASSIFY_DRAWING, {**STORY, "id": 3}))
-    summary = run_request("Rate my words, find the objects in photo.png", inputs=[str(sample_files["photo"])])
+    summary = run_request(
+        RequestSpec(request="Rate my words, find the objects in photo.png", inputs=[str(sample_files["photo"])])
+    )
     assert summary.status == "failed"
     rated, detected, classified, summarized = summary.results
     assert detected.status == "failed"
@@ -398,7 +403,9 @@ def test_silent_parties_cannot_hang_a_request(
             respond=HTTPFault(200, delay=60),
         )
         started = time.monotonic()
-        summary = run_request("Rate my words, paint a red house, classify the photo", inputs=[silent])
+        summary = run_request(
+            RequestSpec(request="Rate my words, paint a red house, classify the photo", inputs=[silent])
+        )
         elapsed = time.monotonic() - started
     finally:
         web.stop()

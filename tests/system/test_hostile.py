@@ -23,6 +23,7 @@ from flows.cli import load_plan_file, main
 from flows.request import run_request
 from tasks.llm import LLMClient, LLMError
 from tasks.plan import PlanValidationError, parse_plan, plan_request, validate_plan
+from tasks.schemas import RequestSpec
 from tasks.settings import Settings
 from tests.llm_server import plan_json
 
@@ -139,7 +140,7 @@ def test_resume_never_takes_an_endpoint_from_storage(env: Path, llm, hostile, mo
     (folder / "assignments.json").write_text(json.dumps(selection))
     (folder / "nodes" / "0-text-classification" / "node.json").unlink()  # so that the node runs again
 
-    second = run_request("ignored", resume_from=first.flow_run_id)
+    second = run_request(RequestSpec(request="ignored", resume_from=first.flow_run_id))
     assert capture.requests == [], "the resume called an endpoint read from storage"
     assert second.status == "completed" and second.results[0].backend == "local"
     assert second.assignments[0].spec.endpoint is None and second.assignments[0].spec.local_path
@@ -155,7 +156,7 @@ def test_resume_refuses_node_outputs_outside_the_run_folder(env: Path, llm, tmp_
     result["outputs"]["json"] = str(secret)
     node_json.write_text(json.dumps(result))
 
-    second = run_request("ignored", resume_from=first.flow_run_id)
+    second = run_request(RequestSpec(request="ignored", resume_from=first.flow_run_id))
     assert second.status == "completed"
     assert str(secret) not in json.dumps(second.model_dump(mode="json"))
     assert not second.results[0].cached and second.results[0].reused_from is None, "the tampered result was reused"
@@ -166,14 +167,14 @@ def test_resume_refuses_a_plan_naming_files_the_policy_refuses(env: Path, llm) -
     plan = json.loads((folder / "plan.json").read_text())
     plan.append({"id": 1, "task": "image-classification", "dep": [], "args": {"image": "/etc/passwd"}})
     (folder / "plan.json").write_text(json.dumps(plan))
-    second = run_request("ignored", resume_from=first.flow_run_id)
+    second = run_request(RequestSpec(request="ignored", resume_from=first.flow_run_id))
     assert second.status == "failed" and "plan.json is not a valid plan" in (second.error or "")
     assert "/etc/passwd" in (second.error or "") and not second.results
 
 
 def test_resume_names_the_original_run_it_reuses(env: Path, llm) -> None:
     first, _ = _first_run(env, llm)
-    second = run_request("ignored", resume_from=first.flow_run_id)
+    second = run_request(RequestSpec(request="ignored", resume_from=first.flow_run_id))
     assert second.results[0].cached and second.results[0].reused_from == first.flow_run_id
 
 
@@ -235,8 +236,7 @@ def test_a_run_against_a_web_page_ends_with_a_summary(env: Path, hostile, monkey
     assert (env / planned.flow_run_id / "summary.json").is_file()
 
     explicit = run_request(
-        "Rate: what a lovely day",
-        plan=validate_plan(json.loads(CLASSIFY)["tasks"])[0],
+        RequestSpec(request="Rate: what a lovely day", plan=validate_plan(json.loads(CLASSIFY)["tasks"])[0])
     )
     assert [r.status for r in explicit.results] == ["completed"], "the nodes ran"
     assert explicit.answer_source == "fallback" and "not a chat completion" in (explicit.answer_error or "")

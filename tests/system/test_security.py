@@ -22,6 +22,7 @@ from tasks.experts.cache import ModelCache
 from tasks.experts.local import LocalBackend
 from tasks.inputs import InputError, InputPolicy, default_policy, read_input_bytes
 from tasks.plan import PlanValidationError, validate_plan
+from tasks.schemas import RequestSpec
 from tasks.services import local_backend_for
 from tasks.settings import Settings
 from tests.llm_server import HTTPFault, plan_json
@@ -401,7 +402,9 @@ def test_given_inputs_outside_the_roots_are_refused(
             {"id": 1, "task": "image-to-text", "dep": [-1], "args": {"image": outside}},
         )
     )
-    summary = run_request("Classify photo.png and caption the other photo", inputs=["photo.png", outside])
+    summary = run_request(
+        RequestSpec(request="Classify photo.png and caption the other photo", inputs=["photo.png", outside])
+    )
     assert summary.status == "failed"
     # said of the input itself, before any plan names it (no LLM call is spent on it)
     assert summary.error.startswith(f"input {outside} is outside the folders")
@@ -435,7 +438,9 @@ def test_plans_hold_only_task_types_of_the_table_and_catalog_models(
 
     # a model id that is a URL, pinned: not in the catalog
     llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "hi"}}))
-    summary = run_request("Classify 'hi'", models={"text-classification": "https://evil.example/model.bin"})
+    summary = run_request(
+        RequestSpec(request="Classify 'hi'", models={"text-classification": "https://evil.example/model.bin"})
+    )
     assert summary.status == "failed"
     assert "text-classification=https://evil.example/model.bin: not in the catalog" in summary.error
 

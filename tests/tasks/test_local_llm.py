@@ -16,6 +16,7 @@ from tasks.experts.cache import ModelCache
 from tasks.llm import LLMClient
 from tasks.local_llm import LocalChatModel, LocalLLMUnavailableError, bounded_schema, key_pattern
 from tasks.plan import PLAN_SCHEMA, build_plan_messages
+from tasks.schemas import RequestSpec
 from tasks.select import SELECT_SCHEMA
 from tasks.services import chat_model_for
 from tasks.settings import Settings
@@ -227,7 +228,7 @@ def test_selection_and_answer_through_the_embedded_controller(local_env: Path) -
             "tasks"
         ]
     )
-    summary = run_request("Is 'Great!' positive?", plan=nodes)
+    summary = run_request(RequestSpec(request="Is 'Great!' positive?", plan=nodes))
     assert summary.error is None and [r.status for r in summary.results] == ["completed"]
     (assignment,) = summary.assignments
     assert len(assignment.candidates) == 2 and "selection by the LLM failed" not in assignment.reason

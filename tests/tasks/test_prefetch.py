@@ -18,7 +18,7 @@ import pytest
 from tasks.experts.base import ModelSpec
 from tasks.experts.cache import ModelCache, track_model_wait
 from tasks.prefetch import PrefetchPlan, plan_prefetch, start_prefetch
-from tasks.schemas import Assignment
+from tasks.schemas import Assignment, RequestSpec
 
 TIMEOUT = 30.0
 
@@ -298,7 +298,7 @@ def test_no_model_is_fetched_ahead_for_nodes_the_cache_or_a_resume_answers(
     )
     first = run_request("Rate, summarize, translate")
     assert [r.status for r in first.results] == ["completed", "failed", "completed"]
-    resumed = run_request("Rate, summarize, translate", resume_from=first.flow_run_id)
+    resumed = run_request(RequestSpec(request="Rate, summarize, translate", resume_from=first.flow_run_id))
     assert [(r.status, r.cached) for r in resumed.results] == [
         ("completed", True),
         ("completed", False),

@@ -18,9 +18,9 @@ from models_catalog.catalog import (
 from tasks.availability import Availability
 from tasks.constraints import selection_schema
 from tasks.llm import FunctionModel, LLMClient, LLMError, scripted
-from tasks.schemas import PlanNode
+from tasks.schemas import PlanNode, RequestSpec
 from tasks.select import SelectionError, check_pins, parse_pins, select_models
-from tasks.settings import Settings
+from tasks.settings import RunOptions, Settings
 from tasks.task_types import NOT_SERVED_LOCALLY, TASK_TYPES
 from tests.paths import REFERENCE
 from tests.tiny_models import build_tiny_models
@@ -326,7 +326,9 @@ def test_the_run_summary_records_every_candidate_check(llm, tmp_path: Path, tiny
     ]
     catalog.write_text("".join(json.dumps(r) + "\n" for r in records))
     llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "lovely"}}))
-    summary = run_request("Is 'lovely' positive?", storage=str(tmp_path / "runs"), catalog=str(catalog))
+    summary = run_request(
+        RequestSpec(request="Is 'lovely' positive?"), RunOptions(storage=str(tmp_path / "runs"), catalog=str(catalog))
+    )
     assert summary.status == "completed", summary.error
     checks = {c.model: c for c in summary.candidate_checks}
     assert checks["tiny/tc"].backend == "local"

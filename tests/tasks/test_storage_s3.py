@@ -20,6 +20,7 @@ from flows.cli import main
 from flows.request import run_request, summary_of
 from tasks.experts.base import ExpertError
 from tasks.experts.local import LocalBackend
+from tasks.schemas import RequestSpec
 from tests.llm_server import plan_json
 from tests.prefect_api import task_runs
 from tests.s3_server import KEY, SECRET, S3Server, rclone_binary
@@ -76,7 +77,11 @@ TWO_BRANCHES = plan_json(
 
 def test_request_stores_everything_in_the_bucket(s3: S3Server, llm, sample_files) -> None:
     llm.set(plan=TWO_BRANCHES, respond="Done.")
-    summary = run_request("Classify photo.png, detect its objects, rate my words", inputs=[str(sample_files["photo"])])
+    summary = run_request(
+        RequestSpec(
+            request="Classify photo.png, detect its objects, rate my words", inputs=[str(sample_files["photo"])]
+        )
+    )
     assert summary.status == "completed", summary.error
     prefix = f"s3://{BUCKET}/runs/{summary.flow_run_id}"
     assert summary.storage_uri == prefix
@@ -114,14 +119,16 @@ def test_request_stores_everything_in_the_bucket(s3: S3Server, llm, sample_files
 def test_second_identical_request_runs_no_model(s3: S3Server, llm, sample_files, model_calls) -> None:
     llm.set(plan=TWO_BRANCHES, respond="Done.")
     photo = str(sample_files["photo"])
-    first = run_request("Classify photo.png, detect its objects, rate my words", inputs=[photo])
+    first = run_request(RequestSpec(request="Classify photo.png, detect its objects, rate my words", inputs=[photo]))
     assert first.status == "completed" and sum(model_calls.values()) == 3
 
     # the same content under another name is the same input
     copy = Path(photo).with_name("copy-of-photo.png")
     copy.write_bytes(Path(photo).read_bytes())
     llm.set(plan=TWO_BRANCHES.replace("photo.png", "copy-of-photo.png"))
-    second = run_request("Classify copy-of-photo.png, detect its objects, rate my words", inputs=[str(copy)])
+    second = run_request(
+        RequestSpec(request="Classify copy-of-photo.png, detect its objects, rate my words", inputs=[str(copy)])
+    )
     assert second.status == "completed"
     assert sum(model_calls.values()) == 3, "a model ran again"
     assert all(r.cached and r.reused_from == first.flow_run_id for r in second.results)
@@ -177,7 +184,9 @@ def test_storage_dies_mid_run_then_resume_finishes(
     llm.set(plan=TWO_BRANCHES, respond="Partly done.")
     photo = str(sample_files["photo"])
     with progress.subscribe(note):
-        first = run_request("Classify photo.png, detect its objects, rate my words", inputs=[photo])
+        first = run_request(
+            RequestSpec(request="Classify photo.png, detect its objects, rate my words", inputs=[photo])
+        )
     assert first.status == "failed"
     by_task = {r.task: r for r in first.results}
     failed = by_task["object-detection"]
@@ -233,7 +242,9 @@ def test_resume_after_a_model_failed(env: Path, llm, model_calls, monkeypatch: p
     assert [r.status for r in first.results] == ["completed", "failed", "skipped"]
     assert llm.calls["plan"] == 1 and llm.calls["select"] == 1
 
-    second = run_request("ignored: the earlier run's request is used", resume_from=first.flow_run_id)
+    second = run_request(
+        RequestSpec(request="ignored: the earlier run's request is used", resume_from=first.flow_run_id)
+    )
     assert second.status == "completed"
     assert [(r.status, r.cached) for r in second.results] == [
         ("completed", True),
@@ -272,7 +283,7 @@ def test_prefect_retry_of_the_flow_run_resumes_it(env: Path, llm, model_calls, m
     )
     retrying = hugginggpt_request.with_options(retries=1)
     with prefect_run_settings():
-        first = retrying("Summarize and tag", return_state=True)
+        first = retrying(RequestSpec(request="Summarize and tag"), return_state=True)
     assert first.name == "AwaitingRetry"  # a worker runs the same flow run again, as below
 
     async def read_run() -> Any:
@@ -283,7 +294,10 @@ def test_prefect_retry_of_the_flow_run_resumes_it(env: Path, llm, model_calls, m
 
     with prefect_run_settings():
         state = run_flow(
-            retrying, flow_run=asyncio.run(read_run()), parameters={"request": "Summarize and tag"}, return_type="state"
+            retrying,
+            flow_run=asyncio.run(read_run()),
+            parameters={"spec": {"request": "Summarize and tag"}},
+            return_type="state",
         )
     summary = summary_of(state)
     assert state.is_completed() and summary.status == "completed"
