@@ -32,6 +32,7 @@ from typing import Any
 from prefect.futures import PrefectFuture
 
 from flows import progress
+from tasks.execute import answered_ahead
 from tasks.plan import PlanningError, plan_streamed_task
 from tasks.prefetch import prefetch_models
 from tasks.schemas import Assignment, ChatTurn, LLMUsage, PlanNode, PlanResult, SelectionResult
@@ -96,6 +97,7 @@ def run_streamed(
     checks: list[Any] = []
     select_usage = LLMUsage()
     choosing: list[PlanNode] = []
+    waiting_prefetch: dict[int, Assignment] = {}  # chosen, not yet prefetched: an upstream has no model yet
     finished: set[int] = set()
     state = {"planning": True, "selecting": False}
     started = time.perf_counter()
@@ -123,8 +125,18 @@ def run_streamed(
         select_usage = select_usage + selection.usage
         ids = {a.node_id for a in fresh} | set(selection.unassigned)
         progress.planned(run_id, run_name, [known[i] for i in order if i in ids], fresh)
-        if settings.prefetch and fresh:
-            prefetch_models(settings, fresh, lambda: services.local_backend, run_id)
+        if settings.prefetch:  # not for nodes the result cache answers: they load no model
+            waiting_prefetch.update({a.node_id: a for a in fresh})
+            # a node is judged once every node it depends on has its model (the cache key needs their outputs)
+            ready = [a for i, a in waiting_prefetch.items() if all(d in assigned for d in known[i].dep)]
+            if ready:
+                store = services.store(run_id)
+                answered = answered_ahead(settings, [known[i] for i in order], list(assigned.values()), store)
+                for a in ready:
+                    del waiting_prefetch[a.node_id]
+                wanted = [a for a in ready if a.node_id not in answered]
+                if wanted:
+                    prefetch_models(settings, wanted, lambda: services.local_backend, run_id)
 
     def take(node: PlanNode) -> None:
         if node.id in known:

@@ -265,6 +265,7 @@ def test_no_model_is_fetched_ahead_for_nodes_the_cache_or_a_resume_answers(
     """The second identical request is answered by the result cache, a resume by its earlier attempt: the
     prefetch is handed only the nodes that will run a model."""
     import flows.request as request_flow
+    from flows import streaming
     from flows.request import run_request
     from tasks.experts.base import ExpertError
     from tasks.experts.local import LocalBackend
@@ -278,6 +279,7 @@ def test_no_model_is_fetched_ahead_for_nodes_the_cache_or_a_resume_answers(
         return real_prefetch(settings, assignments, backend, flow_run_id)
 
     monkeypatch.setattr(request_flow, "prefetch_models", spy)
+    monkeypatch.setattr(streaming, "prefetch_models", spy)  # a streamed plan prefetches as its nodes arrive
     real_run = LocalBackend.run
     failures = {"summarization": 1}
 
@@ -298,6 +300,7 @@ def test_no_model_is_fetched_ahead_for_nodes_the_cache_or_a_resume_answers(
     )
     first = run_request("Rate, summarize, translate")
     assert [r.status for r in first.results] == ["completed", "failed", "completed"]
+    by_first, fetched[:] = list(fetched), []
     resumed = run_request(RequestSpec(request="Rate, summarize, translate", resume_from=first.flow_run_id))
     assert [(r.status, r.cached) for r in resumed.results] == [
         ("completed", True),
@@ -310,7 +313,10 @@ def test_no_model_is_fetched_ahead_for_nodes_the_cache_or_a_resume_answers(
     with progress.subscribe(events.append):
         again = run_request("Rate, summarize, translate")
     assert all(r.cached for r in again.results)
-    assert fetched == [[0, 1, 2], [1], []]
+    # a streamed plan prefetches each node once the nodes it depends on have their models: the first run, every
+    # node (in the order the plan and the choice of models gave them); the resume, the failed node; then nothing
+    assert sorted(i for ids in by_first for i in ids) == [0, 1, 2]
+    assert fetched == [[1]]
     # the board hears each node run then end cached, under the node's own name: no model load, nothing after
     shown: dict[str, list[str]] = {}
     for e in events:
