@@ -37,9 +37,9 @@ def run(bench: Bench, *, rounds: int | None = None, concurrent: int | None = Non
 
     from flows.request import run_request
     from flows.serve import Server, serving_in_background
-    from serving.config import ServeSettings
     from tasks.schemas import PlanNode, RequestSpec
     from tasks.services import Services
+    from tasks.serving.config import ServeSettings
     from tasks.settings import load_settings
 
     rounds = rounds or (4 if bench.quick else 20)

@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from flows.serve import Server, serving_in_background
-    from serving.config import ServeSettings
     from tasks.llm import FunctionModel
     from tasks.services import Services
+    from tasks.serving.config import ServeSettings
     from tasks.settings import load_settings
     from tests.chat_page import chromium, page_controller, two_turns
     from tests.tiny_models import build_tiny_models, tiny_catalog_entries

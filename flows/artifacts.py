@@ -8,10 +8,10 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from serving.signing import PublicLinks
 from tasks.parsing import clip
 from tasks.report import artifact_key, code_text, node_rows, summary_markdown
 from tasks.schemas import RunSummary
+from tasks.serving.signing import PublicLinks
 from tasks.storage import ArtifactStore, StorageError
 
 

@@ -32,7 +32,6 @@ from flows.prefect_setup import prefect_run_settings, use_result_storage
 from flows.streaming import run_streamed
 from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
-from serving.signing import PublicLinks
 from tasks.execute import answered_ahead, node_tags, run_node
 from tasks.inputs import InputPolicy, refused_inputs
 from tasks.llm import LLMError, LLMUnreachableError
@@ -64,6 +63,7 @@ from tasks.schemas import (
 )
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
 from tasks.services import Services, override, services_for
+from tasks.serving.signing import PublicLinks
 from tasks.settings import (
     LLMNotConfiguredError,
     RunOptions,

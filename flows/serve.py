@@ -7,7 +7,7 @@
 
 Every request that runs is one flow run of ``hugginggpt-request``: in this process, or with ``deployment`` through
 ``run_deployment`` on a work pool's workers. This module only wires: the messages, signing and limits are the pure
-pieces of :mod:`serving`.
+pieces of :mod:`tasks.serving`.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flows import progress
-from serving import shapes
-from serving.config import InFlight, ServeSettings
-from serving.signing import FileSigner, LinkError, PublicLinks
-from serving.uploads import FormError, parse_form
 from tasks.schemas import PlanNode, RunSummary
+from tasks.serving import shapes
+from tasks.serving.config import InFlight, ServeSettings
+from tasks.serving.signing import FileSigner, LinkError, PublicLinks
+from tasks.serving.uploads import FormError, parse_form
 from tasks.settings import RunOptions, Settings
 from tasks.storage import ArtifactStore, StorageError, store_for
 
@@ -378,7 +378,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        html = resources.files("serving.page").joinpath("index.html").read_text(encoding="utf-8")
+        html = resources.files("tasks.serving.page").joinpath("index.html").read_text(encoding="utf-8")
         return HTMLResponse(
             html,
             headers={

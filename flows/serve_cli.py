@@ -41,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from flows.cli_options import controller_ready
     from flows.serve import Server, serve_forever
-    from serving.config import ServeSettings, is_loopback
+    from tasks.serving.config import ServeSettings, is_loopback
     from tasks.settings import RunOptions, load_settings
 
     try:

@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import get_current_settings
 
 from flows.serve import Server, serving_in_background
-from serving.config import ServeSettings
+from tasks.serving.config import ServeSettings
 from tasks.settings import load_settings
 from tests.paths import ROOT
 from tests.waiting import wait_for

@@ -19,9 +19,9 @@ import openai
 import pytest
 
 from flows.serve import Server, serving_in_background
-from serving.config import ServeSettings
 from tasks.llm import ChatCall, FunctionModel
 from tasks.services import Services
+from tasks.serving.config import ServeSettings
 from tasks.settings import load_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

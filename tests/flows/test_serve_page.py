@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from flows.serve import Server, serving_in_background
-from serving.config import ServeSettings
 from tasks.llm import FunctionModel
 from tasks.services import Services
+from tasks.serving.config import ServeSettings
 from tasks.settings import load_settings
 from tests.chat_page import chromium, chromium_path, page_controller, two_turns
 

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
-from serving import shapes
-from serving.config import InFlight, ServeSettings, is_loopback
-from serving.signing import FileSigner, LinkError, PublicLinks, clean_path
-from serving.uploads import FormError, parse_form
 from tasks.schemas import NodeResult, PlanNode, RunSummary
+from tasks.serving import shapes
+from tasks.serving.config import InFlight, ServeSettings, is_loopback
+from tasks.serving.signing import FileSigner, LinkError, PublicLinks, clean_path
+from tasks.serving.uploads import FormError, parse_form
 from tasks.settings import Settings
 
 SECRET = b"0123456789abcdef0123"
