@@ -11,6 +11,7 @@ the LLM is shown as text: rich markup and escape sequences in it are never inter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -481,20 +482,33 @@ def print_summary(summary: Any, console: Any = None) -> None:
     )
 
 
+#: the commands that run requests (and may leave a model load running when they print their result)
+RUN_COMMANDS = frozenset({"run", "resume", "chat", "batch"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from flows.prefect_setup import drain_prefect_queues
 
+    folded: Any = contextlib.nullcontext()
+    if args.command in RUN_COMMANDS:
+        from flows.progress import library_progress
+
+        folded = library_progress()
     try:
-        if args.command == "run":
-            return drain_prefect_queues(cmd_run(args))
-        if args.command == "resume":
-            return drain_prefect_queues(cmd_resume(args))
-        if args.command == "chat":
-            return drain_prefect_queues(cmd_chat(args))
-        if args.command in ("eval", "batch", "plan", "models", "catalog", "demos", "serve"):
-            return drain_prefect_queues(args.func(args))
+        # the commands that run requests keep the libraries' bars folded into the progress channel until they
+        # return: a model load a run started ahead (a prefetch for a node that then never ran) and that ends
+        # after the run prints no bar below the summary
+        with folded:
+            if args.command == "run":
+                return drain_prefect_queues(cmd_run(args))
+            if args.command == "resume":
+                return drain_prefect_queues(cmd_resume(args))
+            if args.command == "chat":
+                return drain_prefect_queues(cmd_chat(args))
+            if args.command in ("eval", "batch", "plan", "models", "catalog", "demos", "serve"):
+                return drain_prefect_queues(args.func(args))
     except KeyboardInterrupt:
         error(None, "interrupted")
         return 130

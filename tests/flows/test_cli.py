@@ -369,3 +369,34 @@ def test_summary_into_a_pipe_keeps_paths_whole_and_clips_long_outputs(capsys) ->
     assert f"[{len(story) - 240} more characters in summary.json]" in out
     assert len(out.splitlines()) < 20
     assert summary.results[0].outputs["text"] == story
+
+
+def test_a_model_load_that_outlives_the_run_prints_no_bar_after_the_summary(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load a run started ahead (a prefetch for a node that never ran) may end after the run has printed its
+    summary: its transformers bar is folded into the progress channel, not printed below the summary."""
+    import threading
+
+    from transformers.utils import logging as hf_logging
+
+    from flows import cli
+
+    def late_load() -> None:
+        for _ in hf_logging.tqdm(range(3), desc="Loading weights"):
+            pass
+
+    def run(args: object) -> int:
+        print("the summary")
+        loader = threading.Thread(target=late_load)  # the load a prefetch left running
+        loader.start()
+        loader.join()
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_run", run)
+    assert cli.main(["run", "Caption photo.jpg"]) == 0
+    shown = capsys.readouterr()
+    assert "the summary" in shown.out and "Loading weights" not in shown.err + shown.out
+    # outside a command that runs requests the libraries' bars print as usual
+    late_load()
+    assert "Loading weights" in capsys.readouterr().err
