@@ -455,9 +455,11 @@ def run_flow(
     models: Mapping[str, str] | None = None,
     max_workers: int = 4,
     inputs: Sequence[str] = (),
+    stream_plan: bool | None = None,
 ) -> FlowRun:
     """Run ``hugginggpt-request`` once (a thread pool of ``max_workers`` for its nodes) and time it from the
-    caller's side: flow run creation, every stage, and the final state."""
+    caller's side: flow run creation, every stage, and the final state. ``stream_plan``: start nodes while the plan
+    streams (``None``: the setting's default)."""
     from flows.request import hugginggpt_request, summary_of
     from tasks.schemas import PlanNode, RequestSpec, RunSummary
     from tasks.settings import RunOptions
@@ -469,6 +471,7 @@ def run_flow(
         HUGGINGGPT_CATALOG=str(catalog) if catalog else None,
         # orchestration alone: the stand-in experts load nothing (prefetch is measured by bench/coldstart.py)
         HUGGINGGPT_PREFETCH="false",
+        HUGGINGGPT_STREAM_PLAN=None if stream_plan is None else str(stream_plan).lower(),
     ):
         t0 = time.perf_counter()
         state = hugginggpt_request(
