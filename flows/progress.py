@@ -548,11 +548,16 @@ class _Shown(str):
         return str(self)
 
 
+#: the hooks of node task runs whose every call Prefect logs twice at INFO: one line per node is enough
+_QUIET_HOOKS = ("node_state_hook", "apply-tags")
+
+
 class _TidyRunLogs(logging.Filter):
     """Prefect's task-run log records, tidied: the ``exc_info`` of a record logged with ``exc_info=True`` outside
     any exception is dropped (Prefect logs a task run that returned a Failed state that way, which prints a stray
     "NoneType: None"); the end of a skipped node (Prefect logs every final state but Completed as an error) is
-    logged as information; Prefect's two lines around every call of :func:`node_state_hook` are dropped, and so is
+    logged as information; Prefect's two lines around every call of a node's own hooks (:func:`node_state_hook`, the
+    tags of :class:`flows.tag_limits.ApplyTags`) are dropped, and so is
     its "Task run failed with state" line, which dumps the node's whole result."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -572,7 +577,7 @@ class _TidyRunLogs(logging.Filter):
                 record.args = (record.args[0], _Shown(brief), *record.args[2:])
                 return True
             return False  # the whole result object; the node logged why, and "Finished in state Failed" follows
-        return not (record.levelno <= logging.INFO and "'node_state_hook'" in message)
+        return not (record.levelno <= logging.INFO and any(f"'{hook}'" in message for hook in _QUIET_HOOKS))
 
 
 def tidy_run_logs() -> None:

@@ -389,6 +389,11 @@ def test_prefect_s_failed_task_line_does_not_dump_the_node_s_result() -> None:
         retry.getMessage() == "Task run failed with state: Failed('model m failed: boom') - Retry 1/2 will start in 2 s"
     )
     assert tidy.filter(record("Finished in state Failed('model m failed: boom')"))
+    # Prefect's two INFO lines around each call of a node's own hooks say nothing to the user
+    for hook in ("node_state_hook", "apply-tags"):
+        running = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, f"Running hook {hook!r}", (), None)
+        assert not tidy.filter(running)
+    assert tidy.filter(logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "Running hook 'x'", (), None))
 
 
 def test_the_artifact_table_clips_long_outputs_and_lets_them_wrap() -> None:
