@@ -56,6 +56,7 @@ from flows.batch_budget import BudgetMeter, Budgets
 from flows.batch_ledger import BatchBusyError, BatchLock, completed_summary, line_tags, tagged_runs
 from flows.prefect_setup import prefect_run_settings
 from flows.request import NoSummaryError, failure_reason, run_request
+from flows.result_links import verified_result_links
 from flows.runners import shared_cluster
 from tasks.llm import LLMError
 from tasks.parsing import ParseError, loads_json, parse_plan_value, split_lines
@@ -841,6 +842,7 @@ def hugginggpt_batch(
     """
     t_start = time.perf_counter()
     log = get_run_logger()
+    verified_result_links()  # a line's task run gets no edge from a recycled id
     settings = load_settings(options, storage=storage, catalog=catalog)
     run_id = str(flow_run.id or uuid.uuid4())
     in_flight = max_in_flight or settings.batch_max_in_flight

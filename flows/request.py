@@ -24,11 +24,12 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
-from prefect.utilities.annotations import allow_failure
+from prefect.utilities.annotations import allow_failure, quote
 
 from flows import progress
 from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
+from flows.result_links import verified_result_links
 from flows.streaming import run_streamed
 from flows.tag_limits import node_tagging, read_limited_tags
 from models_catalog.catalog import CatalogError
@@ -198,6 +199,7 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
     )
     t_start = time.perf_counter()
     log = get_run_logger()
+    verified_result_links()  # a node's task run gets its edges from its upstream futures, never from a recycled id
     inputs = list(spec.inputs)
     history = bounded_history(spec.history)  # what a caller passes is bounded like a chat's
     settings = load_settings(options)
@@ -557,16 +559,18 @@ def submit_node(
             variants[key] = run_node.with_options(
                 persist_result=settings.persist_results, **node_task_options(settings, tagging)
             )
+        # everything but the upstream futures is quoted: Prefect neither walks it (the settings are large) nor
+        # looks its parts up among earlier results; the node's edges are its upstream futures
         return runner.submit(
             _named(variants[key], node.name),
             {
-                "node": node,
-                "assignment": assignment,
+                "node": quote(node),
+                "assignment": quote(assignment),
                 "upstream": [allow_failure(futures[d]) for d in node.dep],
-                "settings": settings,
-                "run_id": run_id,
-                "unassigned_reason": unassigned_reason,
-                "prior": prior,
+                "settings": quote(settings),
+                "run_id": quote(run_id),
+                "unassigned_reason": quote(unassigned_reason),
+                "prior": quote(prior),
             },
         )
 

@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from prefect.utilities.annotations import allow_failure
+from prefect.utilities.annotations import allow_failure, quote
 
 from tasks.experts.base import ModelSpec
 from tasks.settings import Settings
@@ -40,13 +40,13 @@ class TaskRunnerError(RuntimeError):
     """The configured task runner cannot be built here (prefect-dask missing, cluster unreachable)."""
 
 
-class DaskAllowFailure(allow_failure[Any]):
-    """``allow_failure`` in a form Dask rebuilds as itself.
+class _DaskAnnotation:
+    """A Prefect annotation (``allow_failure``, ``quote``) in a form Dask rebuilds as itself.
 
-    Dask rebuilds the containers of a task's arguments once it has swapped futures for their values, and
-    turns a tuple subclass (which Prefect's annotations are) into a plain tuple, unless it looks like a
-    namedtuple. Without the annotation, a dependent of a failed node would never start (Prefect refuses a
-    failed upstream), instead of ending Skipped under its own name; this class keeps it through Dask.
+    Dask rebuilds the containers of a task's arguments once it has swapped futures for their values, and turns a
+    tuple subclass (which Prefect's annotations are) into a plain tuple, unless it looks like a namedtuple. Without
+    ``allow_failure``, a dependent of a failed node would never start (Prefect refuses a failed upstream), instead
+    of ending Skipped under its own name; without ``quote``, a node would get a tuple for its plan node.
     """
 
     __slots__ = ()
@@ -54,23 +54,39 @@ class DaskAllowFailure(allow_failure[Any]):
     _field_defaults: dict[str, Any] = {}
 
     @classmethod
-    def _make(cls, iterable: Any) -> DaskAllowFailure:
-        return cls(*iterable)
+    def _make(cls, iterable: Any) -> Any:
+        return cls(*iterable)  # type: ignore[call-arg]
 
     def _asdict(self) -> dict[str, Any]:
-        return {"value": self[0]}
+        return {"value": self[0]}  # type: ignore[index]
 
-    def _replace(self, **fields: Any) -> DaskAllowFailure:
-        return type(self)(fields.get("value", self[0]))
+    def _replace(self, **fields: Any) -> Any:
+        return type(self)(fields.get("value", self[0]))  # type: ignore[call-arg,index]
 
-    def __getnewargs__(self) -> tuple[Any]:  # type: ignore[override]
-        return (self[0],)
+    def __getnewargs__(self) -> tuple[Any]:
+        return (self[0],)  # type: ignore[index]
+
+
+class DaskAllowFailure(_DaskAnnotation, allow_failure[Any]):
+    """``allow_failure`` that Dask keeps (see :class:`_DaskAnnotation`)."""
+
+    __slots__ = ()
+
+
+class DaskQuote(_DaskAnnotation, quote[Any]):
+    """``quote`` that Dask keeps (see :class:`_DaskAnnotation`)."""
+
+    __slots__ = ()
 
 
 def _dask_safe(value: Any) -> Any:
-    """``value`` with every ``allow_failure`` inside a list, tuple, set or dict made a :class:`DaskAllowFailure`."""
+    """``value`` with every ``allow_failure`` and ``quote`` inside a list, tuple, set or dict made Dask-safe."""
+    if isinstance(value, _DaskAnnotation):
+        return value
     if isinstance(value, allow_failure):
-        return value if isinstance(value, DaskAllowFailure) else DaskAllowFailure(_dask_safe(value.unwrap()))
+        return DaskAllowFailure(_dask_safe(value.unwrap()))
+    if isinstance(value, quote):
+        return DaskQuote(value.unwrap())
     if isinstance(value, dict):
         return {k: _dask_safe(v) for k, v in value.items()}
     if isinstance(value, list | set | frozenset) or type(value) is tuple:
@@ -95,6 +111,8 @@ def node_model(parameters: Mapping[str, Any]) -> HeldModel | None:
     from tasks.task_types import normalize_task_name
 
     assignment = parameters.get("assignment")
+    if isinstance(assignment, quote):
+        assignment = assignment.unwrap()
     if not isinstance(assignment, Assignment) or assignment.backend != "local":
         return None
     return normalize_task_name(assignment.task), assignment.spec.source, assignment.spec.revision

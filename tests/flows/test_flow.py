@@ -13,9 +13,12 @@ import fsspec
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.context import FlowRunContext
 
+import flows.request
 from flows.prefect_setup import prefect_run_settings
 from flows.request import hugginggpt_request, run_request, summary_of
+from flows.result_links import VerifiedResultLinks, verified_result_links
 from tasks.experts.local import LocalBackend
 from tasks.schemas import RequestSpec, RunSummary
 from tasks.settings import RunOptions
@@ -72,7 +75,16 @@ def slow_image_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[f
     return spans
 
 
-def test_graph_runs_as_task_runs_with_planned_edges(env: Path, llm, sample_files, slow_image_models) -> None:
+def test_graph_runs_as_task_runs_with_planned_edges(
+    env: Path, llm, sample_files, slow_image_models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    links: list[Any] = []
+
+    def verified_links_seen() -> None:  # the flow run keeps only verifiable links, so no edge comes from a stale id
+        verified_result_links()
+        links.append(FlowRunContext.get().run_results)
+
+    monkeypatch.setattr(flows.request, "verified_result_links", verified_links_seen)
     photo = str(sample_files["photo"])
     llm.set(
         plan=plan_json(
@@ -107,6 +119,7 @@ def test_graph_runs_as_task_runs_with_planned_edges(env: Path, llm, sample_files
     for name in ("image-to-text#0", "image-classification#2", "text-classification#3"):
         assert _upstream_ids(runs[name]) == set()
     assert all(runs[n].state.is_completed() for n in names)
+    assert len(links) == 1 and isinstance(links[0], VerifiedResultLinks)
 
     # the two image branches overlapped in time
     (a0, a1), (b0, b1) = slow_image_models["image-to-text"][0], slow_image_models["image-classification"][0]
