@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from flows.batch import run_batch
 from tests.deployments.test_deploy import HOLD, PINS, ROOT, deployed  # noqa: F401  (a fixture)
+from tests.prefect_api import api_until
 from tests.web_server import WebServer
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -27,6 +31,21 @@ def _worker(name: str, environ: dict[str, str], log: Path) -> subprocess.Popen[b
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
+
+
+def _taken_by(flow_run_id: str) -> str:
+    """The worker that submitted the flow run, from the line it logs to the run ("Worker 'name' submitting ...")."""
+    by_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+
+    def takers(logs: list[Any]) -> list[str]:
+        return [m.group(1) for log in logs if (m := re.match(r"Worker '([^']+)' submitting flow run", log.message))]
+
+    logs = api_until(
+        lambda client: client.read_logs(log_filter=by_run),
+        lambda logs: bool(takers(logs)),
+        what=f"the worker's submitting line in flow run {flow_run_id}'s logs",
+    )
+    return takers(logs)[0]
 
 
 def test_lines_run_on_two_process_workers(
@@ -71,10 +90,10 @@ def test_lines_run_on_two_process_workers(
     assert summary.deployment == "hugginggpt-request/request"
     runs = [r.flow_run_id for r in summary.records]
     assert all(runs) and [r.answer for r in summary.records] == ["Both photos classified."] * 2
-    # each worker (one run at a time) took one line: the two ran at once, on two workers
-    for text in said:
-        taken = [run for run in runs if f"submitting flow run '{run}'" in text]
-        assert len(taken) == 1, text[-3000:]
+    # each worker (one run at a time) took one line: the two ran at once, on two workers; a worker says so in the
+    # run's own logs, which the API keeps
+    takers = {run: _taken_by(run) for run in runs}
+    assert sorted(takers.values()) == ["batch-worker-1", "batch-worker-2"], (takers, said)
     assert [kind for kind, _ in barrier.events] == ["arrived", "arrived", "answered", "answered"]
     for record in summary.records:
         stored = json.loads(Path(record.storage_uri, "summary.json").read_text())

@@ -25,7 +25,7 @@ from tests.web_server import WebServer
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-HOLD = 6.0  # seconds a request waits for the other one
+HOLD = 25.0  # seconds a request waits for the other (a run process starting on a busy machine; fetches time out at 30)
 PLAN = [
     {"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": "a.png"}},
     {"id": 1, "task": "image-classification", "dep": [-1], "args": {"image": "b.png"}},
