@@ -279,7 +279,7 @@ def answered_ahead(
     cannot be judged here counts as one that will run."""
     by_node = {a.node_id: a for a in assignments}
     answered: dict[int, NodeResult] = {n: r for n, r in (prior or {}).items() if r.ok}
-    cache = ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None
+    cache = ResultCache(store, ttl=settings.cache_ttl, clock=services_for(settings).clock) if settings.cache else None
     for node in nodes:  # in dependency order
         assignment = by_node.get(node.id)
         if cache is None or node.id in answered or assignment is None or any(d not in answered for d in node.dep):
@@ -379,7 +379,7 @@ def run_node(
             unassigned_reason=unassigned_reason,
             input_timeout=settings.input_timeout,
             input_policy=InputPolicy.from_settings(settings),
-            cache=ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None,
+            cache=ResultCache(store, ttl=settings.cache_ttl, clock=services.clock) if settings.cache else None,
             cache_params=cache_params(settings),
             choose=services.availability.choose,
             max_attempts=1 + settings.max_fallbacks,
