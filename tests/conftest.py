@@ -19,6 +19,7 @@ for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HF_TOKEN", "HUGGINGGPT_CATALO
 
 import pytest  # noqa: E402
 
+from tasks.services import override  # noqa: E402
 from tests.llm_server import ScriptedLLM  # noqa: E402
 from tests.web_server import WebServer  # noqa: E402
 
@@ -48,8 +49,10 @@ def _llm_server() -> Iterator[ScriptedLLM]:
 
 
 @pytest.fixture
-def llm(_llm_server: ScriptedLLM, monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
-    """The scripted LLM, reset, with the environment pointing at it."""
+def llm_http(_llm_server: ScriptedLLM, monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
+    """The scripted LLM over HTTP, reset, with the environment pointing at it: for tests where the wire matters
+    (HTTP faults and retries, streaming through the OpenAI client, a CLI or worker in another process, the served
+    API's threads)."""
     _llm_server.reset()
     monkeypatch.setenv("OPENAI_BASE_URL", _llm_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
@@ -57,6 +60,20 @@ def llm(_llm_server: ScriptedLLM, monkeypatch: pytest.MonkeyPatch) -> ScriptedLL
     monkeypatch.setenv("HUGGINGGPT_LLM_MAX_RETRIES", "0")
     monkeypatch.setenv("HUGGINGGPT_LLM_TIMEOUT", "10")
     return _llm_server
+
+
+@pytest.fixture
+def llm(request: pytest.FixtureRequest) -> Iterator[ScriptedLLM]:
+    """The scripted LLM, fresh: in process, given to every run inside the test by :func:`tasks.services.override`
+    (threads of Prefect task runs included), with no server and no environment variable.
+
+    A test marked ``@pytest.mark.llm_http`` (or that asks for ``llm_http``) gets the HTTP server instead."""
+    if request.node.get_closest_marker("llm_http") is not None or "llm_http" in request.fixturenames:
+        yield request.getfixturevalue("llm_http")
+        return
+    scripted = ScriptedLLM()
+    with override(chat_model=scripted.chat_model()):
+        yield scripted
 
 
 @pytest.fixture(scope="session")
