@@ -56,7 +56,7 @@ def build_hub(root: Path) -> dict[str, int]:
 def hub_catalog(path: Path, root: Path) -> Path:
     """Catalog records of the chain's models, with the architecture and size a catalog records (what the
     availability rule reads before anything is downloaded)."""
-    from tasks.availability import estimate_params
+    from tasks.sizing import estimate_params
 
     records = [
         {

@@ -52,6 +52,9 @@ SERVICES: Mapping[str, str] = {
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
 _overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("hugginggpt_services", default=_NOTHING)
+_in_use: contextvars.ContextVar[tuple[Services, Mapping[str, Any]] | None] = contextvars.ContextVar(
+    "hugginggpt_services_in_use", default=None
+)
 
 
 class Services:
@@ -123,8 +126,25 @@ class Services:
 
 def services_for(settings: Settings) -> Services:
     """The services of a run under ``settings``: those of the innermost :func:`override` around the caller, the
-    others built from the settings. The one resolver of the flow, the batch, chat and their Prefect tasks."""
+    others built from the settings. The one resolver of the flow, the batch, chat and their Prefect tasks.
+
+    Inside :func:`in_use` for these very settings (and the same overrides), the services in use: a flow run's
+    nodes, in its threads, share the flow's services instead of building them again each."""
+    running = _in_use.get()
+    if running is not None and running[0].settings is settings and running[1] is _overrides.get():
+        return running[0]
     return Services(settings, **_overrides.get())
+
+
+@contextlib.contextmanager
+def in_use(services: Services) -> Iterator[Services]:
+    """Within the block (this thread, and the task runs submitted from it), :func:`services_for` called with
+    ``services.settings`` gives ``services`` back, unless an :func:`override` inside the block changes them."""
+    token = _in_use.set((services, _overrides.get()))
+    try:
+        yield services
+    finally:
+        _in_use.reset(token)
 
 
 @contextlib.contextmanager

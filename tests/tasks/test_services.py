@@ -3,6 +3,7 @@ in-process chat model and an in-process expert backend, no environment variable 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from tasks.experts.base import ExpertOutput, ModelSpec
 from tasks.llm import ChatCall, FunctionModel, LLMClient, scripted
 from tasks.schemas import RequestSpec
-from tasks.services import Services, overridden, override, services_for
+from tasks.services import Services, in_use, overridden, override, services_for
 from tasks.settings import RunOptions, Settings
 
 
@@ -101,9 +102,30 @@ def test_override_reaches_threads_that_run_in_the_callers_context() -> None:
     assert seen["outside"] is not model
 
 
+def test_services_in_use_are_shared_for_their_settings_only() -> None:
+    settings, other = Settings(), Settings()
+    assert services_for(settings) is not services_for(settings)  # outside a run: built per call
+    running = services_for(settings)
+    with in_use(running):
+        assert services_for(settings) is running
+        assert services_for(other) is not running  # other settings: their own services
+        seen: list[Services] = []
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=lambda: context.run(lambda: seen.append(services_for(settings))))
+        thread.start()
+        thread.join()
+        assert seen == [running]  # a task run's thread, in the caller's context
+        backend = RecordingBackend("inner")
+        with override(local_backend=backend):  # an override inside the block wins
+            inner = services_for(settings)
+            assert inner is not running and inner.local_backend is backend
+        assert services_for(settings) is running
+    assert services_for(settings) is not running
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
-    tiny_catalog: Path, tmp_path: Path
+    tiny_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Plan, selection and the answer come from a FunctionModel; both nodes run on an in-process backend in the task
     runner's worker threads; no LLM is configured in the environment (the embedded controller cannot load offline)
@@ -125,6 +147,16 @@ def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
 
     model = FunctionModel(reply, model="in-process")
     backend = RecordingBackend("recorded")
+    import tasks.execute
+
+    resolved: list[Services] = []
+
+    def recorded_services_for(settings: Settings) -> Services:
+        services = services_for(settings)
+        resolved.append(services)
+        return services
+
+    monkeypatch.setattr(tasks.execute, "services_for", recorded_services_for)
     with override(chat_model=model, local_backend=backend), prefect_run_settings():
         state = hugginggpt_request(
             RequestSpec(request="Classify two texts"),
@@ -142,3 +174,4 @@ def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
     assert len(backend.threads) == 2
     assert threading.main_thread().name not in backend.threads  # the nodes ran in the task runner's threads
     assert all(r.model.startswith("tiny/text-classification") and r.backend == "local" for r in summary.results)
+    assert len(resolved) == 2 and resolved[0] is resolved[1]  # both nodes used the run's services, built once
