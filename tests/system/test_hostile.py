@@ -27,7 +27,8 @@ from tasks.schemas import RequestSpec
 from tasks.settings import Settings
 from tests.llm_server import plan_json
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# hostile replies and endpoints reach the OpenAI client over HTTP
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.llm_http]
 
 CLASSIFY = plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely day"}})
 
