@@ -31,7 +31,8 @@ from tests.llm_server import HTTPFault, plan_json
 from tests.tasks.experts.test_experts_remote import InferenceServer, Reply
 from tests.web_server import WebServer
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# the OpenAI client over HTTP: its timeouts, retries and backoff are what these tests check
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.llm_http]
 
 LOVELY = {"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely day"}}
 STORY = {"id": 1, "task": "summarization", "dep": [-1], "args": {"text": "a long story about a cat and a dog"}}

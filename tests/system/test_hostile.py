@@ -28,7 +28,8 @@ from tasks.settings import Settings
 from tests.llm_server import plan_json
 from tests.waiting import returns_within
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# hostile replies and endpoints reach the OpenAI client over HTTP
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.llm_http]
 
 CLASSIFY = plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely day"}})
 

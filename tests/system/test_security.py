@@ -28,6 +28,9 @@ from tests.llm_server import HTTPFault, plan_json
 from tests.waiting import returns_within
 from tests.web_server import WebServer
 
+# secrets and refusals on their way through the OpenAI client and the environment
+pytestmark = pytest.mark.llm_http
+
 POLICY_VARS = ("HUGGINGGPT_INPUT_ROOTS", "HUGGINGGPT_ALLOW_PRIVATE_URLS", "HUGGINGGPT_ALLOWED_URL_SCHEMES")
 
 

@@ -175,3 +175,43 @@ def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
     assert threading.main_thread().name not in backend.threads  # the nodes ran in the task runner's threads
     assert all(r.model.startswith("tiny/text-classification") and r.backend == "local" for r in summary.results)
     assert len(resolved) == 2 and resolved[0] is resolved[1]  # both nodes used the run's services, built once
+
+
+def test_the_llm_fixture_answers_in_process_with_no_environment_and_no_server(llm: Any) -> None:
+    """The suite's ``llm`` fixture gives its script to every run through ``override``: nothing in the environment,
+    no URL; the calls are recorded as the bodies the OpenAI client would send, faults become the client's errors."""
+    import os
+
+    from tasks.llm import LLMError
+    from tasks.settings import load_settings
+    from tests.llm_server import HTTPFault, pieces
+
+    assert not {"OPENAI_BASE_URL", "OPENAI_API_KEY", "HUGGINGGPT_LLM_MODEL"} & set(os.environ)
+    with pytest.raises(RuntimeError, match="llm_http"):
+        llm.base_url  # noqa: B018
+    model = services_for(load_settings()).chat_model
+    llm.set(respond=["Hello there, how are you today?", "Second answer."], select=HTTPFault(503, "overloaded"))
+    assert model.chat([{"role": "user", "content": "hi"}], stage="respond")[0] == "Hello there, how are you today?"
+    streamed: list[str] = []
+    reply, usage = model.stream([{"role": "user", "content": "again"}], on_text=streamed.append, stage="respond")
+    assert reply == "Second answer." and streamed == pieces("Second answer.") and usage.completion_tokens == 2
+    with pytest.raises(LLMError, match="answered HTTP 503: overloaded"):
+        model.chat([{"role": "user", "content": "pick"}], stage="select", schema={"type": "object"})
+    assert llm.calls == {"respond": 2, "select": 1} and llm.streamed == {"respond": 1}
+    first, second, third = llm.requests
+    assert first["messages"] == [{"role": "user", "content": "hi"}] and "stream" not in first
+    assert second["stream"] is True and third["response_format"]["json_schema"]["name"] == "select"
+
+
+@pytest.mark.llm_http
+def test_the_llm_fixture_marked_llm_http_is_the_server_reached_through_the_environment(llm: Any) -> None:
+    import os
+
+    from tasks.settings import load_settings
+
+    assert os.environ["OPENAI_BASE_URL"] == llm.base_url and not overridden()
+    model = services_for(load_settings()).chat_model
+    assert isinstance(model, LLMClient)
+    llm.set(respond="Over the wire.")
+    assert model.chat([{"role": "user", "content": "hi"}], stage="respond")[0] == "Over the wire."
+    assert llm.calls == {"respond": 1}

@@ -7,10 +7,6 @@ goes through the real ``InferenceClient``; the Hub stays unreachable (``HF_HUB_O
 
 from __future__ import annotations
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import base64
 import io
 import json
