@@ -390,7 +390,9 @@ def _stages(
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
     if settings.prefetch:  # every node's model downloads and loads while upstream nodes run (not those answered)
-        answered = answered_ahead(settings, nodes, assignments, store, prior.results if prior else None)
+        answered = answered_ahead(
+            settings, nodes, assignments, store, prior.results if prior else None, clock=services.clock
+        )
         unanswered = [a for a in assignments if a.node_id not in answered]
         prefetch_models(settings, unanswered, lambda: services.local_backend, store.run_id)
 

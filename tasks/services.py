@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from types import MappingProxyType
@@ -48,6 +49,7 @@ SERVICES: Mapping[str, str] = {
     "remote_backend": "the ExpertBackend that runs nodes assigned 'remote'",
     "availability": "the Availability that decides where a model can run",
     "store_factory": "a function run_id -> ArtifactStore, where a run keeps its files",
+    "clock": "a function () -> seconds since the epoch, the wall clock that ages cached results",
 }
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
@@ -61,7 +63,7 @@ class Services:
     """The services of a run under ``settings``; any of them can be given, the others are built on first use.
 
     Attributes (see :data:`SERVICES`): ``chat_model``, ``local_backend``, ``remote_backend``, ``availability``,
-    ``store_factory``; :meth:`store` gives one run's artifact store.
+    ``store_factory``, ``clock``; :meth:`store` gives one run's artifact store.
     """
 
     def __init__(self, settings: Settings, **given: Any) -> None:
@@ -110,6 +112,10 @@ class Services:
         settings = self.settings
         return lambda run_id: store_for(settings, run_id)
 
+    @cached_property
+    def clock(self) -> Callable[[], float]:
+        return time.time
+
     def store(self, run_id: str) -> ArtifactStore:
         """The artifact store of run ``run_id``."""
         return self.store_factory(run_id)
@@ -152,8 +158,9 @@ def override(**services: Any) -> Iterator[Mapping[str, Any]]:
     """Swap services for everything run inside the block (this thread, and Prefect task runs submitted from it).
 
     Keywords are the names of :data:`SERVICES`: ``chat_model`` (e.g. a :class:`~tasks.llm.FunctionModel`),
-    ``local_backend``, ``remote_backend``, ``availability``, ``store_factory``. Blocks nest: an inner one swaps
-    on top of the outer one, and each block's end restores what was before it. Yields the services in force.
+    ``local_backend``, ``remote_backend``, ``availability``, ``store_factory``, ``clock``. Blocks nest: an inner
+    one swaps on top of the outer one, and each block's end restores what was before it. Yields the services in
+    force.
     """
     unknown = sorted(set(services) - set(SERVICES))
     if unknown:

@@ -71,6 +71,7 @@ class ScriptedLLM:
         #: how many streamed replies were sent, per stage
         self.streamed: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._released = threading.Event()  # cuts a fault's delay short when the script is reset or the server stops
         self._server: ThreadingHTTPServer | None = None
 
     # ------------------------------------------------------------------
@@ -139,6 +140,7 @@ class ScriptedLLM:
         return self
 
     def stop(self) -> None:
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -197,6 +199,8 @@ class ScriptedLLM:
     # ------------------------------------------------------------------
     def reset(self) -> None:
         with self._lock:
+            self._released.set()
+            self._released = threading.Event()
             self.requests.clear()
             self.stages.clear()
             self.calls.clear()
@@ -229,11 +233,12 @@ class ScriptedLLM:
                 entry: Any = default_reply(stage, body)
             else:
                 entry = entries.pop(0) if len(entries) > 1 else entries[0]
+            released = self._released
         if callable(entry) and not isinstance(entry, HTTPFault):
             entry = entry(body)  # a reply, or an HTTPFault chosen from the request
         if isinstance(entry, HTTPFault):
             if entry.delay:
-                time.sleep(entry.delay)
+                released.wait(entry.delay)
             return entry.status, {"error": {"message": entry.message, "type": "server_error"}}
         content = entry
         if self.latency:

@@ -107,6 +107,8 @@ class RemoteBackend:
 
     ``token`` defaults to huggingface_hub's own (``HF_TOKEN`` or the saved login); ``timeout`` bounds each request
     in seconds; ``provider`` picks the Inference Provider for models without an endpoint (``None``: ``"auto"``).
+    ``clock`` and ``sleep`` time the waits between retries and for a loading model (tests pass a clock that moves
+    when slept on).
     """
 
     name = "remote"
@@ -128,6 +130,8 @@ class RemoteBackend:
         top_k: int = 5,
         max_audio_seconds: float = 30.0,
         endpoints_when_offline: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if timeout <= 0 or job_timeout <= 0:
             raise ValueError(f"timeouts must be positive, got {timeout} and {job_timeout}")
@@ -151,6 +155,8 @@ class RemoteBackend:
         self.top_k = top_k
         self.max_audio_seconds = max_audio_seconds
         self.endpoints_when_offline = endpoints_when_offline
+        self.clock = clock
+        self.sleep = sleep
 
     @classmethod
     def from_settings(cls, settings: Any) -> RemoteBackend:
@@ -272,8 +278,7 @@ class RemoteBackend:
         return model.provider or self.provider or "auto"
 
     def _with_retries(self, call: Callable[[], ExpertOutput], where: str, task: str) -> ExpertOutput:
-        started = time.monotonic()
-        loading_deadline = started + self.max_loading_wait
+        loading_deadline = self.clock() + self.max_loading_wait
         retries = 0
         while True:
             try:
@@ -285,7 +290,7 @@ class RemoteBackend:
                 if self.token:  # a server may echo the credentials it was sent
                     failure.message = failure.message.replace(self.token, "***")
                 if failure.kind == "loading":
-                    remaining = loading_deadline - time.monotonic()
+                    remaining = loading_deadline - self.clock()
                     if remaining <= 0:
                         estimate = f" (it estimated {failure.estimated_time:g} s)" if failure.estimated_time else ""
                         raise ExpertError(
@@ -294,7 +299,7 @@ class RemoteBackend:
                         ) from exc
                     wait = min(max(failure.estimated_time or self.retry_wait, 0.05), remaining)
                     logger.info("%s is loading; waiting %.1f s before asking again", where, wait)
-                    time.sleep(wait)
+                    self.sleep(wait)
                     continue
                 if failure.kind == "retry" and retries < self.max_retries:
                     wait = min(failure.retry_after or self.retry_wait * 2**retries, self.max_retry_wait)
@@ -302,7 +307,7 @@ class RemoteBackend:
                     logger.warning(
                         "%s failed (%s); retry %d/%d in %.1f s", where, failure.message, retries, self.max_retries, wait
                     )
-                    time.sleep(wait)
+                    self.sleep(wait)
                     continue
                 raise ExpertError(self._message(failure, where, task, retries)) from exc
 
