@@ -284,8 +284,9 @@ def test_serve_refuses_to_listen_beyond_this_machine_without_keys(
 def test_with_a_public_url_the_summary_artifact_links_files_through_the_server(
     env: Path, tiny_catalog: Path, chat_model: FunctionModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from tests.prefect_api import api_until
 
     secret = "shared-secret-0123456789"
     monkeypatch.setenv("HUGGINGGPT_PUBLIC_URL", "https://hugginggpt.example")
@@ -299,10 +300,13 @@ def test_with_a_public_url_the_summary_artifact_links_files_through_the_server(
         )
         info = reply.model_extra["hugginggpt"]
         assert info["files"][0]["url"].startswith("https://hugginggpt.example/files/")
-        with get_client(sync_client=True) as prefect:
-            artifacts = prefect.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[info["flow_run_id"]]))
-            )
+        by_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[info["flow_run_id"]]))
+        keys = {"hugginggpt-request-summary", "hugginggpt-request-text-to-speech-audio"}
+        artifacts = api_until(
+            lambda prefect: prefect.read_artifacts(artifact_filter=by_run),
+            lambda found: keys <= {a.key for a in found},
+            what=f"the artifacts {sorted(keys)}",
+        )
         summary = next(a for a in artifacts if a.key == "hugginggpt-request-summary")
         link_artifact = next(a for a in artifacts if a.key == "hugginggpt-request-text-to-speech-audio")
         assert "](https://hugginggpt.example/files/" in str(summary.data)

@@ -520,10 +520,12 @@ async def _api_records(flow_run_ids: list[str]) -> list[tuple[str, str]]:
                 what=f"the logs of {run_id} up to its last line",
             )
             records += [("log", log.message) for log in logs]
-            artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            by_artifacts = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            artifacts = await read_until(
+                lambda c, by_artifacts=by_artifacts: c.read_artifacts(artifact_filter=by_artifacts),
+                bool,
+                what=f"the artifacts of {run_id}",
             )
-            assert artifacts
             records += [(f"artifact {a.key}", a.model_dump_json()) for a in artifacts]
         blocks = await client.read_block_documents(include_secrets=True)
         records += [(f"block {b.name}", b.model_dump_json()) for b in blocks]
