@@ -11,6 +11,7 @@ import pytest
 
 from bench import dag, llm_calls, report, reuse
 from bench.__main__ import SECTIONS, build_document, default_out, parse_args
+from bench.classifiers import linked_copies
 from bench.harness import (
     Bench,
     Sampler,
@@ -21,7 +22,7 @@ from bench.harness import (
     sleeping_experts,
     write_catalog,
 )
-from bench.throughput import linked_copies, plan_for, request_text, write_requests
+from bench.throughput import plan_for, request_text, write_requests
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
