@@ -50,7 +50,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure, quote
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flows import progress as progress_events
+from flows import events as progress_events
 from flows.artifacts import artifact_scope
 from flows.batch_budget import BudgetMeter, Budgets
 from flows.batch_ledger import BatchBusyError, BatchLock, completed_summary, line_tags, tagged_runs

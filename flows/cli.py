@@ -477,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     folded: Any = contextlib.nullcontext()
     if args.command in RUN_COMMANDS:
-        from flows.progress import library_progress
+        from flows.library_bars import library_progress
 
         folded = library_progress()
     try:
