@@ -199,7 +199,7 @@ def test_sleeping_expert_replaces_the_local_backend_only_within_its_block(bench:
 
 
 def test_batch_requests_and_memory_helpers(tmp_path: Path) -> None:
-    from flows.batch import parse_requests
+    from tasks.batch_lines import parse_requests
 
     path = write_requests(tmp_path / "requests.jsonl", 7, ["m/a", "m/b", "m/c"])
     lines = parse_requests(path.read_text(encoding="utf-8"))
