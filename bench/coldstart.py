@@ -56,7 +56,7 @@ def build_hub(root: Path) -> dict[str, int]:
 def hub_catalog(path: Path, root: Path) -> Path:
     """Catalog records of the chain's models, with the architecture and size a catalog records (what the
     availability rule reads before anything is downloaded)."""
-    from tasks.availability import estimate_params
+    from tasks.sizing import estimate_params
 
     records = [
         {
@@ -130,7 +130,13 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "wall_seconds": wall,
         "makespan_seconds": summary.timings.get("select", 0.0) + summary.timings.get("execute", 0.0),
         "nodes": [
-            {"task": r.task, "seconds": r.seconds, "model_wait_seconds": r.model_wait_seconds or 0.0}
+            {
+                "task": r.task,
+                "model": r.model,
+                "seconds": r.seconds,
+                "model_wait_seconds": r.model_wait_seconds or 0.0,
+                "finished_at": r.finished_at.timestamp() if r.finished_at else None,
+            }
             for r in summary.results
         ],
     }
@@ -163,6 +169,8 @@ def run(bench: Any, *, download_seconds: float | None = None) -> dict[str, Any]:
             if result["status"] != "completed":
                 raise RuntimeError(f"the chain {name} ended {result['status']}: {result['error']}")
             result["files_downloaded"] = sum(hub.downloads.values()) - before
+            # when each model's weights began to come down (this measurement's Hub cache was empty)
+            result["weights_started"] = {n["model"]: hub.weights_started.pop(n["model"], None) for n in result["nodes"]}
             measured[name] = result
     base, pre = measured["without_prefetch"], measured["with_prefetch"]
     one_model = statistics.median(n["model_wait_seconds"] for n in base["nodes"])

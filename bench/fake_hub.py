@@ -35,6 +35,8 @@ class FakeHub:
         self.root = Path(root)
         self.bytes_per_second = bytes_per_second
         self.downloads: Counter[str] = Counter()
+        #: when each repository's weights (its largest file) began to be sent, as ``time.time()``
+        self.weights_started: dict[str, float] = {}
         self.bytes_served = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -159,6 +161,8 @@ class FakeHub:
             return
         with self._lock:
             self.downloads[repo] += 1
+            if file == max(self._files(repo), key=lambda p: p.stat().st_size):
+                self.weights_started.setdefault(repo, time.time())
         start = time.perf_counter()
         sent = 0
         with file.open("rb") as fh:

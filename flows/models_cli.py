@@ -233,7 +233,7 @@ def pull_plan(availability: Any, targets: Sequence[str], tier: str) -> tuple[lis
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from tasks.availability import hub_offline
+    from tasks.hub import hub_offline
 
     if hub_offline():
         error("models pull", "the Hub is offline (HF_HUB_OFFLINE=1): nothing can be downloaded")
@@ -306,7 +306,7 @@ def _refreshed_entry(api: Any, task: str, listed: Any, known: dict[tuple[str, st
     from pydantic import ValidationError
 
     from models_catalog.catalog import CatalogEntry, repo_id_problem
-    from tasks.availability import HUB_EXPAND, facts_of_model_info, hub_name
+    from tasks.model_facts import HUB_EXPAND, facts_of_model_info, hub_name
 
     model_id = getattr(listed, "id", None)
     shown = safe_text(str(model_id)[:120], one_line=True)
@@ -350,7 +350,7 @@ def _count(value: Any) -> int:
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     from models_catalog.catalog import DEFAULT_CATALOG_PATH, RECOMMENDED_PATH, read_catalog_file
-    from tasks.availability import hub_offline
+    from tasks.hub import hub_offline
     from tasks.task_types import TASK_TYPES, normalize_task_name
 
     if hub_offline():

@@ -31,7 +31,7 @@ from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
 from flows.result_links import verified_result_links
 from flows.streaming import run_streamed
-from flows.tag_limits import node_tagging, read_limited_tags
+from flows.tag_limits import node_tagging, read_limited_tags, reading_limited_tags
 from models_catalog.catalog import CatalogError
 from tasks.execute import answered_ahead, node_tags, run_node
 from tasks.inputs import InputPolicy, refused_inputs
@@ -63,7 +63,7 @@ from tasks.schemas import (
     bounded_history,
 )
 from tasks.select import SelectionError, check_pins, parse_pins, select_task
-from tasks.services import Services, override, services_for
+from tasks.services import Services, in_use, override, services_for
 from tasks.serving.signing import PublicLinks
 from tasks.settings import (
     LLMNotConfiguredError,
@@ -231,9 +231,18 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
                     indent=2
                 ),
             )
-        response = _run_stages(
-            services, request, inputs, _pins(services, models, prior), history, store, summary, plan=plan, prior=prior
-        )
+        with in_use(services), reading_limited_tags():  # nodes share the run's services; the tag read overlaps
+            response = _run_stages(
+                services,
+                request,
+                inputs,
+                _pins(services, models, prior),
+                history,
+                store,
+                summary,
+                plan=plan,
+                prior=prior,
+            )
     except (
         RequestError,
         PlanningError,
@@ -381,7 +390,9 @@ def _stages(
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
     if settings.prefetch:  # every node's model downloads and loads while upstream nodes run (not those answered)
-        answered = answered_ahead(settings, nodes, assignments, store, prior.results if prior else None)
+        answered = answered_ahead(
+            settings, nodes, assignments, store, prior.results if prior else None, clock=services.clock
+        )
         unanswered = [a for a in assignments if a.node_id not in answered]
         prefetch_models(settings, unanswered, lambda: services.local_backend, store.run_id)
 
@@ -519,11 +530,13 @@ def _replan_rounds(
 def node_task_options(settings: Settings, tagging: Mapping[str, Any]) -> dict[str, Any]:
     """A node task run's tags and ``on_running`` hooks as :func:`flows.tag_limits.node_tagging` gives them, its
     retries of transient failures (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the
-    progress views."""
+    progress views. Its result record is written without a lookup first (``refresh_cache``): the key is the
+    attempt's own (:func:`tasks.execute._task_run_key`), so no record can be there to reuse."""
     hooks = {**events.NODE_STATE_HOOKS}
     hooks["on_running"] = [*tagging["on_running"], *hooks.get("on_running", [])]
     return {
         "tags": tagging["tags"],
+        "refresh_cache": True,  # its result record's key is its own attempt's: written, never looked up first
         "retries": settings.node_retries,
         "retry_delay_seconds": settings.node_retry_wait,
         **hooks,

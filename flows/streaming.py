@@ -131,7 +131,9 @@ def run_streamed(
             ready = [a for i, a in waiting_prefetch.items() if all(d in assigned for d in known[i].dep)]
             if ready:
                 store = services.store(run_id)
-                answered = answered_ahead(settings, [known[i] for i in order], list(assigned.values()), store)
+                answered = answered_ahead(
+                    settings, [known[i] for i in order], list(assigned.values()), store, clock=services.clock
+                )
                 for a in ready:
                     del waiting_prefetch[a.node_id]
                 wanted = [a for a in ready if a.node_id not in answered]

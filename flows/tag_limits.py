@@ -7,7 +7,8 @@ queue per tag set, which serves the nodes one after another. With every node tag
 ``backend:``, and the run's own tags) that cost each node 0.05 to 0.2 s before it started, on the critical path of
 every chain.
 
-So the request flow reads once per run which tags have a limit (:func:`read_limited_tags`, one API call), and
+So the request flow reads once per run which tags have a limit (:func:`read_limited_tags`, one API call, started
+in a thread when the run starts by :func:`reading_limited_tags`, so that it overlaps planning), and
 :func:`node_tagging` submits each node accordingly:
 
 * a node with a limited tag carries all its tags from the start: Prefect takes (and holds) its slots as ever, so
@@ -21,8 +22,11 @@ A limit created while a run executes applies to that run's nodes only if it exis
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import contextvars
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +37,45 @@ _PAGE = 200  # the Prefect API's default page size
 log = logging.getLogger(__name__)
 
 
+#: the read :func:`reading_limited_tags` started for the run around the caller
+_ahead: contextvars.ContextVar[concurrent.futures.Future[frozenset[str] | None] | None] = contextvars.ContextVar(
+    "hugginggpt_limited_tags", default=None
+)
+
+
+@contextlib.contextmanager
+def reading_limited_tags() -> Iterator[None]:
+    """Start reading the limited tags now, in a thread; :func:`read_limited_tags` inside the block waits for that
+    read rather than making its own (a run reads them once, while it plans, not when its first nodes start)."""
+    ahead: concurrent.futures.Future[frozenset[str] | None] = concurrent.futures.Future()
+    context = contextvars.copy_context()  # the caller's Prefect settings: the same API
+
+    def read() -> None:
+        try:
+            ahead.set_result(context.run(_read_limited_tags))
+        except BaseException as exc:
+            ahead.set_exception(exc)
+
+    threading.Thread(target=read, name="hugginggpt-limited-tags", daemon=True).start()
+    token = _ahead.set(ahead)
+    try:
+        yield
+    finally:
+        _ahead.reset(token)
+
+
 def read_limited_tags() -> frozenset[str] | None:
     """The tags that have a concurrency limit on the Prefect API (``prefect concurrency-limit create TAG N`` keeps
     it as the limit named ``tag:TAG``), in one request (more only past 200 limits). ``None`` when the API cannot
-    say: then every tag counts as limited, which is Prefect's own behaviour."""
+    say: then every tag counts as limited, which is Prefect's own behaviour. Inside :func:`reading_limited_tags`,
+    the answer of the read it started."""
+    ahead = _ahead.get()
+    if ahead is not None:
+        return ahead.result()
+    return _read_limited_tags()
+
+
+def _read_limited_tags() -> frozenset[str] | None:
     from prefect.client.orchestration import get_client
 
     tags: set[str] = set()

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -272,14 +272,16 @@ def answered_ahead(
     assignments: Sequence[Assignment],
     store: ArtifactStore,
     prior: Mapping[int, NodeResult] | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> set[int]:
     """The nodes that will run no model: completed in an earlier attempt (``prior``), or whose outputs the result
     cache already holds (looked up as :func:`execute_node` will, for nodes whose inputs are files or text given
     here or the outputs of nodes answered so). A prefetch leaves their models alone. Never raises: a node that
-    cannot be judged here counts as one that will run."""
+    cannot be judged here counts as one that will run. ``clock`` ages cache entries (the run's, as the nodes')."""
     by_node = {a.node_id: a for a in assignments}
     answered: dict[int, NodeResult] = {n: r for n, r in (prior or {}).items() if r.ok}
-    cache = ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None
+    cache = ResultCache(store, ttl=settings.cache_ttl, clock=clock) if settings.cache else None
     for node in nodes:  # in dependency order
         assignment = by_node.get(node.id)
         if cache is None or node.id in answered or assignment is None or any(d not in answered for d in node.dep):
@@ -379,7 +381,7 @@ def run_node(
             unassigned_reason=unassigned_reason,
             input_timeout=settings.input_timeout,
             input_policy=InputPolicy.from_settings(settings),
-            cache=ResultCache(store, ttl=settings.cache_ttl) if settings.cache else None,
+            cache=ResultCache(store, ttl=settings.cache_ttl, clock=services.clock) if settings.cache else None,
             cache_params=cache_params(settings),
             choose=services.availability.choose,
             max_attempts=1 + settings.max_fallbacks,

@@ -479,6 +479,8 @@ class ChatCall:
     stage: str
     schema: dict[str, Any] | None
     temperature: float
+    #: whether the caller asked for the reply piece by piece (:meth:`FunctionModel.stream`)
+    stream: bool = False
 
 
 class FunctionModel:
@@ -506,7 +508,8 @@ class FunctionModel:
         schema: dict[str, Any] | None = None,
         temperature: float = 0.0,
     ) -> tuple[str, LLMUsage]:
-        return self.stream(messages, on_text=lambda text: None, stage=stage, schema=schema, temperature=temperature)
+        call = ChatCall(messages=list(messages), stage=stage, schema=schema, temperature=temperature)
+        return self._answer(call, lambda text: None)
 
     def stream(
         self,
@@ -519,7 +522,11 @@ class FunctionModel:
     ) -> tuple[str, LLMUsage]:
         """The function's reply, handed to ``on_text`` piece by piece when the function returns an iterable of
         pieces (a generator may wait between them), at once when it returns a string."""
-        call = ChatCall(messages=list(messages), stage=stage, schema=schema, temperature=temperature)
+        call = ChatCall(messages=list(messages), stage=stage, schema=schema, temperature=temperature, stream=True)
+        return self._answer(call, on_text)
+
+    def _answer(self, call: ChatCall, on_text: TextCallback) -> tuple[str, LLMUsage]:
+        messages = call.messages
         with self._lock:
             self.calls.append(call)
         pieces: list[str] = []

@@ -253,7 +253,8 @@ def prefetch_models(
     """Start fetching the plan's local models as the settings allow (see the module doc) into the run's local backend
     (``backend()`` gives it); returns at once. Never raises: a prefetch that cannot start (a backend that cannot be
     built, or keeps no models) leaves each node to load its own model."""
-    from tasks.availability import local_budget, size_hint
+    from tasks.memory_budget import local_budget
+    from tasks.sizing import size_hint
 
     try:
         plan = plan_prefetch(

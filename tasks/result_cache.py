@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -66,11 +66,12 @@ class CacheEntry(BaseModel):
 
 
 class ResultCache:
-    """Cache entries in the artifact store."""
+    """Cache entries in the artifact store; ``clock`` (seconds since the epoch) dates entries and ages them."""
 
-    def __init__(self, store: ArtifactStore, *, ttl: float = 0.0) -> None:
+    def __init__(self, store: ArtifactStore, *, ttl: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.ttl = ttl
+        self.clock = clock
 
     @staticmethod
     def _rel(key: str) -> str:
@@ -91,7 +92,7 @@ class ResultCache:
             return None
         if entry.key != key or entry.result.status != "completed" or not _is_run_id(entry.run_id):
             return None
-        if self.ttl and time.time() - entry.created > self.ttl:
+        if self.ttl and self.clock() - entry.created > self.ttl:
             return None
         files = [v for k, v in entry.result.outputs.items() if k != "text"]
         outside = [uri for uri in files if not self.store.holds(uri)]
@@ -103,5 +104,5 @@ class ResultCache:
         return entry
 
     def record(self, key: str, result: NodeResult) -> None:
-        entry = CacheEntry(key=key, created=time.time(), run_id=self.store.run_id, result=result)
+        entry = CacheEntry(key=key, created=self.clock(), run_id=self.store.run_id, result=result)
         self.store.put_root_bytes(self._rel(key), entry.model_dump_json().encode("utf-8"))

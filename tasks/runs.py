@@ -73,8 +73,9 @@ def preflight(
     :func:`tasks.select.check_pins`), an explicit plan (validated against the request's inputs, file arguments
     through the input policy). ``resumed``: the run reuses an earlier attempt's choices, checked as they are read.
 
-    Raises :class:`RequestError`, :class:`~tasks.select.SelectionError`, :class:`~tasks.plan_rules.PlanValidationError` or
-    :class:`~models_catalog.catalog.CatalogError`, each naming what is wrong.
+    Raises :class:`RequestError`, :class:`~tasks.select.SelectionError`,
+    :class:`~tasks.plan_rules.PlanValidationError` or :class:`~models_catalog.catalog.CatalogError`, each naming
+    what is wrong.
     """
     settings = services.settings
     check_request(spec.request)

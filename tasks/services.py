@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from types import MappingProxyType
@@ -48,17 +49,21 @@ SERVICES: Mapping[str, str] = {
     "remote_backend": "the ExpertBackend that runs nodes assigned 'remote'",
     "availability": "the Availability that decides where a model can run",
     "store_factory": "a function run_id -> ArtifactStore, where a run keeps its files",
+    "clock": "a function () -> seconds since the epoch, the wall clock that ages cached results",
 }
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
 _overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("hugginggpt_services", default=_NOTHING)
+_in_use: contextvars.ContextVar[tuple[Services, Mapping[str, Any]] | None] = contextvars.ContextVar(
+    "hugginggpt_services_in_use", default=None
+)
 
 
 class Services:
     """The services of a run under ``settings``; any of them can be given, the others are built on first use.
 
     Attributes (see :data:`SERVICES`): ``chat_model``, ``local_backend``, ``remote_backend``, ``availability``,
-    ``store_factory``; :meth:`store` gives one run's artifact store.
+    ``store_factory``, ``clock``; :meth:`store` gives one run's artifact store.
     """
 
     def __init__(self, settings: Settings, **given: Any) -> None:
@@ -107,6 +112,10 @@ class Services:
         settings = self.settings
         return lambda run_id: store_for(settings, run_id)
 
+    @cached_property
+    def clock(self) -> Callable[[], float]:
+        return time.time
+
     def store(self, run_id: str) -> ArtifactStore:
         """The artifact store of run ``run_id``."""
         return self.store_factory(run_id)
@@ -123,8 +132,25 @@ class Services:
 
 def services_for(settings: Settings) -> Services:
     """The services of a run under ``settings``: those of the innermost :func:`override` around the caller, the
-    others built from the settings. The one resolver of the flow, the batch, chat and their Prefect tasks."""
+    others built from the settings. The one resolver of the flow, the batch, chat and their Prefect tasks.
+
+    Inside :func:`in_use` for these very settings (and the same overrides), the services in use: a flow run's
+    nodes, in its threads, share the flow's services instead of building them again each."""
+    running = _in_use.get()
+    if running is not None and running[0].settings is settings and running[1] is _overrides.get():
+        return running[0]
     return Services(settings, **_overrides.get())
+
+
+@contextlib.contextmanager
+def in_use(services: Services) -> Iterator[Services]:
+    """Within the block (this thread, and the task runs submitted from it), :func:`services_for` called with
+    ``services.settings`` gives ``services`` back, unless an :func:`override` inside the block changes them."""
+    token = _in_use.set((services, _overrides.get()))
+    try:
+        yield services
+    finally:
+        _in_use.reset(token)
 
 
 @contextlib.contextmanager
@@ -132,8 +158,9 @@ def override(**services: Any) -> Iterator[Mapping[str, Any]]:
     """Swap services for everything run inside the block (this thread, and Prefect task runs submitted from it).
 
     Keywords are the names of :data:`SERVICES`: ``chat_model`` (e.g. a :class:`~tasks.llm.FunctionModel`),
-    ``local_backend``, ``remote_backend``, ``availability``, ``store_factory``. Blocks nest: an inner one swaps
-    on top of the outer one, and each block's end restores what was before it. Yields the services in force.
+    ``local_backend``, ``remote_backend``, ``availability``, ``store_factory``, ``clock``. Blocks nest: an inner
+    one swaps on top of the outer one, and each block's end restores what was before it. Yields the services in
+    force.
     """
     unknown = sorted(set(services) - set(SERVICES))
     if unknown:

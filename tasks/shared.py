@@ -3,7 +3,8 @@
 Each object is built from settings on first use and then shared by every node, stage and flow run of the process,
 keyed by the settings it was built from: the local expert backend (and the models it holds), the remote backend,
 the ``openai`` client, the Hub facts, the saved Prefect results block. Nothing else in the project keeps state at
-module level; :func:`clear` drops it all.
+module level (the backends' task registries, ``tasks/experts/local/registry.py`` and
+``tasks/experts/remote/registry.py``, are filled once at import and never change); :func:`clear` drops it all.
 """
 
 from __future__ import annotations

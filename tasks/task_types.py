@@ -264,6 +264,11 @@ NOT_SERVED_LOCALLY: dict[str, str] = {
     ),
 }
 
+#: Task types of the table the remote backend does not run, and why (``tasks/experts/remote/`` runs every other one).
+NOT_SERVED_REMOTELY: dict[str, str] = {
+    "depth-estimation": "huggingface_hub's InferenceClient has no depth-estimation call",
+}
+
 #: Task types the local backend executes: what the planner is offered when nothing narrows it down.
 EXECUTABLE_TASKS: frozenset[str] = frozenset(TASK_TYPES) - frozenset(NOT_SERVED_LOCALLY)
 

@@ -4,32 +4,51 @@ server on 127.0.0.1, and tiny random models saved to disk. Nothing reaches the n
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-# offline for the whole suite: any attempt to reach the Hub fails instead of downloading
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-os.environ["HUGGINGGPT_HUB_INFO_TTL"] = "0"  # the Hub's answers are not kept: each test asks its own stand-in
-for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HF_TOKEN", "HUGGINGGPT_CATALOG", "HUGGINGGPT_STORAGE"):
-    os.environ.pop(_var, None)
+import pytest
 
-import pytest  # noqa: E402
+from tasks.services import override
+from tests.llm_server import ScriptedLLM
+from tests.web_server import WebServer
 
-from tests.llm_server import ScriptedLLM  # noqa: E402
-from tests.web_server import WebServer  # noqa: E402
+#: The environment of the whole suite, set before any test module is imported (``pytest_configure``) and restored
+#: when pytest ends: offline, so any attempt to reach the Hub fails instead of downloading, and the Hub's answers
+#: not kept (each test asks its own stand-in).
+SUITE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HUGGINGGPT_HUB_INFO_TTL": "0",
+}
+#: Unset for the suite: the endpoint, token, catalog or storage of the shell that runs it never reaches a test.
+SUITE_UNSET = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HF_TOKEN", "HUGGINGGPT_CATALOG", "HUGGINGGPT_STORAGE")
+
+_suite_environment = pytest.MonkeyPatch()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, value in SUITE_ENVIRONMENT.items():
+        _suite_environment.setenv(name, value)
+    for name in SUITE_UNSET:
+        _suite_environment.delenv(name, raising=False)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _suite_environment.undo()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _inputs_from_test_folders(tmp_path_factory: pytest.TempPathFactory) -> None:
+def _inputs_from_test_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tests give inputs from pytest's temporary folders and from servers on 127.0.0.1 (and memory://): allow them
     for the suite. tests/system/test_security.py checks the default, refusing behaviour with these unset."""
-    os.environ["HUGGINGGPT_INPUT_ROOTS"] = json.dumps([str(tmp_path_factory.getbasetemp())])
-    os.environ["HUGGINGGPT_ALLOW_PRIVATE_URLS"] = "true"
-    os.environ["HUGGINGGPT_ALLOWED_URL_SCHEMES"] = "http,https,memory"
+    with pytest.MonkeyPatch.context() as suite:
+        suite.setenv("HUGGINGGPT_INPUT_ROOTS", json.dumps([str(tmp_path_factory.getbasetemp())]))
+        suite.setenv("HUGGINGGPT_ALLOW_PRIVATE_URLS", "true")
+        suite.setenv("HUGGINGGPT_ALLOWED_URL_SCHEMES", "http,https,memory")
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +67,10 @@ def _llm_server() -> Iterator[ScriptedLLM]:
 
 
 @pytest.fixture
-def llm(_llm_server: ScriptedLLM, monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
-    """The scripted LLM, reset, with the environment pointing at it."""
+def llm_http(_llm_server: ScriptedLLM, monkeypatch: pytest.MonkeyPatch) -> ScriptedLLM:
+    """The scripted LLM over HTTP, reset, with the environment pointing at it: for tests where the wire matters
+    (HTTP faults and retries, streaming through the OpenAI client, a CLI or worker in another process, the served
+    API's threads)."""
     _llm_server.reset()
     monkeypatch.setenv("OPENAI_BASE_URL", _llm_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
@@ -57,6 +78,20 @@ def llm(_llm_server: ScriptedLLM, monkeypatch: pytest.MonkeyPatch) -> ScriptedLL
     monkeypatch.setenv("HUGGINGGPT_LLM_MAX_RETRIES", "0")
     monkeypatch.setenv("HUGGINGGPT_LLM_TIMEOUT", "10")
     return _llm_server
+
+
+@pytest.fixture
+def llm(request: pytest.FixtureRequest) -> Iterator[ScriptedLLM]:
+    """The scripted LLM, fresh: in process, given to every run inside the test by :func:`tasks.services.override`
+    (threads of Prefect task runs included), with no server and no environment variable.
+
+    A test marked ``@pytest.mark.llm_http`` (or that asks for ``llm_http``) gets the HTTP server instead."""
+    if request.node.get_closest_marker("llm_http") is not None or "llm_http" in request.fixturenames:
+        yield request.getfixturevalue("llm_http")
+        return
+    scripted = ScriptedLLM()
+    with override(chat_model=scripted.chat_model()):
+        yield scripted
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,12 @@ at most 8 characters (:func:`pieces`), one every ``piece_seconds``, then the usa
 and ``data: [DONE]``. ``on_piece(stage, index, count)`` is called before each piece is sent (a test can wait there
 for an event); with ``streams = False`` the server answers every request with one whole completion, as a server
 that does not stream.
+
+:meth:`ScriptedLLM.chat_model` is the same script without the wire: a :class:`~tasks.llm.FunctionModel` that answers
+in process, to be given to a run with :func:`tasks.services.override` (the ``llm`` fixture of ``tests/conftest.py``
+does). It records each call as the body the OpenAI client would have sent, so ``requests``, ``stage_requests``,
+``calls``, ``streamed``, ``latency``, ``piece_seconds`` and ``on_piece`` read the same; an :class:`HTTPFault`
+becomes the :class:`~tasks.llm.LLMError` the client raises for that status (no retries: they are the client's).
 """
 
 from __future__ import annotations
@@ -21,12 +27,20 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tasks.llm import STAGE_HEADER
+from tasks.constraints import for_endpoint
+from tasks.llm import (
+    STAGE_HEADER,
+    ChatCall,
+    FunctionModel,
+    LLMError,
+    LLMRejectedError,
+    LLMUnreachableError,
+)
 
 STAGES = ("plan", "select", "respond", "replan")
 
@@ -57,6 +71,7 @@ class ScriptedLLM:
         #: how many streamed replies were sent, per stage
         self.streamed: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._released = threading.Event()  # cuts a fault's delay short when the script is reset or the server stops
         self._server: ThreadingHTTPServer | None = None
 
     # ------------------------------------------------------------------
@@ -125,18 +140,67 @@ class ScriptedLLM:
         return self
 
     def stop(self) -> None:
+        self._released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None
+        if self._server is None:
+            raise RuntimeError(
+                "this ScriptedLLM answers in process and has no URL; a test that needs the wire asks for the "
+                "llm_http fixture or carries @pytest.mark.llm_http"
+            )
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    # ------------------------------------------------------------------
+    def chat_model(self, model: str = "scripted") -> FunctionModel:
+        """This script as an in-process chat model (no server, no environment): give it to a run with
+        :func:`tasks.services.override`."""
+        where = "the scripted LLM (in process)"
+        chat = FunctionModel(lambda call: self._reply(call, model, where), model=model)
+        chat.base_url = where
+        return chat
+
+    def _reply(self, call: ChatCall, model: str, where: str) -> str | Iterator[str]:
+        """A call answered as the server answers the request the OpenAI client would send for it."""
+        if call.stage not in STAGES:
+            raise LLMRejectedError(f"{where} answered HTTP 400: no stage naming one of {STAGES}")
+        body: dict[str, Any] = {"model": model, "messages": call.messages, "temperature": call.temperature}
+        sent = for_endpoint(call.schema)
+        if sent is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": call.stage, "schema": sent, "strict": False},
+            }
+        if call.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        status, payload = self._answer(body, call.stage)
+        if status != 200 or "error" in payload:
+            raise _fault_error(status, payload["error"]["message"], f"{where} (model {model!r})")
+        content: str = payload["choices"][0]["message"]["content"]
+        if call.stream and self.streams:
+            return self._stream_pieces(call.stage, content)
+        return content
+
+    def _stream_pieces(self, stage: str, content: str) -> Iterator[str]:
+        with self._lock:
+            self.streamed[stage] += 1
+        parts = pieces(content)
+        for index, piece in enumerate(parts):
+            if self.on_piece is not None:
+                self.on_piece(stage, index, len(parts))
+            if self.piece_seconds and index:
+                time.sleep(self.piece_seconds)
+            yield piece
 
     # ------------------------------------------------------------------
     def reset(self) -> None:
         with self._lock:
+            self._released.set()
+            self._released = threading.Event()
             self.requests.clear()
             self.stages.clear()
             self.calls.clear()
@@ -169,11 +233,12 @@ class ScriptedLLM:
                 entry: Any = default_reply(stage, body)
             else:
                 entry = entries.pop(0) if len(entries) > 1 else entries[0]
+            released = self._released
         if callable(entry) and not isinstance(entry, HTTPFault):
             entry = entry(body)  # a reply, or an HTTPFault chosen from the request
         if isinstance(entry, HTTPFault):
             if entry.delay:
-                time.sleep(entry.delay)
+                released.wait(entry.delay)
             return entry.status, {"error": {"message": entry.message, "type": "server_error"}}
         content = entry
         if self.latency:
@@ -193,6 +258,17 @@ class ScriptedLLM:
                 "total_tokens": prompt_tokens + len(content.split()),
             },
         }
+
+
+def _fault_error(status: int, message: str, where: str) -> LLMError:
+    """The error :class:`~tasks.llm.LLMClient` raises for an HTTP error status (with no retries left)."""
+    if status == 400:
+        return LLMRejectedError(f"{where} answered HTTP 400: {message}")
+    if status in (401, 403):
+        return LLMUnreachableError(f"{where} refused the API key; set a valid OPENAI_API_KEY")
+    if status == 429:
+        return LLMError(f"{where} is rate limiting requests (429) after retries: {message}")
+    return LLMError(f"{where} answered HTTP {status}: {message}")
 
 
 _PIECE = re.compile(r"\s*\S{1,8}|\s+$")

@@ -19,6 +19,7 @@ class WebServer:
         self.routes: dict[str, Route] = {}
         self.requests: list[str] = []
         self._lock = threading.Lock()
+        self._released = threading.Event()  # set when the server stops: silent routes end
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,6 +52,7 @@ class WebServer:
         return self.base_url + path
 
     def stop(self) -> None:
+        self._released.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -83,10 +85,10 @@ class WebServer:
         return self.url(path)
 
     def silent(self, path: str, seconds: float = 30.0) -> str:
-        """Accepts the request and answers nothing for ``seconds``."""
+        """Accepts the request and answers nothing for ``seconds``, or until the server stops."""
 
         def route(h: BaseHTTPRequestHandler) -> None:
-            time.sleep(seconds)
+            self._released.wait(seconds)
 
         self.routes[path] = route
         return self.url(path)

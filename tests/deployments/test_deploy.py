@@ -23,7 +23,8 @@ from flows.batch import read_summary
 from tests.paths import ROOT
 from tests.web_server import WebServer
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# runs go to workers in other processes
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.llm_http]
 
 HOLD = 25.0  # seconds a request waits for the other (a run process starting on a busy machine; fetches time out at 30)
 PLAN = [

@@ -21,7 +21,8 @@ from tasks.settings import load_settings
 from tests.paths import ROOT
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# runs go to workers in other processes
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.llm_http]
 
 KEY = "deploy-key-0123456789"
 PLAN = [{"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "I loved it"}}]

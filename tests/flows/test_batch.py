@@ -302,6 +302,7 @@ def test_batch_command(env: Path, llm, tmp_path: Path, capsys) -> None:
     assert main(["batch", str(tmp_path / "nope.jsonl")]) == 2
 
 
+@pytest.mark.llm_http  # nodes run on Dask workers
 def test_request_runs_on_a_dask_cluster_with_a_model_cache_per_worker(
     env: Path, llm, sample_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

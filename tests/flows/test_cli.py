@@ -28,6 +28,7 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
+@pytest.mark.llm_http  # the CLI runs in another process
 def test_cli_json_end_to_end(env: Path, llm, sample_files) -> None:
     from prefect.settings import PREFECT_API_URL
 
@@ -101,6 +102,7 @@ HOSTILE_ANSWER = (
 )
 
 
+@pytest.mark.llm_http  # the CLI runs in another process
 def test_cli_never_interprets_markup_or_escapes_from_the_llm(env: Path, llm) -> None:
     """Issue 14 item 4: the answer is printed as text, whatever markup or escape sequences it holds."""
     llm.set(plan='{"tasks": []}', respond=HOSTILE_ANSWER)
@@ -132,6 +134,7 @@ def test_cli_unreachable_llm_one_clear_message(env: Path) -> None:
     assert "Traceback" not in both and "Answer" not in proc.stdout  # no answer panel claiming results
 
 
+@pytest.mark.llm_http  # the CLI runs in another process
 def test_cli_failed_node_prints_no_stray_traceback(env: Path, llm, sample_files) -> None:
     llm.set(
         plan=plan_json({"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": "gone.png"}}),
@@ -143,6 +146,7 @@ def test_cli_failed_node_prints_no_stray_traceback(env: Path, llm, sample_files)
     assert "NoneType: None" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.llm_http  # an endpoint that cannot be reached
 def test_cli_unreachable_llm_says_what_to_set(env: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     assert main(["run", "Summarize this: a b c", "--json"]) == 2  # a configuration problem
@@ -194,6 +198,7 @@ def test_cli_unreachable_prefect_api_says_what_to_set(env: Path, llm, capsys) ->
     assert "Traceback" not in err
 
 
+@pytest.mark.llm_http  # the CLI runs in another process
 def test_chat_turns_share_history_and_files(env: Path, llm, monkeypatch: pytest.MonkeyPatch) -> None:
     """`hugginggpt chat` on a pipe: each line one flow run tagged with the session; the next turn sees the last
     HUGGINGGPT_CHAT_HISTORY turns and can use the files they produced."""

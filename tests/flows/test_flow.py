@@ -299,7 +299,6 @@ def test_a_tag_concurrency_limit_bounds_the_nodes_that_carry_the_tag(
 
     monkeypatch.setattr(LocalBackend, "run", run)
     monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", increment)
-    monkeypatch.setenv("HUGGINGGPT_MAX_WORKERS", "4")
     names = {"text-classification#0", "text-classification#1"}
 
     async def limit(tag: str, create: bool) -> None:
@@ -318,7 +317,7 @@ def test_a_tag_concurrency_limit_bounds_the_nodes_that_carry_the_tag(
         asyncio.run(limit(limited_tag, create=True))
         try:
             with prefect_run_settings():
-                summary = run_request(f"Classify a and b ({limited_tag})")
+                summary = run_request(f"Classify a and b ({limited_tag})", RunOptions(max_workers=4))
         finally:
             asyncio.run(limit(limited_tag, create=False))
         assert [r.status for r in summary.results] == ["completed", "completed"], summary.results

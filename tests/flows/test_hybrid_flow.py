@@ -11,6 +11,7 @@ from PIL import Image
 
 from flows.request import run_request
 from tasks.schemas import RequestSpec
+from tasks.settings import RunOptions
 from tests.llm_server import plan_json
 from tests.tasks.experts.test_experts_remote import (
     MP4,
@@ -38,7 +39,7 @@ def _catalog(tmp_path: Path, tiny_catalog: Path, *extra: dict) -> Path:
 
 
 def test_missing_weights_are_never_offered_and_a_failing_model_falls_back(
-    env: Path, llm, sample_files, tiny_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env: Path, llm, sample_files, tiny_catalog: Path, tmp_path: Path
 ) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -55,13 +56,14 @@ def test_missing_weights_are_never_offered_and_a_failing_model_falls_back(
         {"id": "acme/weights-gone", "task": "image-classification", "downloads": 10**10, "local_path": "/nowhere/x"},
         {"id": "acme/hub-only", "task": "image-classification", "downloads": 10**11},
     )
-    monkeypatch.setenv("HUGGINGGPT_CATALOG", str(catalog))
     photo = str(sample_files["photo"])
     llm.set(
         plan=plan_json({"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": photo}}),
         select=json.dumps({"choices": [{"id": 0, "model": "acme/popular-but-broken", "reason": "most popular"}]}),
     )
-    summary = run_request(RequestSpec(request="What is in the photo?", inputs=[photo]))
+    summary = run_request(
+        RequestSpec(request="What is in the photo?", inputs=[photo]), RunOptions(catalog=str(catalog))
+    )
 
     offered = llm.stage_requests("select")[0]["messages"][-1]["content"]
     assert "acme/popular-but-broken" in offered and "tiny/image-classification" in offered
@@ -84,19 +86,16 @@ def test_missing_weights_are_never_offered_and_a_failing_model_falls_back(
     assert [f.id for f in summary.assignments[0].fallbacks] == ["tiny/image-classification"]
 
 
-def test_a_node_served_by_an_endpoint(
-    env: Path, llm, tiny_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inference_server
-) -> None:
+def test_a_node_served_by_an_endpoint(env: Path, llm, tiny_catalog: Path, tmp_path: Path, inference_server) -> None:
     url = inference_server.add("/sd", Reply(png_bytes(Image.new("RGB", (32, 24), (9, 9, 9))), content_type="image/png"))
     catalog = _catalog(tmp_path, tiny_catalog, {"id": "acme/painter", "task": "text-to-image", "endpoint": url})
-    monkeypatch.setenv("HUGGINGGPT_CATALOG", str(catalog))
     llm.set(
         plan=plan_json(
             {"id": 0, "task": "text-to-image", "dep": [-1], "args": {"text": "a red house"}},
             {"id": 1, "task": "image-classification", "dep": [0], "args": {"image": "<GENERATED>-0"}},
         )
     )
-    summary = run_request("Draw a red house, then tell me what the drawing shows")
+    summary = run_request("Draw a red house, then tell me what the drawing shows", RunOptions(catalog=str(catalog)))
     assert summary.status == "completed", summary.error
     planned = llm.stage_requests("plan")[0]["messages"][0]["content"]
     assert "- text-to-image(text: text) -> image" in planned  # offered: a model can run it here
@@ -134,12 +133,11 @@ def test_text_to_video_through_an_inference_provider(
             "downloads": 10**11,
         },
     )
-    monkeypatch.setenv("HUGGINGGPT_CATALOG", str(catalog))
     llm.set(
         plan=plan_json({"id": 0, "task": "text-to-video", "dep": [-1], "args": {"text": "a cat surfing"}}),
         select=lambda body: json.dumps({"choices": [{"id": 0, "model": "acme/tiny-video", "reason": "fits"}]}),
     )
-    summary = run_request("Make a short video of a cat surfing")
+    summary = run_request("Make a short video of a cat surfing", RunOptions(catalog=str(catalog)))
     assert summary.status == "completed", summary.error
     planned = llm.stage_requests("plan")[0]["messages"][0]["content"]
     assert "- text-to-video(text: text) -> video" in planned

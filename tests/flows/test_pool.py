@@ -29,6 +29,7 @@ def test_affinity_prefers_the_workers_holding_the_model() -> None:
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.llm_http  # nodes run on Dask workers
 def test_second_run_on_the_pool_loads_nothing(env: Path, llm, monkeypatch: pytest.MonkeyPatch) -> None:
     """Flow runs of a two-node chain on a pool of two worker processes: the first loads both models, the second
     loads nothing, on any worker. Then the models move to the other worker (dropped from the first, loaded on the

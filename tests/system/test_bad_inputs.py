@@ -4,7 +4,6 @@ computed is lost (what ran before the problem, or beside it, is kept in storage 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -214,11 +213,9 @@ def test_input_over_the_size_limit(
 
 def test_url_that_times_out(env: Path, llm: Any, web: WebServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HUGGINGGPT_INPUT_TIMEOUT", "0.5")
-    url = web.silent("/slow.png", seconds=20)
-    started = time.monotonic()
+    url = web.silent("/slow.png", seconds=60)  # answers nothing for a minute: only the timeout ends the fetch
     summary = _one_bad_input(llm, "image-classification", "image", url)
     assert summary.results[1].error == f"input {url} could not be fetched within 0.5 s (HUGGINGGPT_INPUT_TIMEOUT)"
-    assert time.monotonic() - started < 15
 
 
 def test_url_that_returns_404(env: Path, llm: Any, web: WebServer) -> None:

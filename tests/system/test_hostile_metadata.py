@@ -21,9 +21,10 @@ import pytest
 from flows.cli import main
 from flows.models_cli import refreshed_entries
 from models_catalog.catalog import Catalog, CatalogEntry, read_catalog_file
-from tasks.availability import Availability, WeightsError, estimate_params, size_hint
+from tasks.availability import Availability
 from tasks.experts.base import ModelSpec
 from tasks.settings import Settings
+from tasks.sizing import WeightsError, estimate_params, size_hint
 from tests.fake_hub import FakeHub, HubModel
 from tests.tiny_models import build_tiny_models
 
@@ -100,7 +101,7 @@ def test_cli_pin_of_malformed_weights_exits_2_without_a_traceback(
 def test_hub_total_that_is_no_positive_count_is_unknown() -> None:
     from types import SimpleNamespace
 
-    from tasks.availability import facts_of_model_info
+    from tasks.model_facts import facts_of_model_info
 
     def info(total: Any, model_type: Any = "bert") -> Any:
         return SimpleNamespace(

@@ -31,7 +31,8 @@ from tests.llm_server import HTTPFault, plan_json
 from tests.tasks.experts.test_experts_remote import InferenceServer, Reply
 from tests.web_server import WebServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+# the load goes through the OpenAI client and its connection pool, as in production
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server"), pytest.mark.llm_http]
 
 LINES = 200
 MAX_IN_FLIGHT = 4

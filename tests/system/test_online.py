@@ -20,7 +20,7 @@ import pytest
 from tests.llm_server import plan_json
 from tests.paths import ROOT
 
-pytestmark = pytest.mark.online
+pytestmark = [pytest.mark.online, pytest.mark.llm_http]  # the CLI runs in another process
 
 REQUEST = "Describe photo.jpg, then read the description aloud"
 CAPTIONER = "Salesforce/blip-image-captioning-base"

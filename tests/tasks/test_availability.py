@@ -16,11 +16,12 @@ import models_catalog.catalog as catalog_module
 import tasks.experts.fallback as fallback_module
 import tasks.experts.remote as remote_module
 from models_catalog.catalog import Catalog, CatalogEntry
-from tasks import availability
-from tasks.availability import Availability, default_max_local_params, estimate_params, size_hint
+from tasks import memory_budget
+from tasks.availability import Availability
 from tasks.experts.base import ModelSpec
 from tasks.experts.local import PROVEN_ARCHITECTURES
 from tasks.settings import Settings
+from tasks.sizing import estimate_params
 from tests.fake_hub import FakeHub, HubModel
 from tests.tiny_models import build_tiny_models
 
@@ -149,9 +150,7 @@ def test_architecture_requirements_and_library_decide_local(tiny: pathlib.Path, 
 def test_the_default_budget_follows_the_machine_memory(
     hub: FakeHub, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert default_max_local_params(24 * GIB) == 2 * GIB  # 24 GB holds 2B float32 params with headroom
-    assert 5 * 10**8 < default_max_local_params(8 * GIB) < 10**9  # 8 GB still runs a 0.5B chat model
-    monkeypatch.setattr(availability, "total_memory", lambda: 24 * GIB)
+    monkeypatch.setattr(memory_budget, "total_memory", lambda: 24 * GIB)
     hub.add(HubModel(id="acme/six-b", pipeline_tag="text-generation", model_type="gpt2", params=6 * 10**9))
     hub.add(HubModel(id="acme/small", pipeline_tag="text-generation", model_type="gpt2", params=10**8))
     big, small = ModelSpec(id="acme/six-b", task="text-generation"), ModelSpec(id="acme/small", task="text-generation")
@@ -231,16 +230,3 @@ def test_reasons_reach_the_run_summary_fields(tmp_path: pathlib.Path, tiny: path
     from tasks.schemas import RunSummary, SelectionResult
 
     assert "checks" in SelectionResult.model_fields and "candidate_checks" in RunSummary.model_fields
-
-
-def test_size_estimates(tiny: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(tiny)
-    assert estimate_params(tiny) == sum(p.numel() for p in model.parameters())
-    legacy = tmp_path / "legacy"
-    legacy.mkdir()
-    (legacy / "pytorch_model.bin").write_bytes(b"\0" * 4000)
-    assert estimate_params(legacy) == 1000
-    assert estimate_params(tmp_path / "nowhere") is None
-    assert size_hint(ModelSpec(id="acme/not-cached", task="text-classification")) is None

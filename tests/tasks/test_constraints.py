@@ -154,6 +154,7 @@ def test_plan_schema_for_an_endpoint() -> None:
     assert for_endpoint(plan_reply_schema(["translation"], [], endpoint_schema=False)) is None
 
 
+@pytest.mark.llm_http  # what the OpenAI client sends on the wire
 def test_endpoint_is_sent_the_schema_without_the_contract(llm) -> None:
     llm.set(plan=plan_json({"id": 0, "task": "image-to-text", "dep": [-1], "args": {"image": "photo.jpg"}}))
     plan_request(LLMClient(Settings()), "Caption photo.jpg", inputs=["photo.jpg"], allowed=["image-to-text"])

@@ -236,6 +236,7 @@ def test_selection_and_answer_through_the_embedded_controller(local_env: Path) -
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.llm_http  # the endpoint the environment names
 def test_a_configured_endpoint_wins(env: Path, llm, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """With OPENAI_BASE_URL set, every stage goes to it, whatever HUGGINGGPT_LOCAL_LLM says."""
     from flows.request import run_request

@@ -208,6 +208,7 @@ def test_refused_and_failed_planning_calls_are_counted() -> None:
 
 
 # --- the OpenAI client against the scripted server ----------------------------------------
+@pytest.mark.llm_http  # the OpenAI client's fallback and retries over HTTP
 def test_plan_request_without_json_schema_support(llm) -> None:
     llm.reject_response_format = True
     llm.set(plan="```json\n" + plan_json(CHAIN[0]) + "\n```")
@@ -221,6 +222,7 @@ def test_plan_request_without_json_schema_support(llm) -> None:
     assert result.usage.calls == 2 and client.usage.calls == 3  # the refused request counts
 
 
+@pytest.mark.llm_http  # the OpenAI client's fallback and retries over HTTP
 def test_client_counts_its_retries_and_failed_requests(llm, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HUGGINGGPT_LLM_MAX_RETRIES", "1")
     llm.set(plan=[HTTPFault(500), plan_json(CHAIN[0])])

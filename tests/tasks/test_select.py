@@ -264,6 +264,7 @@ def test_every_candidate_check_is_recorded(tmp_path: Path) -> None:
     assert gone.backend is None and "does not exist" in gone.reason
 
 
+@pytest.mark.llm_http  # an LLMClient over HTTP
 def test_the_recommended_tier_is_offered_alone_when_it_can_run(llm, tmp_path: Path) -> None:
     folder = tmp_path / "weights"
     catalog = _entries(tmp_path)

@@ -3,6 +3,7 @@ in-process chat model and an in-process expert backend, no environment variable 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from tasks.experts.base import ExpertOutput, ModelSpec
 from tasks.llm import ChatCall, FunctionModel, LLMClient, scripted
 from tasks.schemas import RequestSpec
-from tasks.services import Services, overridden, override, services_for
+from tasks.services import Services, in_use, overridden, override, services_for
 from tasks.settings import RunOptions, Settings
 
 
@@ -101,9 +102,30 @@ def test_override_reaches_threads_that_run_in_the_callers_context() -> None:
     assert seen["outside"] is not model
 
 
+def test_services_in_use_are_shared_for_their_settings_only() -> None:
+    settings, other = Settings(), Settings()
+    assert services_for(settings) is not services_for(settings)  # outside a run: built per call
+    running = services_for(settings)
+    with in_use(running):
+        assert services_for(settings) is running
+        assert services_for(other) is not running  # other settings: their own services
+        seen: list[Services] = []
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=lambda: context.run(lambda: seen.append(services_for(settings))))
+        thread.start()
+        thread.join()
+        assert seen == [running]  # a task run's thread, in the caller's context
+        backend = RecordingBackend("inner")
+        with override(local_backend=backend):  # an override inside the block wins
+            inner = services_for(settings)
+            assert inner is not running and inner.local_backend is backend
+        assert services_for(settings) is running
+    assert services_for(settings) is not running
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
-    tiny_catalog: Path, tmp_path: Path
+    tiny_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Plan, selection and the answer come from a FunctionModel; both nodes run on an in-process backend in the task
     runner's worker threads; no LLM is configured in the environment (the embedded controller cannot load offline)
@@ -125,6 +147,16 @@ def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
 
     model = FunctionModel(reply, model="in-process")
     backend = RecordingBackend("recorded")
+    import tasks.execute
+
+    resolved: list[Services] = []
+
+    def recorded_services_for(settings: Settings) -> Services:
+        services = services_for(settings)
+        resolved.append(services)
+        return services
+
+    monkeypatch.setattr(tasks.execute, "services_for", recorded_services_for)
     with override(chat_model=model, local_backend=backend), prefect_run_settings():
         state = hugginggpt_request(
             RequestSpec(request="Classify two texts"),
@@ -142,3 +174,44 @@ def test_override_runs_a_whole_flow_in_process_nodes_in_worker_threads_included(
     assert len(backend.threads) == 2
     assert threading.main_thread().name not in backend.threads  # the nodes ran in the task runner's threads
     assert all(r.model.startswith("tiny/text-classification") and r.backend == "local" for r in summary.results)
+    assert len(resolved) == 2 and resolved[0] is resolved[1]  # both nodes used the run's services, built once
+
+
+def test_the_llm_fixture_answers_in_process_with_no_environment_and_no_server(llm: Any) -> None:
+    """The suite's ``llm`` fixture gives its script to every run through ``override``: nothing in the environment,
+    no URL; the calls are recorded as the bodies the OpenAI client would send, faults become the client's errors."""
+    import os
+
+    from tasks.llm import LLMError
+    from tasks.settings import load_settings
+    from tests.llm_server import HTTPFault, pieces
+
+    assert not {"OPENAI_BASE_URL", "OPENAI_API_KEY", "HUGGINGGPT_LLM_MODEL"} & set(os.environ)
+    with pytest.raises(RuntimeError, match="llm_http"):
+        llm.base_url  # noqa: B018
+    model = services_for(load_settings()).chat_model
+    llm.set(respond=["Hello there, how are you today?", "Second answer."], select=HTTPFault(503, "overloaded"))
+    assert model.chat([{"role": "user", "content": "hi"}], stage="respond")[0] == "Hello there, how are you today?"
+    streamed: list[str] = []
+    reply, usage = model.stream([{"role": "user", "content": "again"}], on_text=streamed.append, stage="respond")
+    assert reply == "Second answer." and streamed == pieces("Second answer.") and usage.completion_tokens == 2
+    with pytest.raises(LLMError, match="answered HTTP 503: overloaded"):
+        model.chat([{"role": "user", "content": "pick"}], stage="select", schema={"type": "object"})
+    assert llm.calls == {"respond": 2, "select": 1} and llm.streamed == {"respond": 1}
+    first, second, third = llm.requests
+    assert first["messages"] == [{"role": "user", "content": "hi"}] and "stream" not in first
+    assert second["stream"] is True and third["response_format"]["json_schema"]["name"] == "select"
+
+
+@pytest.mark.llm_http
+def test_the_llm_fixture_marked_llm_http_is_the_server_reached_through_the_environment(llm: Any) -> None:
+    import os
+
+    from tasks.settings import load_settings
+
+    assert os.environ["OPENAI_BASE_URL"] == llm.base_url and not overridden()
+    model = services_for(load_settings()).chat_model
+    assert isinstance(model, LLMClient)
+    llm.set(respond="Over the wire.")
+    assert model.chat([{"role": "user", "content": "hi"}], stage="respond")[0] == "Over the wire."
+    assert llm.calls == {"respond": 1}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from flows.request import run_request, summary_of
 from tasks.experts.base import ExpertError
 from tasks.experts.local import LocalBackend
 from tasks.schemas import RequestSpec
+from tasks.services import override
 from tests.llm_server import plan_json
 from tests.prefect_api import task_runs
 from tests.s3_server import KEY, SECRET, S3Server, rclone_binary
@@ -147,12 +147,18 @@ def test_second_identical_request_runs_no_model(s3: S3Server, llm, sample_files,
 
 
 def test_cache_expires(s3: S3Server, llm, model_calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries age on the run's clock (a service): one a minute old is used, one past the time to live is not."""
+    now = [1_000_000.0]
     llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "fine"}}))
-    run_request("Rate 'fine'")
-    monkeypatch.setenv("HUGGINGGPT_CACHE_TTL", "0.5")
-    time.sleep(0.6)
-    summary = run_request("Rate 'fine'")
-    assert model_calls["text-classification"] == 2 and not summary.results[0].cached
+    monkeypatch.setenv("HUGGINGGPT_CACHE_TTL", "3600")
+    with override(clock=lambda: now[0]):
+        run_request("Rate 'fine'")
+        now[0] += 3599
+        young = run_request("Rate 'fine'")
+        assert model_calls["text-classification"] == 1 and young.results[0].cached
+        now[0] += 2  # the entry is now 3601 s old
+        old = run_request("Rate 'fine'")
+    assert model_calls["text-classification"] == 2 and not old.results[0].cached
 
 
 def test_storage_dies_mid_run_then_resume_finishes(

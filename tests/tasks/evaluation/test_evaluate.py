@@ -643,6 +643,7 @@ def test_eval_and_plan_name_an_invalid_setting(llm, monkeypatch: pytest.MonkeyPa
         assert "Traceback" not in err
 
 
+@pytest.mark.llm_http  # an endpoint that cannot be reached
 def test_eval_unreachable_llm_stops(llm, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     code, _, err = _run(["eval", "--limit", "3", "--out", str(tmp_path / "r.json")], capsys)

@@ -10,11 +10,8 @@ catalog's recommended models, in step.
 
 from __future__ import annotations
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import json
+import os
 import pathlib
 import shutil
 from collections.abc import Callable, Iterable, Iterator

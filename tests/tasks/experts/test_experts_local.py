@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import json
+import os
 import pathlib
 import shutil
 import subprocess

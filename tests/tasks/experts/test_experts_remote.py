@@ -7,17 +7,12 @@ goes through the real ``InferenceClient``; the Hub stays unreachable (``HF_HUB_O
 
 from __future__ import annotations
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import base64
 import io
 import json
 import pathlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,14 +35,15 @@ from tasks.experts.remote import RemoteBackend
 from tasks.settings import Settings
 from tasks.task_types import TASK_TYPES
 from tests.tiny_models import build_tiny_models
-from tests.waiting import wait_for
+from tests.waiting import FakeClock, returns_within, wait_for
 
 # --- an inference server on 127.0.0.1 -----------------------------------------------------------------------------
 
 
 @dataclass
 class Reply:
-    """One scripted answer: a status, a body (bytes as they are, anything else as JSON), a delay before answering."""
+    """One scripted answer: a status, a body (bytes as they are, anything else as JSON), a delay before answering
+    (cut short when the server is reset or stopped: a long delay is a server that answers only once a test is over)."""
 
     body: Any = None
     status: int = 200
@@ -78,6 +74,7 @@ class InferenceServer:
         self.routes: dict[str, list[Reply]] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
+        self._released = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -91,9 +88,11 @@ class InferenceServer:
                     server.requests.append(Request(path, {k.lower(): v for k, v in self.headers.items()}, body))
                     replies = server.routes.get(path)
                     reply = (replies.pop(0) if len(replies) > 1 else replies[0]) if replies else None
+                    released = server._released
                 if reply is None:
                     reply = Reply({"error": f"no route {path}"}, status=404)
-                time.sleep(reply.delay)
+                if reply.delay:
+                    released.wait(reply.delay)
                 data, content_type = reply.encoded()
                 try:
                     self.send_response(reply.status)
@@ -134,12 +133,15 @@ class InferenceServer:
         with self._lock:
             self.routes.clear()
             self.requests.clear()
+            self._released.set()  # delayed replies still waiting answer now
+            self._released = threading.Event()
 
     def start(self) -> InferenceServer:
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self._released.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -495,35 +497,37 @@ def test_server_error_then_success(server: InferenceServer, remote: RemoteBacken
 
 def test_timeout_is_reported_in_bounded_time(server: InferenceServer) -> None:
     backend = RemoteBackend(timeout=0.3, max_retries=3, retry_wait=0.01)
-    url = server.add("/slow", Reply([[{"label": "POSITIVE", "score": 0.6}]], delay=3.0))
-    start = time.monotonic()
+    url = server.add("/slow", Reply([[{"label": "POSITIVE", "score": 0.6}]], delay=60))  # answers when the test ends
     with pytest.raises(ExpertError, match=r"timed out after 0\.3 s"):
-        backend.run("text-classification", endpoint_spec(url, "text-classification"), {"text": "x"})
-    assert time.monotonic() - start < 2.0
+        returns_within(
+            lambda: backend.run("text-classification", endpoint_spec(url, "text-classification"), {"text": "x"})
+        )
     assert len(server.received("/slow")) == 1, "a timeout is not retried"
 
 
-def test_model_loading_waits_then_succeeds(server: InferenceServer, remote: RemoteBackend) -> None:
+def test_model_loading_waits_then_succeeds(server: InferenceServer) -> None:
+    clock = FakeClock()
+    remote = RemoteBackend(timeout=5.0, retry_wait=0.01, clock=clock, sleep=clock.sleep)
     loading = Reply({"error": "Model acme/asr is currently loading", "estimated_time": 0.3}, status=503)
     url = server.add("/loading", loading, Reply({"text": "hello"}))
-    start = time.monotonic()
     out = remote.run(
         "automatic-speech-recognition", endpoint_spec(url, "automatic-speech-recognition"), {"audio": sine()}
     )
     assert out.text == "hello"
-    assert 0.25 <= time.monotonic() - start < 3.0, "waited about the estimated time"
+    assert clock.waits == [0.3], "waited the estimated time, once"
     assert len(server.received("/loading")) == 2
 
 
 def test_model_loading_wait_is_bounded(server: InferenceServer) -> None:
-    backend = RemoteBackend(timeout=5.0, max_loading_wait=0.4, retry_wait=0.01)
+    clock = FakeClock()
+    backend = RemoteBackend(timeout=5.0, max_loading_wait=0.4, retry_wait=0.01, clock=clock, sleep=clock.sleep)
     url = server.add(
         "/never", Reply({"error": "Model acme/x is currently loading", "estimated_time": 500.0}, status=503)
     )
-    start = time.monotonic()
     with pytest.raises(ExpertError, match=r"still loading the model after waiting 0\.4 s \(it estimated 500 s\)"):
         backend.run("text-classification", endpoint_spec(url, "text-classification"), {"text": "x"})
-    assert time.monotonic() - start < 2.0
+    assert sum(clock.waits) == pytest.approx(0.4), clock.waits
+    assert len(server.received("/never")) == len(clock.waits) + 1, "asked again after each wait"
 
 
 def test_unauthorized_asks_for_a_token(server: InferenceServer, remote: RemoteBackend) -> None:
@@ -669,10 +673,12 @@ def test_text_to_video_through_a_provider_job_queue(hub: InferenceServer) -> Non
 def test_a_provider_job_that_never_completes_is_abandoned_in_bounded_time(hub: InferenceServer) -> None:
     serve_video_model(hub, "acme/stuck-video", "fal-ai", fal_statuses=("IN_PROGRESS",))
     remote = RemoteBackend(token="hf_test_token", timeout=5.0, job_timeout=1.5)
-    started = time.monotonic()
     with pytest.raises(ExpertError, match=r"no result after 1.5 s \(HUGGINGGPT_REMOTE_JOB_TIMEOUT\)") as info:
-        remote.run("text-to-video", ModelSpec(id="acme/stuck-video", task="text-to-video"), {"text": "waves"})
-    assert time.monotonic() - started < 5
+        returns_within(
+            lambda: remote.run(
+                "text-to-video", ModelSpec(id="acme/stuck-video", task="text-to-video"), {"text": "waves"}
+            )
+        )
     assert "acme/stuck-video" in str(info.value)
     assert hub.received("/router/fal-ai/fal-ai-stuck-video/requests/job-1/status")  # it was polling
     hub.reset()  # the abandoned poller's next request gets a 404 and its thread ends
