@@ -156,8 +156,8 @@ def print_batch(summary: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from flows.batch import table_rows
     from flows.progress import safe_text
+    from tasks.batch_lines import table_rows
 
     console = Console(highlight=False)
     table = Table(title=f"Batch {summary.requests_url}")

@@ -236,6 +236,7 @@ def parse_requests(text: str) -> list[ParsedLine]:
 
 
 def line_record(line: int, spec: BatchLine, **fields: Any) -> LineResult:
+    """A line's record: its number, id, request and meta, with ``fields``."""
     return LineResult(line=line, id=spec.id, request=spec.request, meta=spec.meta, **fields)
 
 
@@ -311,6 +312,7 @@ def line_request(
 
 
 def table_rows(records: Iterable[LineResult]) -> list[dict[str, str]]:
+    """The rows of the batch's table artifact (and of ``hugginggpt batch``'s table), one per line."""
     rows = []
     for r in records:
         outcome = r.answer if r.status == "completed" else r.error
@@ -332,6 +334,7 @@ def table_rows(records: Iterable[LineResult]) -> list[dict[str, str]]:
 
 
 def summary_markdown(summary: BatchSummary) -> str:
+    """The batch's summary artifact: the counts, the plan cache, where the results are, the lines that failed."""
     lines = [
         f"# Batch {summary.requests_url}",
         "",
