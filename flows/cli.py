@@ -158,6 +158,7 @@ def load_plan_file(path: str) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from tasks.runs import checked_before
     from tasks.schemas import RequestSpec
 
     try:
@@ -177,7 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if plan is None and not controller_ready(None, settings):
         return EXIT_USAGE
-    return _execute(args, settings, checked.spec)
+    with checked_before(checked, settings):  # the flow, in this process, does not check the request again
+        return _execute(args, settings, checked.spec)
 
 
 def parsed_pins(models: Sequence[str]) -> tuple[dict[str, str] | None, str | None]:

@@ -34,7 +34,6 @@ from flows.streaming import run_streamed
 from flows.tag_limits import node_tagging, read_limited_tags, reading_limited_tags
 from models_catalog.catalog import CatalogError
 from tasks.execute import answered_ahead, node_tags, run_node
-from tasks.inputs import InputPolicy, refused_inputs
 from tasks.llm import LLMError, LLMUnreachableError
 from tasks.parsing import clip
 from tasks.plan import (
@@ -43,12 +42,11 @@ from tasks.plan import (
     StreamedPlanError,
     plan_again_task,
     plan_task,
-    validate_plan,
 )
 from tasks.prefetch import prefetch_models, start_candidate_downloads
 from tasks.replan import needs_replan, replan_task
 from tasks.respond import respond_task
-from tasks.runs import PriorRun, RequestError, RunRecord, check_request, load_prior
+from tasks.runs import CheckedRequest, PriorRun, RequestError, RunRecord, load_prior, preflight
 from tasks.schemas import (
     Assignment,
     ChatTurn,
@@ -62,7 +60,7 @@ from tasks.schemas import (
     SelectionResult,
     bounded_history,
 )
-from tasks.select import SelectionError, check_pins, parse_pins, select_task
+from tasks.select import SelectionError, parse_pins, select_task
 from tasks.services import Services, in_use, override, services_for
 from tasks.serving.signing import PublicLinks
 from tasks.settings import (
@@ -74,7 +72,6 @@ from tasks.settings import (
     load_settings,
 )
 from tasks.storage import ArtifactStore, StorageError
-from tasks.task_types import TASK_TYPES
 
 run_logs.tidy_run_logs()
 
@@ -232,17 +229,8 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
                 ),
             )
         with in_use(services), reading_limited_tags():  # nodes share the run's services; the tag read overlaps
-            response = _run_stages(
-                services,
-                request,
-                inputs,
-                _pins(services, models, prior),
-                history,
-                store,
-                summary,
-                plan=plan,
-                prior=prior,
-            )
+            checked = preflight(spec, services, resumed=prior is not None)
+            response = _run_stages(services, request, inputs, checked, history, store, summary, prior=prior)
     except (
         RequestError,
         PlanningError,
@@ -271,29 +259,22 @@ def hugginggpt_request(spec: RequestSpec, options: RunOptions | None = None) -> 
     return _finish(summary, store, t_start, settings)
 
 
-def _pins(services: Services, models: Mapping[str, str] | None, prior: PriorRun | None) -> dict[str, str]:
-    """The pinned models, each checked to run here before any LLM call (a resumed run reuses its assignments)."""
-    pins = parse_pins(models)
-    return pins if prior is not None else check_pins(pins, services.availability)
-
-
 def _run_stages(
     services: Services,
     request: str,
     inputs: list[str],
-    pins: dict[str, str],
+    checked: CheckedRequest,
     history: list[ChatTurn],
     store: ArtifactStore,
     summary: RunSummary,
     *,
-    plan: list[PlanNode] | None = None,
     prior: PriorRun | None = None,
 ) -> ResponseResult:
+    """The stages of a request that passed :func:`tasks.runs.preflight` (``checked``: its pins, its explicit plan
+    validated)."""
     settings = services.settings
-    check_request(request)
-    refused = refused_inputs(inputs, InputPolicy.from_settings(settings))
-    if refused:  # said of the inputs themselves, before a plan could name them
-        raise RequestError("; ".join(refused))
+    pins = checked.pins
+    plan = (checked.plan, checked.repairs) if checked.plan is not None else None
     planning_started = datetime.now(UTC)
     futures: dict[int, PrefectFuture[Any]] = {}  # every node's task run, by id: later rounds' edges go to them
     if prior is None and plan is None and settings.stream_plan:
@@ -330,12 +311,12 @@ def _stages(
     summary: RunSummary,
     futures: dict[int, PrefectFuture[Any]],
     *,
-    plan: list[PlanNode] | None = None,
+    plan: tuple[list[PlanNode], list[str]] | None = None,
     prior: PriorRun | None = None,
     planned: PlanResult | None = None,
 ) -> None:
-    """Plan (or take the plan ``planned`` by an earlier call), select, then run the graph: one stage after the
-    other."""
+    """Plan (or take the plan ``planned`` by an earlier call, or the explicit ``plan``, validated, with its
+    repairs), select, then run the graph: one stage after the other."""
     log = get_run_logger()
     settings = services.settings
     t0 = time.perf_counter()
@@ -348,13 +329,7 @@ def _stages(
             len(nodes),
         )
     elif plan is not None:
-        nodes, repairs = validate_plan(
-            [n.model_dump() for n in plan],
-            inputs=inputs,
-            request=request,
-            allowed=TASK_TYPES,
-            policy=InputPolicy.from_settings(settings),
-        )
+        nodes, repairs = plan
         log.info("explicit plan: no planning call")
     else:
         planned = planned if planned is not None else plan_task(settings, request, inputs, history)

@@ -8,8 +8,10 @@ the store, plans are validated again, model specs come from the catalog and sett
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -65,21 +67,48 @@ class CheckedRequest(BaseModel):
     repairs: list[str] = Field(default_factory=list)
 
 
+#: a request :func:`preflight` passed here, with the settings it was checked under (see :func:`checked_before`)
+_checked: contextvars.ContextVar[tuple[CheckedRequest, dict[str, object]] | None] = contextvars.ContextVar(
+    "hugginggpt_checked_request", default=None
+)
+
+
+@contextlib.contextmanager
+def checked_before(checked: CheckedRequest, settings: Settings) -> Iterator[None]:
+    """Within the block, :func:`preflight` of the same request under the same settings gives ``checked`` back
+    instead of checking it again: the CLI checks a request before Prefect starts, and the flow it then runs in this
+    process does not repeat the checks. Only in this process: a request that comes from anywhere else is checked."""
+    token = _checked.set((checked, settings.model_dump()))
+    try:
+        yield
+    finally:
+        _checked.reset(token)
+
+
 def preflight(
     spec: RequestSpec, services: Services, *, inputs_here: bool = False, resumed: bool = False
 ) -> CheckedRequest:
-    """Everything checked before any LLM call: the request rule (:func:`check_request`), the inputs (``inputs_here``:
-    files of this machine, checked now, as the CLI does), the pinned models (each one that can run here,
-    :func:`tasks.select.check_pins`), an explicit plan (validated against the request's inputs, file arguments
-    through the input policy). ``resumed``: the run reuses an earlier attempt's choices, checked as they are read.
+    """Everything checked before any LLM call: the request rule (:func:`check_request`), the inputs (refused by the
+    input policy; with ``inputs_here``, also files that must be on this machine, as the CLI checks them), the pinned
+    models (each one that can run here, :func:`tasks.select.check_pins`), an explicit plan (validated against the
+    request's inputs, file arguments through the input policy). ``resumed``: the run reuses an earlier attempt's
+    choices, checked as they are read. Inside :func:`checked_before` for this request and settings, the request
+    checked there.
 
     Raises :class:`RequestError`, :class:`~tasks.select.SelectionError`,
     :class:`~tasks.plan_rules.PlanValidationError` or :class:`~models_catalog.catalog.CatalogError`, each naming
     what is wrong.
     """
     settings = services.settings
+    handed = _checked.get()
+    if handed is not None and handed[0].spec == spec and handed[1] == settings.model_dump():
+        return handed[0]
     check_request(spec.request)
-    if inputs_here and (problem := input_problems(settings, spec.inputs)):
+    if inputs_here:
+        problem = input_problems(settings, spec.inputs)
+    else:
+        problem = "; ".join(refused_inputs(list(spec.inputs), InputPolicy.from_settings(settings))) or None
+    if problem:  # said of the inputs themselves, before a plan could name them
         raise RequestError(problem)
     pins = parse_pins(spec.models)
     if resumed:

@@ -13,6 +13,7 @@ from bench.harness import Bench
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.llm_http  # the measured runs are in new processes
 def test_prefetch_overlaps_the_chain_s_downloads_and_loads(llm, tmp_path: Path) -> None:
     llm.set(respond="Done.")
     result = run(Bench(root=tmp_path, llm=llm, quick=True), download_seconds=0.5)

@@ -20,7 +20,8 @@ from tests.deployments.test_deploy import HOLD, PINS, ROOT, deployed  # noqa: F4
 from tests.prefect_api import api_until
 from tests.web_server import WebServer
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# runs go to workers in other processes
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.llm_http]
 
 
 def _worker(name: str, environ: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

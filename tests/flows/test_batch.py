@@ -22,7 +22,7 @@ from flows.runners import task_runner_for
 from tasks.batch_lines import parse_line
 from tasks.batch_plans import abstract_inputs, adapt_plan
 from tasks.schemas import PlanNode, RequestSpec, RunSummary
-from tasks.settings import load_settings
+from tasks.settings import RunOptions, load_settings
 from tests.llm_server import plan_json
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -81,11 +81,8 @@ async def _artifacts(flow_run_id: str) -> list[Any]:
 SUMMARIZE = [{"id": 0, "task": "summarization", "dep": [-1], "args": {"text": "the cat sat on the mat all day"}}]
 
 
-def test_batch_of_many_requests_one_record_per_line(
-    env: Path, llm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_batch_of_many_requests_one_record_per_line(env: Path, llm, tmp_path: Path) -> None:
     llm.set(plan=planner, respond="Done.")
-    monkeypatch.setenv("HUGGINGGPT_MAX_WORKERS", "2")
     lines: list[Any] = []
     expected: list[str] = []
 
@@ -122,7 +119,7 @@ def test_batch_of_many_requests_one_record_per_line(
     assert len(expected) >= 30
 
     with prefect_run_settings():
-        state = hugginggpt_batch(str(requests), max_in_flight=2, return_state=True)
+        state = hugginggpt_batch(str(requests), max_in_flight=2, options=RunOptions(max_workers=2), return_state=True)
     failure = state.result(raise_on_failure=False)
     assert isinstance(failure, BatchFailed), failure
     summary = failure.summary

@@ -169,6 +169,28 @@ def test_cli_rejects_missing_input_bad_pin_and_bad_plan_before_any_llm_call(env:
     assert sum(llm.calls.values()) == 0  # nothing reached the LLM
 
 
+def test_cli_checks_a_request_once_and_the_flow_it_runs_in_process_trusts_that(
+    env: Path, llm, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import tasks.runs
+
+    checked: list[str] = []
+    real = tasks.runs.check_request
+
+    def counted(request: str) -> str:
+        checked.append(request)
+        return real(request)
+
+    monkeypatch.setattr(tasks.runs, "check_request", counted)
+    llm.set(
+        plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "a lovely day"}}),
+        respond="It is positive.",
+    )
+    assert main(["run", "Rate: a lovely day", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["answer"] == "It is positive."
+    assert checked == ["Rate: a lovely day"]  # by the CLI, before Prefect; the flow took its checked request
+
+
 def test_cli_human_output_and_exit_code_on_failure(
     env: Path, llm, sample_files, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 
 from tasks.batch_lines import parse_requests
 from tasks.parsing import MAX_DOCUMENT_CHARS, ParseError, parse_plan_text
 from tasks.plan import PlanValidationError, parse_plan, validate_plan
+from tests.waiting import returns_within
 
 SEED = 14
 DOCUMENTS = 2000
@@ -155,21 +155,16 @@ def _read(reader: Callable[[str], None], doc: str) -> bool:
 
 
 def test_hostile_documents_end_in_clear_errors_within_time() -> None:
-    t0 = time.perf_counter()
-    slowest = 0.0
+    """Each reading ends: a document that makes a parser blow up (an alias bomb, deep nesting, a huge body) would
+    hold it for far longer than the bound, which a busy machine does not come near (a document takes milliseconds)."""
     refused = accepted = 0
-    for doc in _documents(DOCUMENTS):
+    for n, doc in enumerate(_documents(DOCUMENTS)):
         for reader in READERS:
-            started = time.perf_counter()
-            if _read(reader, doc):
+            if returns_within(lambda reader=reader, doc=doc: _read(reader, doc), what=f"{reader.__name__} of #{n}"):
                 accepted += 1
             else:
                 refused += 1
-            slowest = max(slowest, time.perf_counter() - started)
-    elapsed = time.perf_counter() - t0
     assert refused > DOCUMENTS * len(READERS) * 0.8, (refused, accepted)
-    assert slowest < 2.0, f"one document took {slowest:.2f} s"
-    assert elapsed < 60, f"{elapsed:.1f} s in all"
 
 
 def test_hostile_documents_end_in_clear_errors_within_memory() -> None:
