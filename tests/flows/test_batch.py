@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tasks.batch_plans import abstract_inputs, adapt_plan
 from tasks.schemas import PlanNode, RequestSpec, RunSummary
 from tasks.settings import RunOptions, load_settings
 from tests.llm_server import plan_json
+from tests.prefect_api import read_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -71,11 +73,12 @@ async def _parents(flow_run_ids: list[str]) -> dict[str, str]:
     return out
 
 
-async def _artifacts(flow_run_id: str) -> list[Any]:
-    async with get_client() as client:
-        return await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
+async def _artifacts(flow_run_id: str, done: Callable[[list[Any]], bool]) -> list[Any]:
+    """The flow run's artifacts, once ``done`` holds for them (read again until then, with a bound)."""
+    by_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    return await read_until(
+        lambda client: client.read_artifacts(artifact_filter=by_run), done, what=f"the artifacts of {flow_run_id}"
+    )
 
 
 SUMMARIZE = [{"id": 0, "task": "summarization", "dep": [-1], "args": {"text": "the cat sat on the mat all day"}}]
@@ -162,7 +165,11 @@ def test_batch_of_many_requests_one_record_per_line(env: Path, llm, tmp_path: Pa
     assert json.loads(Path(by_id["review-3"]["storage_uri"], "summary.json").read_text())["status"] == "completed"
 
     # the batch's artifacts: progress at 100 %, a table with a row per line, a summary
-    arts = {a.type: a for a in asyncio.run(_artifacts(summary.flow_run_id))}
+    def final(found: list[Any]) -> bool:
+        progress = [a for a in found if a.type == "progress"]
+        return {"table", "markdown"} <= {a.type for a in found} and bool(progress) and float(progress[0].data) == 100.0
+
+    arts = {a.type: a for a in asyncio.run(_artifacts(summary.flow_run_id, final))}
     assert {"progress", "table", "markdown"} <= set(arts)
     assert float(arts["progress"].data) == 100.0
     table = json.loads(arts["table"].data) if isinstance(arts["table"].data, str) else arts["table"].data

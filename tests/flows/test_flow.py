@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from tasks.experts.local import LocalBackend
 from tasks.schemas import RequestSpec, RunSummary
 from tasks.settings import RunOptions
 from tests.llm_server import HTTPFault, plan_json
-from tests.prefect_api import task_runs
+from tests.prefect_api import read_until, task_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -37,11 +38,14 @@ def _run(request: str, **fields: Any) -> tuple[Any, RunSummary]:
     return state, summary
 
 
-async def _artifacts(flow_run_id: str) -> list[Any]:
-    async with get_client() as client:
-        return await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
+async def _artifacts(flow_run_id: str, keys: Collection[str]) -> list[Any]:
+    """The flow run's artifacts, once those with ``keys`` are there (read again until then, with a bound)."""
+    by_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    return await read_until(
+        lambda client: client.read_artifacts(artifact_filter=by_run),
+        lambda found: set(keys) <= {a.key for a in found},
+        what=f"the artifacts {sorted(keys)} of {flow_run_id}",
+    )
 
 
 def _upstream_ids(task_run: Any) -> set[str]:
@@ -139,7 +143,8 @@ def test_graph_runs_as_task_runs_with_planned_edges(
     assert json.loads(Path(summary.storage_uri, "plan.json").read_text())[1]["dep"] == [0]
 
     # summary artifacts: markdown and table
-    arts = asyncio.run(_artifacts(summary.flow_run_id))
+    expected = {"hugginggpt-request-summary", "hugginggpt-request-nodes", "hugginggpt-request-text-to-speech-audio"}
+    arts = asyncio.run(_artifacts(summary.flow_run_id, expected))
     kinds = {a.type: a for a in arts}
     assert {"markdown", "table"} <= set(kinds)
     # keys are stable across runs (the UI keeps their history); the run is in the description

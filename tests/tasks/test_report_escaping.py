@@ -3,11 +3,9 @@ link, an image, HTML, a heading or a table of the report's own."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from html import unescape
 from pathlib import Path
-from typing import Any
 
 import markdown
 import pytest
@@ -16,6 +14,7 @@ from markdown_it import MarkdownIt
 from tasks.report import markdown_text, summary_markdown
 from tasks.schemas import Assignment, ModelSpec, NodeResult, PlanNode, RunSummary
 from tests.llm_server import plan_json
+from tests.prefect_api import api_until
 
 HOSTILE_ANSWER = (
     "[click](javascript:alert(1)) ![x](http://169.254.169.254/latest/meta-data/iam) <img src=x onerror=alert(1)>\n"
@@ -108,7 +107,6 @@ def test_markdown_text_keeps_lines_and_drops_controls() -> None:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_the_published_artifact_escapes_the_llm_answer_and_the_request(env: Path, llm) -> None:
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from flows.request import run_request
@@ -120,13 +118,13 @@ def test_the_published_artifact_escapes_the_llm_answer_and_the_request(env: Path
     summary = run_request(HOSTILE_REQUEST)
     assert summary.answer == HOSTILE_ANSWER  # the summary keeps the text as it came
 
-    async def artifacts() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.flow_run_id]))
-            )
-
-    report = next(a for a in asyncio.run(artifacts()) if a.key == "hugginggpt-request-summary").data
+    by_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.flow_run_id]))
+    found = api_until(
+        lambda client: client.read_artifacts(artifact_filter=by_run),
+        lambda found: any(a.key == "hugginggpt-request-summary" for a in found),
+        what="the run's summary artifact",
+    )
+    report = next(a for a in found if a.key == "hugginggpt-request-summary").data
     assert "javascript:" not in report and "http://" not in report
     for html in _html(report):
         links = re.findall(r'<a href="([^"]*)"', html)  # only the run's own files are linked

@@ -22,7 +22,7 @@ from tasks.experts.local import LocalBackend
 from tasks.schemas import RequestSpec
 from tasks.services import override
 from tests.llm_server import plan_json
-from tests.prefect_api import task_runs
+from tests.prefect_api import api_until, task_runs
 from tests.s3_server import KEY, SECRET, S3Server, rclone_binary
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -102,18 +102,22 @@ def test_request_stores_everything_in_the_bucket(s3: S3Server, llm, sample_files
     assert len(node_records) == 3  # one readable JSON result per node
     assert any("tasks.schemas.RunSummary" in json.dumps(r) for r in records)
 
-    async def links() -> list[Any]:
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.flow_run_id]))
-            )
+    def links(found: list[Any]) -> list[str]:
         per_file = [a for a in found if a.key and a.key.startswith("hugginggpt-request-")]
-        return [a for a in per_file if a.key not in ("hugginggpt-request-summary", "hugginggpt-request-nodes")]
+        return [
+            str(a.data) for a in per_file if a.key not in ("hugginggpt-request-summary", "hugginggpt-request-nodes")
+        ]
 
-    shown = [str(a.data) for a in asyncio.run(links())]  # each stored file gets an artifact: unsigned, its URI as code
-    assert any(f"`{detections['image']}`" == d for d in shown) and any(f"`{detections['json']}`" == d for d in shown)
+    expected = {f"`{detections['image']}`", f"`{detections['json']}`"}  # each stored file: unsigned, its URI as code
+    by_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[summary.flow_run_id]))
+    found = api_until(
+        lambda client: client.read_artifacts(artifact_filter=by_run),
+        lambda found: expected <= set(links(found)),
+        what="an artifact per stored file",
+    )
+    assert expected <= set(links(found))
 
 
 def test_second_identical_request_runs_no_model(s3: S3Server, llm, sample_files, model_calls) -> None:
@@ -367,17 +371,16 @@ def test_resume_of_a_run_with_models_pinned_as_folders(
     ]
     assert second["resumed_from"] == first["flow_run_id"]
 
-    async def read() -> tuple[Any, Any]:
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-        async with get_client() as client:
-            flow_run = await client.read_flow_run(second["flow_run_id"])
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[second["flow_run_id"]]))
-            )
-        return flow_run, next(a for a in found if a.key == "hugginggpt-request-summary")
-
-    flow_run, artifact = asyncio.run(read())
+    by_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[second["flow_run_id"]]))
+    found = api_until(
+        lambda client: client.read_artifacts(artifact_filter=by_run),
+        lambda found: any(a.key == "hugginggpt-request-summary" for a in found),
+        what="the resumed run's summary artifact",
+    )
+    artifact = next(a for a in found if a.key == "hugginggpt-request-summary")
+    flow_run = api_until(lambda client: client.read_flow_run(second["flow_run_id"]), bool, what="the resumed run")
     assert flow_run.name.startswith(f"resume of {first['flow_run_id'][:8]}: Rate and summarize · ")
     assert f"**Resumes run:** [`{first['flow_run_id']}`](http" in str(artifact.data)  # its page in the UI
     assert f"/runs/flow-run/{first['flow_run_id']})" in str(artifact.data)
