@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Bench, api_retries, env_vars, log, prefect_api, reset_local_backends, sleeping_experts
+from bench.api import api_retries, prefect_api
+from bench.classifiers import models
+from bench.harness import Bench, env_vars, log, reset_local_backends, sleeping_experts
 
 IN_FLIGHT: tuple[int, ...] = (4, 8, 16)
 LLM_LATENCY = 0.5
@@ -110,8 +112,6 @@ def measure(bench: Bench, in_flight: int, lines: int, catalog: Path, latency: fl
 
 
 def run(bench: Bench) -> dict[str, Any]:
-    from bench.throughput import models
-
     m = models(bench)  # several classifiers: the LLM selects among them
     latency = 0.1 if bench.quick else LLM_LATENCY
     url = bench.postgres_api()

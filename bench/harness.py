@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -20,11 +19,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench import log
+from bench.api import flush_prefect_workers, quiet_prefect_console
 
 #: Environment set before anything imports transformers, huggingface_hub or prefect: nothing may reach the network.
 OFFLINE_ENV: dict[str, str] = {
@@ -46,11 +47,6 @@ set_offline()
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # ``tests`` (the scripted LLM, tiny models) sits beside ``bench``
     sys.path.insert(0, str(_ROOT))
-
-
-def log(message: str) -> None:
-    """Progress, on stderr (stdout carries only the table)."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -230,73 +226,6 @@ class Bench:
         return self._postgres_error
 
 
-@contextlib.contextmanager
-def prefect_api(url: str | None) -> Iterator[None]:
-    """Within the block, this process talks to the Prefect API at ``url`` (``None``: the bench's default API)."""
-    if url is None:
-        yield
-        return
-    import prefect.settings
-
-    # Prefect's log and event workers are per process and bind to the API they first talk to: drain them on
-    # every switch, so that the next run's logs and events (task runs are recorded from events) reach its API
-    flush_prefect_workers()
-    try:
-        with prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_API_URL: url}):
-            yield
-    finally:
-        flush_prefect_workers()
-
-
-def flush_prefect_workers() -> None:
-    """Send the logs and events still queued and stop Prefect's log and event workers (the next log or event
-    starts new ones, bound to the API then in use)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        with contextlib.suppress(Exception):
-            worker.drain_all(timeout=15)
-
-
-@contextlib.contextmanager
-def api_retries() -> Iterator[Counter[str]]:
-    """Within the block, count the Prefect API's 503 answers by endpoint: the requests its client retries after
-    waiting 2, 4, 8... seconds (Prefect's server answers 503 when its database reports a lock)."""
-    import re
-
-    import httpx
-
-    counts: Counter[str] = Counter()
-    lock = threading.Lock()
-    ids = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}")
-
-    def note(request: Any, response: Any) -> None:
-        if response.status_code == 503:
-            with lock:
-                counts[f"{request.method} {ids.sub('{id}', request.url.path)}"] += 1
-
-    real_async, real_sync = httpx.AsyncClient.send, httpx.Client.send
-
-    async def send_async(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        response = await real_async(self, request, *args, **kwargs)
-        note(request, response)
-        return response
-
-    def send_sync(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        response = real_sync(self, request, *args, **kwargs)
-        note(request, response)
-        return response
-
-    httpx.AsyncClient.send = send_async  # type: ignore[method-assign]
-    httpx.Client.send = send_sync  # type: ignore[method-assign]
-    try:
-        yield counts
-    finally:
-        httpx.AsyncClient.send = real_async  # type: ignore[method-assign]
-        httpx.Client.send = real_sync  # type: ignore[method-assign]
-
-
 def counting_llm() -> Any:
     """The scripted OpenAI-compatible server, also recording the token usage of every reply it sends."""
     from tests.llm_server import ScriptedLLM
@@ -395,17 +324,6 @@ _ENV_KEYS = (
     "HUGGINGGPT_MAX_MODELS",
     "HF_TOKEN",
 )
-
-
-def quiet_prefect_console() -> None:
-    """Keep Prefect's run logs going to its API (as in any run) but off the console, where the bench reports."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values() if hasattr(lg, "handlers"))]
-    for lg in loggers:
-        for handler in getattr(lg, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler):
-                handler.setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

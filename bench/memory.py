@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import Bench, log, prefect_api
-from bench.throughput import IN_FLIGHT, apis, models, run_mode, warm_up, write_requests
+from bench.api import prefect_api
+from bench.classifiers import models
+from bench.harness import Bench, log
+from bench.throughput import IN_FLIGHT, apis, run_mode, warm_up, write_requests
 
 
 def run(bench: Bench, *, count: int | None = None) -> dict[str, Any]:

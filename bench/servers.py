@@ -21,7 +21,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.harness import flush_prefect_workers, log, prefect_api, quiet_prefect_console
+from bench import log
+from bench.api import flush_prefect_workers, prefect_api, quiet_prefect_console
 
 
 def find_postgres() -> Path | None:
@@ -97,7 +98,7 @@ def postgres_cluster() -> Iterator[str]:
 @contextlib.contextmanager
 def postgres_prefect_api(startup_timeout: int = 90, *, switch: bool = True) -> Iterator[str]:
     """A Prefect API on a throwaway PostgreSQL database; yields its URL. With ``switch``, this process talks to it
-    within the block (otherwise use :func:`bench.harness.prefect_api`)."""
+    within the block (otherwise use :func:`bench.api.prefect_api`)."""
     import prefect.settings
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.server.database.dependencies import temporary_database_interface

@@ -19,49 +19,21 @@ during each mode: :mod:`bench.memory` reports them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.harness import (
-    Bench,
-    Sampler,
-    api_retries,
-    catalog_record,
-    env_vars,
-    log,
-    prefect_api,
-    reset_local_backends,
-    write_catalog,
-)
+from bench.api import api_retries, prefect_api
+from bench.classifiers import TASK, models
+from bench.harness import Bench, Sampler, env_vars, log, reset_local_backends
 from tasks.schemas import RequestSpec
 from tasks.settings import RunOptions
 
-TASK = "text-classification"
-MODELS = 6
-BOUND = 2
 IN_FLIGHT = 4
 #: seconds per LLM answer in the second measurement: a short answer from a hosted model
 LLM_LATENCY = 0.5
 QUICK_LLM_LATENCY = 0.1
-#: 6 layers of 384 over an 8000-token vocabulary: 14M parameters, most of them touched by every forward pass.
-MODEL_SIZE: dict[str, int] = {
-    "vocab_size": 8000,
-    "hidden_size": 384,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 6,
-    "intermediate_size": 1536,
-}
-QUICK_MODEL_SIZE: dict[str, int] = {
-    "vocab_size": 1000,
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 128,
-}
 REVIEWS: tuple[str, ...] = (
     "The battery died after two days and Alice at the shop would not help.",
     "Great little camera, Bob in Paris says it survived the rain.",
@@ -78,46 +50,6 @@ def request_text(i: int) -> str:
 
 def plan_for(i: int) -> list[dict[str, Any]]:
     return [{"id": 0, "task": TASK, "dep": [-1], "args": {"text": f"Review #{i}: {REVIEWS[i % len(REVIEWS)]}"}}]
-
-
-def linked_copies(source: Path, root: Path, count: int) -> list[Path]:
-    """``count`` folders holding ``source``'s files as hard links (copies where links are not possible)."""
-    folders = []
-    for k in range(count):
-        folder = root / f"model-{k}"
-        try:
-            shutil.copytree(source, folder, copy_function=os.link)
-        except OSError:
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.copytree(source, folder)
-        folders.append(folder)
-    return folders
-
-
-def models(bench: Bench) -> dict[str, Any]:
-    """The six classifiers (built once per bench run) and a catalog naming them."""
-    if "models" in bench.shared:
-        return bench.shared["models"]
-    from bench.reuse import build_model
-
-    count = 3 if bench.quick else MODELS
-    source = bench.fresh_dir("classifier")
-    log(f"batch: building one random classifier, linked {count} times")
-    params = build_model(source, QUICK_MODEL_SIZE if bench.quick else MODEL_SIZE)
-    folders = linked_copies(source, bench.fresh_dir("classifiers"), count)
-    ids = [f"bench/classifier-{k}" for k in range(count)]
-    catalog = write_catalog(
-        bench.root / "classifiers.jsonl", [catalog_record(i, TASK, f) for i, f in zip(ids, folders, strict=True)]
-    )
-    weights = sum(f.stat().st_size for f in source.iterdir() if f.suffix == ".safetensors")
-    bench.shared["models"] = {
-        "ids": ids,
-        "catalog": catalog,
-        "parameters": params,
-        "model_mb": round(weights / 1e6, 1),
-        "bound": 1 if bench.quick else BOUND,
-    }
-    return bench.shared["models"]
 
 
 def pins_for(ids: Sequence[str], i: int) -> dict[str, str]:

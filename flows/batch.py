@@ -2,10 +2,9 @@
 
     hugginggpt batch s3://bucket/requests.jsonl --max-in-flight 8
 
-One request per line: ``{"request": "...", "inputs": [...], "models": {task: model id}, "id": "...",
-"plan": [...]}`` (only ``request`` is required; ``plan`` is a HuggingGPT-format plan as a list, an object with
-``tasks``, or JSON/YAML text; ``meta`` is copied to the line's result untouched). Blank lines are skipped;
-line numbers are the file's.
+One request per line (the line format and each line's result record: :mod:`tasks.batch_lines`). This module
+only wires: the lines that share a plan (:mod:`tasks.batch_plans`), the record of finished lines and the batch's
+lock (:mod:`flows.batch_ledger`) and its budgets (:mod:`flows.batch_budget`).
 
 Each valid line runs as a child flow run of ``hugginggpt-request`` (named ``line-{n}-{id}: {request}``), started
 from a task run of the batch (``batch-line``), with at most ``max_in_flight`` of them running at once. A line
@@ -26,14 +25,12 @@ at the end. A child run that the Prefect API refuses with 503 (a busy database) 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import mimetypes
 import posixpath
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import (
@@ -48,22 +45,34 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure, quote
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
-from flows import progress as progress_events
+from flows import events as progress_events
 from flows.artifacts import artifact_scope
 from flows.batch_budget import BudgetMeter, Budgets
-from flows.batch_ledger import BatchBusyError, BatchLock, completed_summary, line_tags, tagged_runs
+from flows.batch_ledger import BatchBusyError, BatchLock, LineParts, line_tags
 from flows.prefect_setup import prefect_run_settings
 from flows.request import NoSummaryError, failure_reason, run_request
 from flows.result_links import verified_result_links
 from flows.runners import shared_cluster
+from tasks.batch_lines import (
+    BatchFailed,
+    BatchLine,
+    BatchSummary,
+    LineResult,
+    ParsedLine,
+    line_record,
+    line_request,
+    parse_row,
+    summary_markdown,
+    summary_record,
+    table_rows,
+)
+from tasks.batch_plans import adapt_plan, basename, plan_groups
 from tasks.llm import LLMError
-from tasks.parsing import ParseError, loads_json, parse_plan_value, split_lines
-from tasks.plan import PlanningError, PlanValidationError, plan_task, validate_plan
+from tasks.plan import PlanningError, PlanValidationError, plan_task
 from tasks.report import artifact_key
-from tasks.runs import MAX_REQUEST_CHARS, RequestError, check_request
-from tasks.schemas import PlanNode, PlanResult, RequestSpec, RunSummary
+from tasks.schemas import PlanNode, PlanResult, RunSummary
 from tasks.services import prepare_controller
 from tasks.settings import LLMNotConfiguredError, RunOptions, Settings, load_settings
 from tasks.storage import BLOCK_PREFIX, ArtifactStore, StorageError, resolve_storage, store_for
@@ -72,234 +81,17 @@ from tasks.tables import (
     ColumnMap,
     ResultsWriter,
     TableError,
-    TableRow,
     content_key,
     input_types,
     read_rows,
     table_format,
 )
-from tasks.task_types import TASK_TYPES
 
-LineStatus = Literal["completed", "failed", "invalid", "not started"]
-_INPUT_RE = re.compile(r"<INPUT-(\d+)>")
-_ANSWER_CHARS = 4000
 _PROGRESS_EVERY = 0.5  # seconds between two updates of the progress artifact
 
 
 class BatchError(RuntimeError):
     """The batch as a whole cannot run (its requests file cannot be read)."""
-
-
-# ---------------------------------------------------------------------------
-# contracts
-# ---------------------------------------------------------------------------
-class BatchLine(BaseModel):
-    """One line of a requests file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    request: str = Field(description="what is asked, in plain language")
-    inputs: list[str] = Field(default_factory=list, description="files the request refers to (paths or URLs)")
-    models: dict[str, str] = Field(default_factory=dict, description="pinned models, {task: model id}")
-    id: str | None = Field(default=None, description="the caller's id for this request, copied to its result")
-    plan: list[Any] | dict[str, Any] | str | None = Field(
-        default=None, description="an explicit plan (HuggingGPT format; a list, {'tasks': [...]}, or JSON/YAML text)"
-    )
-    meta: dict[str, Any] = Field(default_factory=dict, description="anything else, copied to the result untouched")
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_as_text(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @field_validator("request")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        try:
-            return check_request(v)
-        except RequestError as exc:
-            raise ValueError(str(exc)) from None
-
-
-class ParsedLine(BaseModel):
-    """A line of the file after reading: the request and its explicit plan, or why the line is invalid."""
-
-    line: int
-    spec: BatchLine | None = None
-    plan: list[PlanNode] | None = None
-    error: str | None = None
-    id: str | None = Field(default=None, description="the line's id, when it could be read")
-    request: str | None = Field(default=None, description="the line's request, when it could be read")
-    columns: dict[str, Any] = Field(default_factory=dict, description="the mapped columns of a table's row")
-    meta_given: dict[str, Any] = Field(default_factory=dict, description="the carried columns, even when invalid")
-
-    @property
-    def valid(self) -> bool:
-        return self.error is None and self.spec is not None
-
-    def invalid_record(self) -> LineResult:
-        meta = self.spec.meta if self.spec is not None else self.meta_given
-        return LineResult(
-            line=self.line,
-            id=self.id,
-            request=self.request,
-            status="invalid",
-            error=self.error,
-            meta=meta,
-            columns=self.columns,
-        )
-
-
-class LineResult(BaseModel):
-    """The result record of one line (one line of ``results.jsonl``)."""
-
-    line: int = Field(description="line number in the requests file (from 1)")
-    id: str | None = None
-    status: LineStatus
-    request: str | None = None
-    error: str | None = None
-    flow_run_id: str | None = Field(default=None, description="the child flow run of hugginggpt-request")
-    storage_uri: str | None = Field(default=None, description="the run's folder: summary.json and its files")
-    answer: str | None = None
-    plan_source: str | None = Field(
-        default=None, description="'llm', 'explicit' (given with the line) or 'batch plan cache of line N'"
-    )
-    plan_cached: bool = Field(default=False, description="the plan was made once for an earlier line and reused")
-    tasks: list[str] = Field(default_factory=list, description="the plan's nodes, e.g. image-to-text#0")
-    seconds: float = 0.0
-    llm_tokens: int = Field(default=0, description="LLM tokens the line's run used (prompt and completion)")
-    files: dict[str, str] = Field(
-        default_factory=dict, description="every output file of the run: 'file:{node}.{modality}' -> its URI"
-    )
-    columns: dict[str, Any] = Field(
-        default_factory=dict, description="the line's request, id and input columns, when it came from a table"
-    )
-    meta: dict[str, Any] = Field(default_factory=dict)
-
-
-class BatchSummary(BaseModel):
-    """What a batch did; ``records`` holds one result per line, in input order."""
-
-    flow_run_id: str
-    requests_url: str
-    results_uri: str | None = None
-    status: Literal["completed", "failed"] = "completed"
-    lines: int = 0
-    completed: int = 0
-    failed: int = 0
-    invalid: int = 0
-    not_started: int = Field(default=0, description="lines a budget kept from starting: a rerun runs them")
-    max_in_flight: int = 1
-    deployment: str | None = Field(default=None, description="the deployment each line ran as, if not a subflow")
-    llm_tokens: int = Field(default=0, description="LLM tokens used by this attempt's lines and shared plans")
-    plan_groups: int = Field(default=0, description="request texts shared by several lines, each planned once")
-    planning_calls: int = Field(default=0, description="LLM calls made to plan those shared requests")
-    plans_cached: int = Field(default=0, description="lines that reused a plan made for an earlier line")
-    batch_key: str | None = Field(
-        default=None, description="hash of the requests file's content and the storage: what a rerun resumes by"
-    )
-    resumed: int = Field(
-        default=0, description="lines completed by an earlier attempt of the same batch, not run again"
-    )
-    seconds: float = 0.0
-    records: list[LineResult] = Field(default_factory=list)
-
-
-def _counts(summary: BatchSummary) -> str:
-    parts = [f"{summary.failed} failed", f"{summary.invalid} invalid"]
-    if summary.not_started:
-        parts.append(f"{summary.not_started} not started")
-    return ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-class BatchFailed(RuntimeError):
-    """Some lines of a batch failed or were invalid (every other line ran); ``summary`` holds every result.
-
-    The data of the batch's Failed state, so that ``state.result(raise_on_failure=False)`` gives it back and
-    a plain call of the flow raises it with a readable message.
-    """
-
-    def __init__(self, summary: BatchSummary) -> None:
-        self.summary = summary
-        super().__init__(f"{_counts(summary)} of {summary.lines} line(s); results: {summary.results_uri}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.summary,))
-
-
-# ---------------------------------------------------------------------------
-# reading the file
-# ---------------------------------------------------------------------------
-def _pydantic_problems(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "line"
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        parts.append(f"{where}: {msg}")
-    return "; ".join(parts)
-
-
-def _plan_nodes(raw: list[Any] | dict[str, Any] | str) -> list[Any]:
-    """The list of raw nodes of an explicit plan given as a list, an object with ``tasks``, or JSON/YAML text
-    (:func:`tasks.parsing.parse_plan_value`)."""
-    try:
-        return parse_plan_value(raw)
-    except ParseError as exc:
-        raise PlanValidationError([str(exc)]) from None
-
-
-def parse_line(number: int, text: str) -> ParsedLine:
-    """One line of the file: a valid request (with its explicit plan validated), or the reason it is invalid."""
-    try:
-        value = loads_json(text, f"line {number}")
-    except ParseError as exc:
-        return ParsedLine(line=number, error=str(exc))
-    if not isinstance(value, dict):
-        return ParsedLine(line=number, error=f"line {number}: expected a JSON object, got {type(value).__name__}")
-    return parse_value(number, value)
-
-
-def parse_row(row: TableRow) -> ParsedLine:
-    """One row read by :func:`tasks.tables.read_rows`: a JSONL line's text, or a table row already mapped."""
-    if row.text is not None:
-        return parse_line(row.number, row.text)
-    if row.value is None or row.error is not None:
-        value = row.value or {}
-        parsed = ParsedLine(line=row.number, error=row.error or f"row {row.number} cannot be read")
-        return parsed.model_copy(update=_known(value) | {"columns": row.columns, "meta_given": value.get("meta", {})})
-    parsed = parse_value(row.number, {k: v for k, v in row.value.items() if v is not None or k != "id"})
-    return parsed.model_copy(update={"columns": row.columns, "meta_given": row.value.get("meta", {})})
-
-
-def _known(value: dict[str, Any]) -> dict[str, Any]:
-    raw_id = value.get("id")
-    return {
-        "id": str(raw_id)[:200] if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None,
-        "request": value["request"][:MAX_REQUEST_CHARS] if isinstance(value.get("request"), str) else None,
-    }
-
-
-def parse_value(number: int, value: dict[str, Any]) -> ParsedLine:
-    """One request given as an object (a JSONL line, a table's row): valid, or the reason it is invalid."""
-    known = _known(value)
-    try:
-        spec = BatchLine.model_validate(value)
-    except ValidationError as exc:
-        return ParsedLine(line=number, error=f"line {number}: {_pydantic_problems(exc)}", **known)
-    plan = None
-    if spec.plan is not None:
-        try:
-            plan, _ = validate_plan(
-                _plan_nodes(spec.plan), inputs=spec.inputs, request=spec.request, allowed=TASK_TYPES
-            )
-        except PlanValidationError as exc:
-            return ParsedLine(line=number, spec=spec, error=f"line {number}: plan: {exc}", **known)
-    return ParsedLine(line=number, spec=spec, plan=plan, **known)
-
-
-def parse_requests(text: str) -> list[ParsedLine]:
-    """Every non-blank line of a requests file, in order."""
-    return [parse_line(n, raw) for n, raw in enumerate(split_lines(text), start=1) if raw.strip()]
 
 
 def _options_for(url: str, settings: Settings) -> dict[str, Any]:
@@ -310,254 +102,10 @@ def _options_for(url: str, settings: Settings) -> dict[str, Any]:
     return options if protocol == root_protocol else {}
 
 
-# ---------------------------------------------------------------------------
-# finished lines, recorded as they finish
-# ---------------------------------------------------------------------------
-_PART = re.compile(r"([0-9]{1,9})\.json", re.ASCII)
-
-
-class LineParts:
-    """One file per finished line, ``{storage}/batches/lines-{key}/{line}.json``, written (atomically) as the line
-    finishes, so an interrupted batch keeps every finished line's record and a rerun of the same file against the
-    same storage skips the lines that completed.
-
-    Parts are read back as untrusted input: a part counts only when the run it names holds, in its own folder, a
-    summary of that run, for that line's request, that says completed (:func:`flows.batch_ledger.completed_summary`),
-    and the line's record is rebuilt from that summary. A line whose run completed but whose part was never written
-    (the batch was killed in between) is found through the Prefect API by the run's tags."""
-
-    def __init__(self, store: ArtifactStore, key: str) -> None:
-        self.store = store
-        self.key = key
-        self.folder = f"batches/lines-{key}"
-
-    def record(self, result: LineResult) -> None:
-        self.store.put_root_bytes(f"{self.folder}/{result.line:07d}.json", result.model_dump_json().encode("utf-8"))
-
-    def completed(self, parsed: Sequence[ParsedLine]) -> dict[int, LineResult]:
-        """Positions in ``parsed`` of the lines an earlier attempt completed, with their records rebuilt from their
-        runs' summaries. A part that is damaged, does not match its line (number, id, request), or names a run that
-        did not complete that request is ignored, and so is a run the Prefect API lists whose summary is not there:
-        that line runs again."""
-        log = get_run_logger()
-        position = {p.line: pos for pos, p in enumerate(parsed) if p.valid and p.spec is not None}
-        done: dict[int, LineResult] = {}
-        for name in self.store.list_root(self.folder):
-            match = _PART.fullmatch(name)
-            if match is None or int(match.group(1)) not in position:
-                continue
-            pos = position[int(match.group(1))]
-            spec = parsed[pos].spec
-            assert spec is not None
-            try:
-                record = LineResult.model_validate(self.store.read_root_json(f"{self.folder}/{name}"))
-            except (StorageError, ValidationError) as exc:
-                log.warning("line %d runs again: its earlier record is damaged (%s)", parsed[pos].line, str(exc)[:300])
-                continue
-            if record.status != "completed" or record.line != parsed[pos].line or record.request != spec.request:
-                continue
-            if record.id != spec.id:
-                continue
-            summary = completed_summary(self.store, record.flow_run_id, spec.request)
-            if summary is None:
-                log.warning(
-                    "line %d runs again: its record names run %s, whose own summary does not show that request "
-                    "completed",
-                    parsed[pos].line,
-                    str(record.flow_run_id)[:60],
-                )
-                continue
-            done[pos] = _record_from_summary(parsed[pos], summary, record.plan_source or summary.plan_source)
-        missing = [pos for pos in position.values() if pos not in done]
-        if missing:
-            done.update(self._adopt(parsed, missing))
-        return done
-
-    def _adopt(self, parsed: Sequence[ParsedLine], missing: list[int]) -> dict[int, LineResult]:
-        """Lines whose run completed while no record was kept (the batch stopped first): found by their runs' tags
-        in the Prefect API, checked against the runs' summaries, and recorded now."""
-        log = get_run_logger()
-        try:
-            runs = tagged_runs(self.key)
-        except Exception as exc:  # the API cannot say: those lines run again
-            log.warning("could not ask the Prefect API for this batch's earlier runs: %s", str(exc)[:300])
-            return {}
-        adopted: dict[int, LineResult] = {}
-        for pos in missing:
-            p = parsed[pos]
-            assert p.spec is not None
-            for flow_run_id in reversed(runs.get(p.line, [])):
-                summary = completed_summary(self.store, flow_run_id, p.spec.request)
-                if summary is None:
-                    continue
-                record = _record_from_summary(p, summary, summary.plan_source)
-                adopted[pos] = record
-                with contextlib.suppress(StorageError):
-                    self.record(record)
-                log.info(
-                    "line %d completed in an earlier attempt, run %s: recorded, not run again", p.line, flow_run_id
-                )
-                break
-        return adopted
-
-
-# ---------------------------------------------------------------------------
-# the plan cache: lines sharing a request text, inputs abstracted
-# ---------------------------------------------------------------------------
-def _basename(path: str) -> str:
-    return posixpath.basename(path.replace("\\", "/").rstrip("/"))
-
-
-def _input_pattern(inputs: Sequence[str]) -> tuple[re.Pattern[str] | None, dict[str, tuple[int, bool]]]:
-    """A regex matching each input as given or by its base name (longest first), and what each match means."""
-    meaning: dict[str, tuple[int, bool]] = {}
-    for i, given in enumerate(inputs):
-        for text, whole in ((given, True), (_basename(given), False)):
-            if text and text not in meaning:
-                meaning[text] = (i, whole)
-    if not meaning:
-        return None, meaning
-    alternatives = sorted(meaning, key=len, reverse=True)
-    return re.compile("|".join(re.escape(a) for a in alternatives)), meaning
-
-
-def abstract_inputs(text: str, inputs: Sequence[str]) -> str:
-    """``text`` with each input (as given, or its base name) replaced by ``<INPUT-i>``."""
-    pattern, meaning = _input_pattern(inputs)
-    if pattern is None:
-        return text
-    return pattern.sub(lambda m: f"<INPUT-{meaning[m.group(0)][0]}>", text)
-
-
-def _input_kind(path: str) -> str:
-    kind, _ = mimetypes.guess_type(_basename(path))
-    if kind:
-        return kind.split("/", 1)[0]
-    return posixpath.splitext(_basename(path))[1].lower() or "file"
-
-
-def plan_key(spec: BatchLine) -> tuple[str, tuple[str, ...]]:
-    """What a plan depends on: the request text with its inputs abstracted, and the kind of each input."""
-    return abstract_inputs(spec.request.strip(), spec.inputs), tuple(_input_kind(p) for p in spec.inputs)
-
-
-def adapt_plan(
-    nodes: Sequence[PlanNode], from_inputs: Sequence[str], to_inputs: Sequence[str], request: str
-) -> list[PlanNode]:
-    """A plan made for one line's inputs, rewritten for another's: each argument naming input i (as given or
-    by base name) names the other line's input i instead; then validated against that line."""
-    pattern, meaning = _input_pattern(from_inputs)
-
-    def swap(match: re.Match[str]) -> str:
-        i, whole = meaning[match.group(0)]
-        if i >= len(to_inputs):
-            return match.group(0)
-        return to_inputs[i] if whole else _basename(to_inputs[i])
-
-    raw: list[dict[str, Any]] = []
-    for node in nodes:
-        args = {}
-        for name, value in node.args.items():
-            if value in from_inputs and from_inputs.index(value) < len(to_inputs):
-                args[name] = to_inputs[from_inputs.index(value)]
-            else:
-                args[name] = pattern.sub(swap, value) if pattern is not None else value
-        raw.append({"id": node.id, "task": node.task, "dep": list(node.dep), "args": args})
-    adapted, _ = validate_plan(raw, inputs=to_inputs, request=request, allowed=TASK_TYPES)
-    return adapted
-
-
-def plan_groups(parsed: Sequence[ParsedLine]) -> dict[tuple[str, tuple[str, ...]], list[int]]:
-    """Positions (in ``parsed``) of the lines to be planned by the LLM, grouped by :func:`plan_key`."""
-    groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
-    for pos, p in enumerate(parsed):
-        if p.valid and p.spec is not None and p.plan is None:
-            groups.setdefault(plan_key(p.spec), []).append(pos)
-    return groups
-
-
-# ---------------------------------------------------------------------------
-# one line
-# ---------------------------------------------------------------------------
 def _child_name(line: int, spec: BatchLine) -> str:
     request = " ".join(spec.request.split())
     request = request if len(request) <= 50 else request[:47] + "..."
     return f"line-{line}" + (f"-{spec.id}" if spec.id else "") + f": {request}"
-
-
-def _record(line: int, spec: BatchLine, **fields: Any) -> LineResult:
-    return LineResult(line=line, id=spec.id, request=spec.request, meta=spec.meta, **fields)
-
-
-def output_files(summary: RunSummary) -> dict[str, str]:
-    """Every file a run produced, ``file:{node}.{modality}`` -> URI (text outputs are inline, not files)."""
-    names = {n.id: n.name for n in summary.plan}
-    files: dict[str, str] = {}
-    for result in summary.results:
-        for modality, value in result.outputs.items():
-            if modality != "text":
-                files[f"file:{names.get(result.id, f'{result.task}#{result.id}')}.{modality}"] = value
-    return files
-
-
-def summary_record(
-    line: int,
-    spec: BatchLine,
-    value: RunSummary,
-    *,
-    plan_source: str | None,
-    cached: bool,
-    seconds: float,
-    error: str | None = None,
-) -> LineResult:
-    """A line's record from its run's summary."""
-    answer = value.answer if len(value.answer) <= _ANSWER_CHARS else value.answer[: _ANSWER_CHARS - 3] + "..."
-    completed = value.status == "completed"
-    return _record(
-        line,
-        spec,
-        status="completed" if completed else "failed",
-        error=None if completed else (value.error or error),
-        flow_run_id=value.flow_run_id,
-        storage_uri=value.storage_uri,
-        answer=answer,
-        plan_source=plan_source,
-        plan_cached=cached,
-        tasks=[n.name for n in value.plan],
-        seconds=seconds,
-        llm_tokens=value.llm.prompt_tokens + value.llm.completion_tokens,
-        files=output_files(value),
-    )
-
-
-def _record_from_summary(parsed: ParsedLine, summary: RunSummary, plan_source: str | None) -> LineResult:
-    """The record of a line completed by an earlier attempt, rebuilt from its run's own summary."""
-    assert parsed.spec is not None
-    record = summary_record(
-        parsed.line,
-        parsed.spec,
-        summary,
-        plan_source=plan_source,
-        cached=bool(plan_source and plan_source.startswith("batch plan cache")),
-        seconds=float(summary.timings.get("total", 0.0)),
-    )
-    return record.model_copy(update={"columns": parsed.columns})
-
-
-def line_request(
-    spec: BatchLine,
-    plan: list[PlanNode] | None,
-    plan_source: str,
-    storage: str | None,
-    catalog: str | None,
-    options: RunOptions | None,
-) -> tuple[RequestSpec, RunOptions]:
-    """A line as the request flow's parameters: its request, and the batch's options with its storage and catalog."""
-    request = RequestSpec(
-        request=spec.request, inputs=list(spec.inputs), models=dict(spec.models), plan=plan, plan_source=plan_source
-    )
-    given = {k: v for k, v in {"storage": storage, "catalog": catalog}.items() if v is not None}
-    return request, (options or RunOptions()).model_copy(update=given)
 
 
 @task(name="batch-line", cache_policy=NO_CACHE)
@@ -584,7 +132,7 @@ def run_line(
     cached = plan_source.startswith("batch plan cache")
 
     def failed(error: str, **fields: Any) -> State:
-        record = _record(
+        record = line_record(
             line, spec, status="failed", error=error, plan_source=plan_source, plan_cached=cached, **fields
         )
         record.seconds = time.perf_counter() - t0
@@ -656,7 +204,7 @@ def _run_deployed_line(
     }
 
     def failed(error: str) -> State:
-        record = _record(line, spec, status="failed", error=error, plan_source=plan_source, plan_cached=cached)
+        record = line_record(line, spec, status="failed", error=error, plan_source=plan_source, plan_cached=cached)
         record.seconds = time.perf_counter() - t0
         return Failed(message=f"line {line}: {error}", data=record)
 
@@ -728,7 +276,7 @@ def _collect_line(parsed: ParsedLine, future: PrefectFuture[Any]) -> LineResult:
     if isinstance(value, LineResult):
         return value.model_copy(update={"columns": parsed.columns})
     assert parsed.spec is not None
-    record = _record(parsed.line, parsed.spec, status="failed", error=f"task run ended {state.name}: {value}")
+    record = line_record(parsed.line, parsed.spec, status="failed", error=f"task run ended {state.name}: {value}")
     return record.model_copy(update={"columns": parsed.columns})
 
 
@@ -737,51 +285,7 @@ def _collect_line(parsed: ParsedLine, future: PrefectFuture[Any]) -> LineResult:
 # ---------------------------------------------------------------------------
 def _batch_run_name() -> str:
     url = str(flow_run.parameters.get("requests_url", "")) or "requests"
-    return f"batch {_basename(url) or url}"
-
-
-def table_rows(records: Iterable[LineResult]) -> list[dict[str, str]]:
-    rows = []
-    for r in records:
-        outcome = r.answer if r.status == "completed" else r.error
-        outcome = (outcome or "").replace("\n", " ")
-        rows.append(
-            {
-                "line": str(r.line),
-                "id": r.id or "",
-                "status": r.status,
-                "request": (r.request or "")[:120],
-                "plan": r.plan_source or "",
-                "tasks": ", ".join(r.tasks),
-                "answer or error": outcome if len(outcome) <= 300 else outcome[:297] + "...",
-                "flow run": r.flow_run_id or "",
-                "seconds": f"{r.seconds:.1f}",
-            }
-        )
-    return rows
-
-
-def _summary_markdown(summary: BatchSummary) -> str:
-    lines = [
-        f"# Batch {summary.requests_url}",
-        "",
-        f"**{summary.completed}** completed, **{summary.failed}** failed, **{summary.invalid}** invalid "
-        f"of {summary.lines} line(s) in {summary.seconds:.1f} s, at most {summary.max_in_flight} in flight.",
-        "",
-        f"Plan cache: {summary.plan_groups} shared request text(s) planned once with {summary.planning_calls} "
-        f"LLM call(s); {summary.plans_cached} line(s) reused a plan.",
-        "",
-        f"Results: `{summary.results_uri}`",
-    ]
-    problems = [r for r in summary.records if r.status != "completed"]
-    if problems:
-        lines += ["", "| line | id | status | error |", "| --- | --- | --- | --- |"]
-        for r in problems[:50]:
-            error = (r.error or "").replace("|", "\\|").replace("\n", " ")[:200]
-            lines.append(f"| {r.line} | {r.id or ''} | {r.status} | {error} |")
-        if len(problems) > 50:
-            lines.append(f"\n... and {len(problems) - 50} more (see the results file)")
-    return "\n".join(lines)
+    return f"batch {basename(url) or url}"
 
 
 def _results_target(settings: Settings, run_id: str, results_url: str | None) -> tuple[ArtifactStore, str]:
@@ -894,7 +398,7 @@ def read_lines(requests_url: str, settings: Settings, columns: ColumnMap, key: s
     store = store_for(settings, "batch-inputs")
 
     def keep(number: int, column: str, data: bytes, name: str | None) -> str:
-        base = _basename(name or "") or "file"
+        base = basename(name or "") or "file"
         safe = re.sub(r"[^A-Za-z0-9._-]+", "-", base)[-100:] or "file"
         column_part = re.sub(r"[^A-Za-z0-9._-]+", "-", column)[:60] or "column"
         return store.put_root_bytes(f"batches/inputs-{key}/{number}/{column_part}/{safe}", data)
@@ -1019,7 +523,7 @@ def _run_lines(
             if not p.valid or p.spec is None or pos in earlier:
                 continue
             if p.plan is None and no_controller is not None:
-                records[pos] = _record(p.line, p.spec, status="failed", error=no_controller, plan_source="llm")
+                records[pos] = line_record(p.line, p.spec, status="failed", error=no_controller, plan_source="llm")
                 records[pos] = records[pos].model_copy(update={"columns": p.columns})  # type: ignore[union-attr]
                 done += 1
                 continue
@@ -1108,7 +612,7 @@ def _run_lines(
         for pos in queue if stopped is not None else ():
             p = parsed[pos]
             assert p.spec is not None
-            records[pos] = _record(p.line, p.spec, status="not started", error=stopped).model_copy(
+            records[pos] = line_record(p.line, p.spec, status="not started", error=stopped).model_copy(
                 update={"columns": p.columns}
             )
         for future in plan_futures.values():
@@ -1148,7 +652,7 @@ def _run_lines(
         )
     create_markdown_artifact(
         key=artifact_key(artifact_scope("batch"), "summary"),
-        markdown=_summary_markdown(summary),
+        markdown=summary_markdown(summary),
         description=f"Batch summary of run {run_id}: {requests_url}",
     )
     if summary.status == "failed":

@@ -20,10 +20,13 @@ from flows.cli_options import (
     EXIT_OK,
     EXIT_USAGE,
     add_catalog,
+    add_output_options,
     add_storage,
     config_error,
+    dump_json,
     error,
     positive_int,
+    progress_mode,
 )
 
 
@@ -80,7 +83,6 @@ def register(subparsers: Any) -> None:
     batch.add_argument(
         "--max-lines-per-minute", type=positive_int, metavar="N", help="start at most N lines in any minute"
     )
-    from flows.cli import add_output_options
 
     add_output_options(batch)
     batch.set_defaults(func=cmd_batch)
@@ -114,7 +116,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from prefect import tags
 
     from flows.batch import sqlite_concurrency_warning
-    from flows.cli import progress_mode
     from flows.prefect_setup import prefect_run_settings
     from flows.progress import progress_view
 
@@ -144,8 +145,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
         error("batch", str(exc))
         return EXIT_USAGE
     if args.json:
-        from flows.cli import dump_json
-
         print(dump_json(summary.model_dump(mode="json")))
     else:
         print_batch(summary)
@@ -157,8 +156,8 @@ def print_batch(summary: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from flows.batch import table_rows
     from flows.progress import safe_text
+    from tasks.batch_lines import table_rows
 
     console = Console(highlight=False)
     table = Table(title=f"Batch {summary.requests_url}")

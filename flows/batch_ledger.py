@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from prefect import get_run_logger
 from pydantic import BaseModel, ValidationError
 
+from tasks.batch_lines import LineResult, ParsedLine, record_from_summary
 from tasks.schemas import RunSummary
 from tasks.storage import ArtifactStore, StorageError, check_run_id
 
@@ -191,3 +194,91 @@ def tagged_runs(key: str) -> dict[int, list[str]]:
 
 def line_tags(key: str, line: int) -> tuple[str, str]:
     return KEY_TAG.format(key=key), LINE_TAG.format(line=line)
+
+
+_PART = re.compile(r"([0-9]{1,9})\.json", re.ASCII)
+
+
+class LineParts:
+    """One file per finished line, ``{storage}/batches/lines-{key}/{line}.json``, written (atomically) as the line
+    finishes, so an interrupted batch keeps every finished line's record and a rerun of the same file against the
+    same storage skips the lines that completed.
+
+    Parts are read back as untrusted input: a part counts only when the run it names holds, in its own folder, a
+    summary of that run, for that line's request, that says completed (:func:`flows.batch_ledger.completed_summary`),
+    and the line's record is rebuilt from that summary. A line whose run completed but whose part was never written
+    (the batch was killed in between) is found through the Prefect API by the run's tags."""
+
+    def __init__(self, store: ArtifactStore, key: str) -> None:
+        self.store = store
+        self.key = key
+        self.folder = f"batches/lines-{key}"
+
+    def record(self, result: LineResult) -> None:
+        self.store.put_root_bytes(f"{self.folder}/{result.line:07d}.json", result.model_dump_json().encode("utf-8"))
+
+    def completed(self, parsed: Sequence[ParsedLine]) -> dict[int, LineResult]:
+        """Positions in ``parsed`` of the lines an earlier attempt completed, with their records rebuilt from their
+        runs' summaries. A part that is damaged, does not match its line (number, id, request), or names a run that
+        did not complete that request is ignored, and so is a run the Prefect API lists whose summary is not there:
+        that line runs again."""
+        log = get_run_logger()
+        position = {p.line: pos for pos, p in enumerate(parsed) if p.valid and p.spec is not None}
+        done: dict[int, LineResult] = {}
+        for name in self.store.list_root(self.folder):
+            match = _PART.fullmatch(name)
+            if match is None or int(match.group(1)) not in position:
+                continue
+            pos = position[int(match.group(1))]
+            spec = parsed[pos].spec
+            assert spec is not None
+            try:
+                record = LineResult.model_validate(self.store.read_root_json(f"{self.folder}/{name}"))
+            except (StorageError, ValidationError) as exc:
+                log.warning("line %d runs again: its earlier record is damaged (%s)", parsed[pos].line, str(exc)[:300])
+                continue
+            if record.status != "completed" or record.line != parsed[pos].line or record.request != spec.request:
+                continue
+            if record.id != spec.id:
+                continue
+            summary = completed_summary(self.store, record.flow_run_id, spec.request)
+            if summary is None:
+                log.warning(
+                    "line %d runs again: its record names run %s, whose own summary does not show that request "
+                    "completed",
+                    parsed[pos].line,
+                    str(record.flow_run_id)[:60],
+                )
+                continue
+            done[pos] = record_from_summary(parsed[pos], summary, record.plan_source or summary.plan_source)
+        missing = [pos for pos in position.values() if pos not in done]
+        if missing:
+            done.update(self._adopt(parsed, missing))
+        return done
+
+    def _adopt(self, parsed: Sequence[ParsedLine], missing: list[int]) -> dict[int, LineResult]:
+        """Lines whose run completed while no record was kept (the batch stopped first): found by their runs' tags
+        in the Prefect API, checked against the runs' summaries, and recorded now."""
+        log = get_run_logger()
+        try:
+            runs = tagged_runs(self.key)
+        except Exception as exc:  # the API cannot say: those lines run again
+            log.warning("could not ask the Prefect API for this batch's earlier runs: %s", str(exc)[:300])
+            return {}
+        adopted: dict[int, LineResult] = {}
+        for pos in missing:
+            p = parsed[pos]
+            assert p.spec is not None
+            for flow_run_id in reversed(runs.get(p.line, [])):
+                summary = completed_summary(self.store, flow_run_id, p.spec.request)
+                if summary is None:
+                    continue
+                record = record_from_summary(p, summary, summary.plan_source)
+                adopted[pos] = record
+                with suppress(StorageError):
+                    self.record(record)
+                log.info(
+                    "line %d completed in an earlier attempt, run %s: recorded, not run again", p.line, flow_run_id
+                )
+                break
+        return adopted

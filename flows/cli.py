@@ -28,10 +28,13 @@ from flows.cli_options import (
     add_device,
     add_inputs,
     add_llm_model,
+    add_output_options,
     add_storage,
     config_error,
     controller_ready,
+    dump_json,
     error,
+    progress_mode,
 )
 from tasks.settings import RuntimeSettingError
 
@@ -115,18 +118,6 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="LLM calls that may plan new tasks after a task failed (HUGGINGGPT_MAX_REPLANS, default 1; 0: none)",
     )
     add_output_options(parser)
-
-
-def add_output_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print only the run summary as JSON on stdout")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr, only the result")
-
-
-def progress_mode(args: argparse.Namespace) -> str:
-    """``quiet`` (--quiet), ``live`` (a terminal, without --json) or ``plain`` (one line per change)."""
-    if getattr(args, "quiet", False):
-        return "quiet"
-    return "live" if not args.json and sys.stderr.isatty() else "plain"
 
 
 def run_options(args: argparse.Namespace) -> Any:
@@ -420,13 +411,6 @@ def summary_json(summary: Any) -> dict[str, Any]:
     return summary.model_dump(mode="json")
 
 
-def dump_json(document: Any) -> str:
-    """JSON for stdout: every control character escaped, so none reaches a terminal."""
-    from flows.progress import escape_json_text
-
-    return escape_json_text(json.dumps(document, indent=2, ensure_ascii=False))
-
-
 _STATUS_STYLES = {"completed": "green", "cached": "magenta", "failed": "red", "skipped": "yellow"}
 
 
@@ -495,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     folded: Any = contextlib.nullcontext()
     if args.command in RUN_COMMANDS:
-        from flows.progress import library_progress
+        from flows.library_bars import library_progress
 
         folded = library_progress()
     try:

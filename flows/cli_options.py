@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -102,3 +103,22 @@ def add_llm_model(parser: argparse.ArgumentParser) -> None:
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps or auto (HUGGINGGPT_DEVICE)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print only the run summary as JSON on stdout")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr, only the result")
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    """``quiet`` (--quiet), ``live`` (a terminal, without --json) or ``plain`` (one line per change)."""
+    if getattr(args, "quiet", False):
+        return "quiet"
+    return "live" if not args.json and sys.stderr.isatty() else "plain"
+
+
+def dump_json(document: Any) -> str:
+    """JSON for stdout: every control character escaped, so none reaches a terminal."""
+    from flows.progress import escape_json_text
+
+    return escape_json_text(json.dumps(document, indent=2, ensure_ascii=False))

@@ -106,7 +106,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     from tasks.demos import demo_library, selector_for
-    from tasks.evaluation.evaluate import DatasetError, builtin_gold_path, evaluate, load_dataset
+    from tasks.evaluation.dataset import DatasetError, builtin_gold_path, load_dataset
+    from tasks.evaluation.evaluate import evaluate
     from tasks.evaluation.plan_styles import PlanStyle, SimilarDemoSelector, load_embedder
     from tasks.llm import LLMError, LLMUnreachableError
     from tasks.services import chat_model_for, services_for

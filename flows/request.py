@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from prefect.utilities.annotations import allow_failure, quote
 
-from flows import progress
+from flows import events, run_logs
 from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
 from flows.result_links import verified_result_links
@@ -73,7 +73,7 @@ from tasks.settings import (
 )
 from tasks.storage import ArtifactStore, StorageError
 
-progress.tidy_run_logs()
+run_logs.tidy_run_logs()
 
 
 class RequestFailed(RuntimeError):
@@ -140,7 +140,7 @@ def _collect(node: PlanNode, future: PrefectFuture[Any]) -> NodeResult:
     except Exception as exc:  # the result itself could not be read
         value = exc
     if state.is_cancelled():  # a skipped node: Prefect calls no state hook for it
-        progress.emit(progress.NodeEvent(str(flow_run.id), node.name, "skipped", detail=state.message or ""))
+        events.emit(events.NodeEvent(str(flow_run.id), node.name, "skipped", detail=state.message or ""))
     if isinstance(value, NodeResult):
         return value
     return NodeResult(id=node.id, task=node.task, status="failed", error=f"task run ended {state.name}: {value}")
@@ -361,7 +361,7 @@ def _stages(
     summary.candidate_checks = selection.checks if selection else []
     for a in assignments:
         log.info("%s#%d -> %s (%s)", a.task, a.node_id, a.model, a.reason)
-    progress.planned(str(flow_run.id), str(flow_run.name or ""), nodes, assignments)
+    events.planned(str(flow_run.id), str(flow_run.name or ""), nodes, assignments)
     for node_id, why in (selection.unassigned if selection else {}).items():
         log.warning("task %d has no model: %s", node_id, why)
     if settings.prefetch:  # every node's model downloads and loads while upstream nodes run (not those answered)
@@ -492,7 +492,7 @@ def _replan_rounds(
         summary.plan = [*summary.plan, *new]
         summary.assignments = [*summary.assignments, *selection.assignments]
         summary.candidate_checks = [*summary.candidate_checks, *selection.checks]
-        progress.planned(str(flow_run.id), str(flow_run.name or ""), new, selection.assignments)
+        events.planned(str(flow_run.id), str(flow_run.name or ""), new, selection.assignments)
         if settings.prefetch:
             prefetch_models(settings, selection.assignments, lambda: services.local_backend, store.run_id)
         results = execute_graph(
@@ -507,7 +507,7 @@ def node_task_options(settings: Settings, tagging: Mapping[str, Any]) -> dict[st
     retries of transient failures (``HUGGINGGPT_NODE_RETRIES``) and the state hooks that report it to the
     progress views. Its result record is written without a lookup first (``refresh_cache``): the key is the
     attempt's own (:func:`tasks.execute._task_run_key`), so no record can be there to reuse."""
-    hooks = {**progress.NODE_STATE_HOOKS}
+    hooks = {**events.NODE_STATE_HOOKS}
     hooks["on_running"] = [*tagging["on_running"], *hooks.get("on_running", [])]
     return {
         "tags": tagging["tags"],

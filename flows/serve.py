@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flows import progress
+from flows import events
 from tasks.schemas import PlanNode, RunSummary
 from tasks.serving import shapes
 from tasks.serving.config import InFlight, ServeSettings
@@ -172,7 +172,7 @@ def _follow(flow_run_id: str, run_name: str, *, poll: float = 0.5) -> None:
             nodes = sorted((t for t in task_runs if "#" in t.name), key=lambda t: t.expected_start_time or 0)
             if nodes and not announced:
                 announced = True
-                progress.emit(progress.PlanEvent(flow_run_id, run_name, tuple((t.name, "", "") for t in nodes)))
+                events.emit(events.PlanEvent(flow_run_id, run_name, tuple((t.name, "", "") for t in nodes)))
             for t in nodes:
                 kind = t.state.type.value if t.state else ""
                 state = "skipped" if t.state and t.state.name == "Skipped" else _PREFECT_NODE_STATES.get(kind)
@@ -180,7 +180,7 @@ def _follow(flow_run_id: str, run_name: str, *, poll: float = 0.5) -> None:
                     state = "cached"
                 if state and seen.get(t.name) != state:
                     seen[t.name] = state
-                    progress.emit(progress.NodeEvent(flow_run_id, t.name, state))
+                    events.emit(events.NodeEvent(flow_run_id, t.name, state))
             if run.state is not None and run.state.is_final():
                 return
             time.sleep(poll)
@@ -533,16 +533,16 @@ async def _stream(
     lock = threading.Lock()
 
     def listener(event: Any) -> None:  # called in the thread that emits, in its context
-        if isinstance(event, progress.PlanEvent) and STREAM.get() == stream:
+        if isinstance(event, events.PlanEvent) and STREAM.get() == stream:
             with lock:
                 mine.add(event.flow_run_id)
-        elif not isinstance(event, progress.NodeEvent) or event.flow_run_id not in mine:
+        elif not isinstance(event, events.NodeEvent) or event.flow_run_id not in mine:
             return
         loop.call_soon_threadsafe(queue.put_nowait, event)
 
     try:
         yield shapes.sse(shapes.chunk(completion_id, "", role=True, event={"event": "start"}))
-        with progress.subscribe(listener):
+        with events.subscribe(listener):
             running = loop.run_in_executor(server.runs, server.run, spec, stream)
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -573,7 +573,7 @@ async def _stream(
 
 
 def _event_chunks(completion_id: str, event: Any) -> list[str]:
-    if isinstance(event, progress.PlanEvent):
+    if isinstance(event, events.PlanEvent):
         words, data = shapes.plan_event(event.nodes)
         data["flow_run_id"] = event.flow_run_id
         return [shapes.sse(shapes.chunk(completion_id, words, event=data))]

@@ -31,7 +31,7 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
-from flows import progress
+from flows import events as progress_events
 from tasks.execute import answered_ahead
 from tasks.plan import PlanningError, plan_streamed_task
 from tasks.prefetch import prefetch_models
@@ -124,7 +124,7 @@ def run_streamed(
         checks.extend(selection.checks)
         select_usage = select_usage + selection.usage
         ids = {a.node_id for a in fresh} | set(selection.unassigned)
-        progress.planned(run_id, run_name, [known[i] for i in order if i in ids], fresh)
+        progress_events.planned(run_id, run_name, [known[i] for i in order if i in ids], fresh)
         if settings.prefetch:  # not for nodes the result cache answers: they load no model
             waiting_prefetch.update({a.node_id: a for a in fresh})
             # a node is judged once every node it depends on has its model (the cache key needs their outputs)
@@ -224,7 +224,7 @@ def run_streamed(
                 for node in whole.nodes:
                     take(node)
                 if not whole.nodes:
-                    progress.planned(run_id, run_name, [], [])  # the LLM answers directly
+                    progress_events.planned(run_id, run_name, [], [])  # the LLM answers directly
             elif kind == "plan-error":
                 state["planning"] = False
                 out.plan_seconds = time.perf_counter() - started

@@ -79,7 +79,7 @@ def builtin_demos() -> list[Demo]:
 @cache
 def taskbench_demos() -> tuple[Demo, ...]:
     """TaskBench's gold plans of the library part (see the module doc), in this project's format."""
-    from tasks.evaluation.evaluate import load_dataset
+    from tasks.evaluation.dataset import load_dataset
 
     path = Path(str(resources.files("tasks.evaluation.data").joinpath("taskbench_library.jsonl")))
     dataset = load_dataset(path, "taskbench")
@@ -110,7 +110,7 @@ def _unique(demos: Sequence[Demo]) -> list[Demo]:
 
 def user_demos(store: ArtifactStore) -> list[Demo]:
     """The demos added with ``hugginggpt demos add``; a file that is not a valid demo is skipped with a warning."""
-    from tasks.plan import PlanValidationError, validate_plan
+    from tasks.plan_rules import PlanValidationError, validate_plan
     from tasks.task_types import TASK_TYPES
 
     out: list[Demo] = []
@@ -138,7 +138,7 @@ def demo_library(store: ArtifactStore | None = None) -> list[Demo]:
 def add_run_demo(store: ArtifactStore, run_id: str) -> tuple[Demo, str]:
     """Turn the completed run ``run_id`` of ``store`` into a demo kept under ``demos/``; the demo and where it
     was written. Raises :class:`DemoError` when the run is not there, did not complete, or its plan is not valid."""
-    from tasks.plan import PlanValidationError, validate_plan
+    from tasks.plan_rules import PlanValidationError, validate_plan
     from tasks.schemas import RunSummary
     from tasks.task_types import TASK_TYPES
 

@@ -110,7 +110,7 @@ def validate_replan(
     """The new tasks of a replanning reply, validated as :func:`validate_plan` validates a plan, with the completed
     earlier tasks as the tasks they may use; returned in dependency order with the repairs made.
 
-    Raises :class:`~tasks.plan.PlanValidationError` listing every problem: an id already taken, a dependency or a
+    Raises :class:`~tasks.plan_rules.PlanValidationError` listing every problem: an id already taken, a dependency or a
     ``<GENERATED>-k`` on a task that did not complete, and everything :func:`validate_plan` refuses."""
     if not isinstance(raw_nodes, Sequence) or isinstance(raw_nodes, str):
         raise PlanValidationError([f"the new tasks must be a list, not {type(raw_nodes).__name__}"])

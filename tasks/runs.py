@@ -95,8 +95,9 @@ def preflight(
     choices, checked as they are read. Inside :func:`checked_before` for this request and settings, the request
     checked there.
 
-    Raises :class:`RequestError`, :class:`~tasks.select.SelectionError`, :class:`~tasks.plan.PlanValidationError` or
-    :class:`~models_catalog.catalog.CatalogError`, each naming what is wrong.
+    Raises :class:`RequestError`, :class:`~tasks.select.SelectionError`,
+    :class:`~tasks.plan_rules.PlanValidationError` or :class:`~models_catalog.catalog.CatalogError`, each naming
+    what is wrong.
     """
     settings = services.settings
     handed = _checked.get()

@@ -11,6 +11,7 @@ import pytest
 
 from bench import dag, llm_calls, report, reuse
 from bench.__main__ import SECTIONS, build_document, default_out, parse_args
+from bench.classifiers import linked_copies
 from bench.harness import (
     Bench,
     Sampler,
@@ -21,7 +22,7 @@ from bench.harness import (
     sleeping_experts,
     write_catalog,
 )
-from bench.throughput import linked_copies, plan_for, request_text, write_requests
+from bench.throughput import plan_for, request_text, write_requests
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -198,7 +199,7 @@ def test_sleeping_expert_replaces_the_local_backend_only_within_its_block(bench:
 
 
 def test_batch_requests_and_memory_helpers(tmp_path: Path) -> None:
-    from flows.batch import parse_requests
+    from tasks.batch_lines import parse_requests
 
     path = write_requests(tmp_path / "requests.jsonl", 7, ["m/a", "m/b", "m/c"])
     lines = parse_requests(path.read_text(encoding="utf-8"))

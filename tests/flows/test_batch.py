@@ -15,11 +15,13 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
-from flows.batch import BatchFailed, abstract_inputs, adapt_plan, hugginggpt_batch, parse_line, run_batch
+from flows.batch import BatchFailed, hugginggpt_batch, run_batch
 from flows.cli import main
 from flows.prefect_setup import prefect_run_settings
 from flows.request import hugginggpt_request, summary_of
 from flows.runners import task_runner_for
+from tasks.batch_lines import parse_line
+from tasks.batch_plans import abstract_inputs, adapt_plan
 from tasks.schemas import PlanNode, RequestSpec, RunSummary
 from tasks.settings import RunOptions, load_settings
 from tests.llm_server import plan_json

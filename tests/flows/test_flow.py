@@ -193,10 +193,10 @@ def test_failed_node_skips_dependents_and_spares_siblings(
         ),
         respond=lambda body: "Captioning failed: " + ("could not load" in body["messages"][-1]["content"]) * "yes",
     )
-    from flows import progress
+    from flows import events as progress_events
 
     events: list[Any] = []
-    with progress.subscribe(events.append):
+    with progress_events.subscribe(events.append):
         state, summary = _run(
             "Caption and classify the photo, read the caption aloud",
             inputs=[photo],
@@ -205,7 +205,7 @@ def test_failed_node_skips_dependents_and_spares_siblings(
         )
     assert state.is_failed()
     assert "2 of 3 task(s) did not complete" in state.message
-    shown = [e.state for e in events if isinstance(e, progress.NodeEvent) and e.node == "text-to-speech#1"]
+    shown = [e.state for e in events if isinstance(e, progress_events.NodeEvent) and e.node == "text-to-speech#1"]
     assert shown == ["skipped"]  # never shown running: it does not run
     by_id = {r.id: r for r in summary.results}
     assert by_id[0].status == "failed" and "tiny/broken-captioner" in by_id[0].error

@@ -21,7 +21,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 
-from flows import progress
+from flows import events as progress_events
+from flows import library_bars, progress, run_logs
 from flows.prefect_setup import prefect_run_settings
 from flows.request import request_run_name, run_request
 from tasks.execute import is_transient
@@ -44,21 +45,21 @@ def test_safe_text_shows_control_characters_as_escapes() -> None:
 
 def test_board_follows_node_states_and_batch_rate() -> None:
     board = progress.Board(started=100.0)
-    board.apply(progress.PlanEvent("run", "my run", (("a#0", "m/a", "why"), ("b#1", "m/b", "")), at=100.0))
+    board.apply(progress_events.PlanEvent("run", "my run", (("a#0", "m/a", "why"), ("b#1", "m/b", "")), at=100.0))
     assert [(r.node, r.state, r.model) for r in board.rows.values()] == [
         ("a#0", "waiting", "m/a"),
         ("b#1", "waiting", "m/b"),
     ]
-    board.apply(progress.NodeEvent("run", "a#0", "running", at=101.0))
-    row = board.apply(progress.NodeEvent("run", "a#0", "downloading", "w.bin", 5_000_000, 20_000_000, at=102.0))
+    board.apply(progress_events.NodeEvent("run", "a#0", "running", at=101.0))
+    row = board.apply(progress_events.NodeEvent("run", "a#0", "downloading", "w.bin", 5_000_000, 20_000_000, at=102.0))
     assert row is not None and progress.describe(row) == "downloading w.bin 5.0 MB of 20.0 MB"
-    board.apply(progress.NodeEvent("run", "a#0", "done", at=104.0))
+    board.apply(progress_events.NodeEvent("run", "a#0", "done", at=104.0))
     assert board.seconds(board.rows[("run", "a#0")], now=999.0) == 3.0  # running to done, not to now
-    board.apply(progress.NodeEvent("run", "b#1", "skipped", "upstream failed", at=104.5))
+    board.apply(progress_events.NodeEvent("run", "b#1", "skipped", "upstream failed", at=104.5))
     assert progress.describe(board.rows[("run", "b#1")]) == "skipped: upstream failed"
 
-    board.apply(progress.LineEvent(1, "completed", 1, 4, at=102.0))
-    board.apply(progress.LineEvent(2, "failed", 2, 4, at=104.0))
+    board.apply(progress_events.LineEvent(1, "completed", 1, 4, at=102.0))
+    board.apply(progress_events.LineEvent(2, "failed", 2, 4, at=104.0))
     assert board.line_rate() == (0.5, 4.0)
     assert progress.batch_line(board) == "lines 2/4 done · 0.50/s · about 4 s left"
 
@@ -66,25 +67,25 @@ def test_board_follows_node_states_and_batch_rate() -> None:
 def test_a_node_that_ended_stays_ended_on_the_board() -> None:
     """A model loaded ahead for a node the cache answered reports late: the node still shows ``cached``."""
     board = progress.Board(started=100.0)
-    board.apply(progress.PlanEvent("run", "my run", (("a#0", "m/a", ""),), at=100.0))
-    board.apply(progress.NodeEvent("run", "a#0", "cached", "reused run r", at=101.0))
+    board.apply(progress_events.PlanEvent("run", "my run", (("a#0", "m/a", ""),), at=100.0))
+    board.apply(progress_events.NodeEvent("run", "a#0", "cached", "reused run r", at=101.0))
     for late in ("loading", "waiting"):
-        assert board.apply(progress.NodeEvent("run", "a#0", late, "model loaded", at=102.0)) is None
+        assert board.apply(progress_events.NodeEvent("run", "a#0", late, "model loaded", at=102.0)) is None
     row = board.rows[("run", "a#0")]
     assert (row.state, progress.describe(row), board.seconds(row, now=999.0)) == ("cached", "cached: reused run r", 0.0)
     # a Prefect retry of a failed node runs again
-    board.apply(progress.NodeEvent("run", "a#0", "failed", "boom", at=103.0))
-    assert board.apply(progress.NodeEvent("run", "a#0", "running", "attempt 2", at=104.0)) is not None
+    board.apply(progress_events.NodeEvent("run", "a#0", "failed", "boom", at=103.0))
+    assert board.apply(progress_events.NodeEvent("run", "a#0", "running", "attempt 2", at=104.0)) is not None
     assert board.rows[("run", "a#0")].state == "running"
 
 
 def test_plain_view_writes_one_safe_line_per_change() -> None:
     out = io.StringIO()
     view = progress.PlainView(out)
-    view(progress.PlanEvent("r", "run", (("a#0", "m/a", "the [bold]best[/]"),)))
-    view(progress.NodeEvent("r", "a#0", "running"))
-    view(progress.NodeEvent("r", "a#0", "downloading", "w", 10, 100))  # partial download: no line
-    view(progress.NodeEvent("r", "a#0", "failed", "model said \x1b[2Jbye"))
+    view(progress_events.PlanEvent("r", "run", (("a#0", "m/a", "the [bold]best[/]"),)))
+    view(progress_events.NodeEvent("r", "a#0", "running"))
+    view(progress_events.NodeEvent("r", "a#0", "downloading", "w", 10, 100))  # partial download: no line
+    view(progress_events.NodeEvent("r", "a#0", "failed", "model said \x1b[2Jbye"))
     lines = out.getvalue().splitlines()
     assert lines[0] == "a#0 waiting -> m/a (the [bold]best[/])"
     assert lines[1] == "a#0 running"
@@ -177,7 +178,7 @@ def test_transient_node_failure_is_retried_by_prefect(
         respond="One worked.",
     )
     events: list[Any] = []
-    with progress.subscribe(events.append):
+    with progress_events.subscribe(events.append):
         summary = run_request(RequestSpec(request=f"Classify {url} and missing.png", inputs=[url, "missing.png"]))
     by_id = {r.id: r for r in summary.results}
     assert by_id[0].status == "completed" and calls["n"] == 2
@@ -185,7 +186,7 @@ def test_transient_node_failure_is_retried_by_prefect(
     runs = task_runs(summary.flow_run_id, {"image-classification#0", "image-classification#1"})
     assert runs["image-classification#0"].run_count == 2 and runs["image-classification#0"].state.is_completed()
     assert runs["image-classification#1"].run_count == 1  # not transient: no retry
-    states = [(e.node, e.state, e.detail) for e in events if isinstance(e, progress.NodeEvent)]
+    states = [(e.node, e.state, e.detail) for e in events if isinstance(e, progress_events.NodeEvent)]
     assert ("image-classification#0", "running", "attempt 2") in states
     assert states[-1][1] in ("done", "failed")
 
@@ -337,11 +338,11 @@ def test_hub_download_bars_become_node_events_and_print_nothing(capfd: pytest.Ca
         download()
 
     events: list[Any] = []
-    with prefect_run_settings(), progress.library_progress(), progress.subscribe(events.append):
+    with prefect_run_settings(), library_bars.library_progress(), progress_events.subscribe(events.append):
         capfd.readouterr()
         one_node()
         err = capfd.readouterr().err
-    downloads = [e for e in events if isinstance(e, progress.NodeEvent) and e.state == "downloading"]
+    downloads = [e for e in events if isinstance(e, progress_events.NodeEvent) and e.state == "downloading"]
     assert downloads and downloads[-1].node == "image-to-text#0" and downloads[-1].detail == "model.safetensors"
     assert (downloads[-1].done_bytes, downloads[-1].total_bytes) == (3_000_000, 3_000_000)
     assert "model.safetensors" not in err and "%|" not in err  # no bar on the terminal
@@ -353,15 +354,15 @@ def test_live_view_renders_states_as_text() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=160, color_system=None)
     view = progress.LiveView(console)
-    view(progress.PlanEvent("r", "run", (("a#0", "m/[b]x[/b]", ""), ("b#1", "m/b", ""))))
-    view(progress.NodeEvent("r", "a#0", "downloading", "w.bin", 2_500_000, 10_000_000))
-    view(progress.NodeEvent("r", "b#1", "failed", "[/json] \x1b[2J gone"))
+    view(progress_events.PlanEvent("r", "run", (("a#0", "m/[b]x[/b]", ""), ("b#1", "m/b", ""))))
+    view(progress_events.NodeEvent("r", "a#0", "downloading", "w.bin", 2_500_000, 10_000_000))
+    view(progress_events.NodeEvent("r", "b#1", "failed", "[/json] \x1b[2J gone"))
     console.print(view._render())
     shown = out.getvalue()
     assert "m/[b]x[/b]" in shown and "downloading w.bin 2.5 MB of 10.0 MB" in shown
     assert "failed: [/json] \\x1b[2J gone" in shown and "\x1b[2J" not in shown
     batch = progress.LiveView(console, batch=True)
-    batch(progress.LineEvent(1, "completed", 1, 3))
+    batch(progress_events.LineEvent(1, "completed", 1, 3))
     assert str(batch._render()).startswith("lines 1/3 done")
 
 
@@ -377,7 +378,7 @@ def test_prefect_s_failed_task_line_does_not_dump_the_node_s_result() -> None:
     state = Failed(
         message="model m failed: boom", data=NodeResult(id=0, task="image-to-text", status="failed", error="x" * 500)
     )
-    tidy = progress._TidyRunLogs()
+    tidy = run_logs._TidyRunLogs()
 
     def record(msg: str, args: tuple = ()) -> logging.LogRecord:
         return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, msg, args, None)

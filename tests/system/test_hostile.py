@@ -379,7 +379,7 @@ def _write_entry(cache: Any, key: str, result: Any) -> None:
 
 
 def test_batch_lines_are_split_on_newlines_only() -> None:
-    from flows.batch import parse_requests
+    from tasks.batch_lines import parse_requests
 
     odd = ["\u2028", "\u2029", "\u0085", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
     lines = [json.dumps({"request": f"Rate: a{c}b", "id": str(i)}, ensure_ascii=False) for i, c in enumerate(odd)]
@@ -394,7 +394,7 @@ def test_batch_lines_are_split_on_newlines_only() -> None:
 
 
 def test_the_request_limit_holds_before_the_llm_and_prefect(env: Path, llm, capsys) -> None:
-    from flows.batch import parse_requests
+    from tasks.batch_lines import parse_requests
     from tasks.runs import MAX_REQUEST_CHARS
 
     long = "Rate: " + "x" * MAX_REQUEST_CHARS

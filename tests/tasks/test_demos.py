@@ -18,7 +18,7 @@ from tasks.demos import (
     taskbench_demos,
     user_demos,
 )
-from tasks.evaluation.evaluate import load_dataset
+from tasks.evaluation.dataset import load_dataset
 from tasks.llm import FunctionModel, scripted
 from tasks.plan import demos_for, plan_request
 from tasks.schemas import PlanNode, RunSummary

@@ -8,7 +8,7 @@ import random
 import tracemalloc
 from collections.abc import Callable, Iterator
 
-from flows.batch import parse_requests
+from tasks.batch_lines import parse_requests
 from tasks.parsing import MAX_DOCUMENT_CHARS, ParseError, parse_plan_text
 from tasks.plan import PlanValidationError, parse_plan, validate_plan
 from tests.waiting import returns_within

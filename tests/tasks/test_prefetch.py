@@ -307,10 +307,10 @@ def test_no_model_is_fetched_ahead_for_nodes_the_cache_or_a_resume_answers(
         ("completed", False),
         ("completed", True),
     ]
-    from flows import progress
+    from flows import events as progress_events
 
     events: list[Any] = []
-    with progress.subscribe(events.append):
+    with progress_events.subscribe(events.append):
         again = run_request("Rate, summarize, translate")
     assert all(r.cached for r in again.results)
     # a streamed plan prefetches each node once the nodes it depends on have their models: the first run, every
@@ -320,6 +320,6 @@ def test_no_model_is_fetched_ahead_for_nodes_the_cache_or_a_resume_answers(
     # the board hears each node run then end cached, under the node's own name: no model load, nothing after
     shown: dict[str, list[str]] = {}
     for e in events:
-        if isinstance(e, progress.NodeEvent):
+        if isinstance(e, progress_events.NodeEvent):
             shown.setdefault(e.node, []).append(e.state)
     assert shown == {n: ["running", "cached"] for n in ("text-classification#0", "summarization#1", "translation#2")}

@@ -14,7 +14,7 @@ import pytest
 import s3fs
 from prefect.client.orchestration import get_client
 
-from flows import progress
+from flows import events as progress_events
 from flows.cli import main
 from flows.request import run_request, summary_of
 from tasks.experts.base import ExpertError
@@ -176,7 +176,7 @@ def test_storage_dies_mid_run_then_resume_finishes(
     changed = threading.Condition()
 
     def note(event: Any) -> None:
-        if isinstance(event, progress.NodeEvent) and event.state == "done":
+        if isinstance(event, progress_events.NodeEvent) and event.state == "done":
             with changed:
                 completed.add(event.node)
                 changed.notify_all()
@@ -193,7 +193,7 @@ def test_storage_dies_mid_run_then_resume_finishes(
     monkeypatch.setattr(LocalBackend, "run", run)
     llm.set(plan=TWO_BRANCHES, respond="Partly done.")
     photo = str(sample_files["photo"])
-    with progress.subscribe(note):
+    with progress_events.subscribe(note):
         first = run_request(
             RequestSpec(request="Classify photo.png, detect its objects, rate my words", inputs=[photo])
         )

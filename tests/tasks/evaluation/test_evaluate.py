@@ -12,22 +12,24 @@ from typing import Any
 import pytest
 
 from flows.cli import main
-from tasks.evaluation.evaluate import (
-    Counts,
+from tasks.evaluation.dataset import (
     EvalDataset,
     EvalItem,
-    arg_values,
-    evaluate,
     literal_modality,
     load_dataset,
     load_gold_set,
+    plan_shape,
+    taskbench_task_name,
+)
+from tasks.evaluation.evaluate import (
+    Counts,
+    arg_values,
+    evaluate,
     multiset_counts,
     normalize_value,
     normalized_edit_distance,
-    plan_shape,
     report_rows,
     score_plan,
-    taskbench_task_name,
 )
 from tasks.evaluation.plan_styles import (
     Demo,
