@@ -160,13 +160,21 @@ def completed_summary(store: ArtifactStore, flow_run_id: Any, request: str) -> R
     return summary
 
 
-async def _tagged(key: str) -> dict[int, list[str]]:
+class LineRun(BaseModel):
+    """A flow run of a batch line, as the Prefect API lists it by its tags."""
+
+    id: str
+    final: bool  # ended (completed, failed, cancelled, crashed)
+    on_worker: bool  # a deployment's run: a worker on any machine may still be running it
+
+
+async def _tagged(key: str) -> dict[int, list[LineRun]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
     from prefect.client.schemas.sorting import FlowRunSort
 
     prefix = LINE_TAG.format(line="")
-    found: dict[int, list[str]] = {}
+    found: dict[int, list[LineRun]] = {}
     async with get_client() as client:
         offset = 0
         while True:
@@ -177,19 +185,43 @@ async def _tagged(key: str) -> dict[int, list[str]]:
                 offset=offset,
             )
             for run in runs:
+                line_run = LineRun(
+                    id=str(run.id),
+                    final=run.state is not None and run.state.is_final(),
+                    on_worker=run.deployment_id is not None,
+                )
                 for tag in run.tags:
                     if tag.startswith(prefix) and tag[len(prefix) :].isdigit():
-                        found.setdefault(int(tag[len(prefix) :]), []).append(str(run.id))
+                        found.setdefault(int(tag[len(prefix) :]), []).append(line_run)
             if len(runs) < 200:
                 return found
             offset += len(runs)
 
 
-def tagged_runs(key: str) -> dict[int, list[str]]:
+def tagged_runs(key: str) -> dict[int, list[LineRun]]:
     """The flow runs the Prefect API holds for each line of the batch ``key`` (by their tags), oldest first."""
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     return run_coro_as_sync(_tagged(key)) or {}
+
+
+#: how long a rerun waits for a line's run still on a worker from an earlier attempt before running the line again
+IN_FLIGHT_WAIT = 3 * 3600
+
+
+def wait_until_ended(run: LineRun, timeout: float = IN_FLIGHT_WAIT) -> bool:
+    """Wait (on the API's events, not by polling) for ``run`` to end; whether it did within ``timeout`` seconds."""
+    import uuid
+
+    from prefect.exceptions import FlowRunWaitTimeout
+    from prefect.flow_runs import wait_for_flow_run
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    try:
+        run_coro_as_sync(wait_for_flow_run(uuid.UUID(run.id), timeout=int(timeout)))
+    except FlowRunWaitTimeout:
+        return False
+    return True
 
 
 def line_tags(key: str, line: int) -> tuple[str, str]:
@@ -258,7 +290,11 @@ class LineParts:
 
     def _adopt(self, parsed: Sequence[ParsedLine], missing: list[int]) -> dict[int, LineResult]:
         """Lines whose run completed while no record was kept (the batch stopped first): found by their runs' tags
-        in the Prefect API, checked against the runs' summaries, and recorded now."""
+        in the Prefect API, checked against the runs' summaries, and recorded now.
+
+        A line whose run a worker still holds (a deployment's run that has not ended: the batch was stopped while
+        the line ran on a worker, on any machine) is waited for (:func:`wait_until_ended`), then adopted like any
+        other if it completed: it is not started a second time."""
         log = get_run_logger()
         try:
             runs = tagged_runs(self.key)
@@ -269,7 +305,18 @@ class LineParts:
         for pos in missing:
             p = parsed[pos]
             assert p.spec is not None
-            for flow_run_id in reversed(runs.get(p.line, [])):
+            for run in reversed(runs.get(p.line, [])):
+                flow_run_id = run.id
+                if not run.final and run.on_worker:
+                    log.info("line %d: its run %s is still on a worker: waiting for it to end", p.line, flow_run_id)
+                    if not wait_until_ended(run):
+                        log.warning(
+                            "line %d: run %s did not end within %d s: the line runs again",
+                            p.line,
+                            flow_run_id,
+                            IN_FLIGHT_WAIT,
+                        )
+                        continue
                 summary = completed_summary(self.store, flow_run_id, p.spec.request)
                 if summary is None:
                     continue

@@ -93,6 +93,22 @@ class WebServer:
         self.routes[path] = route
         return self.url(path)
 
+    def hold(self, path: str, body: bytes, wait: float = 120.0) -> Hold:
+        """Holds each request for ``path`` until :meth:`Hold.release` (or ``wait`` seconds), then answers ``body``;
+        :attr:`Hold.arrived` is set when the first request has come in."""
+        hold = Hold()
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            hold.arrived.set()
+            hold.released.wait(wait)
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+
+        self.routes[path] = route
+        return hold
+
     def drip(self, path: str, total: int = 10_000, every: float = 0.1) -> str:
         """Announces ``total`` bytes and sends one byte every ``every`` seconds."""
 
@@ -147,6 +163,17 @@ class WebServer:
     def received(self, path: str) -> int:
         with self._lock:
             return sum(p == path for p in self.requests)
+
+
+class Hold:
+    """A route's requests held until released (:meth:`WebServer.hold`)."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
 
 
 class Barrier:

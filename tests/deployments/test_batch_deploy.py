@@ -3,12 +3,14 @@ both pick lines up; the batch stays one flow run with one record per line."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,77 @@ def test_lines_run_on_two_process_workers(
         stored = json.loads(Path(record.storage_uri, "summary.json").read_text())
         assert stored["flow_run_id"] == record.flow_run_id and stored["status"] == "completed"
     assert os.environ.get("HUGGINGGPT_STORAGE") and record.storage_uri.startswith(os.environ["HUGGINGGPT_STORAGE"])
+
+
+def _stop(*procs: subprocess.Popen[Any]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_rerun_waits_for_a_line_still_on_a_worker_instead_of_running_it_again(
+    deployed: dict[str, str],  # noqa: F811
+    web: WebServer,
+    sample_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch is killed while its line runs on a worker; the rerun finds that run in flight, waits for it to
+    end, and records it: the line runs once."""
+    import flows.batch_ledger
+    from flows.batch_ledger import tagged_runs
+
+    held = web.hold("/c.png", sample_files["photo"].read_bytes())
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        json.dumps(
+            {
+                "id": "c",
+                "request": "Classify c.png",
+                "inputs": [web.url("/c.png")],
+                "models": PINS,
+                "plan": [{"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": "c.png"}}],
+            }
+        )
+        + "\n"
+    )
+    waiting = threading.Event()
+    real_wait = flows.batch_ledger.wait_until_ended
+
+    def wait_seen(run: Any, timeout: float = flows.batch_ledger.IN_FLIGHT_WAIT) -> bool:
+        waiting.set()
+        return real_wait(run, timeout)
+
+    monkeypatch.setattr(flows.batch_ledger, "wait_until_ended", wait_seen)
+    worker = _worker("batch-worker-1", deployed, tmp_path / "worker.log")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "batch", str(requests), "--deployment", "hugginggpt-request/request"],
+        cwd=ROOT,
+        env=deployed,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "first.log").open("wb"),
+    )
+    try:
+        assert held.arrived.wait(180), (tmp_path / "first.log").read_text(errors="replace")[-3000:]
+        first.kill()  # the batch is gone; its line's run is on the worker, fetching its input
+        first.wait()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            rerun = pool.submit(run_batch, str(requests), deployment="hugginggpt-request/request")
+            assert waiting.wait(120), "the rerun did not wait for the run in flight"
+            held.release()
+            summary = rerun.result(timeout=300)
+    finally:
+        held.release()
+        _stop(first, worker)
+    assert summary.status == "completed", summary.records
+    [record] = summary.records
+    assert record.answer == "Both photos classified."
+    key_runs = [runs for runs in tagged_runs(summary.batch_key).values()]
+    assert [[r.id for r in runs] for runs in key_runs] == [[record.flow_run_id]]  # one run of the line, ever
+    assert web.received("/c.png") == 1

@@ -27,9 +27,10 @@ def make_box() -> Box:
     return Box(value=1)
 
 
-def _recycled_list(freed: list[Any]) -> list[Any]:
-    """A new list that takes over the id of ``freed`` once it is freed: CPython hands a freed list to the next one
-    made, and no other thread runs in between (the switch interval is raised for the two steps)."""
+def _recycled_list(freed: list[Any]) -> list[Any] | None:
+    """A new list that takes over the id of ``freed`` once it is freed (CPython hands a freed list to the next one
+    made), or ``None`` when another thread made a list in between and took it (the switch interval is raised for
+    the two steps, which makes that rare)."""
     freed_id = id(freed)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(60.0)
@@ -39,8 +40,17 @@ def _recycled_list(freed: list[Any]) -> list[Any]:
         recycled: list[Any] = []
     finally:
         sys.setswitchinterval(interval)
-    assert id(recycled) == freed_id, "the freed list was not reused"
-    return recycled
+    return recycled if id(recycled) == freed_id else None
+
+
+def _recycled_result(state: State) -> list[Any]:
+    """A list holding the id of a freed list-valued result of the task run behind ``state``; tried again (a bounded
+    number of times) when another thread took the freed list first."""
+    for _ in range(100):
+        recycled = _recycled_list(_linked_list(state))
+        if recycled is not None:
+            return recycled
+    raise AssertionError("no new list took over a freed result's id in 100 tries")
 
 
 def _linked_list(state: State) -> list[Any]:
@@ -59,7 +69,7 @@ def _stale_lookup(verify: bool) -> tuple[int, int]:
             verified_result_links()
         state = make_box(return_state=True)
         box = state.result()
-        recycled = _recycled_list(_linked_list(state))
+        recycled = _recycled_result(state)
         assert FlowRunContext.get() is not None
         return len(collect_task_run_inputs_sync(recycled)), len(collect_task_run_inputs_sync(box))
 
