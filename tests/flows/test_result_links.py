@@ -32,6 +32,9 @@ def _recycled_list(freed: list[Any]) -> list[Any] | None:
     made), or ``None`` when another thread made a list in between and took it (the switch interval is raised for
     the two steps, which makes that rare)."""
     freed_id = id(freed)
+    # CPython keeps up to 80 freed lists for reuse, and frees a list for good when it already keeps 80: take them
+    # all first, so the one freed next is the one reused next
+    drained = [[] for _ in range(100)]
     interval = sys.getswitchinterval()
     sys.setswitchinterval(60.0)
     try:
@@ -40,6 +43,7 @@ def _recycled_list(freed: list[Any]) -> list[Any] | None:
         recycled: list[Any] = []
     finally:
         sys.setswitchinterval(interval)
+    del drained
     return recycled if id(recycled) == freed_id else None
 
 
