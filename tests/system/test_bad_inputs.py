@@ -31,7 +31,14 @@ def _planning_fails(llm: Any, reply: str, *expected: str) -> RunSummary:
     """The LLM answers ``reply`` twice (the plan is sent back once with the reason): the request fails with it."""
     llm.set(plan=reply)
     summary = run_request("Rate 'what a lovely day', then do the rest")
-    assert summary.status == "failed" and summary.results == []
+    assert summary.status == "failed"
+    # nodes that started while the plan streamed, before it turned out invalid, keep their results; the plan's
+    # invalid task and those after it never ran
+    try:
+        planned = len(json.loads(reply)["tasks"])
+    except (ValueError, KeyError, TypeError):  # not a plan at all: nothing could start
+        planned = 1
+    assert len(summary.results) < planned and all(r.status == "completed" for r in summary.results)
     assert "the LLM's plan was invalid twice" in summary.error
     for text in expected:
         assert text in summary.error, summary.error
