@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks.services import override
+from tests.fake_hub import FakeHub
 from tests.llm_server import ScriptedLLM
 from tests.web_server import WebServer
 
@@ -153,3 +154,24 @@ def web(tmp_path: Path, sample_files: dict[str, Path]) -> Iterator[WebServer]:
     server = WebServer(root)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def _fake_hub() -> Iterator[FakeHub]:
+    hub = FakeHub().start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def hub(_fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
+    """The stand-in for the Hub's HTTP API, empty and answering at once, with huggingface_hub online and pointed at
+    it (a test module may define a ``hub`` of its own)."""
+    from huggingface_hub import constants
+
+    _fake_hub.models.clear()
+    _fake_hub.requests.clear()
+    _fake_hub.info_delay = 0.0
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", _fake_hub.url)
+    return _fake_hub

@@ -36,6 +36,18 @@ def _worker(name: str, environ: dict[str, str], log: Path) -> subprocess.Popen[b
     )
 
 
+def _stop(*procs: subprocess.Popen[Any]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _taken_by(flow_run_id: str) -> str:
     """The worker that submitted the flow run, from the line it logs to the run ("Worker 'name' submitting ...")."""
     by_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
@@ -80,14 +92,7 @@ def test_lines_run_on_two_process_workers(
     try:
         summary = run_batch(str(requests), max_in_flight=2, deployment="hugginggpt-request/request")
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGINT)
-        for proc in workers:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(*workers)
     said = [log.read_text(errors="replace") for log in logs]
     assert summary.status == "completed", (summary.records, said)
     assert summary.deployment == "hugginggpt-request/request"
@@ -102,18 +107,6 @@ def test_lines_run_on_two_process_workers(
         stored = json.loads(Path(record.storage_uri, "summary.json").read_text())
         assert stored["flow_run_id"] == record.flow_run_id and stored["status"] == "completed"
     assert os.environ.get("HUGGINGGPT_STORAGE") and record.storage_uri.startswith(os.environ["HUGGINGGPT_STORAGE"])
-
-
-def _stop(*procs: subprocess.Popen[Any]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_rerun_waits_for_a_line_still_on_a_worker_instead_of_running_it_again(

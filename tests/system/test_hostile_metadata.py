@@ -13,7 +13,6 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -116,25 +115,6 @@ def test_hub_total_that_is_no_positive_count_is_unknown() -> None:
 
 
 # --- the Hub's answers in `models` and `catalog refresh` ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def _hub() -> Iterator[FakeHub]:
-    hub = FakeHub().start()
-    yield hub
-    hub.stop()
-
-
-@pytest.fixture
-def hub(_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    from huggingface_hub import constants
-
-    _hub.models.clear()
-    _hub.requests.clear()
-    _hub.info_delay = 0.0
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", _hub.url)
-    return _hub
 
 
 def _cli(args: list[str], hub: FakeHub, home: pathlib.Path) -> subprocess.CompletedProcess[str]:

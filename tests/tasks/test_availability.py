@@ -7,7 +7,6 @@ use; live facts come from huggingface_hub's real ``HfApi.model_info`` answered b
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,25 +32,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return build_tiny_models(tmp_path_factory.mktemp("tiny-availability"), tasks=("text-classification",))[
         "text-classification"
     ]
-
-
-@pytest.fixture(scope="module")
-def _hub() -> Iterator[FakeHub]:
-    hub = FakeHub().start()
-    yield hub
-    hub.stop()
-
-
-@pytest.fixture
-def hub(_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    """The fake Hub, empty, with huggingface_hub online and pointed at it."""
-    from huggingface_hub import constants
-
-    _hub.models.clear()
-    _hub.requests.clear()
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", _hub.url)
-    return _hub
 
 
 def available(tmp_path: pathlib.Path, *entries: CatalogEntry, **settings: Any) -> Availability:

@@ -9,32 +9,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Iterator
 
 import pytest
 
 from models_catalog.catalog import CatalogEntry
 from tasks.model_facts import HubInfo, facts_of_entry, facts_of_folder
 from tests.fake_hub import FakeHub, HubModel
-
-
-@pytest.fixture(scope="module")
-def _hub() -> Iterator[FakeHub]:
-    hub = FakeHub().start()
-    yield hub
-    hub.stop()
-
-
-@pytest.fixture
-def hub(_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> FakeHub:
-    """The fake Hub, empty, with huggingface_hub online and pointed at it."""
-    from huggingface_hub import constants
-
-    _hub.models.clear()
-    _hub.requests.clear()
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", _hub.url)
-    return _hub
 
 
 def test_the_hub_is_asked_once_per_model_and_every_process_reuses_the_answer(
