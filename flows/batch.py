@@ -25,11 +25,12 @@ at the end. A child run that the Prefect API refuses with 503 (a busy database) 
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import posixpath
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, tags, task
@@ -51,6 +52,7 @@ from flows import events as progress_events
 from flows.artifacts import artifact_scope
 from flows.batch_budget import BudgetMeter, Budgets
 from flows.batch_ledger import BatchBusyError, BatchLock, LineParts, line_tags
+from flows.batch_stream import SUMMARY_RECORDS, RecordSpool, SharedPlan, read_ahead, run_stream
 from flows.prefect_setup import prefect_run_settings
 from flows.request import NoSummaryError, failure_reason, run_request
 from flows.result_links import verified_result_links
@@ -68,7 +70,7 @@ from tasks.batch_lines import (
     summary_record,
     table_rows,
 )
-from tasks.batch_plans import adapt_plan, basename, plan_groups
+from tasks.batch_plans import adapt_plan, basename
 from tasks.llm import LLMError
 from tasks.plan import PlanningError, PlanValidationError, plan_task
 from tasks.report import artifact_key
@@ -82,6 +84,7 @@ from tasks.tables import (
     ResultsWriter,
     TableError,
     content_key,
+    count_rows,
     input_types,
     read_rows,
     table_format,
@@ -353,7 +356,7 @@ def hugginggpt_batch(
     columns = ColumnMap(request=request_column, inputs=list(input_columns or []), id=id_column)
     key = batch_key_of(requests_url, settings, columns)
     batch_store = store_for(settings, run_id)
-    parts = LineParts(batch_store, key)
+    parts = LineParts(batch_store, key, log)
     lock = BatchLock(batch_store, parts.folder, run_id, requests_url)
     try:
         lock.acquire()
@@ -392,9 +395,11 @@ def batch_key_of(requests_url: str, settings: Settings, columns: ColumnMap) -> s
         raise BatchError(f"cannot read the requests file: {exc}") from exc
 
 
-def read_lines(requests_url: str, settings: Settings, columns: ColumnMap, key: str) -> list[ParsedLine]:
-    """Every row of the requests table as a :class:`ParsedLine`, read row group by row group. A cell holding a
-    file's bytes is written to ``{storage}/batches/inputs-{key}/{row}/{column}/{name}`` and given as that URI."""
+def read_lines(requests_url: str, settings: Settings, columns: ColumnMap, key: str) -> Iterator[ParsedLine]:
+    """Every row of the requests table as a :class:`ParsedLine`, one at a time (the table is read row group by row
+    group). A cell holding a file's bytes is written to ``{storage}/batches/inputs-{key}/{row}/{column}/{name}`` and
+    given as that URI. A table that cannot be read raises :class:`BatchError` (before the first line, or at the row
+    where it turns out damaged)."""
     store = store_for(settings, "batch-inputs")
 
     def keep(number: int, column: str, data: bytes, name: str | None) -> str:
@@ -404,12 +409,91 @@ def read_lines(requests_url: str, settings: Settings, columns: ColumnMap, key: s
         return store.put_root_bytes(f"batches/inputs-{key}/{number}/{column_part}/{safe}", data)
 
     try:
-        return [
-            parse_row(row)
-            for row in read_rows(requests_url, _options_for(requests_url, settings), columns, store_bytes=keep)
-        ]
+        for row in read_rows(requests_url, _options_for(requests_url, settings), columns, store_bytes=keep):
+            yield parse_row(row)
     except TableError as exc:
         raise BatchError(f"cannot read the requests file: {exc}") from exc
+
+
+def _first_checked(lines: Iterator[ParsedLine]) -> Iterator[ParsedLine]:
+    """``lines`` with the first one read now: a table that cannot be opened, or lacks a named column, stops the
+    batch before any line starts."""
+    first = next(lines, None)
+    if first is None:
+        return iter(())
+    return itertools.chain([first], lines)
+
+
+class _PrefectLines:
+    """The :class:`flows.batch_stream.LineRunner` of the batch flow: each shared plan a ``plan`` task run, each line
+    a ``batch-line`` task run, submitted to the batch's task runner."""
+
+    def __init__(
+        self,
+        runner: ThreadPoolTaskRunner,
+        settings: Settings,
+        base: dict[str, Any],
+        key: str,
+        run_id: str,
+        log: Any,
+    ) -> None:
+        self.runner = runner
+        self.settings = settings
+        self.base = base
+        self.key = key
+        self.run_id = run_id
+        self.log = log
+        self.futures: dict[concurrent.futures.Future[Any], PrefectFuture[Any]] = {}
+
+    def plan(self, first: ParsedLine) -> SharedPlan:
+        assert first.spec is not None
+        future = self.runner.submit(
+            plan_task.with_options(task_run_name=f"plan-line-{first.line}"),
+            {"settings": self.settings, "request": first.spec.request, "inputs": first.spec.inputs, "history": []},
+        )
+        return SharedPlan(first, future.wrapped_future, future)
+
+    def planned(self, plan: SharedPlan) -> tuple[int, int]:
+        future: PrefectFuture[Any] = plan.handle
+        first = plan.first
+        future.wait()  # done: this only takes the final state, with its result, from the wrapped future
+        try:
+            value = future.state.result(raise_on_failure=False)
+        except Exception as exc:  # the planning task run's result is not there: its calls are not known
+            self.log.warning("the shared plan of line %d: %s", first.line, str(exc)[:200])
+            return 0, 0
+        # a plan refused twice, or a failed call, took its calls too
+        if isinstance(value, PlanResult | PlanningError | LLMError):
+            return value.usage.calls, value.usage.prompt_tokens + value.usage.completion_tokens
+        return 0, 0
+
+    def start(self, p: ParsedLine, shared: SharedPlan | None) -> concurrent.futures.Future[Any]:
+        assert p.spec is not None
+        params: dict[str, Any] = {
+            **self.base,
+            "line": p.line,
+            "spec": p.spec,
+            "plan": p.plan,
+            "plan_source": "explicit" if p.plan is not None else "llm",
+            "run_tags": list(line_tags(self.key, p.line)),
+        }
+        if shared is not None:
+            assert shared.first.spec is not None
+            if shared.first.line != p.line:
+                params["plan_source"] = f"batch plan cache of line {shared.first.line}"
+            params["shared_plan"] = allow_failure(shared.handle)
+            params["shared_inputs"] = shared.first.spec.inputs
+        # plain values are quoted: Prefect links a task run to any earlier one that returned the same object (an
+        # interned string such as "llm"), which drew edges between independent lines; the shared plan stays a link
+        params = {k: v if k == "shared_plan" else quote(v) for k, v in params.items()}
+        ident = f"-{p.spec.id}" if p.spec.id else ""
+        with tags("hugginggpt", f"batch-{self.run_id}"):  # the line's task run and child flow run: filter by batch
+            future = self.runner.submit(run_line.with_options(task_run_name=f"line-{p.line}{ident}"), params)
+        self.futures[future.wrapped_future] = future
+        return future.wrapped_future
+
+    def finish(self, p: ParsedLine, wrapped: concurrent.futures.Future[Any]) -> LineResult:
+        return _collect_line(p, self.futures.pop(wrapped))
 
 
 def _run_lines(
@@ -430,31 +514,25 @@ def _run_lines(
     t_start: float,
     log: Any,
 ) -> BatchSummary:
-    parsed = read_lines(requests_url, settings, columns, key)
+    lines = _first_checked(read_lines(requests_url, settings, columns, key))
+    try:
+        total = count_rows(requests_url, _options_for(requests_url, settings))
+    except TableError as exc:
+        raise BatchError(f"cannot read the requests file: {exc}") from exc
     summary = BatchSummary(
         flow_run_id=run_id,
         requests_url=requests_url,
-        lines=len(parsed),
         max_in_flight=in_flight,
         batch_key=key,
         deployment=deployment,
     )
-    records: list[LineResult | None] = [None] * len(parsed)
-    for pos, p in enumerate(parsed):
-        if not p.valid:
-            records[pos] = p.invalid_record()
-            log.warning("invalid %s", p.error)
-    earlier = parts.completed(parsed)
-    for pos, record in earlier.items():
-        records[pos] = record
-    summary.resumed = len(earlier)
-    invalid = sum(not p.valid for p in parsed)
+    parts.load()
     log.info(
-        "%d line(s), %d invalid, %s; at most %d in flight%s",
-        len(parsed),
-        invalid,
-        f"{len(earlier)} completed by an earlier attempt (batch {key})" if earlier else f"batch {key}",
+        "%d line(s); %s; at most %d in flight, %d read ahead%s",
+        total,
+        f"{parts.known} with a record of an earlier attempt (batch {key})" if parts.known else f"batch {key}",
         in_flight,
+        read_ahead(in_flight),
         f", each a run of deployment {deployment}" if deployment else "",
     )
 
@@ -463,192 +541,106 @@ def _run_lines(
         key=artifact_key(artifact_scope("batch"), "progress"),
         description=f"Lines of {requests_url} finished, batch run {run_id}",
     )
-    done = sum(r is not None for r in records)
+    done = 0
     last_update = 0.0
 
     def progress(force: bool = False) -> None:
         nonlocal last_update
         now = time.monotonic()
-        if parsed and (force or now - last_update >= _PROGRESS_EVERY):
-            update_progress_artifact(progress_id, progress=round(100.0 * done / len(parsed), 1))
+        if total and (force or now - last_update >= _PROGRESS_EVERY):
+            update_progress_artifact(progress_id, progress=round(100.0 * min(done, total) / total, 1))
             last_update = now
 
-    groups = {
-        shared: todo
-        for shared, members in plan_groups(parsed).items()
-        if len(todo := [m for m in members if m not in earlier]) > 1
-    }
-    no_controller: str | None = None  # why lines without a plan cannot be planned, if they cannot
-    if any(p.valid and p.plan is None for p in parsed):
+    def cannot_plan() -> str | None:
         try:
             prepare_controller(settings)
         except LLMNotConfiguredError as exc:
-            no_controller = str(exc)
-    summary.plan_groups = len(groups)
+            return str(exc)
+        return None
+
     meter = BudgetMeter(budgets)
     line_storage = _absolute(storage or settings.storage) if deployment else storage
-    with shared_cluster(settings) as cluster, ThreadPoolTaskRunner(max_workers=in_flight) as runner:
-        line_options = (options or RunOptions()).model_copy(update={"dask_address": cluster} if cluster else {})
-        plan_futures: dict[int, PrefectFuture[Any]] = {}  # first position of a group -> its planning task run
-        plans_counted: set[int] = set()
-        group_of: dict[int, int] = {}  # position -> first position of its group
-        if no_controller is None:
-            for members in groups.values():
-                first = parsed[members[0]]
-                assert first.spec is not None
-                plan_futures[members[0]] = runner.submit(
-                    plan_task.with_options(task_run_name=f"plan-line-{first.line}"),
-                    {"settings": settings, "request": first.spec.request, "inputs": first.spec.inputs, "history": []},
-                )
-                group_of.update({m: members[0] for m in members})
+    spool = RecordSpool(SUMMARY_RECORDS)
 
-        def count_plans() -> None:
-            for first, future in plan_futures.items():
-                if first in plans_counted or not future.wrapped_future.done():
-                    continue
-                plans_counted.add(first)
-                future.wait()  # done: this only takes the final state, with its result, from the wrapped future
-                try:
-                    value = future.state.result(raise_on_failure=False)
-                except Exception as exc:  # the planning task run's result is not there: its calls are not known
-                    log.warning("the shared plan of line %d: %s", parsed[first].line, str(exc)[:200])
-                    continue
-                # a plan refused twice, or a failed call, took its calls too
-                if isinstance(value, PlanResult | PlanningError | LLMError):
-                    summary.planning_calls += value.usage.calls
-                    meter.spend(value.usage.prompt_tokens + value.usage.completion_tokens)
+    def on_record(pos: int, p: ParsedLine, record: LineResult, ran: bool) -> None:
+        nonlocal done
+        if ran:
+            record = record.model_copy(update={"columns": p.columns})
+        spool.add(pos, record, list(p.spec.inputs) if p.spec is not None else None)
+        done += 1
+        if not ran:
+            if record.status == "invalid":
+                log.warning("invalid %s", p.error)
+            return
+        progress_events.emit(progress_events.LineEvent(record.line, record.status, done, total, record.id or ""))
+        try:
+            parts.record(record)
+        except StorageError as exc:
+            log.warning("line %d: its record could not be kept for a resume: %s", record.line, exc)
+        log.info(
+            "line %d%s %s in %.1f s", record.line, f" ({record.id})" if record.id else "", record.status, record.seconds
+        )
+        progress()
 
-        todo: list[int] = []
-        for pos, p in enumerate(parsed):
-            if not p.valid or p.spec is None or pos in earlier:
-                continue
-            if p.plan is None and no_controller is not None:
-                records[pos] = line_record(p.line, p.spec, status="failed", error=no_controller, plan_source="llm")
-                records[pos] = records[pos].model_copy(update={"columns": p.columns})  # type: ignore[union-attr]
-                done += 1
-                continue
-            todo.append(pos)
-
-        def submit(pos: int) -> PrefectFuture[Any]:
-            p = parsed[pos]
-            assert p.spec is not None
-            params: dict[str, Any] = {
-                "line": p.line,
-                "spec": p.spec,
-                "plan": p.plan,
-                "plan_source": "explicit" if p.plan is not None else "llm",
+    with spool:
+        progress(force=True)
+        with shared_cluster(settings) as cluster, ThreadPoolTaskRunner(max_workers=in_flight) as runner:
+            line_options = (options or RunOptions()).model_copy(update={"dask_address": cluster} if cluster else {})
+            base = {
                 "storage": line_storage,
                 "catalog": catalog,
                 "options": line_options,
                 "deployment": deployment,
-                "run_tags": list(line_tags(key, p.line)),
             }
-            if pos in group_of:
-                first = group_of[pos]
-                assert parsed[first].spec is not None
-                if pos != first:
-                    params["plan_source"] = f"batch plan cache of line {parsed[first].line}"
-                params["shared_plan"] = allow_failure(plan_futures[first])
-                params["shared_inputs"] = parsed[first].spec.inputs
-            # plain values are quoted: Prefect links a task run to any earlier one that returned the same object (an
-            # interned string such as "llm"), which drew edges between independent lines; the shared plan stays a link
-            params = {k: v if k == "shared_plan" else quote(v) for k, v in params.items()}
-            ident = f"-{p.spec.id}" if p.spec.id else ""
-            with tags("hugginggpt", f"batch-{run_id}"):  # the line's task run and child flow run: filter by batch
-                return runner.submit(run_line.with_options(task_run_name=f"line-{p.line}{ident}"), params)
-
+            tally = run_stream(
+                lines,
+                _PrefectLines(runner, settings, base, key, run_id, log),
+                max_in_flight=in_flight,
+                meter=meter,
+                on_record=on_record,
+                earlier=parts.earlier,
+                cannot_plan=cannot_plan,
+                on_stop=lambda reason: log.warning("no more lines start: %s", reason),
+            )
         progress(force=True)
-        queue = iter(todo)
-        running: dict[Any, tuple[int, PrefectFuture[Any]]] = {}
-        stopped: str | None = None
-        exhausted = False
-        while True:
-            wait_for_rate = 0.0
-            while not exhausted and stopped is None and len(running) < in_flight:
-                count_plans()
-                stopped = meter.stop_reason()
-                if stopped is not None:
-                    log.warning("no more lines start: %s", stopped)
-                    break
-                wait_for_rate = meter.wait()
-                if wait_for_rate > 0:
-                    break
-                pos = next(queue, None)
-                if pos is None:
-                    exhausted = True
-                    break
-                future = submit(pos)
-                meter.start()
-                running[future.wrapped_future] = (pos, future)
-            if not running:
-                if wait_for_rate > 0 and stopped is None:
-                    time.sleep(wait_for_rate)
-                    continue
-                break
-            finished, _ = concurrent.futures.wait(
-                list(running), timeout=wait_for_rate or None, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for wrapped in finished:
-                pos, future = running.pop(wrapped)
-                record = _collect_line(parsed[pos], future)
-                records[pos] = record
-                meter.spend(record.llm_tokens)
-                done += 1
-                progress_events.emit(
-                    progress_events.LineEvent(record.line, record.status, done, len(parsed), record.id or "")
-                )
-                try:
-                    parts.record(record)
-                except StorageError as exc:
-                    log.warning("line %d: its record could not be kept for a resume: %s", record.line, exc)
-                log.info(
-                    "line %d%s %s in %.1f s",
-                    record.line,
-                    f" ({record.id})" if record.id else "",
-                    record.status,
-                    record.seconds,
-                )
-                progress()
-        for pos in queue if stopped is not None else ():
-            p = parsed[pos]
-            assert p.spec is not None
-            records[pos] = line_record(p.line, p.spec, status="not started", error=stopped).model_copy(
-                update={"columns": p.columns}
-            )
-        for future in plan_futures.values():
-            future.wait()
-        count_plans()
-    progress(force=True)
 
-    summary.records = [r for r in records if r is not None]
-    summary.completed = sum(r.status == "completed" for r in summary.records)
-    summary.failed = sum(r.status == "failed" for r in summary.records)
-    summary.invalid = sum(r.status == "invalid" for r in summary.records)
-    summary.not_started = sum(r.status == "not started" for r in summary.records)
-    summary.plans_cached = sum(r.plan_cached for r in summary.records)
-    summary.llm_tokens = meter.tokens
-    summary.status = "completed" if summary.completed == summary.lines else "failed"
-    summary.seconds = time.perf_counter() - t_start
-
-    summary.results_uri = write_results(summary.records, parsed, requests_url, settings, run_id, results_url)
+        summary.lines = tally.lines
+        summary.completed = tally.completed
+        summary.failed = tally.failed
+        summary.invalid = tally.invalid
+        summary.not_started = tally.not_started
+        summary.resumed = tally.resumed
+        summary.plans_cached = tally.plans_cached
+        summary.plan_groups = tally.plan_groups
+        summary.planning_calls = tally.planning_calls
+        summary.llm_tokens = meter.tokens
+        summary.status = "completed" if summary.completed == summary.lines else "failed"
+        summary.records = spool.first()
+        summary.records_left_out = tally.lines - len(summary.records)
+        summary.results_uri = write_results(spool, requests_url, settings, run_id, results_url)
+        summary.seconds = time.perf_counter() - t_start
     batch_store = store_for(settings, run_id)
     batch_store.put_root_bytes(f"batches/{run_id}/summary.json", summary.model_dump_json(indent=2).encode("utf-8"))
     log.info(
-        "batch done: %d completed, %d failed, %d invalid, %d not started of %d; %d line(s) reused a plan; results: %s",
+        "batch done: %d completed, %d failed, %d invalid, %d not started of %d (%d resumed); %d line(s) reused a "
+        "plan; results: %s",
         summary.completed,
         summary.failed,
         summary.invalid,
         summary.not_started,
         summary.lines,
+        summary.resumed,
         summary.plans_cached,
         summary.results_uri,
     )
 
     if summary.records:
+        shown = f" (the first {len(summary.records)}; the results file has all {summary.lines})"
         create_table_artifact(
             key=artifact_key(artifact_scope("batch"), "lines"),
             table=table_rows(summary.records),
-            description=f"One row per line of {requests_url}, batch run {run_id}",
+            description=f"One row per line of {requests_url}, batch run {run_id}"
+            + (shown if summary.records_left_out else ""),
         )
     create_markdown_artifact(
         key=artifact_key(artifact_scope("batch"), "summary"),
@@ -671,50 +663,60 @@ def _absolute(url: str) -> str:
 
 
 def write_results(
-    records: Sequence[LineResult],
-    parsed: Sequence[ParsedLine],
+    spool: RecordSpool,
     requests_url: str,
     settings: Settings,
     run_id: str,
     results_url: str | None,
 ) -> str:
-    """The results file: JSONL (one :class:`LineResult` per line), or a Parquet / CSV table when ``results_url``
-    ends so, with one row per line: the line's number, its columns, its outcome and one column per output file."""
+    """The results file, written from ``spool`` in line order, a row group at a time: JSONL (one
+    :class:`LineResult` per line), or a Parquet / CSV table when ``results_url`` ends so, with one row per line: the
+    line's number, its columns, its outcome and one column per output file. A table is two passes over the spool:
+    its column names, then its rows."""
     store, results_rel = _results_target(settings, run_id, results_url)
     if not results_url or table_format(results_url) == "jsonl":
-        body = "".join(r.model_dump_json() + "\n" for r in records).encode("utf-8")
-        return store.put_root_bytes(results_rel, body)
+        jsonl = ResultsWriter.into(store.fs, store.path_of(results_rel), [], fmt="jsonl")
+        try:
+            for record in spool:
+                jsonl.write_text(record.model_dump_json())
+            return jsonl.close()
+        except BaseException:
+            jsonl.abort()
+            raise
     source = table_format(requests_url)
     names: list[str] = ["line"]
+    seen: set[str] = set(names)
 
     def add(name: str) -> None:
-        if name not in names:
+        if name not in seen:
+            seen.add(name)
             names.append(name)
 
     if source == "jsonl":
         for name in ("id", "request", "inputs"):
             add(name)
-    for record in records:
+    files: dict[str, None] = {}
+    for record in spool:
         for name in (*record.columns, *record.meta):
             add(name)
+        files.update(dict.fromkeys(record.files))
     outcome = [name for name, _ in OUTCOME_COLUMNS]
     names = [n for n in names if n not in outcome] + outcome
-    for record in records:
-        for name in record.files:
-            add(name)
+    seen = set(names)
+    for name in files:
+        add(name)
     try:
         types = input_types(requests_url, _options_for(requests_url, settings)) if source == "parquet" else {}
     except TableError:
         types = {}
-    inputs_of = {p.line: list(p.spec.inputs) for p in parsed if p.spec is not None}
     writer = ResultsWriter(
         results_url, _options_for(results_url, settings), names, {k: v for k, v in types.items() if k in names}
     )
     try:
-        for record in records:
+        for record, inputs in spool.entries():
             row: dict[str, Any] = {"line": record.line}
             if source == "jsonl":
-                row.update(id=record.id, request=record.request, inputs=inputs_of.get(record.line))
+                row.update(id=record.id, request=record.request, inputs=inputs)
             row.update(record.meta)
             row.update(record.columns)
             row.update(

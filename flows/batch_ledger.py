@@ -17,13 +17,15 @@ stops with a message naming the first; an owner whose process is gone (same host
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import os
 import re
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -168,18 +170,19 @@ class LineRun(BaseModel):
     on_worker: bool  # a deployment's run: a worker on any machine may still be running it
 
 
-async def _tagged(key: str) -> dict[int, list[LineRun]]:
+async def _tagged(key: str, line: int | None = None) -> dict[int, list[LineRun]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
     from prefect.client.schemas.sorting import FlowRunSort
 
     prefix = LINE_TAG.format(line="")
+    wanted = [KEY_TAG.format(key=key)] + ([LINE_TAG.format(line=line)] if line is not None else [])
     found: dict[int, list[LineRun]] = {}
     async with get_client() as client:
         offset = 0
         while True:
             runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[KEY_TAG.format(key=key)])),
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=wanted)),
                 sort=FlowRunSort.START_TIME_ASC,
                 limit=200,
                 offset=offset,
@@ -192,17 +195,58 @@ async def _tagged(key: str) -> dict[int, list[LineRun]]:
                 )
                 for tag in run.tags:
                     if tag.startswith(prefix) and tag[len(prefix) :].isdigit():
-                        found.setdefault(int(tag[len(prefix) :]), []).append(line_run)
+                        number = int(tag[len(prefix) :])
+                        if line is None or number == line:
+                            found.setdefault(number, []).append(line_run)
             if len(runs) < 200:
                 return found
             offset += len(runs)
 
 
-def tagged_runs(key: str) -> dict[int, list[LineRun]]:
-    """The flow runs the Prefect API holds for each line of the batch ``key`` (by their tags), oldest first."""
+async def _tagged_lines(key: str) -> array[int]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    prefix = LINE_TAG.format(line="")
+    numbers: set[int] = set()
+    async with get_client() as client:
+        offset = 0
+        while True:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[KEY_TAG.format(key=key)])),
+                sort=FlowRunSort.START_TIME_ASC,
+                limit=200,
+                offset=offset,
+            )
+            for run in runs:
+                numbers.update(
+                    int(t[len(prefix) :]) for t in run.tags if t.startswith(prefix) and t[len(prefix) :].isdigit()
+                )
+            if len(runs) < 200:
+                return array("q", sorted(numbers))
+            offset += len(runs)
+
+
+def tagged_runs(key: str, line: int | None = None) -> dict[int, list[LineRun]]:
+    """The flow runs the Prefect API holds for each line of the batch ``key`` (by their tags), oldest first; only
+    those of ``line`` when it is given."""
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    return run_coro_as_sync(_tagged(key)) or {}
+    return run_coro_as_sync(_tagged(key, line)) or {}
+
+
+def tagged_lines(key: str) -> array[int]:
+    """The numbers of the lines of the batch ``key`` that have a flow run in the Prefect API, sorted: 8 bytes a
+    line, whatever the batch's size (the runs themselves are asked for line by line, :func:`tagged_runs`)."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    return run_coro_as_sync(_tagged_lines(key)) or array("q")
+
+
+def _holds(numbers: array[int], number: int) -> bool:
+    i = bisect.bisect_left(numbers, number)
+    return i < len(numbers) and numbers[i] == number
 
 
 #: how long a rerun waits for a line's run still on a worker from an earlier attempt before running the line again
@@ -236,96 +280,119 @@ class LineParts:
     finishes, so an interrupted batch keeps every finished line's record and a rerun of the same file against the
     same storage skips the lines that completed.
 
-    Parts are read back as untrusted input: a part counts only when the run it names holds, in its own folder, a
-    summary of that run, for that line's request, that says completed (:func:`flows.batch_ledger.completed_summary`),
-    and the line's record is rebuilt from that summary. A line whose run completed but whose part was never written
-    (the batch was killed in between) is found through the Prefect API by the run's tags."""
+    A rerun asks by line number (:meth:`earlier`), as the lines come up, so a batch of any size holds only the
+    numbers of the lines that have a part or a run (:meth:`load`: two sorted arrays, 8 bytes a line); a line's part
+    is read when that line comes up. Parts are read back as untrusted input: a part counts only when the run it
+    names holds, in its own folder, a summary of that run, for that line's request, that says completed
+    (:func:`flows.batch_ledger.completed_summary`), and the line's record is rebuilt from that summary. A line whose
+    run completed but whose part was never written (the batch was killed in between) is found through the Prefect
+    API by the run's tags."""
 
-    def __init__(self, store: ArtifactStore, key: str) -> None:
+    def __init__(self, store: ArtifactStore, key: str, log: Any = None) -> None:
         self.store = store
         self.key = key
         self.folder = f"batches/lines-{key}"
+        self._log = log
+        self._parts: array[int] = array("q")
+        self._tagged: array[int] = array("q")
+
+    @property
+    def log(self) -> Any:
+        return self._log if self._log is not None else get_run_logger()
 
     def record(self, result: LineResult) -> None:
         self.store.put_root_bytes(f"{self.folder}/{result.line:07d}.json", result.model_dump_json().encode("utf-8"))
 
-    def completed(self, parsed: Sequence[ParsedLine]) -> dict[int, LineResult]:
-        """Positions in ``parsed`` of the lines an earlier attempt completed, with their records rebuilt from their
-        runs' summaries. A part that is damaged, does not match its line (number, id, request), or names a run that
-        did not complete that request is ignored, and so is a run the Prefect API lists whose summary is not there:
-        that line runs again."""
-        log = get_run_logger()
-        position = {p.line: pos for pos, p in enumerate(parsed) if p.valid and p.spec is not None}
-        done: dict[int, LineResult] = {}
+    def load(self) -> None:
+        """Which lines an earlier attempt left a part for (from the part files' names) and which have a flow run in
+        the Prefect API (from the runs' tags): line numbers only."""
+        numbers = array("q")
         for name in self.store.list_root(self.folder):
             match = _PART.fullmatch(name)
-            if match is None or int(match.group(1)) not in position:
-                continue
-            pos = position[int(match.group(1))]
-            spec = parsed[pos].spec
-            assert spec is not None
-            try:
-                record = LineResult.model_validate(self.store.read_root_json(f"{self.folder}/{name}"))
-            except (StorageError, ValidationError) as exc:
-                log.warning("line %d runs again: its earlier record is damaged (%s)", parsed[pos].line, str(exc)[:300])
-                continue
-            if record.status != "completed" or record.line != parsed[pos].line or record.request != spec.request:
-                continue
-            if record.id != spec.id:
-                continue
-            summary = completed_summary(self.store, record.flow_run_id, spec.request)
-            if summary is None:
-                log.warning(
-                    "line %d runs again: its record names run %s, whose own summary does not show that request "
-                    "completed",
-                    parsed[pos].line,
-                    str(record.flow_run_id)[:60],
-                )
-                continue
-            done[pos] = record_from_summary(parsed[pos], summary, record.plan_source or summary.plan_source)
-        missing = [pos for pos in position.values() if pos not in done]
-        if missing:
-            done.update(self._adopt(parsed, missing))
-        return done
+            if match is not None:
+                numbers.append(int(match.group(1)))
+        self._parts = array("q", sorted(set(numbers)))
+        try:
+            self._tagged = tagged_lines(self.key)
+        except Exception as exc:  # the API cannot say: lines without a part run again
+            self.log.warning("could not ask the Prefect API for this batch's earlier runs: %s", str(exc)[:300])
+            self._tagged = array("q")
 
-    def _adopt(self, parsed: Sequence[ParsedLine], missing: list[int]) -> dict[int, LineResult]:
-        """Lines whose run completed while no record was kept (the batch stopped first): found by their runs' tags
+    @property
+    def known(self) -> int:
+        """How many lines have a part (a line an earlier attempt finished, completed or not)."""
+        return len(self._parts)
+
+    def earlier(self, parsed: ParsedLine) -> LineResult | None:
+        """The record of ``parsed`` when an earlier attempt completed it, rebuilt from its run's summary, else
+        ``None`` (the line runs). A part that is damaged, does not match its line (number, id, request), or names a
+        run that did not complete that request is ignored, and so is a run the Prefect API lists whose summary is
+        not there: that line runs again."""
+        spec = parsed.spec
+        if not parsed.valid or spec is None:
+            return None
+        if _holds(self._parts, parsed.line):
+            record = self._from_part(parsed)
+            if record is not None:
+                return record
+        if _holds(self._tagged, parsed.line):
+            return self._adopt(parsed)
+        return None
+
+    def _from_part(self, parsed: ParsedLine) -> LineResult | None:
+        spec = parsed.spec
+        assert spec is not None
+        try:
+            record = LineResult.model_validate(self.store.read_root_json(f"{self.folder}/{parsed.line:07d}.json"))
+        except (StorageError, ValidationError) as exc:
+            self.log.warning("line %d runs again: its earlier record is damaged (%s)", parsed.line, str(exc)[:300])
+            return None
+        if record.status != "completed" or record.line != parsed.line or record.request != spec.request:
+            return None
+        if record.id != spec.id:
+            return None
+        summary = completed_summary(self.store, record.flow_run_id, spec.request)
+        if summary is None:
+            self.log.warning(
+                "line %d runs again: its record names run %s, whose own summary does not show that request completed",
+                parsed.line,
+                str(record.flow_run_id)[:60],
+            )
+            return None
+        return record_from_summary(parsed, summary, record.plan_source or summary.plan_source)
+
+    def _adopt(self, p: ParsedLine) -> LineResult | None:
+        """A line whose run completed while no record was kept (the batch stopped first): found by its runs' tags
         in the Prefect API, checked against the runs' summaries, and recorded now.
 
         A line whose run a worker still holds (a deployment's run that has not ended: the batch was stopped while
         the line ran on a worker, on any machine) is waited for (:func:`wait_until_ended`), then adopted like any
         other if it completed: it is not started a second time."""
-        log = get_run_logger()
+        assert p.spec is not None
+        log = self.log
         try:
-            runs = tagged_runs(self.key)
-        except Exception as exc:  # the API cannot say: those lines run again
-            log.warning("could not ask the Prefect API for this batch's earlier runs: %s", str(exc)[:300])
-            return {}
-        adopted: dict[int, LineResult] = {}
-        for pos in missing:
-            p = parsed[pos]
-            assert p.spec is not None
-            for run in reversed(runs.get(p.line, [])):
-                flow_run_id = run.id
-                if not run.final and run.on_worker:
-                    log.info("line %d: its run %s is still on a worker: waiting for it to end", p.line, flow_run_id)
-                    if not wait_until_ended(run):
-                        log.warning(
-                            "line %d: run %s did not end within %d s: the line runs again",
-                            p.line,
-                            flow_run_id,
-                            IN_FLIGHT_WAIT,
-                        )
-                        continue
-                summary = completed_summary(self.store, flow_run_id, p.spec.request)
-                if summary is None:
+            runs = tagged_runs(self.key, p.line)
+        except Exception as exc:  # the API cannot say: the line runs again
+            log.warning("line %d: could not ask the Prefect API for its earlier runs: %s", p.line, str(exc)[:300])
+            return None
+        for run in reversed(runs.get(p.line, [])):
+            flow_run_id = run.id
+            if not run.final and run.on_worker:
+                log.info("line %d: its run %s is still on a worker: waiting for it to end", p.line, flow_run_id)
+                if not wait_until_ended(run):
+                    log.warning(
+                        "line %d: run %s did not end within %d s: the line runs again",
+                        p.line,
+                        flow_run_id,
+                        IN_FLIGHT_WAIT,
+                    )
                     continue
-                record = record_from_summary(p, summary, summary.plan_source)
-                adopted[pos] = record
-                with suppress(StorageError):
-                    self.record(record)
-                log.info(
-                    "line %d completed in an earlier attempt, run %s: recorded, not run again", p.line, flow_run_id
-                )
-                break
-        return adopted
+            summary = completed_summary(self.store, flow_run_id, p.spec.request)
+            if summary is None:
+                continue
+            record = record_from_summary(p, summary, summary.plan_source)
+            with suppress(StorageError):
+                self.record(record)
+            log.info("line %d completed in an earlier attempt, run %s: recorded, not run again", p.line, flow_run_id)
+            return record
+        return None

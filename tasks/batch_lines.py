@@ -114,7 +114,8 @@ class LineResult(BaseModel):
 
 
 class BatchSummary(BaseModel):
-    """What a batch did; ``records`` holds one result per line, in input order."""
+    """What a batch did: counts of every line, and the records of the first lines (``records``, in input order, a
+    bounded number of them: ``records_left_out`` says how many more the results file holds)."""
 
     flow_run_id: str
     requests_url: str
@@ -138,7 +139,14 @@ class BatchSummary(BaseModel):
         default=0, description="lines completed by an earlier attempt of the same batch, not run again"
     )
     seconds: float = 0.0
-    records: list[LineResult] = Field(default_factory=list)
+    records: list[LineResult] = Field(
+        default_factory=list,
+        description="the first lines' records, in input order, at most SUMMARY_RECORDS (flows.batch_stream) of "
+        "them: the results file (results_uri) has every line's",
+    )
+    records_left_out: int = Field(
+        default=0, description="lines whose records are not in 'records' (the results file has them all)"
+    )
 
 
 def _counts(summary: BatchSummary) -> str:
@@ -354,4 +362,10 @@ def summary_markdown(summary: BatchSummary) -> str:
             lines.append(f"| {r.line} | {r.id or ''} | {r.status} | {error} |")
         if len(problems) > 50:
             lines.append(f"\n... and {len(problems) - 50} more (see the results file)")
+    if summary.records_left_out:
+        lines += [
+            "",
+            f"This summary lists the first {len(summary.records)} line(s); the other {summary.records_left_out} are "
+            "in the results file.",
+        ]
     return "\n".join(lines)

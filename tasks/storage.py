@@ -103,6 +103,10 @@ class ArtifactStore:
         """The URI of ``rel`` under the storage root (outside any run folder)."""
         return self._uri_of(posixpath.join(self._root_path, rel))
 
+    def path_of(self, rel: str) -> str:
+        """The path of ``rel`` under the storage root on the store's own file system (``self.fs``)."""
+        return posixpath.join(self._root_path, rel)
+
     def for_run(self, run_id: str) -> ArtifactStore:
         """The same storage, another run's folder."""
         other = object.__new__(ArtifactStore)

@@ -332,22 +332,26 @@ class ResultsWriter:
         *,
         fmt: TableFormat | None = None,
         rows_per_group: int = ROWS_PER_BATCH,
+        fs: fsspec.AbstractFileSystem | None = None,
     ) -> None:
         import pyarrow as pa
 
         self.url = url
         self.fmt = fmt or table_format(url)
         self.rows_per_group = rows_per_group
-        try:
-            self.fs, self.path = fsspec.core.url_to_fs(url, **(options or {}))
-        except (ImportError, ValueError) as exc:
-            raise TableError(f"cannot open {url}: {exc}") from exc
+        if fs is not None:
+            self.fs, self.path = fs, url
+        else:
+            try:
+                self.fs, self.path = fsspec.core.url_to_fs(url, **(options or {}))
+            except (ImportError, ValueError) as exc:
+                raise TableError(f"cannot open {url}: {exc}") from exc
         known = dict(types or {})
         for name, kind in OUTCOME_COLUMNS:
             known.setdefault(name, _arrow_type(kind))
         known.setdefault("line", pa.int64())
         self.schema = pa.schema([(n, known.get(n, pa.string())) for n in names])
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any] | str] = []
         self._tmp = f"{self.path}.partial"
         parent = posixpath.dirname(self.path)
         if parent:
@@ -362,6 +366,21 @@ class ResultsWriter:
             import pyarrow.csv as pacsv
 
             self._writer = pacsv.CSVWriter(self._fh, self.schema)
+
+    @classmethod
+    def into(
+        cls, fs: fsspec.AbstractFileSystem, path: str, names: list[str], *, fmt: TableFormat = "jsonl"
+    ) -> ResultsWriter:
+        """A writer of the file at ``path`` on a file system already open (an artifact store's)."""
+        return cls(path, None, names, fmt=fmt, fs=fs)
+
+    def write_text(self, line: str) -> None:
+        """One JSONL line given as its text (JSONL only)."""
+        if self.fmt != "jsonl":
+            raise TableError(f"{self.url} is a {self.fmt} table: rows, not lines of text")
+        self._pending.append(line)
+        if len(self._pending) >= self.rows_per_group:
+            self._flush()
 
     def _cell(self, name: str, value: Any) -> Any:
         import pyarrow as pa
@@ -385,9 +404,11 @@ class ResultsWriter:
             return
         rows, self._pending = self._pending, []
         if self.fmt == "jsonl":
-            self._fh.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode())
+            text = (r if isinstance(r, str) else json.dumps(r, ensure_ascii=False, default=str) for r in rows)
+            self._fh.write("".join(t + "\n" for t in text).encode("utf-8"))
             return
-        arrays = {n: [self._cell(n, r.get(n)) for r in rows] for n in self.schema.names}
+        dicts = [r for r in rows if isinstance(r, dict)]
+        arrays = {n: [self._cell(n, r.get(n)) for r in dicts] for n in self.schema.names}
         try:
             batch = pa.RecordBatch.from_pydict(arrays, schema=self.schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -424,3 +445,39 @@ def input_types(url: str, options: dict[str, Any] | None = None) -> dict[str, An
         schema = pq.ParquetFile(fh).schema_arrow
     simple = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string)
     return {f.name: f.type for f in schema if any(check(f.type) for check in simple)}
+
+
+def count_rows(url: str, options: dict[str, Any] | None = None, *, fmt: TableFormat | None = None) -> int:
+    """How many rows :func:`read_rows` will give, without holding them: a Parquet file's metadata, CSV rows block by
+    block (one column), JSONL's non-blank lines one at a time. What a batch's progress counts against."""
+    options = options or {}
+    fmt = fmt or table_format(url)
+    with _open(url, options) as fh:
+        if fmt == "jsonl":
+            return sum(1 for raw in fh if raw.strip() and raw.strip() != b"\xef\xbb\xbf")
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                return int(pq.ParquetFile(fh).metadata.num_rows)
+            except Exception as exc:
+                raise TableError(f"{url} is not a Parquet file: {type(exc).__name__}: {exc}") from exc
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        header = fh.readline().decode("utf-8-sig", errors="replace")
+        fh.seek(0)
+        names = next(csv.reader(io.StringIO(header)), [])
+        if not names:
+            raise TableError(f"{url} has no header row")
+        try:
+            reader = pacsv.open_csv(
+                fh,
+                read_options=pacsv.ReadOptions(block_size=1 << 20),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=[names[0]], column_types={names[0]: pa.string()}, strings_can_be_null=True
+                ),
+            )
+            return sum(group.num_rows for group in reader)
+        except pa.ArrowInvalid as exc:
+            raise TableError(f"{url} cannot be read as CSV: {exc}") from exc
