@@ -253,8 +253,9 @@ class RecordSpool:
         """Keep the record of the line at ``pos`` (its place in read order), with the line's inputs."""
         self._file.seek(0, 2)
         offset = self._file.tell()
-        entry = {"record": record.model_dump(mode="json"), "inputs": inputs}
-        self._file.write(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._file.write(
+            b'{"inputs":%s,"record":%s}\n' % (json.dumps(inputs).encode(), record.model_dump_json().encode())
+        )
         if pos >= len(self._offsets):
             self._offsets.extend([-1] * (pos + 1 - len(self._offsets)))
         if self._offsets[pos] < 0:

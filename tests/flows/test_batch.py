@@ -190,7 +190,7 @@ def test_batch_plans_a_shared_request_once(env: Path, llm, sample_files, tmp_pat
     assert llm.calls["plan"] == 1  # counted at the server
     assert summary.status == "completed" and summary.completed == 10
     started = [r.getMessage() for r in caplog.records if "in flight" in r.getMessage()]
-    assert len(started) == 1 and started[0].startswith("10 line(s); batch ")  # no "0 with a record of an earlier attempt"
+    assert len(started) == 1 and started[0].startswith("10 line(s); batch ")  # no "0 with a record"
     assert (summary.plan_groups, summary.planning_calls, summary.plans_cached) == (1, 1, 9)
     assert summary.records[0].plan_source == "llm" and not summary.records[0].plan_cached
     for record in summary.records[1:]:
