@@ -13,13 +13,17 @@ record with its error; neither stops the batch. Lines that share a request text 
 abstracted (``Caption photo1.jpg`` and ``Caption photo2.jpg``, both given one image) are planned once, by a
 ``plan`` task run of the batch, and the others reuse that plan with their own inputs.
 
-Each line's record is kept as it finishes, one file per line under ``{storage}/batches/lines-{key}/``, where
-``key`` is a hash of the requests file's content and the storage: a batch interrupted (Ctrl-C, a crash, a
-restart) and run again on the same file and storage skips the lines that completed and runs the others. The
-results JSONL (one record per line, in input order, earlier attempts' records included) is written to
-``{storage}/batches/{batch run id}/`` (or ``results_url``) in one atomic write when the batch ends, with
-``summary.json`` beside it; while it runs, a progress artifact follows it, and a table artifact lists every line
-at the end. A child run that the Prefect API refuses with 503 (a busy database) is started again.
+The lines stream through a bounded window (:mod:`flows.batch_stream`, the scheduling core, wired here to Prefect's
+task runner): a table of any size is never held whole. Each line's record is kept as it finishes, one file per
+line under ``{storage}/batches/lines-{key}/``, where ``key`` is a hash of the requests file's content and the
+storage: a batch interrupted (Ctrl-C, a crash, a restart) and run again on the same file and storage skips the lines
+that completed (asked by line number) and runs the others. The results (one record per line, in input order,
+earlier attempts' records included) are written from a local spool of the records, a row group at a time, to
+``{storage}/batches/{batch run id}/results.jsonl`` (or ``results_url``) under a temporary name moved into place
+when the batch ends, with ``summary.json`` beside it; the summary counts every line and lists the first
+:data:`flows.batch_stream.SUMMARY_RECORDS`. While it runs, a progress artifact follows it, and a table artifact lists
+the same first lines at the end. A child run that the Prefect API refuses with 503 (a busy database) is started
+again.
 """
 
 from __future__ import annotations

@@ -173,6 +173,14 @@ def print_batch(summary: Any) -> None:
             *(Text(safe_text(row[c])) for c in ("plan", "answer or error")),
         )
     console.print(table)
+    if summary.records_left_out:
+        console.print(
+            Text(
+                safe_text(
+                    f"the first {len(summary.records)} line(s) shown; all {summary.lines} are in {summary.results_uri}"
+                )
+            )
+        )
     console.print(
         Text(
             f"{summary.completed} completed, {summary.failed} failed, {summary.invalid} invalid, "

@@ -157,7 +157,8 @@ def _counts(summary: BatchSummary) -> str:
 
 
 class BatchFailed(RuntimeError):
-    """Some lines of a batch failed or were invalid (every other line ran); ``summary`` holds every result.
+    """Some lines of a batch failed or were invalid (every other line ran); ``summary`` holds the counts (and the
+    first lines' records; the results file has every line's).
 
     The data of the batch's Failed state, so that ``state.result(raise_on_failure=False)`` gives it back and
     a plain call of the flow raises it with a readable message.
