@@ -36,8 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from models_catalog.catalog import Catalog, CatalogEntry, load_catalog
-from tasks.experts.base import ModelSpec
-from tasks.experts.fallback import Chooser
+from tasks.experts.base import Chooser, ModelSpec
 from tasks.experts.local import PROVEN_ARCHITECTURES, requirement_refusal
 from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
 from tasks.experts.remote import SUPPORTED_TASKS as REMOTE_TASKS

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
@@ -53,6 +54,8 @@ SERVICES: Mapping[str, str] = {
 }
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
+#: run artifact stores a :class:`Services` keeps made (the oldest is dropped past this)
+_STORES_KEPT = 64
 _overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("hugginggpt_services", default=_NOTHING)
 _in_use: contextvars.ContextVar[tuple[Services, Mapping[str, Any]] | None] = contextvars.ContextVar(
     "hugginggpt_services_in_use", default=None
@@ -72,6 +75,8 @@ class Services:
             raise TypeError(f"unknown service(s) {', '.join(unknown)}; expected some of {', '.join(SERVICES)}")
         self.settings = settings
         self.given = frozenset(given)
+        self._stores: dict[str, ArtifactStore] = {}
+        self._stores_lock = threading.Lock()
         self.__dict__.update(given)  # cached_property reads the instance's own value first
 
     @classmethod
@@ -117,8 +122,15 @@ class Services:
         return time.time
 
     def store(self, run_id: str) -> ArtifactStore:
-        """The artifact store of run ``run_id``."""
-        return self.store_factory(run_id)
+        """The artifact store of run ``run_id``, made once: a run's nodes share it (a store holds nothing that
+        changes once made, and making one resolves its root)."""
+        with self._stores_lock:
+            store = self._stores.get(run_id)
+            if store is None:
+                store = self._stores[run_id] = self.store_factory(run_id)
+                while len(self._stores) > _STORES_KEPT:  # a long-lived service (a server, a batch) sees many runs
+                    del self._stores[next(iter(self._stores))]
+            return store
 
     def backends(self) -> dict[str, ExpertBackend]:
         """The expert backends by the name an assignment gives (``local``, ``remote``)."""

@@ -41,6 +41,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     _suite_environment.undo()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long tests (marked ``slow``) first: the suite runs on two workers (``-n 2`` in pyproject.toml), and a
+    long test started last would run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _inputs_from_test_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tests give inputs from pytest's temporary folders and from servers on 127.0.0.1 (and memory://): allow them

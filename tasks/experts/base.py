@@ -12,6 +12,7 @@ Backends never write files: the executor stores what they return.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,3 +67,7 @@ class ExpertBackend(Protocol):
     name: str
 
     def run(self, task: str, model: ModelSpec, inputs: ExpertInputs) -> ExpertOutput: ...
+
+
+#: ``choose(spec) -> (backend name or None, reason)``: where a candidate runs (see :mod:`tasks.availability`).
+Chooser = Callable[[ModelSpec], tuple[str | None, str]]

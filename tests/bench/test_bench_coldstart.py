@@ -12,6 +12,7 @@ from bench.coldstart import run
 from bench.harness import Bench
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 @pytest.mark.llm_http  # the measured runs are in new processes
 def test_prefetch_overlaps_the_chain_s_downloads_and_loads(llm, tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ def _taken_by(flow_run_id: str) -> str:
     return takers(logs)[0]
 
 
+@pytest.mark.slow
 def test_lines_run_on_two_process_workers(
     deployed: dict[str, str],  # noqa: F811
     web: WebServer,

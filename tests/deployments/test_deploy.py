@@ -27,6 +27,10 @@ from tests.web_server import WebServer
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.llm_http]
 
 HOLD = 25.0  # seconds a request waits for the other (a run process starting on a busy machine; fetches time out at 30)
+#: When the nodes must run one at a time, how long the first request is held to show the other does not arrive
+#: meanwhile. Both nodes are submitted together in the same process, so at the width of 2 the other one arrives
+#: within this; past it the first is answered and the other may come.
+ALONE = 5.0
 PLAN = [
     {"id": 0, "task": "image-classification", "dep": [-1], "args": {"image": "a.png"}},
     {"id": 1, "task": "image-classification", "dep": [-1], "args": {"image": "b.png"}},
@@ -58,9 +62,11 @@ def deployed(env: Path, llm) -> dict[str, str]:
     return environ
 
 
-def _run_deployed(environ: dict[str, str], web: WebServer, photo: bytes, options: dict[str, Any]) -> tuple[Any, Any]:
+def _run_deployed(
+    environ: dict[str, str], web: WebServer, photo: bytes, options: dict[str, Any], hold: float = HOLD
+) -> tuple[Any, Any]:
     """Trigger one deployed run, let one worker pick it up and run it in a process of its own, wait for the end."""
-    barrier = web.barrier(["/a.png", "/b.png"], photo, HOLD)
+    barrier = web.barrier(["/a.png", "/b.png"], photo, hold)
     flow_run = run_deployment(
         "hugginggpt-request/request",
         parameters={
@@ -87,6 +93,7 @@ def _run_deployed(environ: dict[str, str], web: WebServer, photo: bytes, options
     return summary, barrier
 
 
+@pytest.mark.slow
 def test_a_deployed_run_honours_the_settings_of_its_worker(
     deployed: dict[str, str], web: WebServer, sample_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -94,7 +101,7 @@ def test_a_deployed_run_honours_the_settings_of_its_worker(
     results = tmp_path / "prefect-results"
     one_at_a_time = dict(deployed, HUGGINGGPT_MAX_WORKERS="1", HUGGINGGPT_RESULTS_STORAGE=str(results))
 
-    summary, barrier = _run_deployed(one_at_a_time, web, photo, {"cache": False})
+    summary, barrier = _run_deployed(one_at_a_time, web, photo, {"cache": False}, hold=ALONE)
     assert summary.status == "completed", summary.error
     assert [r.status for r in summary.results] == ["completed", "completed"]
     kinds = [kind for kind, _ in barrier.events]
@@ -112,11 +119,12 @@ def test_a_deployed_run_honours_the_settings_of_its_worker(
     assert kinds == ["arrived", "arrived", "answered", "answered"], barrier.events  # both at once
 
 
+@pytest.mark.slow
 def test_a_deployed_run_takes_its_options_from_the_deployment_parameters(
     deployed: dict[str, str], web: WebServer, sample_files: dict[str, Path]
 ) -> None:
     """The same width, set by a parameter of the run rather than the worker's environment."""
     photo = sample_files["photo"].read_bytes()
-    summary, barrier = _run_deployed(deployed, web, photo, {"cache": False, "max_workers": 1})
+    summary, barrier = _run_deployed(deployed, web, photo, {"cache": False, "max_workers": 1}, hold=ALONE)
     assert summary.status == "completed", summary.error
     assert [kind for kind, _ in barrier.events] == ["arrived", "answered", "arrived", "answered"], barrier.events

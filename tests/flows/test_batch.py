@@ -84,6 +84,7 @@ async def _artifacts(flow_run_id: str, done: Callable[[list[Any]], bool]) -> lis
 SUMMARIZE = [{"id": 0, "task": "summarization", "dep": [-1], "args": {"text": "the cat sat on the mat all day"}}]
 
 
+@pytest.mark.slow
 def test_batch_of_many_requests_one_record_per_line(env: Path, llm, tmp_path: Path) -> None:
     llm.set(plan=planner, respond="Done.")
     lines: list[Any] = []

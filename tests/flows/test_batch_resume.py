@@ -54,6 +54,7 @@ def _wait_for(condition: Any, proc: subprocess.Popen[str], timeout: float) -> No
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.llm_http  # the batch runs in another process
 def test_an_interrupted_batch_resumes_where_it_stopped(env: Path, llm, tmp_path: Path) -> None:
     """The LLM holds the answer of the second line until the batch has been sent SIGINT: the interruption lands
@@ -178,6 +179,7 @@ def test_a_second_batch_of_the_same_file_is_refused(env: Path, llm, tmp_path: Pa
     assert main(["batch", str(requests)]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.llm_http  # the batch runs in another process
 def test_a_batch_killed_three_times_runs_each_line_once(env: Path, llm, tmp_path: Path) -> None:
     """SIGKILL at three moments chosen at random (after a random number of lines finished), a rerun each time:

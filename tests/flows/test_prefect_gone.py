@@ -80,6 +80,7 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
 
 
+@pytest.mark.slow
 @pytest.mark.llm_http  # the CLI runs in another process
 def test_the_cli_exits_quickly_with_its_summary_when_the_prefect_api_goes_away(env: Path, llm) -> None:
     from prefect.settings import PREFECT_API_URL

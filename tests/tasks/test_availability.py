@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import models_catalog.catalog as catalog_module
-import tasks.experts.fallback as fallback_module
+import tasks.execute as fallback_module
 import tasks.experts.remote as remote_module
 from models_catalog.catalog import Catalog, CatalogEntry
 from tasks import memory_budget

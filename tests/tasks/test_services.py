@@ -16,6 +16,7 @@ from tasks.llm import ChatCall, FunctionModel, LLMClient, scripted
 from tasks.schemas import RequestSpec
 from tasks.services import Services, in_use, overridden, override, services_for
 from tasks.settings import RunOptions, Settings
+from tasks.storage import store_for
 
 
 class RecordingBackend:
@@ -59,6 +60,29 @@ def test_services_are_built_from_settings_once_each_and_given_ones_win() -> None
     assert isinstance(Services.from_settings(configured).chat_model, LLMClient)
     with pytest.raises(TypeError, match=r"unknown service.*chat"):
         Services(settings, chat=given)
+
+
+def test_a_run_s_store_is_made_once_and_shared_by_its_nodes(tmp_path: Path) -> None:
+    made: list[str] = []
+
+    def factory(run_id: str) -> Any:
+        made.append(run_id)
+        return store_for(Settings(storage=str(tmp_path)), run_id)
+
+    services = Services(Settings(storage=str(tmp_path)), store_factory=factory)
+    stores: list[Any] = []
+    threads = [threading.Thread(target=lambda: stores.append(services.store("run-a"))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made == ["run-a"] and all(s is stores[0] for s in stores)  # eight nodes of one run: one store
+    other = services.store("run-b")
+    assert made == ["run-a", "run-b"] and other.run_path != stores[0].run_path
+    for n in range(100):  # a long-lived service keeps a bounded number of them
+        services.store(f"run-{n}")
+    assert len(services._stores) <= 64
+    assert services.store("run-99") is services.store("run-99")
 
 
 def test_override_swaps_within_its_block_nests_and_restores() -> None:

@@ -22,9 +22,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from models_catalog.catalog import CatalogEntry, load_catalog
+from tasks.execute import run_with_fallback
 from tasks.experts.base import Audio, CannotRunHereError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache
-from tasks.experts.fallback import run_with_fallback
 from tasks.experts.local import (
     PROVEN_ARCHITECTURES,
     SUPPORTED_TASKS,

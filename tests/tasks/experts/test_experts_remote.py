@@ -25,9 +25,9 @@ from PIL import Image
 
 from models_catalog.catalog import Catalog
 from tasks.availability import Availability
+from tasks.execute import AllCandidatesFailed, Attempt, run_with_fallback
 from tasks.experts.base import Audio, CannotRunHereError, ExpertError, ExpertOutput, ModelSpec
 from tasks.experts.cache import ModelCache
-from tasks.experts.fallback import AllCandidatesFailed, Attempt, run_with_fallback
 from tasks.experts.local import SUPPORTED_TASKS as LOCAL_TASKS
 from tasks.experts.local import LocalBackend
 from tasks.experts.remote import SUPPORTED_TASKS as REMOTE_TASKS
