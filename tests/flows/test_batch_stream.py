@@ -215,3 +215,42 @@ def test_the_results_file_has_every_line_when_the_summary_keeps_the_first(tmp_pa
         rows = [json.loads(line) for line in Path(uri).read_text().splitlines()]
         assert [row["line"] for row in rows] == list(range(1, total + 1))
         assert rows[-1]["answer"] == f"a{total}"
+
+
+def test_the_ledger_answers_by_line_number_from_checked_parts(tmp_path: Path, monkeypatch) -> None:
+    """``LineParts.earlier``: a line counts as done when its part names a run whose own summary says that request
+    completed; a part naming a failed run, a part of another request, and a line without a part run again."""
+    import logging
+    from array import array
+
+    import flows.batch_ledger
+    from flows.batch_ledger import LineParts
+    from tasks.schemas import RunSummary
+    from tasks.storage import ArtifactStore
+
+    monkeypatch.setattr(flows.batch_ledger, "tagged_lines", lambda key: array("q"))  # no Prefect API: no runs
+    store = ArtifactStore(str(tmp_path / "store"), "batch-run")
+    parts = LineParts(store, "k1", logging.getLogger("test"))
+
+    def parsed(n: int, request: str | None = None) -> ParsedLine:
+        spec = BatchLine(request=request or f"Summarize {n}", id=f"r{n}")
+        return ParsedLine(line=n, spec=spec, id=spec.id, request=spec.request)
+
+    for n, status in ((2, "completed"), (5, "completed"), (7, "failed"), (9, "completed")):
+        run = f"run-{n}"
+        summary = RunSummary(
+            request=f"Summarize {n}",
+            status=status,
+            answer=f"done {n}",
+            flow_run_id=run,
+            storage_uri=store.for_run(run).run_uri,
+        )
+        store.for_run(run).put_json("summary.json", summary.model_dump(mode="json"))
+        record = line_record(n, parsed(n).spec, status="completed", flow_run_id=run, answer="edited")  # type: ignore[arg-type]
+        parts.record(record)
+    parts.load()
+    assert parts.known == 4
+    found = {n: parts.earlier(parsed(n)) for n in range(1, 11)}
+    assert {n for n, r in found.items() if r is not None} == {2, 5, 9}
+    assert found[2].answer == "done 2" and found[2].flow_run_id == "run-2"  # rebuilt from the run, not the part
+    assert parts.earlier(parsed(9, "Summarize something else")) is None  # the part is of another request
