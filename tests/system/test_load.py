@@ -1,4 +1,4 @@
-"""Load: a batch of 200 requests, about 10 % of them hitting an injected fault, with the scripted LLM and tiny
+"""Load: a batch of 120 requests, one in six of them hitting an injected fault, with the scripted LLM and tiny
 models. Every request ends with a result record, the batch finishes, memory stays bounded.
 
 The faults: input files missing or corrupt, an input URL answering 404 or nothing, a model raising at inference,
@@ -34,7 +34,7 @@ from tests.web_server import WebServer
 # the load goes through the OpenAI client and its connection pool, as in production
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server"), pytest.mark.llm_http]
 
-LINES = 200
+LINES = 120
 MAX_IN_FLIGHT = 4
 
 
@@ -53,7 +53,7 @@ def _plan(*nodes: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _lines(files: dict[str, str], urls: dict[str, str]) -> list[Line]:
-    """200 lines: 20 with a fault, spread through the file, the others ordinary requests of four kinds."""
+    """120 lines: 20 with a fault, spread through the file, the others ordinary requests of four kinds."""
     photo = files["photo"]
 
     def rate(i: int, tag: str = "") -> dict[str, Any]:
@@ -198,7 +198,7 @@ class MemoryWatch:
         return max(rss for t, rss in self.samples if lo <= t <= hi)
 
 
-def test_batch_of_200_requests_with_injected_faults(
+def test_batch_of_120_requests_with_injected_faults(
     env: Path,
     llm: Any,
     tiny_models: dict[str, Path],
