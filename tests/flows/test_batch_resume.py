@@ -45,6 +45,22 @@ def _requests(tmp_path: Path, count: int = LINES, batch: str = "") -> Path:
     return path
 
 
+def _sigint_as_by_default() -> None:
+    """In the child, before it starts: SIGINT neither ignored nor blocked, whatever the test process inherited or
+    set (a pytest worker, or a library run in it by an earlier test), as in a shell where a user presses Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _signal_masks(pid: int) -> str:
+    """The ignored and blocked signal masks of process ``pid``, for a failure's message."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return "(no /proc status)"
+    return " ".join(line for line in status.splitlines() if line.startswith(("SigIgn", "SigBlk", "SigCgt")))
+
+
 def _wait_for(condition: Any, proc: subprocess.Popen[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -84,13 +100,17 @@ def test_an_interrupted_batch_resumes_where_it_stopped(env: Path, llm, tmp_path:
     proc = subprocess.Popen(
         [*_command(), "batch", str(requests), "--max-in-flight", "1"],
         env=environment,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_as_by_default,
     )
+    masks = ""
     try:
         _wait_for(second_line_asked.is_set, proc, timeout=240)
         _wait_for(lambda: any(env.glob("batches/lines-*/*.json")), proc, timeout=60)  # the first line's record
+        masks = _signal_masks(proc.pid)
         proc.send_signal(signal.SIGINT)
         interrupted.set()
         proc.wait(timeout=60)
@@ -99,7 +119,8 @@ def test_an_interrupted_batch_resumes_where_it_stopped(env: Path, llm, tmp_path:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode != 0, "the batch was interrupted"
+    _, err = proc.communicate()
+    assert proc.returncode != 0, f"the batch was not interrupted ({masks}):\n{err[-3000:]}"
     kept = {json.loads(p.read_text())["line"]: json.loads(p.read_text()) for p in env.glob("batches/lines-*/*.json")}
     assert 1 <= len(kept) < LINES, f"{len(kept)} line(s) kept"
     assert all(r["status"] == "completed" for r in kept.values())
