@@ -679,7 +679,14 @@ def write_results(
     its column names, then its rows."""
     store, results_rel = _results_target(settings, run_id, results_url)
     if not results_url or table_format(results_url) == "jsonl":
-        jsonl = ResultsWriter.into(store.fs, store.path_of(results_rel), [], fmt="jsonl")
+        jsonl = ResultsWriter.into(
+            store.fs,
+            store.path_of(results_rel),
+            [],
+            fmt="jsonl",
+            retries=settings.storage_retries,
+            retry_wait=settings.storage_retry_wait,
+        )
         try:
             for record in spool:
                 jsonl.write_text(record.model_dump_json())
@@ -714,7 +721,12 @@ def write_results(
     except TableError:
         types = {}
     writer = ResultsWriter(
-        results_url, _options_for(results_url, settings), names, {k: v for k, v in types.items() if k in names}
+        results_url,
+        _options_for(results_url, settings),
+        names,
+        {k: v for k, v in types.items() if k in names},
+        retries=settings.storage_retries,
+        retry_wait=settings.storage_retry_wait,
     )
     try:
         for record, inputs in spool.entries():

@@ -27,6 +27,8 @@ from typing import Any, Literal
 import fsspec
 from pydantic import BaseModel, Field
 
+from tasks.storage import with_retries
+
 TableFormat = Literal["jsonl", "csv", "parquet"]
 ROWS_PER_BATCH = 1024  # rows converted to Python objects at a time
 _SUFFIXES: dict[str, TableFormat] = {
@@ -333,10 +335,13 @@ class ResultsWriter:
         fmt: TableFormat | None = None,
         rows_per_group: int = ROWS_PER_BATCH,
         fs: fsspec.AbstractFileSystem | None = None,
+        retries: int = 0,
+        retry_wait: float = 0.0,
     ) -> None:
         import pyarrow as pa
 
         self.url = url
+        self.retries, self.retry_wait = retries, retry_wait
         self.fmt = fmt or table_format(url)
         self.rows_per_group = rows_per_group
         if fs is not None:
@@ -353,6 +358,7 @@ class ResultsWriter:
         self.schema = pa.schema([(n, known.get(n, pa.string())) for n in names])
         self._pending: list[dict[str, Any] | str] = []
         self._tmp = f"{self.path}.partial"
+        self._finished = False
         parent = posixpath.dirname(self.path)
         if parent:
             self.fs.makedirs(parent, exist_ok=True)
@@ -369,10 +375,17 @@ class ResultsWriter:
 
     @classmethod
     def into(
-        cls, fs: fsspec.AbstractFileSystem, path: str, names: list[str], *, fmt: TableFormat = "jsonl"
+        cls,
+        fs: fsspec.AbstractFileSystem,
+        path: str,
+        names: list[str],
+        *,
+        fmt: TableFormat = "jsonl",
+        retries: int = 0,
+        retry_wait: float = 0.0,
     ) -> ResultsWriter:
         """A writer of the file at ``path`` on a file system already open (an artifact store's)."""
-        return cls(path, None, names, fmt=fmt, fs=fs)
+        return cls(path, None, names, fmt=fmt, fs=fs, retries=retries, retry_wait=retry_wait)
 
     def write_text(self, line: str) -> None:
         """One JSONL line given as its text (JSONL only)."""
@@ -416,16 +429,31 @@ class ResultsWriter:
         self._writer.write_batch(batch)
 
     def close(self) -> str:
-        """Finish the file and move it into place; returns its URL (a plain path for a local file)."""
+        """Finish the file and move it into place; returns its URL (a plain path for a local file).
+
+        The move is retried ``retries`` times on a storage error (a transient one must not lose a finished table);
+        when it still fails, the error names the file, and the finished table stays under its temporary name."""
         self._flush()
         if self._writer is not None:
             self._writer.close()
         self._fh.close()
-        self.fs.mv(self._tmp, self.path)
+        self._finished = True
+        try:
+            with_retries(
+                f"moving {self._tmp} into place",
+                lambda: self.fs.mv(self._tmp, self.path),
+                retries=self.retries,
+                wait=self.retry_wait,
+            )
+        except Exception as exc:
+            raise TableError(f"cannot move the finished results {self._tmp} to {self.url}: {exc}") from exc
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return self.path if protocol in ("file", "local") else self.fs.unstrip_protocol(self.path)
 
     def abort(self) -> None:
+        """Drop the file being written; a finished one that could not be moved into place is kept."""
+        if self._finished:
+            return
         try:
             self._fh.close()
             self.fs.rm_file(self._tmp)

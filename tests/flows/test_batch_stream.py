@@ -9,6 +9,7 @@ import json
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -192,7 +193,23 @@ def test_a_spent_budget_records_every_later_line_not_started() -> None:
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
-def test_the_results_file_has_every_line_when_the_summary_keeps_the_first(tmp_path: Path, suffix: str) -> None:
+def test_the_results_file_has_every_line_when_the_summary_keeps_the_first(
+    tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every line is in the results file, in line order, though the summary keeps the first lines only; moving the
+    finished file into place fails once (a transient storage error) and is retried under the storage settings."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    real_mv = LocalFileSystem.mv
+    moves: list[str] = []
+
+    def mv(self: LocalFileSystem, path1: Any, path2: Any, *args: Any, **kwargs: Any) -> Any:
+        moves.append(str(path2))
+        if len(moves) == 1:
+            raise OSError(5, "injected transient I/O error")
+        return real_mv(self, path1, path2, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "mv", mv)
     total = SUMMARY_RECORDS + 1500
     with RecordSpool() as spool:
         order = list(range(total))
@@ -203,9 +220,10 @@ def test_the_results_file_has_every_line_when_the_summary_keeps_the_first(tmp_pa
             spool.add(pos, record.model_copy(update={"files": {f"file:t#{n % 3}.image": f"/o/{n}.png"}}), [])
         kept = spool.first()
         assert [r.line for r in kept] == list(range(1, SUMMARY_RECORDS + 1))
-        settings = load_settings(storage=str(tmp_path / "store"))
+        settings = load_settings(storage=str(tmp_path / "store"), storage_retries=1, storage_retry_wait=0.0)
         results = str(tmp_path / f"results.{suffix}")
         uri = write_results(spool, "requests.jsonl", settings, "run-1", results)
+    assert moves == [results, results], "the failed move into place was tried once more"
     if suffix == "parquet":
         table = pq.read_table(uri).to_pylist()
         assert [row["line"] for row in table] == list(range(1, total + 1))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -116,6 +117,54 @@ def test_results_written_in_row_groups(tmp_path: Path, suffix: str) -> None:
     if suffix == "parquet":
         assert pq.ParquetFile(target).num_row_groups == 3
         assert back.schema.field("score").type == pa.float64()
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
+def test_a_transient_error_moving_the_results_into_place_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """The move that puts a finished results file in place goes to storage like any write: one failure is
+    retried and the table lands whole; a storage that keeps failing gives an error naming the file, and the
+    finished rows stay under the temporary name."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    real_mv = LocalFileSystem.mv
+    failures = {"left": 1, "moves": 0}
+
+    def mv(self: LocalFileSystem, path1: Any, path2: Any, *args: Any, **kwargs: Any) -> Any:
+        failures["moves"] += 1
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError(5, "injected transient I/O error")
+        return real_mv(self, path1, path2, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "mv", mv)
+    names = ["line", "status", "answer"]
+    rows = [{"line": n, "status": "completed", "answer": f"a{n}"} for n in (1, 2, 3)]
+
+    def write(target: Path, retries: int) -> ResultsWriter:
+        writer = ResultsWriter(str(target), None, names, fmt=None, retries=retries, retry_wait=0.0)
+        for row in rows:
+            if suffix == "jsonl":
+                writer.write_text(json.dumps(row))
+            else:
+                writer.write(row)
+        return writer
+
+    target = tmp_path / f"results.{suffix}"
+    assert write(target, retries=2).close() == str(target)
+    assert failures["moves"] == 2, "the failed move was tried again"
+    if suffix == "parquet":
+        assert pq.read_table(target).column("answer").to_pylist() == ["a1", "a2", "a3"]
+    else:
+        assert [json.loads(x)["answer"] for x in target.read_text().splitlines()] == ["a1", "a2", "a3"]
+
+    failures["left"] = 10
+    stuck = tmp_path / f"stuck.{suffix}"
+    with pytest.raises(TableError, match=rf"stuck\.{suffix}\.partial") as caught:
+        write(stuck, retries=1).close()
+    assert "injected transient I/O error" in str(caught.value)
+    assert not stuck.exists() and (tmp_path / f"stuck.{suffix}.partial").stat().st_size > 0
 
 
 def test_a_100k_row_table_is_read_with_bounded_memory(tmp_path: Path) -> None:
