@@ -61,6 +61,7 @@ from flows.prefect_setup import prefect_run_settings
 from flows.request import NoSummaryError, failure_reason, run_request
 from flows.result_links import verified_result_links
 from flows.runners import shared_cluster
+from flows.tag_limits import read_limited_tags, untagged
 from tasks.batch_lines import (
     BatchFailed,
     BatchLine,
@@ -448,13 +449,13 @@ class _PrefectLines:
         self.run_id = run_id
         self.log = log
         self.futures: dict[concurrent.futures.Future[Any], PrefectFuture[Any]] = {}
+        self.limited = read_limited_tags()  # the tags with a concurrency limit, read once for the batch
 
     def plan(self, first: ParsedLine) -> SharedPlan:
         assert first.spec is not None
-        future = self.runner.submit(
-            plan_task.with_options(task_run_name=f"plan-line-{first.line}"),
-            {"settings": self.settings, "request": first.spec.request, "inputs": first.spec.inputs, "history": []},
-        )
+        parameters = {"settings": self.settings, "request": first.spec.request, "inputs": first.spec.inputs}
+        with untagged(plan_task.with_options(task_run_name=f"plan-line-{first.line}"), self.limited) as plan:
+            future = self.runner.submit(plan, {**parameters, "history": []})
         return SharedPlan(first, future.wrapped_future, future)
 
     def planned(self, plan: SharedPlan) -> tuple[int, int]:
@@ -479,7 +480,7 @@ class _PrefectLines:
             "spec": p.spec,
             "plan": p.plan,
             "plan_source": "explicit" if p.plan is not None else "llm",
-            "run_tags": list(line_tags(self.key, p.line)),
+            "run_tags": [*line_tags(self.key, p.line), f"batch-{self.run_id}"],
         }
         if shared is not None:
             assert shared.first.spec is not None
@@ -491,8 +492,10 @@ class _PrefectLines:
         # interned string such as "llm"), which drew edges between independent lines; the shared plan stays a link
         params = {k: v if k == "shared_plan" else quote(v) for k, v in params.items()}
         ident = f"-{p.spec.id}" if p.spec.id else ""
-        with tags("hugginggpt", f"batch-{self.run_id}"):  # the line's task run and child flow run: filter by batch
-            future = self.runner.submit(run_line.with_options(task_run_name=f"line-{p.line}{ident}"), params)
+        line_task = run_line.with_options(task_run_name=f"line-{p.line}{ident}")
+        # the line task run's tags (its child flow run has them as run_tags): filter by batch
+        with tags("hugginggpt", f"batch-{self.run_id}"), untagged(line_task, self.limited) as line_task:
+            future = self.runner.submit(line_task, params)
         self.futures[future.wrapped_future] = future
         return future.wrapped_future
 

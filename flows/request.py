@@ -31,7 +31,7 @@ from flows.artifacts import publish
 from flows.prefect_setup import prefect_run_settings, use_result_storage
 from flows.result_links import verified_result_links
 from flows.streaming import run_streamed
-from flows.tag_limits import node_tagging, read_limited_tags, reading_limited_tags
+from flows.tag_limits import node_tagging, read_limited_tags, reading_limited_tags, untagged
 from models_catalog.catalog import CatalogError
 from tasks.execute import answered_ahead, node_tags, run_node
 from tasks.llm import LLMError, LLMUnreachableError
@@ -285,7 +285,8 @@ def _run_stages(
     _replan_rounds(services, request, inputs, pins, history, store, summary, futures)
 
     t0 = time.perf_counter()
-    response = respond_task(settings, request, summary.plan, summary.assignments, summary.results, history)
+    with untagged(respond_task) as respond:
+        response = respond(settings, request, summary.plan, summary.assignments, summary.results, history)
     summary.timings["respond"] = time.perf_counter() - t0
     return response
 
@@ -332,7 +333,9 @@ def _stages(
         nodes, repairs = plan
         log.info("explicit plan: no planning call")
     else:
-        planned = planned if planned is not None else plan_task(settings, request, inputs, history)
+        if planned is None:
+            with untagged(plan_task) as plan_call:
+                planned = plan_call(settings, request, inputs, history)
         summary.llm = summary.llm + planned.usage
         nodes, repairs = planned.nodes, planned.repairs
     summary.timings["plan"] = summary.timings.get("plan", 0.0) + time.perf_counter() - t0
@@ -349,7 +352,10 @@ def _stages(
     else:
         if settings.prefetch:  # the likely models download during the selection call
             start_candidate_downloads(settings, services.availability, nodes, pins)
-        selection = select_task(settings, request, nodes, pins) if nodes else None
+        selection = None
+        if nodes:
+            with untagged(select_task) as select:
+                selection = select(settings, request, nodes, pins)
         if selection is not None:
             summary.llm = summary.llm + selection.usage
             store.put_text("assignments.json", selection.model_dump_json(indent=2))
@@ -445,7 +451,8 @@ def _streamed_stages(
         log.warning("%s; %d task(s) had started; asking for a corrected plan", error, len(summary.results))
         summary.llm = summary.llm + error.usage
         t0 = time.perf_counter()
-        corrected = plan_again_task(settings, request, inputs, error.retry)
+        with untagged(plan_again_task) as plan_again:
+            corrected = plan_again(settings, request, inputs, error.retry)
         summary.timings["plan"] += time.perf_counter() - t0
         futures.clear()
         _stages(services, request, inputs, pins, history, store, summary, futures, planned=corrected)
@@ -474,9 +481,10 @@ def _replan_rounds(
         if not unfinished:
             return
         t0 = time.perf_counter()
-        record, new = replan_task(
-            settings, request, summary.plan, summary.assignments, summary.results, number, inputs, history
-        )
+        with untagged(replan_task) as replan:
+            record, new = replan(
+                settings, request, summary.plan, summary.assignments, summary.results, number, inputs, history
+            )
         summary.replans.append(record)
         summary.llm = summary.llm + record.usage
         if record.error:
@@ -487,7 +495,8 @@ def _replan_rounds(
             return
         log.info("replan %d (%d task(s)): %s", number, len(new), "; ".join(_describe(n) for n in new))
         tasks = {n.task for n in new}
-        selection = select_task(settings, request, new, {t: m for t, m in pins.items() if t in tasks})
+        with untagged(select_task) as select:
+            selection = select(settings, request, new, {t: m for t, m in pins.items() if t in tasks})
         summary.llm = summary.llm + selection.usage
         summary.plan = [*summary.plan, *new]
         summary.assignments = [*summary.assignments, *selection.assignments]

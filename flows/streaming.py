@@ -32,6 +32,7 @@ from typing import Any
 from prefect.futures import PrefectFuture
 
 from flows import events as progress_events
+from flows.tag_limits import untagged
 from tasks.execute import answered_ahead
 from tasks.plan import PlanningError, plan_streamed_task
 from tasks.prefetch import prefetch_models
@@ -104,9 +105,14 @@ def run_streamed(
 
     def planner() -> None:
         try:
-            result = plan_streamed_task(
-                settings, request, list(inputs), list(history), lambda node: events.put(("node", node))
-            )
+            with untagged(plan_streamed_task) as plan_streamed:
+                result = plan_streamed(
+                    settings,
+                    request,
+                    list(inputs),
+                    list(history),
+                    lambda node: events.put(("node", node)),
+                )
         except Exception as exc:
             events.put(("plan-error", exc))
         else:
@@ -173,7 +179,9 @@ def run_streamed(
         def select() -> None:
             t0 = time.perf_counter()
             try:
-                events.put(("selected", (select_task(settings, request, batch, pins_for(batch)), t0)))
+                with untagged(select_task) as select:
+                    selection = select(settings, request, batch, pins_for(batch))
+                events.put(("selected", (selection, t0)))
             except Exception as exc:
                 events.put(("select-error", (exc, t0)))
 

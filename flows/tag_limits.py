@@ -17,6 +17,12 @@ in a thread when the run starts by :func:`reading_limited_tags`, so that it over
   (:class:`ApplyTags`, an ``on_running`` hook): the next state change (completed, failed, retrying) carries them to
   the API, so the UI's tag filters still find every node.
 
+The same rule holds for the task runs that are not nodes (the planning, selection and answering stages, and a
+batch's plan and line task runs), which carry only the tags of their context: :func:`untagged`. Left to Prefect,
+each of them would also make a round trip; and since Prefect keeps one acquisition service, with its own thread,
+for every distinct tag set it has seen, a batch whose lines each have their own tags would add a thread per line
+for the life of the process.
+
 A limit created while a run executes applies to that run's nodes only if it existed when the run read them.
 """
 
@@ -29,7 +35,9 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
 
 TAG_LIMIT_PREFIX = "tag:"
 _PAGE = 200  # the Prefect API's default page size
@@ -131,3 +139,21 @@ def node_tagging(tags: set[str], limited: frozenset[str] | None) -> Iterator[dic
         return
     with TagsContext(current_tags=set()):
         yield {"tags": set(), "on_running": [ApplyTags(tuple(sorted(every)))]}
+
+
+@contextlib.contextmanager
+def untagged(task: T, limited: frozenset[str] | Literal["read"] | None = "read") -> Iterator[T]:
+    """Within the block, call or submit the Prefect task it yields (``task`` itself, or a copy with an
+    :class:`ApplyTags` hook): the tags of the surrounding context reach its task run without a concurrency round
+    trip, unless one of them has a limit (``limited``, as :func:`read_limited_tags` says; by default it is read,
+    which inside :func:`reading_limited_tags` waits for the run's one read)."""
+    from prefect.context import TagsContext
+
+    known = read_limited_tags() if limited == "read" else limited
+    every = set(TagsContext.get().current_tags or ())
+    if not every or is_limited(every, known):
+        yield task
+        return
+    hooks = [*(getattr(task, "on_running_hooks", None) or ()), ApplyTags(tuple(sorted(every)))]
+    with TagsContext(current_tags=set()):
+        yield task.with_options(on_running=hooks)  # type: ignore[attr-defined]

@@ -382,10 +382,26 @@ def test_warns_before_concurrent_requests_on_the_embedded_sqlite_server() -> Non
         assert warning and "http://127.0.0.1:4200/api" in warning and "SQLite" in warning
 
 
-def test_independent_lines_have_no_edge_between_them(env: Path, llm, tmp_path: Path) -> None:
+def test_independent_lines_have_no_edge_between_them(
+    env: Path, llm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One line after the other (one in flight): the second line's task run names no upstream task run, though
-    the first returned a record holding the same values (its plan source, its storage) as the second's parameters."""
-    from tests.prefect_api import task_runs
+    the first returned a record holding the same values (its plan source, its storage) as the second's parameters.
+
+    No task run of the batch or of its lines asks the API for a concurrency slot (no tag of theirs has a limit),
+    yet the line task runs and the lines' flow runs carry the batch's tag."""
+    from prefect.concurrency import _sync
+
+    from tests.prefect_api import api_until, task_runs
+
+    acquired: list[list[str]] = []
+    real_acquire = _sync.acquire_concurrency_slots_with_lease
+
+    def acquire(names: list[str], *args: Any, **kwargs: Any) -> Any:
+        acquired.append(sorted(names))
+        return real_acquire(names, *args, **kwargs)
+
+    monkeypatch.setattr(_sync, "acquire_concurrency_slots_with_lease", acquire)
 
     rate = [{"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely day"}}]
     requests = _write_jsonl(
@@ -400,3 +416,14 @@ def test_independent_lines_have_no_edge_between_them(env: Path, llm, tmp_path: P
     runs = task_runs(summary.flow_run_id, {"line-1-a", "line-2-b"})
     upstream = [str(getattr(ref, "id", "")) for refs in (runs["line-2-b"].task_inputs or {}).values() for ref in refs]
     assert str(runs["line-1-a"].id) not in upstream, runs["line-2-b"].task_inputs
+
+    assert acquired == []
+    batch_tag = f"batch-{summary.flow_run_id}"
+    assert all(batch_tag in runs[name].tags for name in ("line-1-a", "line-2-b")), runs
+    children = [r.flow_run_id for r in summary.records]
+    lines = api_until(
+        lambda client: client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=children))),
+        lambda found: len(found) == 2,
+        what="the lines' flow runs",
+    )
+    assert all({"hugginggpt", batch_tag} <= set(run.tags) for run in lines), [run.tags for run in lines]

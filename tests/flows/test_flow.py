@@ -265,6 +265,72 @@ def test_storage_on_an_fsspec_url(env: Path, llm) -> None:
     assert stored["results"][0]["status"] == "completed"
 
 
+def test_stage_task_runs_take_a_concurrency_slot_only_under_a_limit_on_a_tag_of_theirs(
+    env: Path, llm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planning, selection and answering task runs carry the run's tags (the UI's filters find them) without a
+    concurrency round trip each; once one of those tags has a limit, they take its slot as Prefect does."""
+    from prefect import tags
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.concurrency import _sync
+
+    from tests.prefect_api import api_until
+
+    acquired: list[list[str]] = []
+    real_acquire = _sync.acquire_concurrency_slots_with_lease
+
+    def acquire(names: list[str], *args: Any, **kwargs: Any) -> Any:
+        acquired.append(sorted(names))
+        return real_acquire(names, *args, **kwargs)
+
+    monkeypatch.setattr(_sync, "acquire_concurrency_slots_with_lease", acquire)
+
+    async def limit(create: bool) -> None:
+        async with get_client() as client:
+            if create:
+                await client.create_concurrency_limit(tag="nightly-stages", concurrency_limit=5)
+            else:
+                await client.delete_concurrency_limit_by_tag(tag="nightly-stages")
+
+    stages = {"plan", "select", "respond"}
+    tagged: dict[bool, list[list[str]]] = {}
+    for limited in (False, True):
+        acquired.clear()
+        text = f"a lovely day ({'limited' if limited else 'free'})"
+        llm.set(plan=plan_json({"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": text}}))
+        if limited:
+            asyncio.run(limit(create=True))
+        try:
+            with prefect_run_settings(), tags("nightly-stages"):
+                summary = run_request(f"Rate: {text}")
+        finally:
+            if limited:
+                asyncio.run(limit(create=False))
+        assert summary.error is None and [r.status for r in summary.results] == ["completed"]
+        tagged[limited] = list(acquired)
+
+        def stage_runs(runs: list[Any]) -> dict[str, Any]:
+            return {r.name.split("-")[0]: r for r in runs if r.name.split("-")[0] in stages}
+
+        runs = api_until(
+            lambda client, run_id=summary.flow_run_id: client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            ),
+            lambda found: (
+                set(stage_runs(found)) == stages
+                and all(
+                    r.state and r.state.is_completed() and "nightly-stages" in r.tags
+                    for r in stage_runs(found).values()
+                )
+            ),
+            what="the stage task runs, completed, with the run's tags",
+        )
+        assert {"hugginggpt", "nightly-stages"} <= set(stage_runs(runs)["plan"].tags)
+    assert tagged[False] == [], "no tag has a limit: no task run asks for a slot"
+    with_limit = [names for names in tagged[True] if "tag:nightly-stages" in names]
+    assert len(with_limit) >= len(stages) + 1, tagged[True]  # the three stages and the node
+
+
 def test_a_tag_concurrency_limit_bounds_the_nodes_that_carry_the_tag(
     env: Path, llm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
