@@ -453,9 +453,10 @@ class _PrefectLines:
 
     def plan(self, first: ParsedLine) -> SharedPlan:
         assert first.spec is not None
-        parameters = {"settings": self.settings, "request": first.spec.request, "inputs": first.spec.inputs}
+        spec = first.spec
+        parameters = {"settings": self.settings, "request": spec.request, "inputs": spec.inputs, "history": []}
         with untagged(plan_task.with_options(task_run_name=f"plan-line-{first.line}"), self.limited) as plan:
-            future = self.runner.submit(plan, {**parameters, "history": []})
+            future = self.runner.submit(plan, parameters)
         return SharedPlan(first, future.wrapped_future, future)
 
     def planned(self, plan: SharedPlan) -> tuple[int, int]:
@@ -494,8 +495,8 @@ class _PrefectLines:
         ident = f"-{p.spec.id}" if p.spec.id else ""
         line_task = run_line.with_options(task_run_name=f"line-{p.line}{ident}")
         # the line task run's tags (its child flow run has them as run_tags): filter by batch
-        with tags("hugginggpt", f"batch-{self.run_id}"), untagged(line_task, self.limited) as line_task:
-            future = self.runner.submit(line_task, params)
+        with tags("hugginggpt", f"batch-{self.run_id}"), untagged(line_task, self.limited) as tagged:
+            future = self.runner.submit(tagged, params)
         self.futures[future.wrapped_future] = future
         return future.wrapped_future
 

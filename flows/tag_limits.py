@@ -134,7 +134,7 @@ def node_tagging(tags: set[str], limited: frozenset[str] | None) -> Iterator[dic
     from prefect.context import TagsContext
 
     every = set(tags) | set(TagsContext.get().current_tags or ())
-    if is_limited(every, limited):
+    if not every or is_limited(every, limited):  # no tag at all: nothing to acquire, nothing to add later
         yield {"tags": tags, "on_running": []}
         return
     with TagsContext(current_tags=set()):
@@ -147,13 +147,8 @@ def untagged(task: T, limited: frozenset[str] | Literal["read"] | None = "read")
     :class:`ApplyTags` hook): the tags of the surrounding context reach its task run without a concurrency round
     trip, unless one of them has a limit (``limited``, as :func:`read_limited_tags` says; by default it is read,
     which inside :func:`reading_limited_tags` waits for the run's one read)."""
-    from prefect.context import TagsContext
-
     known = read_limited_tags() if limited == "read" else limited
-    every = set(TagsContext.get().current_tags or ())
-    if not every or is_limited(every, known):
-        yield task
-        return
-    hooks = [*(getattr(task, "on_running_hooks", None) or ()), ApplyTags(tuple(sorted(every)))]
-    with TagsContext(current_tags=set()):
-        yield task.with_options(on_running=hooks)  # type: ignore[attr-defined]
+    with node_tagging(set(), known) as options:
+        hooks = options["on_running"]
+        prefect_task: Any = task
+        yield prefect_task.with_options(on_running=[*prefect_task.on_running_hooks, *hooks]) if hooks else task

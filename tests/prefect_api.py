@@ -56,3 +56,19 @@ async def read_task_runs(flow_run_id: str, expect: Collection[str], *, timeout: 
 
 def task_runs(flow_run_id: str, expect: Collection[str], *, timeout: float = 30.0) -> dict[str, Any]:
     return asyncio.run(read_task_runs(flow_run_id, expect, timeout=timeout))
+
+
+def record_slot_requests(monkeypatch: Any) -> list[list[str]]:
+    """Record, for the rest of the test, the names of every concurrency slot request Prefect's task engine makes
+    (``tag:<tag>`` for each tag of a task run it acquires for), in order; the requests still reach the API."""
+    from prefect.concurrency import _sync
+
+    requests: list[list[str]] = []
+    real_acquire = _sync.acquire_concurrency_slots_with_lease
+
+    def acquire(names: list[str], *args: Any, **kwargs: Any) -> Any:
+        requests.append(sorted(names))
+        return real_acquire(names, *args, **kwargs)
+
+    monkeypatch.setattr(_sync, "acquire_concurrency_slots_with_lease", acquire)
+    return requests

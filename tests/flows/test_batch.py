@@ -390,18 +390,9 @@ def test_independent_lines_have_no_edge_between_them(
 
     No task run of the batch or of its lines asks the API for a concurrency slot (no tag of theirs has a limit),
     yet the line task runs and the lines' flow runs carry the batch's tag."""
-    from prefect.concurrency import _sync
+    from tests.prefect_api import api_until, record_slot_requests, task_runs
 
-    from tests.prefect_api import api_until, task_runs
-
-    acquired: list[list[str]] = []
-    real_acquire = _sync.acquire_concurrency_slots_with_lease
-
-    def acquire(names: list[str], *args: Any, **kwargs: Any) -> Any:
-        acquired.append(sorted(names))
-        return real_acquire(names, *args, **kwargs)
-
-    monkeypatch.setattr(_sync, "acquire_concurrency_slots_with_lease", acquire)
+    acquired = record_slot_requests(monkeypatch)
 
     rate = [{"id": 0, "task": "text-classification", "dep": [-1], "args": {"text": "what a lovely day"}}]
     requests = _write_jsonl(

@@ -272,18 +272,10 @@ def test_stage_task_runs_take_a_concurrency_slot_only_under_a_limit_on_a_tag_of_
     concurrency round trip each; once one of those tags has a limit, they take its slot as Prefect does."""
     from prefect import tags
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.concurrency import _sync
 
-    from tests.prefect_api import api_until
+    from tests.prefect_api import api_until, record_slot_requests
 
-    acquired: list[list[str]] = []
-    real_acquire = _sync.acquire_concurrency_slots_with_lease
-
-    def acquire(names: list[str], *args: Any, **kwargs: Any) -> Any:
-        acquired.append(sorted(names))
-        return real_acquire(names, *args, **kwargs)
-
-    monkeypatch.setattr(_sync, "acquire_concurrency_slots_with_lease", acquire)
+    acquired = record_slot_requests(monkeypatch)
 
     async def limit(create: bool) -> None:
         async with get_client() as client:
